@@ -1,0 +1,177 @@
+"""One configuration schema for every way of running OmniRad-FL.
+
+The schema is a tree of omegaconf structured configs (dataclasses with defaults). On the wire and
+on the command line keys are flat, dotted and kebab-case (``data.num-sites``), as Flower's
+``run_config`` has them; in Python they are snake_case attributes (``cfg.data.num_sites``).
+``load_config`` turns flat keys into a validated ``Config`` and names the offending key when
+something is wrong, before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
+ADAPTER_NAMES = ("linear", "mlp")
+DATASET_NAMES = ("embedded",)
+PARTITION_NAMES = ("iid", "dirichlet")
+STRATEGY_NAMES = ("fedavg",)
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "embedded"
+    size: int = 64
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    num_sites: int = 4
+    num_train: int = 2400  # embedded data: pooled training images shared out among the sites
+    num_test: int = 800  # embedded data: the server's held-out test set
+    val_fraction: float = 0.15  # each site keeps this share of its images for local validation
+    min_site_samples: int = 20
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "vit-tiny"
+    weights: str = ""
+    adapter: str = "linear"
+    hidden_dim: int = 256  # mlp adapter only
+
+
+@dataclass
+class TrainConfig:
+    local_epochs: int = 5
+    lr: float = 3e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    output_dir: str = "runs"
+    name: str = ""
+
+
+@dataclass
+class Config:
+    num_server_rounds: int = 5
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _to_python(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _to_wire(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Every key of the schema, flat and kebab-case, with its default value."""
+    return to_flat(Config())
+
+
+def to_flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a config (dataclass or DictConfig) into dotted kebab-case keys."""
+    if not is_dataclass(cfg):
+        cfg = OmegaConf.to_object(cfg)
+    flat: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + _to_wire(f.name)
+        if is_dataclass(value):
+            flat.update(to_flat(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_config(flat: Mapping[str, Any] | None = None) -> Config:
+    """Build a validated ``Config`` from flat dotted keys (Flower's ``run_config``).
+
+    Raises ``ConfigError`` naming the first unknown key, ill-typed value or value out of range.
+    """
+    known = flat_defaults()
+    nested: dict[str, Any] = {}
+    for key, value in (flat or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown configuration key '{key}'; known keys: {', '.join(known)}")
+        node = nested
+        *parents, leaf = [_to_python(part) for part in key.split(".")]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), nested)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        key = _to_wire(str(getattr(err, "full_key", "") or "?"))
+        raise ConfigError(f"bad value for configuration key '{key}': {err.msg}") from err
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"bad value for configuration key '{key}': {value!r} (expected {expected})")
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that the types alone do not express."""
+    _require(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
+    d = cfg.data
+    _one_of("data.dataset", d.dataset, DATASET_NAMES)
+    _require(28 <= d.size <= 224, "data.size", d.size, "an image size from 28 to 224 pixels")
+    _one_of("data.partition", d.partition, PARTITION_NAMES)
+    _require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
+    _require(d.num_sites >= 1, "data.num-sites", d.num_sites, ">= 1")
+    _require(d.num_train >= d.num_sites, "data.num-train", d.num_train, ">= data.num-sites")
+    _require(d.num_test >= 1, "data.num-test", d.num_test, ">= 1")
+    _require(0 < d.val_fraction < 1, "data.val-fraction", d.val_fraction, "between 0 and 1")
+    _require(d.min_site_samples >= 2, "data.min-site-samples", d.min_site_samples, ">= 2")
+    m = cfg.model
+    _one_of("model.encoder", m.encoder, ENCODER_NAMES)
+    _one_of("model.adapter", m.adapter, ADAPTER_NAMES)
+    _require(m.hidden_dim >= 1, "model.hidden-dim", m.hidden_dim, ">= 1")
+    t = cfg.train
+    _require(t.local_epochs >= 1, "train.local-epochs", t.local_epochs, ">= 1")
+    _require(t.lr > 0, "train.lr", t.lr, "> 0")
+    _require(t.batch_size >= 1, "train.batch-size", t.batch_size, ">= 1")
+    _require(t.weight_decay >= 0, "train.weight-decay", t.weight_decay, ">= 0")
+    s = cfg.strategy
+    _one_of("strategy.name", s.name, STRATEGY_NAMES)
+    _require(0 < s.fraction_train <= 1, "strategy.fraction-train", s.fraction_train, "in (0, 1]")
+    _require(
+        0 <= s.fraction_evaluate <= 1, "strategy.fraction-evaluate", s.fraction_evaluate, "in [0, 1]"
+    )
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved configuration as YAML, in the flat kebab-case keys users type."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_flat(cfg)))

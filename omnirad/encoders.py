@@ -1,0 +1,172 @@
+"""The frozen foundation encoder: one factory, a registry of names, timm underneath.
+
+Every encoder is a timm Vision Transformer. Weights come from a local file, from the Hugging Face
+hub when a network is there, or are random (with a loud warning, because results then say nothing
+about a pretrained encoder). The encoder is frozen: no gradients, always in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+HUB_PREFIX = "hf_hub:"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a registry name means: the timm architecture and where its weights are published."""
+
+    timm_name: str
+    patch_size: int
+    hub_id: str | None = None
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "omnirad-small": EncoderSpec("vit_small_patch14_dinov2", 14, "hf_hub:Snarcy/OmniRad-small"),
+    "omnirad-base": EncoderSpec("vit_base_patch14_dinov2", 14, "hf_hub:Snarcy/OmniRad-base"),
+    "radiodino-s16": EncoderSpec("vit_small_patch16_224", 16, "hf_hub:Snarcy/RadioDino-s16"),
+    # CPU-sized, for demos and tests: ViT-Tiny with 8 px patches, so 64 px images give 8x8 tokens.
+    "vit-tiny": EncoderSpec("vit_tiny_patch16_224", 8),
+}
+
+
+class EncoderWeightsError(RuntimeError):
+    """Encoder weights could not be found or do not fit the architecture."""
+
+
+class FrozenEncoder(nn.Module):
+    """A timm ViT that never trains, with the input geometry and normalisation it expects."""
+
+    def __init__(self, vit: nn.Module, name: str, patch_size: int, input_size: int) -> None:
+        super().__init__()
+        self.vit = vit
+        self.name = name
+        self.patch_size = patch_size
+        self.input_size = input_size
+        data_cfg = timm.data.resolve_data_config({}, model=vit)
+        self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        for param in self.vit.parameters():
+            param.requires_grad_(False)
+        self.eval()
+
+    @property
+    def num_features(self) -> int:
+        return int(self.vit.num_features)
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        """Stay in eval mode: dropout and stochastic depth would make frozen features noisy."""
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Grey-scale or RGB images in [0, 1], (B, C, H, W), to normalised encoder input."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
+            images = nn.functional.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
+        return (images - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled image features (B, D): the class token after the final norm."""
+        return self.vit(self.preprocess(images))
+
+    @torch.no_grad()
+    def patch_tokens(self, images: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        """Patch tokens of the given blocks (0-based), each (B, D, H/patch, W/patch)."""
+        return self.vit.forward_intermediates(
+            self.preprocess(images), indices=layers, intermediates_only=True, output_fmt="NCHW"
+        )
+
+
+def encoder_input_size(image_size: int, patch_size: int) -> int:
+    """The image size rounded up to whole patches (timm ViTs need it divisible)."""
+    return int(math.ceil(image_size / patch_size) * patch_size)
+
+
+def create_encoder(name: str, weights: str = "", image_size: int = 224) -> FrozenEncoder:
+    """Build a frozen encoder by registry name.
+
+    ``weights``: a local ``.safetensors``/``.pt``/``.pth``/``.bin`` file; ``hf_hub:<org>/<repo>``
+    or ``hub`` (the encoder's published weights) to load from the Hugging Face hub; empty for a
+    random initialisation. Position embeddings are resized to ``image_size``.
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"model.encoder: unknown encoder '{name}'; known: {', '.join(ENCODERS)}")
+    spec = ENCODERS[name]
+    input_size = encoder_input_size(image_size, spec.patch_size)
+    if input_size // spec.patch_size < 4:
+        log.warning(
+            "%s sees only %dx%d patches at %d px: resize the images (data.size) for useful features",
+            name, input_size // spec.patch_size, input_size // spec.patch_size, image_size,
+        )
+    kwargs = dict(num_classes=0, img_size=input_size, dynamic_img_size=True)
+    if spec.patch_size != _timm_patch_size(spec.timm_name):
+        kwargs["patch_size"] = spec.patch_size
+    vit = _build_vit(name, spec, weights, kwargs)
+    return FrozenEncoder(vit, name, spec.patch_size, input_size)
+
+
+def _timm_patch_size(timm_name: str) -> int:
+    return int(timm_name.split("patch")[1].split("_")[0])
+
+
+def _build_vit(name: str, spec: EncoderSpec, weights: str, kwargs: dict) -> nn.Module:
+    if not weights:
+        log.warning(
+            "!!! %s has RANDOM weights (model.weights is empty): results will NOT reflect a "
+            "pretrained encoder. Set model.weights to a local weights file for real use. !!!",
+            name,
+        )
+        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    if weights == "hub" or weights.startswith(HUB_PREFIX):
+        hub_id = spec.hub_id if weights == "hub" else weights
+        if hub_id is None:
+            raise EncoderWeightsError(f"model.weights: {name} has no published weights on the hub")
+        return _from_hub(spec, hub_id, kwargs)
+    return _from_file(spec, Path(weights), kwargs)
+
+
+def _from_file(spec: EncoderSpec, path: Path, kwargs: dict) -> nn.Module:
+    if not path.is_file():
+        raise EncoderWeightsError(f"model.weights: file not found: {path}")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise EncoderWeightsError(
+            f"model.weights: {path} is not a weights file (expected {', '.join(WEIGHT_SUFFIXES)})"
+        )
+    try:
+        return timm.create_model(
+            spec.timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        raise EncoderWeightsError(
+            f"model.weights: {path} does not load into {spec.timm_name}: {err}"
+        ) from err
+
+
+def _from_hub(spec: EncoderSpec, hub_id: str, kwargs: dict) -> nn.Module:
+    """Load from the hub or its local cache; with HF_HUB_OFFLINE=1 an uncached name fails at once."""
+    try:
+        return timm.create_model(hub_id, pretrained=True, **kwargs)
+    except Exception as err:  # noqa: BLE001 - hub clients raise many unrelated error types
+        raise EncoderWeightsError(
+            f"model.weights: could not load {hub_id} from the hub ({type(err).__name__}: {err}). "
+            "Download the weights once where a network is available and set model.weights to the "
+            "local .safetensors file."
+        ) from err

@@ -1,0 +1,128 @@
+"""One participant's work, without Flower: train or evaluate an adapter on local data.
+
+``LocalSite`` is what a hospital runs each round and what a notebook uses to train one site alone.
+It encodes its images with the frozen encoder once and keeps the features for later rounds in the
+same process (simulation workers serve many rounds; deployment starts a process per message).
+"""
+
+from __future__ import annotations
+
+import resource
+from collections import OrderedDict
+from functools import cached_property, lru_cache
+
+import torch
+from torch import nn
+
+from omnirad.adapters import create_adapter, load_trainable_state, trainable_state
+from omnirad.config import Config, to_yaml
+from omnirad.data.sites import LabelledImages, load_site, task_info, test_set
+from omnirad.encoders import FrozenEncoder, create_encoder
+from omnirad.training import encode, evaluate_adapter, train_adapter
+
+
+@lru_cache(maxsize=2)
+def shared_encoder(name: str, weights: str, image_size: int) -> FrozenEncoder:
+    """One encoder per process and configuration: it is frozen, so every site can share it."""
+    return create_encoder(name, weights, image_size)
+
+
+def encoder_for(cfg: Config) -> FrozenEncoder:
+    return shared_encoder(cfg.model.encoder, cfg.model.weights, cfg.data.size)
+
+
+def new_adapter(cfg: Config, seed: int | None = None) -> nn.Module:
+    """A freshly initialised adapter (seeded, so every participant builds the same one)."""
+    torch.manual_seed(cfg.run.seed if seed is None else seed)
+    return create_adapter(
+        cfg.model.adapter, encoder_for(cfg).num_features, task_info(cfg).num_classes, cfg.model.hidden_dim
+    )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class EncodedImages:
+    """Labelled images and, computed on first use, their frozen-encoder features."""
+
+    def __init__(self, data: LabelledImages, encoder: FrozenEncoder, desc: str) -> None:
+        self.data, self._encoder, self._desc = data, encoder, desc
+
+    @cached_property
+    def features(self) -> torch.Tensor:
+        return encode(self._encoder, self.data.images, desc=self._desc)
+
+    @property
+    def labels(self):
+        return self.data.labels
+
+
+class LocalSite:
+    """A site's data, encoder and training recipe; adapter state comes in and goes out by name."""
+
+    def __init__(self, cfg: Config, site_id: int) -> None:
+        self.cfg = cfg
+        self.site_id = site_id
+        data = load_site(cfg, site_id)
+        encoder = encoder_for(cfg)
+        self.train_set = EncodedImages(data.train, encoder, f"site {site_id} train")
+        self.val_set = EncodedImages(data.val, encoder, f"site {site_id} val")
+
+    def fit(self, state: dict[str, torch.Tensor], server_round: int) -> tuple[OrderedDict, dict[str, float]]:
+        """Local epochs from the given adapter state; returns the new state and training metrics."""
+        adapter = new_adapter(self.cfg)
+        load_trainable_state(adapter, state)
+        t = self.cfg.train
+        seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
+        stats = train_adapter(
+            adapter, self.train_set.features, self.train_set.labels,
+            t.local_epochs, t.lr, t.batch_size, t.weight_decay, seed,
+        )
+        metrics = {
+            "num-examples": float(len(self.train_set.labels)),
+            "site-id": float(self.site_id),
+            "train-loss": stats["train_loss"],
+            "peak-rss-mb": peak_rss_mb(),
+        }
+        return trainable_state(adapter), metrics
+
+    def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics of the given adapter state on this site's validation split."""
+        adapter = new_adapter(self.cfg)
+        load_trainable_state(adapter, state)
+        metrics = evaluate_adapter(adapter, self.val_set.features, self.val_set.labels)
+        return {
+            "num-examples": float(len(self.val_set.labels)),
+            "site-id": float(self.site_id),
+            **{key.replace("_", "-"): value for key, value in metrics.items()},
+        }
+
+
+_SITES: OrderedDict[tuple[str, int], LocalSite] = OrderedDict()
+_MAX_CACHED_SITES = 16
+
+
+def get_site(cfg: Config, site_id: int) -> LocalSite:
+    """The process-wide ``LocalSite`` for this configuration, so features are encoded once."""
+    key = (to_yaml(cfg), site_id)
+    if key not in _SITES:
+        if len(_SITES) >= _MAX_CACHED_SITES:
+            _SITES.popitem(last=False)
+        _SITES[key] = LocalSite(cfg, site_id)
+    return _SITES[key]
+
+
+class CentralEvaluator:
+    """The server's held-out test set, encoded once, scored against each round's global adapter."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.test = EncodedImages(test_set(cfg), encoder_for(cfg), "server test set")
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        adapter = new_adapter(self.cfg)
+        load_trainable_state(adapter, state)
+        metrics = evaluate_adapter(adapter, self.test.features, self.test.labels)
+        return {key.replace("_", "-"): value for key, value in metrics.items()}

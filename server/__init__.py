@@ -1,0 +1,1 @@
+"""The Flower ServerApp, the run folder and its plots."""

@@ -1,0 +1,30 @@
+"""Plots of a run, for the people who would rather look than read metrics.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+
+def plot_curves(rounds: list[dict[str, Any]], path: Path) -> None:
+    """Global test metrics and each site's validation accuracy, per round."""
+    x = [r["round"] for r in rounds]
+    fig, (ax_global, ax_sites) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("accuracy", "macro-f1", "auc"):
+        ax_global.plot(x, [r["global"].get(key) for r in rounds], marker="o", label=f"test {key}")
+    ax_global.set(title="Global adapter on the held-out test set", xlabel="round", ylim=(0, 1))
+    ax_global.legend()
+    sites = sorted({s for r in rounds for s in r["sites"]}, key=int)
+    for site in sites:
+        acc = [r["sites"].get(site, {}).get("evaluate", {}).get("accuracy") for r in rounds]
+        ax_sites.plot(x, acc, marker=".", label=f"site {site}")
+    ax_sites.set(title="Global adapter on each site's validation split", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+    ax_sites.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""The run folder: what a federated run leaves behind for people, reports, tests and benchmarks.
+
+    <run.output-dir>/<timestamp>-<name>/
+        config.yaml               the resolved configuration (flat keys)
+        metrics.jsonl             one line per round: global test metrics, federated validation,
+                                  per-site metrics, bytes up and down, seconds
+        summary.json              final and best metrics, totals, peak memory
+        final_adapter.safetensors best_adapter.safetensors   adapter checkpoints
+        curves.png                metrics per round
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Message, MetricRecord
+from safetensors.torch import save_file
+
+from omnirad.config import Config, to_yaml
+from omnirad.site import peak_rss_mb
+from server.plots import plot_curves
+
+SELECTION_METRIC = "macro-f1"  # OmniRad selects models by macro-F1, here on federated validation
+
+
+@dataclass
+class RoundRecord:
+    """Everything observed during one round, filled in as messages come and go."""
+
+    server_round: int
+    started: float = field(default_factory=time.perf_counter)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    sites: dict[int, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
+    failures: list[str] = field(default_factory=list)
+    aggregated: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _metrics(record: MetricRecord | None) -> dict[str, float]:
+    return {key: float(value) for key, value in (record or {}).items()}
+
+
+class RunFolder:
+    """Creates the run folder and implements ``strategies.RoundObserver`` to fill it."""
+
+    def __init__(self, cfg: Config, path: Path) -> None:
+        self.cfg = cfg
+        self.path = path
+        self.started = time.perf_counter()
+        self.rounds: list[dict[str, Any]] = []
+        self.current = RoundRecord(0)
+        self.client_peak_rss_mb = 0.0
+
+    @classmethod
+    def create(cls, cfg: Config) -> RunFolder:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = cfg.run.name or f"{cfg.data.dataset}-{cfg.model.encoder}-{cfg.model.adapter}-{cfg.strategy.name}"
+        base = Path(cfg.run.output_dir).expanduser().resolve()
+        path = base / f"{stamp}-{name}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = base / f"{stamp}-{name}-{suffix}"
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(to_yaml(cfg))
+        return cls(cfg, path)
+
+    # --- RoundObserver -------------------------------------------------------------------------
+    def on_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
+        if self.current.server_round != server_round:
+            self.current = RoundRecord(server_round)
+        self.current.bytes_down += sum(m.content["arrays"].count_bytes() for m in messages)
+
+    def on_replies(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        for reply in replies:
+            if reply.has_error():
+                self.current.failures.append(f"{phase}: node {reply.metadata.src_node_id}: {reply.error.reason}")
+                continue
+            metrics = _metrics(reply.content.get("metrics"))
+            site = int(metrics.pop("site-id", reply.metadata.src_node_id))
+            entry = self.current.sites[site]
+            entry[phase] = metrics
+            if phase == "train":
+                entry["bytes-up"] = reply.content["arrays"].count_bytes()
+                self.current.bytes_up += entry["bytes-up"]
+                self.client_peak_rss_mb = max(self.client_peak_rss_mb, metrics.get("peak-rss-mb", 0.0))
+
+    def on_aggregated(self, server_round: int, phase: str, metrics: MetricRecord | None) -> None:
+        self.current.aggregated[phase] = _metrics(metrics)
+
+    # --- end of round and of run ----------------------------------------------------------------
+    def end_round(self, server_round: int, global_metrics: dict[str, float]) -> dict[str, Any]:
+        """Append the round's line to metrics.jsonl and print it as a table row."""
+        rec = self.current
+        line = {
+            "round": server_round,
+            "seconds": round(time.perf_counter() - rec.started, 3),
+            "global": global_metrics,
+            "federated-val": rec.aggregated.get("evaluate", {}),
+            "train": rec.aggregated.get("train", {}),
+            "sites": {str(site): rec.sites[site] for site in sorted(rec.sites)},
+            "bytes-up": rec.bytes_up,
+            "bytes-down": rec.bytes_down,
+            "failures": rec.failures,
+        }
+        self.rounds.append(line)
+        with open(self.path / "metrics.jsonl", "a") as out:
+            out.write(json.dumps(line) + "\n")
+        print_round(line, header=len(self.rounds) == 1)
+        return line
+
+    def finish(self, final_state: dict[str, torch.Tensor], best_state: dict[str, torch.Tensor] | None, extra: dict[str, Any]) -> dict[str, Any]:
+        """Write summary.json, the adapter checkpoints and the curves plot."""
+        save_file({k: v.contiguous() for k, v in final_state.items()}, self.path / "final_adapter.safetensors")
+        if best_state is not None:
+            save_file({k: v.contiguous() for k, v in best_state.items()}, self.path / "best_adapter.safetensors")
+        summary = summarise(self.rounds, extra)
+        summary["wall-seconds"] = round(time.perf_counter() - self.started, 3)
+        summary["peak-rss-mb"] = {"server": round(peak_rss_mb(), 1), "clients": round(self.client_peak_rss_mb, 1)}
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.rounds:
+            plot_curves(self.rounds, self.path / "curves.png")
+        return summary
+
+
+def best_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The round with the best federated-validation macro-F1 (never chosen on the test set)."""
+    scored = [r for r in rounds if not math.isnan(r["federated-val"].get(SELECTION_METRIC, math.nan))]
+    return max(scored, key=lambda r: r["federated-val"][SELECTION_METRIC]) if scored else None
+
+
+def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    best = best_round(rounds)
+    sites = sorted({site for r in rounds for site in r["sites"]}, key=int)
+    up_per_site = [s["bytes-up"] for r in rounds for s in r["sites"].values() if "bytes-up" in s]
+    return {
+        **extra,
+        "rounds": len(rounds),
+        "final": rounds[-1]["global"] if rounds else {},
+        "final-federated-val": rounds[-1]["federated-val"] if rounds else {},
+        "best": {"round": best["round"], "selected-by": f"federated-val {SELECTION_METRIC}", "global": best["global"]}
+        if best
+        else None,
+        "bytes-up": sum(r["bytes-up"] for r in rounds),
+        "bytes-down": sum(r["bytes-down"] for r in rounds),
+        "bytes-up-per-site-round": (sum(up_per_site) / len(up_per_site)) if up_per_site else 0,
+        "sites-per-round": {str(r["round"]): sorted(r["sites"], key=int) for r in rounds},
+        "sites": sites,
+        "failures": [f for r in rounds for f in r["failures"]],
+    }
+
+
+def print_round(line: dict[str, Any], header: bool) -> None:
+    """One table row per round, so progress is readable while the run goes on."""
+    g, v = line["global"], line["federated-val"]
+    site_acc = [s["evaluate"]["accuracy"] for s in line["sites"].values() if "evaluate" in s]
+    worst = min(site_acc) if site_acc else math.nan
+    if header:
+        print(f"{'round':>5} {'test acc':>8} {'test F1':>8} {'test AUC':>8} {'val acc':>8} {'worst site':>10} "
+              f"{'train loss':>10} {'up KiB':>8} {'down KiB':>8} {'sec':>6}", flush=True)
+    print(f"{line['round']:>5} {g.get('accuracy', math.nan):>8.3f} {g.get('macro-f1', math.nan):>8.3f} "
+          f"{g.get('auc', math.nan):>8.3f} {v.get('accuracy', math.nan):>8.3f} {worst:>10.3f} "
+          f"{line['train'].get('train-loss', math.nan):>10.4f} {line['bytes-up'] / 1024:>8.1f} "
+          f"{line['bytes-down'] / 1024:>8.1f} {line['seconds']:>6.1f}", flush=True)

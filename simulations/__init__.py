@@ -1,0 +1,1 @@
+"""Experiment tooling: local Flower plumbing, the demo, baselines and benchmarks."""

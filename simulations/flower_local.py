@@ -1,0 +1,156 @@
+"""Run Flower simulations on this machine without surprises: project-local state, loopback only,
+no run-time dependency installs, and a SuperLink whose PID we own and stop.
+
+``flwr run`` would otherwise start a detached SuperLink that outlives the run, keeps the working
+directory it was first started in, and installs each run's dependencies with uv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEFAULT_HTTP_PORT = 39091
+DEFAULT_NUM_SUPERNODES = 4  # keep equal to data.num-sites' default in omnirad.config
+
+
+def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT) -> dict[str, str]:
+    """Environment for flwr and flower-superlink: local state, offline, loopback, no installs."""
+    env = os.environ.copy()
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
+        FLWR_LOCAL_CONTROL_API_PORT=str(http_port + 2),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # makes Ray bind 127.0.0.1 instead of the host's IP
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+def write_flower_config(flwr_home: Path, num_supernodes: int = DEFAULT_NUM_SUPERNODES) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with a local-simulation connection as the default.
+
+    ``options.num-supernodes`` is the only way Flower 1.41 gives a connection a default size (it
+    prints a deprecation note); ``flwr run --federation-config`` overrides it per run.
+    """
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(
+        '[superlink]\ndefault = "local"\n\n'
+        '[superlink.local]\naddress = ":local:"\n'
+        f"options.num-supernodes = {num_supernodes}\n"
+    )
+    return path
+
+
+class LocalSuperLink:
+    """A simulation SuperLink on 127.0.0.1 started as its own process group, stopped by PID."""
+
+    def __init__(self, flwr_home: Path, workdir: Path, http_port: int = DEFAULT_HTTP_PORT) -> None:
+        self.flwr_home = flwr_home
+        self.workdir = workdir
+        self.http_port = http_port
+        self.env = flower_env(flwr_home, http_port)
+        self.log_file = flwr_home / "local-superlink" / "superlink.log"
+        self.process: subprocess.Popen | None = None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=0.5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 60.0) -> LocalSuperLink:
+        if self.healthy():
+            raise RuntimeError(
+                f"a SuperLink already answers on 127.0.0.1:{self.http_port}; stop it first "
+                "(it may be one that `flwr run` left running)"
+            )
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).with_name("flower-superlink")),
+            "--insecure", "--simulation", "--isolation", "subprocess",
+            "--host", "127.0.0.1", "--port", str(self.http_port),
+            "--disable-runtime-dependency-installation",
+            "--log-file", str(self.log_file),
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=self.workdir, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}; see {self.log_file}")
+            if self.healthy():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f} s; see {self.log_file}")
+
+    def stop(self) -> None:
+        """Stop the SuperLink and everything it started (ServerApp, Ray) by process group."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # start_new_session made the SuperLink its group's leader
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.2)
+            if not _group_alive(pgid):
+                break
+        self.process.wait(timeout=5)
+        self.process = None
+
+    def __enter__(self) -> LocalSuperLink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def flwr_run(project: Path, env: dict[str, str], run_config: str = "", num_supernodes: int | None = None,
+             timeout: float = 1800.0) -> subprocess.CompletedProcess:
+    """``flwr run <project> --stream`` with our environment; output goes to this terminal too."""
+    command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream"]
+    if run_config:
+        command += ["--run-config", run_config]
+    if num_supernodes is not None:
+        command += ["--federation-config", f"num-supernodes={num_supernodes}"]
+    return subprocess.run(command, cwd=project, env=env, timeout=timeout, check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m simulations.flower_local write-config DIR` (used by make setup)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=["write-config"])
+    parser.add_argument("flwr_home", type=Path)
+    args = parser.parse_args(argv)
+    print(f"wrote {write_flower_config(args.flwr_home.resolve())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

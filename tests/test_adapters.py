@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from omnirad.adapters import create_adapter, load_trainable_state, trainable_state
+from omnirad.encoders import create_encoder
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_sent_keys_are_exactly_the_trainable_parameters(name):
+    adapter = create_adapter(name, in_dim=192, num_classes=4, hidden_dim=32)
+    sent = trainable_state(adapter)
+    assert list(sent) == [n for n, p in adapter.named_parameters() if p.requires_grad]
+    assert sum(t.numel() for t in sent.values()) == sum(p.numel() for p in adapter.parameters())
+
+
+def test_no_encoder_tensor_is_ever_sent():
+    encoder = create_encoder("vit-tiny", "", image_size=32)
+    model = torch.nn.Sequential(encoder, create_adapter("linear", encoder.num_features, 4))
+    sent = trainable_state(model)
+    assert set(sent) == {"1.fc.weight", "1.fc.bias"}
+
+
+def test_round_trip_and_mismatches_are_errors():
+    a, b = create_adapter("mlp", 16, 3, 8), create_adapter("mlp", 16, 3, 8)
+    load_trainable_state(b, trainable_state(a))
+    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    state = trainable_state(a)
+    with pytest.raises(KeyError, match="missing"):
+        load_trainable_state(b, {k: v for k, v in state.items() if k != "net.1.bias"})
+    with pytest.raises(ValueError, match="shape"):
+        load_trainable_state(b, {**state, "net.1.bias": torch.zeros(5)})
+
+
+def test_unknown_adapter():
+    with pytest.raises(ValueError, match="model.adapter"):
+        create_adapter("lora", 8, 2)

@@ -1,0 +1,57 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from omnirad.config import ConfigError, flat_defaults, load_config, to_yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_load_and_match_pyproject():
+    cfg = load_config({})
+    assert cfg.data.dataset == "embedded" and cfg.model.encoder == "vit-tiny"
+    pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"]["config"]
+
+    def flatten(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    assert flatten(declared) == flat_defaults()
+
+
+def test_flat_kebab_keys_reach_snake_case_fields():
+    cfg = load_config({"data.num-sites": 3, "train.local-epochs": 2, "model.adapter": "mlp", "run.output-dir": "/tmp/x"})
+    assert (cfg.data.num_sites, cfg.train.local_epochs, cfg.model.adapter, cfg.run.output_dir) == (3, 2, "mlp", "/tmp/x")
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="unknown configuration key 'data.num_sites'"):
+        load_config({"data.num_sites": 3})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("data.size", "big", "data.size"),
+        ("num-server-rounds", 0, "num-server-rounds"),
+        ("data.alpha", 0.0, "data.alpha"),
+        ("model.encoder", "vit-huge", "one of omnirad-small"),
+        ("model.adapter", "lora2", "model.adapter"),
+        ("data.partition", "random", "data.partition"),
+        ("strategy.fraction-train", 1.5, "strategy.fraction-train"),
+        ("data.size", 16, "from 28 to 224"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config({key: value})
+    assert key in str(err.value) and fragment in str(err.value)
+
+
+def test_yaml_round_trip_uses_flat_keys():
+    text = to_yaml(load_config({"data.alpha": 0.1}))
+    assert "data.alpha: 0.1" in text and "num-server-rounds: 5" in text
