@@ -18,7 +18,7 @@ $(FLWR_HOME)/config.toml: | $(STAMP)
 	$(PY) -m simulations.flower_local write-config $(FLWR_HOME)
 
 demo: setup
-	$(PY) -m simulations.demo $(ARGS)
+	$(PY) -m simulations.demo "$(ARGS)"
 
 test: setup
 	$(PY) -m pytest -q -ra

@@ -44,7 +44,7 @@ class DataConfig:
 class ModelConfig:
     encoder: str = "vit-tiny"
     weights: str = ""
-    adapter: str = "linear"
+    adapter: str = "mlp"
     hidden_dim: int = 256  # mlp adapter only
 
 
@@ -72,7 +72,7 @@ class RunConfig:
 
 @dataclass
 class Config:
-    num_server_rounds: int = 5
+    num_server_rounds: int = 20
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

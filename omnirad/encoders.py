@@ -19,6 +19,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf_hub:"
+RANDOM_INIT_SEED = 0  # every participant must build the same random encoder
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -105,7 +106,8 @@ def create_encoder(name: str, weights: str = "", image_size: int = 224) -> Froze
 
     ``weights``: a local ``.safetensors``/``.pt``/``.pth``/``.bin`` file; ``hf_hub:<org>/<repo>``
     or ``hub`` (the encoder's published weights) to load from the Hugging Face hub; empty for a
-    random initialisation. Position embeddings are resized to ``image_size``.
+    random initialisation, seeded so that the server and every site build the same encoder.
+    Position embeddings are resized to ``image_size``.
     """
     if name not in ENCODERS:
         raise ValueError(f"model.encoder: unknown encoder '{name}'; known: {', '.join(ENCODERS)}")
@@ -134,7 +136,9 @@ def _build_vit(name: str, spec: EncoderSpec, weights: str, kwargs: dict) -> nn.M
             "pretrained encoder. Set model.weights to a local weights file for real use. !!!",
             name,
         )
-        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     if weights == "hub" or weights.startswith(HUB_PREFIX):
         hub_id = spec.hub_id if weights == "hub" else weights
         if hub_id is None:

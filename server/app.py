@@ -11,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from omnirad.adapters import trainable_state
 from omnirad.config import Config, ConfigError, load_config
 from omnirad.site import CentralEvaluator, encoder_for, new_adapter
-from server.run_folder import RunFolder, SELECTION_METRIC
+from server.run_folder import SELECTION_METRIC, RunFolder
 from strategies import build_strategy
 
 app = ServerApp()

@@ -1,30 +1,59 @@
 """`make demo`: the default federation on the embedded data, through `flwr run .`.
 
 Starts a loopback SuperLink it owns (or reuses one already answering), streams the run's
-per-round table, and stops what it started.
+per-round table, stops what it started, and fails loudly when the run left no summary
+(`flwr run` itself exits 0 even when the ServerApp fails).
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
+import click
+from flwr.common.config import parse_config_args
+
+from omnirad.config import ConfigError, load_config
 from simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
+def newest_summary(output_dir: Path, since: float) -> Path | None:
+    """The summary.json of the newest run folder written after ``since``."""
+    summaries = [p for p in output_dir.glob("*/summary.json") if p.stat().st_mtime >= since]
+    return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def main(argv: list[str]) -> int:
+    run_config = " ".join(argv).strip()
+    try:  # bad keys and values fail here, before anything starts
+        cfg = load_config(parse_config_args([run_config]) if run_config else {})
+    except (ConfigError, click.ClickException) as err:
+        print(f"make demo ARGS=\"{run_config}\": {getattr(err, 'message', err)}", file=sys.stderr)
+        return 2
     flwr_home = PROJECT / ".flwr"
     if not (flwr_home / "config.toml").exists():
         write_flower_config(flwr_home)
     link = LocalSuperLink(flwr_home, PROJECT)
-    run_config = " ".join(argv)
+    started = time.time()
     if link.healthy():
         print(f"Using the SuperLink already running on 127.0.0.1:{link.http_port}.")
-        return flwr_run(PROJECT, link.env, run_config).returncode
-    with link:
-        return flwr_run(PROJECT, link.env, run_config).returncode
+        flwr_run(PROJECT, link.env, run_config)
+    else:
+        with link:
+            flwr_run(PROJECT, link.env, run_config)
+    output_dir = Path(cfg.run.output_dir)
+    summary = newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
+    if summary is None:
+        print("The run did not finish: no summary.json was written. See the log above.", file=sys.stderr)
+        return 1
+    final = json.loads(summary.read_text())["final"]
+    print(f"\nDemo finished: test accuracy {final['accuracy']:.3f}, macro-F1 {final['macro-f1']:.3f}, "
+          f"AUC {final['auc']:.3f}.\nRun folder: {summary.parent}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ directory it was first started in, and installs each run's dependencies with uv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 DEFAULT_HTTP_PORT = 39091
 DEFAULT_NUM_SUPERNODES = 4  # keep equal to data.num-sites' default in omnirad.config
@@ -32,6 +34,8 @@ def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT) -> dict[str,
         RAY_USAGE_STATS_ENABLED="0",
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # makes Ray bind 127.0.0.1 instead of the host's IP
         HF_HUB_OFFLINE="1",
+        # flower-superlink starts flower-superexec and flwr-simulation by name.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
     return env
 
@@ -53,7 +57,7 @@ def write_flower_config(flwr_home: Path, num_supernodes: int = DEFAULT_NUM_SUPER
 
 
 class LocalSuperLink:
-    """A simulation SuperLink on 127.0.0.1 started as its own process group, stopped by PID."""
+    """A simulation SuperLink on 127.0.0.1 that this process starts and stops, by PID."""
 
     def __init__(self, flwr_home: Path, workdir: Path, http_port: int = DEFAULT_HTTP_PORT) -> None:
         self.flwr_home = flwr_home
@@ -62,6 +66,7 @@ class LocalSuperLink:
         self.env = flower_env(flwr_home, http_port)
         self.log_file = flwr_home / "local-superlink" / "superlink.log"
         self.process: subprocess.Popen | None = None
+        self.started_pids: list[int] = []  # every process stop() ended, for tests to check
 
     def healthy(self) -> bool:
         try:
@@ -86,7 +91,6 @@ class LocalSuperLink:
         ]
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -99,21 +103,28 @@ class LocalSuperLink:
         raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f} s; see {self.log_file}")
 
     def stop(self) -> None:
-        """Stop the SuperLink and everything it started (ServerApp, Ray) by process group."""
+        """Stop the SuperLink and every process it started (SuperExec, ServerApp, Ray), by PID.
+
+        Flower starts its SuperExec in a session of its own, so a process-group kill would miss it:
+        the whole process tree is collected first, then terminated, then killed if still there.
+        """
         if self.process is None:
             return
-        pgid = self.process.pid  # start_new_session made the SuperLink its group's leader
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.2)
-            if not _group_alive(pgid):
-                break
+        try:
+            root = psutil.Process(self.process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
         self.process.wait(timeout=5)
+        self.started_pids = [p.pid for p in tree]
         self.process = None
 
     def __enter__(self) -> LocalSuperLink:
@@ -121,14 +132,6 @@ class LocalSuperLink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def flwr_run(project: Path, env: dict[str, str], run_config: str = "", num_supernodes: int | None = None,

@@ -54,4 +54,4 @@ def test_bad_values_name_the_key(key, value, fragment):
 
 def test_yaml_round_trip_uses_flat_keys():
     text = to_yaml(load_config({"data.alpha": 0.1}))
-    assert "data.alpha: 0.1" in text and "num-server-rounds: 5" in text
+    assert "data.alpha: 0.1" in text and "num-server-rounds: 20" in text

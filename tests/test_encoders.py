@@ -19,6 +19,14 @@ def test_random_init_warns_loudly(caplog):
     assert any("RANDOM weights" in r.message for r in caplog.records)
 
 
+def test_random_init_is_the_same_in_every_process(tiny):
+    """The server and each site build their own encoder: random weights must agree."""
+    torch.manual_seed(123)  # whatever the caller's RNG state
+    other = create_encoder("vit-tiny", "", image_size=64)
+    images = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(other(images), tiny(images))
+
+
 def test_encoder_is_frozen_and_stays_in_eval(tiny):
     assert not any(p.requires_grad for p in tiny.parameters())
     tiny.train()

@@ -1,0 +1,1 @@
+"""Datasets, partitioners and the embedded synthetic data."""

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from omnirad.config import load_config
+from omnirad.data.partition import PartitionError, partition_indices, split_train_val
+from omnirad.data.sites import load_site, site_partitions
+
+LABELS = np.arange(1200) % 4
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_every_sample_goes_to_exactly_one_site_and_seed_fixes_the_split(scheme):
+    parts = partition_indices(LABELS, 5, scheme, alpha=0.5, seed=3, min_site_samples=20)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+    assert all(len(p) >= 20 for p in parts)
+    again = partition_indices(LABELS, 5, scheme, alpha=0.5, seed=3, min_site_samples=20)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_small_alpha_skews_labels_more_than_iid():
+    def skew(parts):
+        hist = np.stack([np.bincount(LABELS[p], minlength=4) / len(p) for p in parts])
+        return np.abs(hist - 0.25).sum(axis=1).mean()
+
+    iid = partition_indices(LABELS, 4, "iid", seed=0)
+    skewed = partition_indices(LABELS, 4, "dirichlet", alpha=0.1, seed=0, min_site_samples=10)
+    assert skew(skewed) > skew(iid) + 0.3
+
+
+def test_impossible_split_names_the_keys():
+    with pytest.raises(PartitionError, match="data.min-site-samples"):
+        partition_indices(LABELS[:100], 8, "iid", min_site_samples=20)
+
+
+def test_train_val_split_is_disjoint_and_complete():
+    train, val = split_train_val(np.arange(100, 200), 0.15, seed=0)
+    assert len(val) == 15 and not set(train) & set(val) and len(train) + len(val) == 100
+
+
+def test_sites_from_config_cover_the_pool_without_overlap():
+    cfg = load_config({"data.num-sites": 3, "data.num-train": 300, "data.size": 32})
+    parts = site_partitions(cfg)
+    assert sum(len(p) for p in parts) == 300
+    site = load_site(cfg, 1)
+    assert len(site.train) + len(site.val) == len(parts[1])
+    assert site.train.images.shape[1:] == (32, 32)
+    with pytest.raises(ValueError, match="data.num-sites=3"):
+        load_site(cfg, 3)

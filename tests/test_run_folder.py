@@ -1,0 +1,72 @@
+"""The run folder and the observed strategy, driven with mock replies and no network."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from omnirad.config import load_config
+from server.run_folder import RunFolder
+from strategies import build_strategy
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages take their run and node ids from the process's task identity, as in a ClientApp."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def reply(site: int, weight: float, n: int, accuracy: float | None = None) -> Message:
+    state = {"fc.weight": torch.full((4, 8), weight), "fc.bias": torch.zeros(4)}
+    metrics = {"num-examples": n, "site-id": site, "train-loss": 1.0 / (site + 1), "peak-rss-mb": 100.0 + site}
+    if accuracy is not None:
+        metrics.update({"accuracy": accuracy, "macro-f1": accuracy})
+        content = RecordDict({"metrics": MetricRecord(metrics)})
+        return Message(content=content, dst_node_id=0, message_type=MessageType.EVALUATE)
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+    return Message(content=content, dst_node_id=0, message_type=MessageType.TRAIN)
+
+
+def test_round_is_aggregated_by_fedavg_and_recorded_per_site(tmp_path):
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2})
+    folder = RunFolder.create(cfg)
+    strategy = build_strategy(cfg, folder)
+    arrays, metrics = strategy.aggregate_train(1, [reply(0, 1.0, 100), reply(1, 4.0, 300)])
+    # FedAvg weights by num-examples: (1*100 + 4*300) / 400 = 3.25
+    np.testing.assert_allclose(arrays["fc.weight"].numpy(), 3.25)
+    strategy.aggregate_evaluate(1, [reply(0, 0, 10, accuracy=0.5), reply(1, 0, 30, accuracy=0.9)])
+    line = folder.end_round(1, {"accuracy": 0.8, "macro-f1": 0.7, "auc": 0.9})
+
+    assert set(line["sites"]) == {"0", "1"}
+    assert line["sites"]["1"]["evaluate"]["accuracy"] == 0.9
+    assert line["federated-val"]["accuracy"] == (0.5 * 10 + 0.9 * 30) / 40
+    one_site_bytes = ArrayRecord({"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}).count_bytes()
+    assert line["bytes-up"] == 2 * one_site_bytes
+    assert one_site_bytes < 2 * (4 * 8 + 4) * 4 + 512  # parameter bytes plus array framing
+
+    summary = folder.finish(arrays.to_torch_state_dict(), None, {"adapter": "linear"})
+    on_disk = json.loads((folder.path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["best"]["round"] == 1 and on_disk["sites-per-round"] == {"1": ["0", "1"]}
+    assert on_disk["peak-rss-mb"]["clients"] == 101.0
+    assert (folder.path / "final_adapter.safetensors").stat().st_size > 0
+    assert (folder.path / "curves.png").stat().st_size > 0
+    lines = (folder.path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1]
+
+
+def test_failed_replies_are_recorded_and_left_out(tmp_path):
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2})
+    folder = RunFolder.create(cfg)
+    strategy = build_strategy(cfg, folder)
+    failed = Message(Error(code=1, reason="site crashed"), reply_to=reply(1, 0, 1))
+    arrays, _ = strategy.aggregate_train(1, [reply(0, 2.0, 50), failed])
+    np.testing.assert_allclose(arrays["fc.weight"].numpy(), 2.0)
+    line = folder.end_round(1, {})
+    assert list(line["sites"]) == ["0"] and "site crashed" in line["failures"][0]
