@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(rounds: list[dict[str, Any]], path: Path) -> None:
@@ -25,6 +26,8 @@ def plot_curves(rounds: list[dict[str, Any]], path: Path) -> None:
         ax_sites.plot(x, acc, marker=".", label=f"site {site}")
     ax_sites.set(title="Global adapter on each site's validation split", xlabel="round", ylabel="accuracy", ylim=(0, 1))
     ax_sites.legend(fontsize="small", ncol=2)
+    for ax in (ax_global, ax_sites):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,10 +1,12 @@
 """Centralised reference numbers on the embedded dataset: what the federated runs are measured against.
 
-Three models trained on the pooled training images (no federation) and scored on the test set:
-a linear probe and an MLP head on the frozen encoder's features, and a small CNN trained end to
-end. Usage:
+Models trained on the pooled training images (no federation) and scored on the test set: a linear
+probe and an MLP head on the frozen encoder's features, a small CNN trained end to end, and two
+sanity references that say how hard the task is (logistic regression on the mean intensity alone,
+and on 8x8-pixel thumbnails). Usage:
 
-    python -m simulations.central_baselines [--seeds 0 1 2] [--epochs 30] [key=value ...]
+    python -m simulations.central_baselines [--models linear mlp cnn intensity thumbnail]
+        [--seeds 0 1 2] [--epochs 30] [key=value ...]
 
 Config keys (``data.size=64 model.encoder='vit-tiny'``) select data and encoder as in a run.
 """
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from omnirad.adapters import create_adapter
@@ -63,6 +67,23 @@ def train_cnn(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     return classification_metrics(test.labels, logits)
 
 
+def logistic_baseline(cfg: Config, features: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Logistic regression on hand-made image features (deterministic: seeds do not matter)."""
+    train, test = pooled_train(cfg), test_set(cfg)
+    clf = LogisticRegression(max_iter=3000).fit(features(train.images), train.labels)
+    return classification_metrics(test.labels, np.log(clf.predict_proba(features(test.images)) + 1e-12))
+
+
+def mean_intensity(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).mean(axis=1, keepdims=True) / 255.0
+
+
+def thumbnail(images: np.ndarray) -> np.ndarray:
+    """8x8 block means: coarse layout, no texture."""
+    n, h, w = images.shape[:3]
+    return images[:, : h - h % 8, : w - w % 8].reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, -1) / 255.0
+
+
 def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed: int) -> dict[str, float]:
     train_x, train_y, test_x, test_y = features
     torch.manual_seed(seed)
@@ -73,31 +94,50 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed:
     return metrics
 
 
+MODELS = {
+    "linear": "linear probe (frozen encoder)",
+    "mlp": "MLP head (frozen encoder)",
+    "cnn": "small CNN (end to end)",
+    "intensity": "logistic regression, mean intensity",
+    "thumbnail": "logistic regression, 8x8 thumbnail",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=30, help="epochs for every model")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs for the heads and the CNN")
     parser.add_argument("overrides", nargs="*", help="configuration keys, key=value")
     args = parser.parse_args(argv)
     cfg = load_config(dict(_parse(o) for o in args.overrides))
     train, test = pooled_train(cfg), test_set(cfg)
-    encoder = encoder_for(cfg)
-    features = (encode(encoder, train.images, desc="pooled train"), train.labels, encode(encoder, test.images, desc="test"), test.labels)
-    results: dict[str, list[dict[str, float]]] = {"linear probe": [], "mlp head": [], "small cnn": []}
+    features = None
+    if {"linear", "mlp"} & set(args.models):
+        encoder = encoder_for(cfg)
+        features = (encode(encoder, train.images, desc="pooled train"), train.labels,
+                    encode(encoder, test.images, desc="test"), test.labels)
+    runners: dict[str, Callable[[int], dict[str, float]]] = {
+        "linear": lambda seed: head_baseline(cfg, "linear", features, args.epochs, seed),
+        "mlp": lambda seed: head_baseline(cfg, "mlp", features, args.epochs, seed),
+        "cnn": lambda seed: train_cnn(cfg, args.epochs, seed),
+        "intensity": lambda seed: logistic_baseline(cfg, mean_intensity),
+        "thumbnail": lambda seed: logistic_baseline(cfg, thumbnail),
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in args.models}
     for seed in args.seeds:
         start = time.perf_counter()
-        results["linear probe"].append(head_baseline(cfg, "linear", features, args.epochs, seed))
-        results["mlp head"].append(head_baseline(cfg, "mlp", features, args.epochs, seed))
-        results["small cnn"].append(train_cnn(cfg, args.epochs, seed))
+        for name in args.models:
+            results[name].append(runners[name](seed))
         print(f"seed {seed} done in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"\n{len(train)} train / {len(test)} test images at {cfg.data.size} px; encoder {cfg.model.encoder} "
-          f"({cfg.model.weights or 'random init'}); {args.epochs} epochs; seeds {args.seeds}")
+          f"({cfg.model.weights or 'random init'}); {args.epochs} epochs; seeds {args.seeds}; chance 0.25")
     print("| model | accuracy | macro-F1 | AUC |\n|---|---|---|---|")
     summary = {}
     for name, runs in results.items():
         row = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in ("accuracy", "macro_f1", "auc")}
         summary[name] = row
-        print(f"| {name} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in row.values()) + " |")
+        print(f"| {MODELS[name]} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in row.values()) + " |")
     print(json.dumps(summary))
     return 0
 

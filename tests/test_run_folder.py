@@ -46,6 +46,7 @@ def test_round_is_aggregated_by_fedavg_and_recorded_per_site(tmp_path):
     assert set(line["sites"]) == {"0", "1"}
     assert line["sites"]["1"]["evaluate"]["accuracy"] == 0.9
     assert line["federated-val"]["accuracy"] == (0.5 * 10 + 0.9 * 30) / 40
+    assert "site-id" not in line["federated-val"] and "site-id" not in metrics
     one_site_bytes = ArrayRecord({"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}).count_bytes()
     assert line["bytes-up"] == 2 * one_site_bytes
     assert one_site_bytes < 2 * (4 * 8 + 4) * 4 + 512  # parameter bytes plus array framing
