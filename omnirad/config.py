@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
 ADAPTER_NAMES = ("linear", "mlp")
 DATASET_NAMES = ("embedded",)
-PARTITION_NAMES = ("iid", "dirichlet")
+PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg",)
 
 
@@ -33,6 +33,8 @@ class DataConfig:
     size: int = 64
     partition: str = "dirichlet"
     alpha: float = 0.5
+    classes_per_site: int = 2  # pathological partition: classes each site holds
+    quantity_exponent: float = 1.0  # quantity partition: site sizes ~ rank^-exponent
     num_sites: int = 4
     num_train: int = 2400  # embedded data: pooled training images shared out among the sites
     num_test: int = 800  # embedded data: the server's held-out test set
@@ -150,6 +152,8 @@ def validate(cfg: Config) -> None:
     _require(28 <= d.size <= 224, "data.size", d.size, "an image size from 28 to 224 pixels")
     _one_of("data.partition", d.partition, PARTITION_NAMES)
     _require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
+    _require(d.classes_per_site >= 1, "data.classes-per-site", d.classes_per_site, ">= 1")
+    _require(d.quantity_exponent >= 0, "data.quantity-exponent", d.quantity_exponent, ">= 0")
     _require(d.num_sites >= 1, "data.num-sites", d.num_sites, ">= 1")
     _require(d.num_train >= d.num_sites, "data.num-train", d.num_train, ">= data.num-sites")
     _require(d.num_test >= 1, "data.num-test", d.num_test, ">= 1")

@@ -7,30 +7,37 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score
 
-MULTI_CLASS = "multi-class"
+from omnirad.tasks import MULTI_LABEL, TaskSpec
 
 
-def classification_metrics(labels: np.ndarray, logits: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """Accuracy, macro-F1 and AUC of multi-class predictions.
+def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
+    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of a batch of predictions.
 
-    AUC is MedMNIST's: one-vs-rest per class, averaged. A site's local split may lack some classes
-    (label skew); one-vs-rest AUC is undefined for those, so the average is then taken over the
-    classes present, and ``auc_classes`` says how many that was.
+    AUC is one-vs-rest per class (per label for multi-label), averaged. A site's local split may
+    lack some classes (label skew): AUC is undefined for those, so the average is then taken over
+    the classes present, and ``auc_classes`` says how many that was.
     """
-    scores = torch.as_tensor(logits).float().softmax(dim=1).numpy()
-    labels = np.asarray(labels).reshape(-1)
-    num_classes = scores.shape[1]
-    present = [c for c in range(num_classes) if 0 < (labels == c).sum() < len(labels)]
-    if len(present) == num_classes:
-        auc = float(getAUC(labels, scores, MULTI_CLASS))
+    scores = task.scores(torch.as_tensor(logits))
+    labels = np.asarray(labels)
+    if task.multi_label:
+        columns = [(labels[:, c], scores[:, c]) for c in range(task.num_outputs)]
+        predictions = (scores > 0.5).astype(int)
+        f1 = f1_score(labels, predictions, average="macro", zero_division=0)
+    else:
+        labels = labels.reshape(-1)
+        columns = [((labels == c).astype(int), scores[:, c]) for c in range(task.num_outputs)]
+        f1 = f1_score(labels, scores.argmax(axis=1), average="macro", labels=list(range(task.num_outputs)), zero_division=0)
+    present = [(y, s) for y, s in columns if 0 < y.sum() < len(y)]
+    if len(present) == task.num_outputs:
+        auc = float(getAUC(labels, scores, task.kind))
     elif present:
-        auc = float(np.mean([getAUC((labels == c).astype(int), scores[:, c], "binary-class") for c in present]))
+        auc = float(np.mean([getAUC(y, s, "binary-class") for y, s in present]))
     else:
         auc = float("nan")
-    predictions = scores.argmax(axis=1)
+    kind = MULTI_LABEL if task.multi_label else "multi-class"  # binary and ordinal score as multi-class
     return {
-        "accuracy": float(getACC(labels, scores, MULTI_CLASS)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro", labels=list(range(num_classes)), zero_division=0)),
+        "accuracy": float(getACC(labels, scores, kind)),
+        "macro_f1": float(f1),
         "auc": auc,
         "auc_classes": float(len(present)),
     }

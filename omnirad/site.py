@@ -35,7 +35,7 @@ def new_adapter(cfg: Config, seed: int | None = None) -> nn.Module:
     """A freshly initialised adapter (seeded, so every participant builds the same one)."""
     torch.manual_seed(cfg.run.seed if seed is None else seed)
     return create_adapter(
-        cfg.model.adapter, encoder_for(cfg).num_features, task_info(cfg).num_classes, cfg.model.hidden_dim
+        cfg.model.adapter, encoder_for(cfg).num_features, task_info(cfg).num_outputs, cfg.model.hidden_dim
     )
 
 
@@ -65,6 +65,7 @@ class LocalSite:
     def __init__(self, cfg: Config, site_id: int) -> None:
         self.cfg = cfg
         self.site_id = site_id
+        self.task = task_info(cfg)
         data = load_site(cfg, site_id)
         encoder = encoder_for(cfg)
         self.train_set = EncodedImages(data.train, encoder, f"site {site_id} train")
@@ -77,7 +78,7 @@ class LocalSite:
         t = self.cfg.train
         seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
         stats = train_adapter(
-            adapter, self.train_set.features, self.train_set.labels,
+            adapter, self.train_set.features, self.train_set.labels, self.task,
             t.local_epochs, t.lr, t.batch_size, t.weight_decay, seed,
         )
         metrics = {
@@ -92,7 +93,7 @@ class LocalSite:
         """Metrics of the given adapter state on this site's validation split."""
         adapter = new_adapter(self.cfg)
         load_trainable_state(adapter, state)
-        metrics = evaluate_adapter(adapter, self.val_set.features, self.val_set.labels)
+        metrics = evaluate_adapter(adapter, self.val_set.features, self.val_set.labels, self.task)
         return {
             "num-examples": float(len(self.val_set.labels)),
             "site-id": float(self.site_id),
@@ -124,5 +125,5 @@ class CentralEvaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         adapter = new_adapter(self.cfg)
         load_trainable_state(adapter, state)
-        metrics = evaluate_adapter(adapter, self.test.features, self.test.labels)
+        metrics = evaluate_adapter(adapter, self.test.features, self.test.labels, task_info(self.cfg))
         return {key.replace("_", "-"): value for key, value in metrics.items()}

@@ -16,6 +16,7 @@ from torch import nn
 
 from omnirad.encoders import FrozenEncoder
 from omnirad.metrics import classification_metrics
+from omnirad.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def train_adapter(
     adapter: nn.Module,
     features: torch.Tensor,
     labels: np.ndarray,
+    task: TaskSpec,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -49,9 +51,8 @@ def train_adapter(
 ) -> dict[str, float]:
     """Train a classification adapter on cached features with AdamW; returns the mean last-epoch loss."""
     generator = torch.Generator().manual_seed(seed)
-    targets = torch.as_tensor(labels, dtype=torch.long)
+    targets = task.targets(labels)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     adapter.train()
     epoch_loss = float("nan")
     for _ in range(epochs):
@@ -60,7 +61,7 @@ def train_adapter(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(adapter(features[batch]), targets[batch])
+            loss = task.loss(adapter(features[batch]), targets[batch])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
@@ -70,9 +71,9 @@ def train_adapter(
 
 
 @torch.no_grad()
-def evaluate_adapter(adapter: nn.Module, features: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+def evaluate_adapter(adapter: nn.Module, features: torch.Tensor, labels: np.ndarray, task: TaskSpec) -> dict[str, float]:
     """Loss, accuracy, macro-F1 and AUC of the adapter on encoded features."""
     adapter.eval()
     logits = adapter(features)
-    loss = nn.functional.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long)).item()
-    return {"loss": loss, **classification_metrics(labels, logits)}
+    loss = task.loss(logits, task.targets(labels)).item()
+    return {"loss": loss, **classification_metrics(labels, logits, task)}

@@ -51,27 +51,28 @@ def train_cnn(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     """End-to-end CNN on the pooled images; the same optimiser as the heads."""
     torch.manual_seed(seed)
     train, test = pooled_train(cfg), test_set(cfg)
-    model = SmallCNN(task_info(cfg).num_classes)
-    x_train, y_train = images_to_tensor(train.images), torch.as_tensor(train.labels)
+    task = task_info(cfg)
+    model = SmallCNN(task.num_outputs)
+    x_train, y_train = images_to_tensor(train.images), task.targets(train.labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
         for batch in torch.randperm(len(y_train), generator=generator).split(64):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+            task.loss(model(x_train[batch]), y_train[batch]).backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(x) for x in images_to_tensor(test.images).split(256)])
-    return classification_metrics(test.labels, logits)
+    return classification_metrics(test.labels, logits, task)
 
 
 def logistic_baseline(cfg: Config, features: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
     """Logistic regression on hand-made image features (deterministic: seeds do not matter)."""
     train, test = pooled_train(cfg), test_set(cfg)
     clf = LogisticRegression(max_iter=3000).fit(features(train.images), train.labels)
-    return classification_metrics(test.labels, np.log(clf.predict_proba(features(test.images)) + 1e-12))
+    return classification_metrics(test.labels, np.log(clf.predict_proba(features(test.images)) + 1e-12), task_info(cfg))
 
 
 def mean_intensity(images: np.ndarray) -> np.ndarray:
@@ -87,9 +88,10 @@ def thumbnail(images: np.ndarray) -> np.ndarray:
 def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed: int) -> dict[str, float]:
     train_x, train_y, test_x, test_y = features
     torch.manual_seed(seed)
-    head = create_adapter(adapter, train_x.shape[1], task_info(cfg).num_classes, cfg.model.hidden_dim)
-    train_adapter(head, train_x, train_y, epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, seed)
-    metrics = evaluate_adapter(head, test_x, test_y)
+    task = task_info(cfg)
+    head = create_adapter(adapter, train_x.shape[1], task.num_outputs, cfg.model.hidden_dim)
+    train_adapter(head, train_x, train_y, task, epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, seed)
+    metrics = evaluate_adapter(head, test_x, test_y, task)
     metrics.pop("loss")
     return metrics
 

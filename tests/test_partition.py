@@ -46,3 +46,24 @@ def test_sites_from_config_cover_the_pool_without_overlap():
     assert site.train.images.shape[1:] == (32, 32)
     with pytest.raises(ValueError, match="data.num-sites=3"):
         load_site(cfg, 3)
+
+
+def test_pathological_gives_each_site_k_classes():
+    parts = partition_indices(LABELS, 4, "pathological", seed=0, classes_per_site=2, min_site_samples=10)
+    assert all(len(np.unique(LABELS[p])) <= 2 for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+
+
+def test_quantity_skew_follows_a_power_law_with_a_floor():
+    parts = partition_indices(LABELS, 5, "quantity", seed=0, quantity_exponent=1.5, min_site_samples=30)
+    sizes = sorted((len(p) for p in parts), reverse=True)
+    assert sum(sizes) == len(LABELS) and sizes[-1] >= 30 and sizes[0] > 3 * sizes[-1]
+
+
+def test_modality_split_gives_each_site_one_style():
+    groups = (np.arange(1200) // 4) % 4
+    parts = partition_indices(LABELS, 8, "modality", seed=0, groups=groups, min_site_samples=10)
+    assert all(len(np.unique(groups[p])) == 1 for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+    with pytest.raises(PartitionError, match="imaging styles"):
+        partition_indices(LABELS, 4, "modality", groups=None)

@@ -14,6 +14,7 @@ import numpy as np
 from omnirad.config import Config
 from omnirad.data import synthetic
 from omnirad.data.partition import partition_indices, split_train_val
+from omnirad.tasks import MULTI_CLASS, TaskSpec
 
 EMBEDDED_TRAIN_SEED = 0  # fixed, so runs with different run.seed share one dataset
 EMBEDDED_TEST_SEED = 1
@@ -25,9 +26,11 @@ class LabelledImages:
 
     images: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray | None = None  # imaging style or source dataset, for feature-skew splits
 
     def subset(self, indices: np.ndarray) -> LabelledImages:
-        return LabelledImages(self.images[indices], self.labels[indices])
+        groups = None if self.groups is None else self.groups[indices]
+        return LabelledImages(self.images[indices], self.labels[indices], groups)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,22 +43,15 @@ class SiteData:
     val: LabelledImages
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """What a model needs to know about the labels."""
-
-    num_classes: int
-    class_names: tuple[str, ...]
-
-
-def task_info(cfg: Config) -> TaskInfo:
-    return TaskInfo(len(synthetic.CLASS_NAMES), tuple(synthetic.CLASS_NAMES))
+def task_info(cfg: Config) -> TaskSpec:
+    """The classification task of the configured dataset."""
+    return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
 
 
 @lru_cache(maxsize=4)
 def _embedded(num_samples: int, size: int, seed: int) -> LabelledImages:
     split = synthetic.generate(num_samples, size=size, seed=seed)
-    return LabelledImages(split.images, split.labels)
+    return LabelledImages(split.images, split.labels, split.modalities)
 
 
 def pooled_train(cfg: Config) -> LabelledImages:
@@ -69,9 +65,10 @@ def test_set(cfg: Config) -> LabelledImages:
 
 def site_partitions(cfg: Config) -> list[np.ndarray]:
     """Pooled-sample indices of every site (deterministic in ``run.seed``)."""
-    d = cfg.data
+    d, pool = cfg.data, pooled_train(cfg)
     return partition_indices(
-        pooled_train(cfg).labels, d.num_sites, d.partition, d.alpha, cfg.run.seed, d.min_site_samples
+        pool.labels, d.num_sites, d.partition, d.alpha, cfg.run.seed, d.min_site_samples,
+        d.classes_per_site, d.quantity_exponent, pool.groups,
     )
 
 
