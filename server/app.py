@@ -10,6 +10,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from omnirad.adapters import trainable_state
 from omnirad.config import Config, ConfigError, load_config
+from omnirad.data.report import partition_report
+from omnirad.data.sites import pooled_train, site_partitions, task_info
 from omnirad.site import CentralEvaluator, encoder_for, new_adapter
 from server.run_folder import SELECTION_METRIC, RunFolder
 from strategies import build_strategy
@@ -55,6 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     check_federation(grid, cfg)
     folder = RunFolder.create(cfg)
     print(f"OmniRad-FL run folder: {folder.path}", flush=True)
+    folder.write_partition(partition_report(pooled_train(cfg).labels, site_partitions(cfg), task_info(cfg).label_names))
     encoder = encoder_for(cfg)
     initial = trainable_state(new_adapter(cfg))
     round_end = RoundEnd(cfg, folder)

@@ -6,6 +6,7 @@
                                   per-site metrics, bytes up and down, seconds
         summary.json              final and best metrics, totals, peak memory
         final_adapter.safetensors best_adapter.safetensors   adapter checkpoints
+        partition.json, .png      each site's sample count and label histogram
         curves.png                metrics per round
 """
 
@@ -25,6 +26,7 @@ from flwr.app import Message, MetricRecord
 from safetensors.torch import save_file
 
 from omnirad.config import Config, to_yaml
+from omnirad.data.report import format_report, plot_report
 from omnirad.site import peak_rss_mb
 from server.plots import plot_curves
 
@@ -72,6 +74,13 @@ class RunFolder:
         path.mkdir(parents=True)
         (path / "config.yaml").write_text(to_yaml(cfg))
         return cls(cfg, path)
+
+    def write_partition(self, report: dict[str, Any]) -> None:
+        """Print who holds what and keep it as partition.json and partition.png."""
+        print("Sites and their labels:\n" + format_report(report), flush=True)
+        (self.path / "partition.json").write_text(json.dumps(report, indent=1))
+        d = self.cfg.data
+        plot_report(report, self.path / "partition.png", f"{d.dataset}: {d.partition} split, {d.num_sites} sites")
 
     # --- RoundObserver -------------------------------------------------------------------------
     def on_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:

@@ -1,0 +1,35 @@
+"""Print and plot how a configuration splits its data among sites, without running anything.
+
+    python -m simulations.partition_plot docs/partition-dirichlet-0.1.png "data.alpha=0.1 data.num-sites=8"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flwr.common.config import parse_config_args
+
+from omnirad.config import load_config
+from omnirad.data.report import format_report, partition_report, plot_report
+from omnirad.data.sites import pooled_train, site_partitions, task_info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="where to write the PNG (a .json lands beside it)")
+    parser.add_argument("overrides", nargs="?", default="", help='configuration keys, as for flwr run --run-config')
+    args = parser.parse_args()
+    cfg = load_config(parse_config_args([args.overrides]) if args.overrides else {})
+    report = partition_report(pooled_train(cfg).labels, site_partitions(cfg), task_info(cfg).label_names)
+    d = cfg.data
+    title = f"{d.dataset}: {d.partition} split" + (f", alpha {d.alpha}" if d.partition == "dirichlet" else "")
+    plot_report(report, args.path, f"{title}, {d.num_sites} sites")
+    args.path.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    print(format_report(report))
+    print(f"wrote {args.path}")
+
+
+if __name__ == "__main__":
+    main()
