@@ -18,7 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
 ADAPTER_NAMES = ("linear", "mlp")
-DATASET_NAMES = ("embedded",)
+DATASET_SOURCES = ("embedded", "files")  # or a 2D MedMNIST flag, e.g. bloodmnist
+MEDMNIST_SIZES = (28, 64, 128, 224)
+TASK_KINDS = ("multi-class", "binary-class", "ordinal-regression", "multi-label, binary-class")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg",)
 
@@ -30,6 +32,11 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "embedded"
+    root: str = "data"  # folder of MedMNIST .npz files
+    site_files: str = ""  # files: comma-separated, one file per site (a natural split)
+    test_file: str = ""  # files: the server's held-out test file; empty means no central test
+    task: str = "multi-class"  # files: multi-class, binary-class, ordinal-regression, multi-label, binary-class
+    num_classes: int = 0  # files: classes (or labels, for multi-label); required
     size: int = 64
     partition: str = "dirichlet"
     alpha: float = 0.5
@@ -148,8 +155,19 @@ def validate(cfg: Config) -> None:
     """Range and choice checks that the types alone do not express."""
     _require(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
     d = cfg.data
-    _one_of("data.dataset", d.dataset, DATASET_NAMES)
+    flags = medmnist_flags()
+    _require(d.dataset in DATASET_SOURCES or d.dataset in flags, "data.dataset", d.dataset,
+             "embedded, files, or a 2D MedMNIST flag: " + ", ".join(flags))
     _require(28 <= d.size <= 224, "data.size", d.size, "an image size from 28 to 224 pixels")
+    if d.dataset in flags:
+        _require(d.size in MEDMNIST_SIZES, "data.size", d.size, f"a MedMNIST size: {MEDMNIST_SIZES}")
+    if d.dataset == "files":
+        files = site_file_list(cfg)
+        _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")
+        _require(len(files) == d.num_sites, "data.num-sites", d.num_sites, f"{len(files)}, one site per file in data.site-files")
+        _one_of("data.task", d.task, TASK_KINDS)
+        _require(d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1),
+                 "data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
     _one_of("data.partition", d.partition, PARTITION_NAMES)
     _require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
     _require(d.classes_per_site >= 1, "data.classes-per-site", d.classes_per_site, ">= 1")
@@ -174,6 +192,17 @@ def validate(cfg: Config) -> None:
     _require(
         0 <= s.fraction_evaluate <= 1, "strategy.fraction-evaluate", s.fraction_evaluate, "in [0, 1]"
     )
+
+
+def medmnist_flags() -> tuple[str, ...]:
+    """The 2D MedMNIST datasets the medmnist package describes."""
+    from medmnist import INFO  # imported here: the package is slow to import and often not needed
+
+    return tuple(flag for flag in INFO if not flag.endswith("3d"))
+
+
+def site_file_list(cfg: Config) -> list[str]:
+    return [f.strip() for f in cfg.data.site_files.split(",") if f.strip()]
 
 
 def to_yaml(cfg: Config) -> str:

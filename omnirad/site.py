@@ -16,7 +16,7 @@ from torch import nn
 
 from omnirad.adapters import create_adapter, load_trainable_state, trainable_state
 from omnirad.config import Config, to_yaml
-from omnirad.data.sites import LabelledImages, load_site, task_info, test_set
+from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import FrozenEncoder, create_encoder
 from omnirad.training import encode, evaluate_adapter, train_adapter
 
@@ -116,13 +116,20 @@ def get_site(cfg: Config, site_id: int) -> LocalSite:
 
 
 class CentralEvaluator:
-    """The server's held-out test set, encoded once, scored against each round's global adapter."""
+    """The server's held-out test set, encoded once, scored against each round's global adapter.
+
+    A natural split (``data.dataset=files``) without ``data.test-file`` has no server test set:
+    then the evaluator returns no metrics and the run relies on federated validation.
+    """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.test = EncodedImages(test_set(cfg), encoder_for(cfg), "server test set")
+        test = server_test_set(cfg)
+        self.test = None if test is None else EncodedImages(test, encoder_for(cfg), "server test set")
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        if self.test is None:
+            return {}
         adapter = new_adapter(self.cfg)
         load_trainable_state(adapter, state)
         metrics = evaluate_adapter(adapter, self.test.features, self.test.labels, task_info(self.cfg))

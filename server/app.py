@@ -57,7 +57,9 @@ def main(grid: Grid, context: Context) -> None:
     check_federation(grid, cfg)
     folder = RunFolder.create(cfg)
     print(f"OmniRad-FL run folder: {folder.path}", flush=True)
-    folder.write_partition(partition_report(pooled_train(cfg).labels, site_partitions(cfg), task_info(cfg).label_names))
+    if cfg.data.dataset != "files":  # a simulated split of a pool: the server can describe it
+        labels = pooled_train(cfg).labels
+        folder.write_partition(partition_report(labels, site_partitions(cfg), task_info(cfg).label_names))
     encoder = encoder_for(cfg)
     initial = trainable_state(new_adapter(cfg))
     round_end = RoundEnd(cfg, folder)

@@ -25,7 +25,7 @@ from torch import nn
 
 from omnirad.adapters import create_adapter
 from omnirad.config import Config, load_config
-from omnirad.data.sites import pooled_train, task_info, test_set
+from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.metrics import classification_metrics
 from omnirad.site import encoder_for
 from omnirad.training import encode, evaluate_adapter, images_to_tensor, train_adapter
@@ -50,7 +50,7 @@ class SmallCNN(nn.Module):
 def train_cnn(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     """End-to-end CNN on the pooled images; the same optimiser as the heads."""
     torch.manual_seed(seed)
-    train, test = pooled_train(cfg), test_set(cfg)
+    train, test = pooled_train(cfg), server_test_set(cfg)
     task = task_info(cfg)
     model = SmallCNN(task.num_outputs)
     x_train, y_train = images_to_tensor(train.images), task.targets(train.labels)
@@ -70,7 +70,7 @@ def train_cnn(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
 
 def logistic_baseline(cfg: Config, features: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
     """Logistic regression on hand-made image features (deterministic: seeds do not matter)."""
-    train, test = pooled_train(cfg), test_set(cfg)
+    train, test = pooled_train(cfg), server_test_set(cfg)
     clf = LogisticRegression(max_iter=3000).fit(features(train.images), train.labels)
     return classification_metrics(test.labels, np.log(clf.predict_proba(features(test.images)) + 1e-12), task_info(cfg))
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="configuration keys, key=value")
     args = parser.parse_args(argv)
     cfg = load_config(dict(_parse(o) for o in args.overrides))
-    train, test = pooled_train(cfg), test_set(cfg)
+    train, test = pooled_train(cfg), server_test_set(cfg)
     features = None
     if {"linear", "mlp"} & set(args.models):
         encoder = encoder_for(cfg)

@@ -1,9 +1,10 @@
-"""End to end: `flwr run .` on a loopback SuperLink this test owns, then the run folder's contents."""
+"""End to end: `flwr run .` on a loopback SuperLink each test owns, then the run folder's contents."""
 
 import json
 import socket
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -19,21 +20,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
+def run_federation(tmp_path: Path, num_sites: int, run_config: str) -> Path:
+    """Run the app with ``num_sites`` simulated SuperNodes; return its run folder."""
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
-    write_flower_config(flwr_home, num_supernodes=3)
+    write_flower_config(flwr_home, num_supernodes=num_sites)
     link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
-    run_config = (
-        f"num-server-rounds=2 data.num-sites=3 data.num-train=600 data.num-test=200 "
-        f"train.local-epochs=2 model.adapter='linear' run.output-dir='{runs}'"
-    )
     with link:
-        completed = flwr_run(PROJECT, link.env, run_config, timeout=900)
+        completed = flwr_run(PROJECT, link.env, f"{run_config} data.num-sites={num_sites} run.output-dir='{runs}'",
+                             timeout=900)
     assert len(link.started_pids) >= 2  # the SuperLink, its SuperExec and what they started
     assert not [pid for pid in link.started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert completed.returncode == 0
-
     (folder,) = list(runs.iterdir())
+    return folder
+
+
+def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
+    folder = run_federation(tmp_path, 3, "num-server-rounds=2 data.num-train=600 data.num-test=200 "
+                                         "train.local-epochs=2 model.adapter='linear'")
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2]
     for line in lines:
@@ -50,4 +54,26 @@ def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
     assert summary["adapter-parameter-bytes"] == (192 * 4 + 4) * 4
     assert summary["adapter-parameter-bytes"] <= summary["bytes-up-per-site-round"] < 1.5 * summary["adapter-parameter-bytes"]
     assert "data.num-sites: 3" in (folder / "config.yaml").read_text()
-    assert (folder / "final_adapter.safetensors").exists() and (folder / "curves.png").exists()
+    partition = json.loads((folder / "partition.json").read_text())
+    assert sum(s["num-samples"] for s in partition["sites"]) == 600
+    for name in ("final_adapter.safetensors", "curves.png", "partition.png"):
+        assert (folder / name).exists()
+
+
+def test_each_site_reads_its_own_file(tmp_path):
+    """A natural split: one MedMNIST-format file per hospital, and a test file for the server."""
+    rng = np.random.default_rng(0)
+
+    def write(name: str, n: int) -> Path:
+        labels = rng.integers(0, 3, (n, 1))
+        images = (rng.integers(0, 40, (n, 28, 28)) + labels[:, :, None] * 70).astype(np.uint8)  # learnable
+        path = tmp_path / name
+        np.savez(path, train_images=images, train_labels=labels)
+        return path
+
+    files = ",".join(str(write(f"site_{s}.npz", 80)) for s in "ab")
+    test_file = write("test.npz", 60)
+    folder = run_federation(tmp_path, 2, f"num-server-rounds=2 data.dataset='files' data.site-files='{files}' "
+                                         f"data.test-file='{test_file}' data.num-classes=3 data.size=28")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["sites"] == ["0", "1"] and summary["final"]["accuracy"] > 0.6

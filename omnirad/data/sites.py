@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from omnirad.config import Config
+from omnirad.config import Config, site_file_list
 from omnirad.data import synthetic
+from omnirad.data.npz import load_medmnist, medmnist_task, read_classification_npz
 from omnirad.data.partition import partition_indices, split_train_val
 from omnirad.tasks import MULTI_CLASS, TaskSpec
 
@@ -45,7 +47,12 @@ class SiteData:
 
 def task_info(cfg: Config) -> TaskSpec:
     """The classification task of the configured dataset."""
-    return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
+    d = cfg.data
+    if d.dataset == "embedded":
+        return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
+    if d.dataset == "files":
+        return TaskSpec(d.task, tuple(str(k) for k in range(d.num_classes)))
+    return medmnist_task(d.dataset)
 
 
 @lru_cache(maxsize=4)
@@ -54,20 +61,49 @@ def _embedded(num_samples: int, size: int, seed: int) -> LabelledImages:
     return LabelledImages(split.images, split.labels, split.modalities)
 
 
+@lru_cache(maxsize=2)
+def _medmnist(root: str, flag: str, size: int) -> dict[str, LabelledImages]:
+    return {name: LabelledImages(s.images, s.labels) for name, s in load_medmnist(Path(root), flag, size).items()}
+
+
+@lru_cache(maxsize=8)
+def _site_file(path: str, task: TaskSpec) -> dict[str, LabelledImages]:
+    return {name: LabelledImages(s.images, s.labels) for name, s in read_classification_npz(Path(path), task).items()}
+
+
 def pooled_train(cfg: Config) -> LabelledImages:
-    return _embedded(cfg.data.num_train, cfg.data.size, EMBEDDED_TRAIN_SEED)
+    """The training pool that a simulated split shares out among sites."""
+    d = cfg.data
+    if d.dataset == "embedded":
+        return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED)
+    if d.dataset == "files":
+        raise ValueError("data.dataset=files is a natural split: there is no pool to partition")
+    return _medmnist(d.root, d.dataset, d.size)["train"]
 
 
-def test_set(cfg: Config) -> LabelledImages:
-    """The server's held-out test set: never shared out among sites."""
-    return _embedded(cfg.data.num_test, cfg.data.size, EMBEDDED_TEST_SEED)
+def server_test_set(cfg: Config) -> LabelledImages | None:
+    """The server's held-out test set, never shared out among sites; None when there is none."""
+    d = cfg.data
+    if d.dataset == "embedded":
+        return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED)
+    if d.dataset == "files":
+        if not d.test_file:
+            return None
+        splits = _site_file(d.test_file, task_info(cfg))
+        return splits.get("test", splits["train"])
+    return _medmnist(d.root, d.dataset, d.size)["test"]
+
+
+def partition_labels(labels: np.ndarray) -> np.ndarray:
+    """One label per sample to split by: the class, or for multi-label data the first positive label."""
+    return labels if labels.ndim == 1 else labels.argmax(axis=1)
 
 
 def site_partitions(cfg: Config) -> list[np.ndarray]:
     """Pooled-sample indices of every site (deterministic in ``run.seed``)."""
     d, pool = cfg.data, pooled_train(cfg)
     return partition_indices(
-        pool.labels, d.num_sites, d.partition, d.alpha, cfg.run.seed, d.min_site_samples,
+        partition_labels(pool.labels), d.num_sites, d.partition, d.alpha, cfg.run.seed, d.min_site_samples,
         d.classes_per_site, d.quantity_exponent, pool.groups,
     )
 
@@ -76,7 +112,20 @@ def load_site(cfg: Config, site_id: int) -> SiteData:
     """Site ``site_id``'s local train and validation data."""
     if not 0 <= site_id < cfg.data.num_sites:
         raise ValueError(f"site {site_id} does not exist: data.num-sites={cfg.data.num_sites}")
+    if cfg.data.dataset == "files":
+        return _load_site_file(cfg, site_id)
     indices = site_partitions(cfg)[site_id]
     train_idx, val_idx = split_train_val(indices, cfg.data.val_fraction, cfg.run.seed + site_id)
     pool = pooled_train(cfg)
     return SiteData(site_id, pool.subset(train_idx), pool.subset(val_idx))
+
+
+def _load_site_file(cfg: Config, site_id: int) -> SiteData:
+    """A natural split: the site's own file; its val split, or a local split of its train data."""
+    splits = _site_file(site_file_list(cfg)[site_id], task_info(cfg))
+    train = splits["train"]
+    if "val" in splits:
+        return SiteData(site_id, train, splits["val"])
+    everything = np.arange(len(train))
+    train_idx, val_idx = split_train_val(everything, cfg.data.val_fraction, cfg.run.seed + site_id)
+    return SiteData(site_id, train.subset(train_idx), train.subset(val_idx))

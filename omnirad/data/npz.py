@@ -1,0 +1,122 @@
+"""Read classification data from ``.npz`` files in MedMNIST's format, and refuse bad files clearly.
+
+MedMNIST files hold ``{split}_images`` (uint8, (N, H, W) grey or (N, H, W, 3) RGB) and
+``{split}_labels`` ((N, 1) class indices, or (N, L) 0/1 for multi-label) for the splits train,
+val and test. medmnist's own dataset class asserts the official sample counts, so a hospital's
+file or a subset would not load through it: this module reads the same format with numpy and
+checks everything before any training starts, naming the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omnirad.tasks import TaskSpec
+
+SPLITS = ("train", "val", "test")
+
+
+class DataFileError(ValueError):
+    """A data file is missing or malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def medmnist_path(root: Path, flag: str, size: int) -> Path:
+    """Where the medmnist package keeps a dataset: ``<flag>.npz`` at 28 px, ``<flag>_<size>.npz`` else."""
+    return Path(root) / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
+
+
+def medmnist_task(flag: str) -> TaskSpec:
+    from medmnist import INFO
+
+    info = INFO[flag]
+    names = tuple(info["label"][key] for key in sorted(info["label"], key=int))
+    return TaskSpec(info["task"], names)
+
+
+def load_medmnist(root: Path, flag: str, size: int) -> dict[str, Split]:
+    """All three splits of a MedMNIST dataset file, validated against its task."""
+    from medmnist import INFO
+
+    path = medmnist_path(root, flag, size)
+    if not path.is_file():
+        cls = INFO[flag]["python_class"]
+        raise DataFileError(
+            f"{path}: file not found. Download it once where a network is available: python -c \"import "
+            f"medmnist; medmnist.{cls}(split='train', size={size}, download=True, root='{root}')\", or copy "
+            f"{path.name} into {root}/"
+        )
+    return read_classification_npz(path, medmnist_task(flag), required=SPLITS)
+
+
+def read_classification_npz(path: Path, task: TaskSpec, required: tuple[str, ...] = ("train",)) -> dict[str, Split]:
+    """The splits present in a MedMNIST-format file; ``required`` ones must be there."""
+    path = Path(path)
+    arrays = _open(path)
+    present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
+    for split in set(required) | set(present):
+        for kind in ("images", "labels"):
+            _require_key(path, arrays, f"{split}_{kind}")
+    return {split: _validated(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], task) for split in present}
+
+
+def _open(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise DataFileError(f"{path}: not a readable .npz file (truncated or corrupt?): {err}") from err
+
+
+def _require_key(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:
+    if key in arrays:
+        return
+    close = difflib.get_close_matches(key, list(arrays), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise DataFileError(f"{path}: key '{key}' is missing (keys found: {', '.join(sorted(arrays)) or 'none'}){hint}")
+
+
+def _validated(path: Path, split: str, images: np.ndarray, labels: np.ndarray, task: TaskSpec) -> Split:
+    where = f"{path}: {split}"
+    if len(images) == 0:
+        raise DataFileError(f"{where}_images is empty: a split needs at least one image")
+    if images.dtype != np.uint8:
+        raise DataFileError(f"{where}_images has dtype {images.dtype}; expected uint8 (0-255) as MedMNIST stores them")
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
+        raise DataFileError(f"{where}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)")
+    if len(labels) != len(images):
+        raise DataFileError(f"{where}_images holds {len(images)} images but {split}_labels holds {len(labels)} labels")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(f"{where}_labels has dtype {labels.dtype}; expected integers")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    return Split(images, _checked_labels(where, labels, task))
+
+
+def _checked_labels(where: str, labels: np.ndarray, task: TaskSpec) -> np.ndarray:
+    n = task.num_outputs
+    if task.multi_label:
+        if labels.ndim != 2 or labels.shape[1] != n:
+            raise DataFileError(f"{where}_labels has shape {labels.shape}; expected (N, {n}) 0/1 labels")
+        if not np.isin(labels, (0, 1)).all():
+            raise DataFileError(f"{where}_labels holds values other than 0 and 1 (multi-label)")
+        return labels.astype(np.int64)
+    if labels.ndim == 2 and labels.shape[1] != 1:
+        raise DataFileError(f"{where}_labels has shape {labels.shape}; expected (N,) or (N, 1) class indices")
+    flat = labels.reshape(-1).astype(np.int64)
+    bad = flat[(flat < 0) | (flat >= n)]
+    if len(bad):
+        raise DataFileError(f"{where}_labels holds {bad[0]}, out of range for {n} classes (0 to {n - 1})")
+    return flat

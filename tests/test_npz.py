@@ -1,0 +1,115 @@
+"""MedMNIST-format files: loading, and a clear error for every kind of bad input."""
+
+import numpy as np
+import pytest
+
+from omnirad.config import load_config
+from omnirad.data.npz import DataFileError, load_medmnist, medmnist_path, read_classification_npz
+from omnirad.data.sites import load_site, pooled_train, server_test_set, task_info
+from omnirad.tasks import MULTI_CLASS, MULTI_LABEL, TaskSpec
+
+FOUR = TaskSpec(MULTI_CLASS, ("a", "b", "c", "d"))
+
+
+def write_npz(path, n=(20, 6, 6), size=28, channels=0, classes=4, multilabel=0, **override):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n, strict=True):
+        if count is None:
+            continue
+        shape = (count, size, size) + ((channels,) if channels else ())
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = (rng.integers(0, 2, (count, multilabel)) if multilabel
+                                     else rng.integers(0, classes, (count, 1)))
+    arrays.update(override)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_medmnist_file_names_follow_the_package():
+    assert medmnist_path("d", "bloodmnist", 28).name == "bloodmnist.npz"
+    assert medmnist_path("d", "bloodmnist", 64).name == "bloodmnist_64.npz"
+
+
+@pytest.mark.parametrize(("flag", "channels", "kwargs"), [
+    ("bloodmnist", 3, {"classes": 8}), ("pneumoniamnist", 0, {"classes": 2}),
+    ("retinamnist", 3, {"classes": 5}), ("chestmnist", 0, {"multilabel": 14}),
+])
+def test_medmnist_tasks_load_with_their_kind(tmp_path, flag, channels, kwargs):
+    write_npz(tmp_path / f"{flag}_64.npz", size=64, channels=channels, **kwargs)
+    splits = load_medmnist(tmp_path, flag, 64)
+    assert set(splits) == {"train", "val", "test"}
+    assert splits["train"].images.shape[:3] == (20, 64, 64)
+    cfg = load_config({"data.dataset": flag, "data.root": str(tmp_path), "data.num-sites": 2,
+                       "data.min-site-samples": 2, "data.partition": "iid"})
+    task = task_info(cfg)
+    assert task.multi_label == (flag == "chestmnist")
+    assert pooled_train(cfg).labels.shape == ((20, 14) if flag == "chestmnist" else (20,))
+    assert len(server_test_set(cfg)) == 6
+    site = load_site(cfg, 1)
+    assert len(site.train) + len(site.val) == 10
+
+
+def test_missing_medmnist_file_says_what_to_place_where(tmp_path):
+    with pytest.raises(DataFileError, match=r"bloodmnist_64.npz: file not found.*BloodMNIST\(split='train', size=64"):
+        load_medmnist(tmp_path, "bloodmnist", 64)
+
+
+def test_site_file_with_train_only_gets_a_local_validation_split(tmp_path):
+    path = write_npz(tmp_path / "site_a.npz", n=(30, None, None))
+    assert set(read_classification_npz(path, FOUR)) == {"train"}
+    cfg = load_config({"data.dataset": "files", "data.site-files": f"{path},{path}", "data.num-sites": 2,
+                       "data.num-classes": 4})
+    site = load_site(cfg, 0)
+    assert len(site.train) + len(site.val) == 30 and server_test_set(cfg) is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"train_image": np.zeros((4, 28, 28), np.uint8)}, "key 'train_images' is missing.*did you mean 'train_image'"),
+    ({"train_labels": np.zeros((5, 1), np.int64)}, "holds 20 images but train_labels holds 5 labels"),
+    ({"train_labels": np.full((20, 1), 4)}, "train_labels holds 4, out of range for 4 classes"),
+    ({"train_labels": np.full((20, 1), -1)}, "train_labels holds -1, out of range"),
+    ({"train_images": np.zeros((20, 28, 28), np.float32)}, "dtype float32; expected uint8"),
+    ({"train_images": np.zeros((20, 28), np.uint8)}, r"shape \(20, 28\); expected \(N, H, W\)"),
+    ({"train_images": np.zeros((20, 28, 28, 4), np.uint8)}, "expected .N, H, W. or .N, H, W, 3."),
+    ({"train_images": np.zeros((0, 28, 28), np.uint8), "train_labels": np.zeros((0, 1), np.int64)}, "train_images is empty"),
+    ({"train_labels": np.zeros((20, 1), np.float32)}, "train_labels has dtype float32; expected integers"),
+])
+def test_bad_files_are_refused_with_the_file_key_and_problem(tmp_path, override, message):
+    path = write_npz(tmp_path / "bad.npz", **override)
+    if "train_image" in override:
+        data = dict(np.load(path))
+        del data["train_images"]
+        np.savez(path, **data)
+    with pytest.raises(DataFileError, match=message) as err:
+        read_classification_npz(path, FOUR)
+    assert str(path) in str(err.value)
+
+
+def test_multilabel_labels_must_be_zero_or_one(tmp_path):
+    path = write_npz(tmp_path / "chest.npz", multilabel=3, train_labels=np.full((20, 3), 2))
+    with pytest.raises(DataFileError, match="other than 0 and 1"):
+        read_classification_npz(path, TaskSpec(MULTI_LABEL, ("x", "y", "z")))
+
+
+def test_truncated_and_missing_files(tmp_path):
+    path = write_npz(tmp_path / "whole.npz")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataFileError, match="cut.npz: not a readable .npz file"):
+        read_classification_npz(cut, FOUR)
+    with pytest.raises(DataFileError, match="nope.npz: file not found"):
+        read_classification_npz(tmp_path / "nope.npz", FOUR)
+
+
+def test_bad_dataset_configuration_is_named():
+    from omnirad.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.dataset.*bloodmnist"):
+        load_config({"data.dataset": "bloodmnst"})
+    with pytest.raises(ConfigError, match="data.size.*MedMNIST size"):
+        load_config({"data.dataset": "bloodmnist", "data.size": 96})
+    with pytest.raises(ConfigError, match="data.num-sites.*one site per file"):
+        load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-classes": 3})
+    with pytest.raises(ConfigError, match="data.num-classes"):
+        load_config({"data.dataset": "files", "data.site-files": "a.npz", "data.num-sites": 1})
