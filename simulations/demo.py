@@ -1,6 +1,7 @@
 """`make demo`: the default federation on the embedded data, through `flwr run .`.
 
-Starts a loopback SuperLink it owns (or reuses one already answering), streams the run's
+Starts a loopback SuperLink it owns (or reuses one already answering), simulates as many
+SuperNodes as ``data.num-sites`` asks for, streams the run's
 per-round table, stops what it started, and fails loudly when the run left no summary
 (`flwr run` itself exits 0 even when the ServerApp fails).
 """
@@ -41,10 +42,10 @@ def main(argv: list[str]) -> int:
     started = time.time()
     if link.healthy():
         print(f"Using the SuperLink already running on 127.0.0.1:{link.http_port}.")
-        flwr_run(PROJECT, link.env, run_config)
+        flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites)
     else:
         with link:
-            flwr_run(PROJECT, link.env, run_config)
+            flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites)
     output_dir = Path(cfg.run.output_dir)
     summary = newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
     if summary is None:
