@@ -66,7 +66,7 @@ def test_site_file_with_train_only_gets_a_local_validation_split(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ({"train_image": np.zeros((4, 28, 28), np.uint8)}, "key 'train_images' is missing.*did you mean 'train_image'"),
-    ({"train_labels": np.zeros((5, 1), np.int64)}, "holds 20 images but train_labels holds 5 labels"),
+    ({"train_labels": np.zeros((5, 1), np.int64)}, "holds 20 images but train_labels holds 5"),
     ({"train_labels": np.full((20, 1), 4)}, "train_labels holds 4, out of range for 4 classes"),
     ({"train_labels": np.full((20, 1), -1)}, "train_labels holds -1, out of range"),
     ({"train_images": np.zeros((20, 28, 28), np.float32)}, "dtype float32; expected uint8"),
@@ -113,3 +113,47 @@ def test_bad_dataset_configuration_is_named():
         load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-classes": 3})
     with pytest.raises(ConfigError, match="data.num-classes"):
         load_config({"data.dataset": "files", "data.site-files": "a.npz", "data.num-sites": 1})
+
+
+def write_seg(path, n=(12, 4, 4), size=32, classes=2, **override):
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n, strict=True):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+        arrays[f"{split}_label"] = rng.integers(0, classes, (count, size, size)).astype(np.uint8)
+    arrays.update(override)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_medsegbench_binary_and_multiclass_files_load(tmp_path):
+    from omnirad.data.npz import load_medsegbench, medsegbench_spec, read_segmentation_npz
+
+    spec = medsegbench_spec("kvasir")
+    assert spec.kind == "binary" and spec.class_names == ("background", "foreground")
+    write_seg(tmp_path / "kvasir_128.npz", size=128)
+    splits = load_medsegbench(tmp_path, "kvasir", 128)
+    assert splits["train"].labels.shape == (12, 128, 128) and set(np.unique(splits["train"].labels)) == {0, 1}
+    multi = read_segmentation_npz(write_seg(tmp_path / "organs.npz", classes=5), num_classes=5)
+    assert multi["val"].labels.max() == 4
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"train_label": np.zeros((12, 16, 16), np.uint8)}, r"train_label has shape \(12, 16, 16\); expected \(N, 32, 32\)"),
+    ({"train_label": np.full((12, 32, 32), 3, np.uint8)}, "train_label holds 3, out of range for 2 pixel classes"),
+    ({"train_label": np.zeros((12, 32, 32), np.float32)}, "train_label has dtype float32"),
+    ({"train_label": np.zeros((7, 32, 32), np.uint8)}, "holds 12 images but train_label holds 7"),
+])
+def test_bad_segmentation_files_are_refused(tmp_path, override, message):
+    from omnirad.data.npz import read_segmentation_npz
+
+    path = write_seg(tmp_path / "seg.npz", **override)
+    with pytest.raises(DataFileError, match=message):
+        read_segmentation_npz(path, num_classes=2)
+
+
+def test_missing_medsegbench_file_names_the_download(tmp_path):
+    from omnirad.data.npz import load_medsegbench
+
+    with pytest.raises(DataFileError, match=r"busi_256.npz: file not found.*download=True"):
+        load_medsegbench(tmp_path, "busi", 256)

@@ -1,10 +1,12 @@
-"""Read classification data from ``.npz`` files in MedMNIST's format, and refuse bad files clearly.
+"""Read ``.npz`` files in MedMNIST's (classification) and MedSegBench's (segmentation) formats,
+and refuse bad files clearly.
 
 MedMNIST files hold ``{split}_images`` (uint8, (N, H, W) grey or (N, H, W, 3) RGB) and
 ``{split}_labels`` ((N, 1) class indices, or (N, L) 0/1 for multi-label) for the splits train,
-val and test. medmnist's own dataset class asserts the official sample counts, so a hospital's
-file or a subset would not load through it: this module reads the same format with numpy and
-checks everything before any training starts, naming the file, the key and the problem.
+val and test. MedSegBench files hold ``{split}_images`` and ``{split}_label``: masks of class
+indices, (N, H, W). Both packages' dataset classes assert the official sample counts, so a
+hospital's file or a subset would not load through them: this module reads the same formats with
+numpy and checks everything before any training starts, naming the file, the key and the problem.
 """
 
 from __future__ import annotations
@@ -59,6 +61,71 @@ def load_medmnist(root: Path, flag: str, size: int) -> dict[str, Split]:
     return read_classification_npz(path, medmnist_task(flag), required=SPLITS)
 
 
+@dataclass(frozen=True)
+class SegmentationSpec:
+    """A segmentation task: MedSegBench's kind (binary or multi-class) and its pixel classes."""
+
+    kind: str
+    class_names: tuple[str, ...]
+
+
+MEDSEGBENCH_SIZES = (128, 256, 512)
+
+
+def medsegbench_path(root: Path, flag: str, size: int) -> Path:
+    return Path(root) / f"{flag}_{size}.npz"
+
+
+def medsegbench_spec(flag: str) -> SegmentationSpec:
+    from medsegbench import INFO
+
+    labels = INFO[flag]["pixel_labels"]
+    return SegmentationSpec(INFO[flag]["task"], tuple(labels[key] for key in sorted(labels, key=int)))
+
+
+def load_medsegbench(root: Path, flag: str, size: int) -> dict[str, Split]:
+    """All three splits of a MedSegBench dataset file; ``Split.labels`` are the masks."""
+    from medsegbench import INFO
+
+    path = medsegbench_path(root, flag, size)
+    if not path.is_file():
+        cls = INFO[flag]["python_class"]
+        raise DataFileError(
+            f"{path}: file not found. Download it once where a network is available: python -c \"import "
+            f"medsegbench; medsegbench.{cls}(split='train', size={size}, download=True, root='{root}')\", or copy "
+            f"{path.name} into {root}/"
+        )
+    return read_segmentation_npz(path, len(medsegbench_spec(flag).class_names), required=SPLITS)
+
+
+def read_segmentation_npz(path: Path, num_classes: int, required: tuple[str, ...] = ("train",)) -> dict[str, Split]:
+    """The splits present in a MedSegBench-format file; masks must fit their images and classes."""
+    path = Path(path)
+    arrays = _open(path)
+    present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_label" in arrays]
+    for split in set(required) | set(present):
+        for kind in ("images", "label"):
+            _require_key(path, arrays, f"{split}_{kind}")
+    splits = {}
+    for split in present:
+        images, masks = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_label"], "label")
+        splits[split] = Split(images, _checked_masks(f"{path}: {split}", masks, images.shape[1:3], num_classes))
+    return splits
+
+
+def _checked_masks(where: str, masks: np.ndarray, image_hw: tuple[int, ...], num_classes: int) -> np.ndarray:
+    if masks.ndim == 4 and masks.shape[-1] == 1:
+        masks = masks[..., 0]
+    if masks.ndim != 3 or masks.shape[1:] != image_hw:
+        raise DataFileError(f"{where}_label has shape {masks.shape}; expected (N, {image_hw[0]}, {image_hw[1]}) like the images")
+    if not np.issubdtype(masks.dtype, np.integer):
+        raise DataFileError(f"{where}_label has dtype {masks.dtype}; expected integer class indices")
+    bad = masks[(masks < 0) | (masks >= num_classes)]
+    if len(bad):
+        raise DataFileError(f"{where}_label holds {bad[0]}, out of range for {num_classes} pixel classes (0 to {num_classes - 1})")
+    return masks.astype(np.int64)
+
+
 def read_classification_npz(path: Path, task: TaskSpec, required: tuple[str, ...] = ("train",)) -> dict[str, Split]:
     """The splits present in a MedMNIST-format file; ``required`` ones must be there."""
     path = Path(path)
@@ -67,7 +134,13 @@ def read_classification_npz(path: Path, task: TaskSpec, required: tuple[str, ...
     for split in set(required) | set(present):
         for kind in ("images", "labels"):
             _require_key(path, arrays, f"{split}_{kind}")
-    return {split: _validated(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], task) for split in present}
+    splits = {}
+    for split in present:
+        images, labels = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], "labels")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataFileError(f"{path}: {split}_labels has dtype {labels.dtype}; expected integers")
+        splits[split] = Split(images, _checked_labels(f"{path}: {split}", labels, task))
+    return splits
 
 
 def _open(path: Path) -> dict[str, np.ndarray]:
@@ -88,7 +161,8 @@ def _require_key(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:
     raise DataFileError(f"{path}: key '{key}' is missing (keys found: {', '.join(sorted(arrays)) or 'none'}){hint}")
 
 
-def _validated(path: Path, split: str, images: np.ndarray, labels: np.ndarray, task: TaskSpec) -> Split:
+def _checked_images(path: Path, split: str, images: np.ndarray, labels: np.ndarray, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Shape, dtype and count checks shared by both formats; grey images lose a trailing 1-channel."""
     where = f"{path}: {split}"
     if len(images) == 0:
         raise DataFileError(f"{where}_images is empty: a split needs at least one image")
@@ -97,12 +171,8 @@ def _validated(path: Path, split: str, images: np.ndarray, labels: np.ndarray, t
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
         raise DataFileError(f"{where}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)")
     if len(labels) != len(images):
-        raise DataFileError(f"{where}_images holds {len(images)} images but {split}_labels holds {len(labels)} labels")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataFileError(f"{where}_labels has dtype {labels.dtype}; expected integers")
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    return Split(images, _checked_labels(where, labels, task))
+        raise DataFileError(f"{where}_images holds {len(images)} images but {split}_{label_key} holds {len(labels)}")
+    return (images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images), labels
 
 
 def _checked_labels(where: str, labels: np.ndarray, task: TaskSpec) -> np.ndarray:
