@@ -156,11 +156,14 @@ def validate(cfg: Config) -> None:
     _require(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
     d = cfg.data
     flags = medmnist_flags()
-    _require(d.dataset in DATASET_SOURCES or d.dataset in flags, "data.dataset", d.dataset,
-             "embedded, files, or a 2D MedMNIST flag: " + ", ".join(flags))
+    is_medmnist = all(part in flags for part in d.dataset.split("+"))
+    _require(d.dataset in DATASET_SOURCES or is_medmnist, "data.dataset", d.dataset,
+             "embedded, files, or 2D MedMNIST flags joined by '+': " + ", ".join(flags))
     _require(28 <= d.size <= 224, "data.size", d.size, "an image size from 28 to 224 pixels")
-    if d.dataset in flags:
+    if is_medmnist:
         _require(d.size in MEDMNIST_SIZES, "data.size", d.size, f"a MedMNIST size: {MEDMNIST_SIZES}")
+        _require("+" not in d.dataset or "chestmnist" not in d.dataset, "data.dataset", d.dataset,
+                 "single-label datasets only in a mix (chestmnist is multi-label)")
     if d.dataset == "files":
         files = site_file_list(cfg)
         _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")

@@ -157,3 +157,17 @@ def test_missing_medsegbench_file_names_the_download(tmp_path):
 
     with pytest.raises(DataFileError, match=r"busi_256.npz: file not found.*download=True"):
         load_medsegbench(tmp_path, "busi", 256)
+
+
+def test_a_mix_of_medmnist_datasets_gives_one_source_per_site(tmp_path):
+    write_npz(tmp_path / "pneumoniamnist.npz", classes=2)
+    write_npz(tmp_path / "bloodmnist.npz", channels=3, classes=8, n=(24, 6, 6))
+    cfg = load_config({"data.dataset": "pneumoniamnist+bloodmnist", "data.root": str(tmp_path), "data.size": 28,
+                       "data.num-sites": 2, "data.partition": "modality", "data.min-site-samples": 5})
+    task = task_info(cfg)
+    assert task.num_outputs == 10 and task.label_names[2] == "bloodmnist:basophil"
+    pool = pooled_train(cfg)
+    assert pool.images.shape == (44, 28, 28, 3) and pool.labels[20:].min() >= 2
+    sites = [load_site(cfg, s) for s in range(2)]
+    sources = [set((s.train.labels >= 2).tolist()) | set((s.val.labels >= 2).tolist()) for s in sites]
+    assert sorted(map(sorted, sources)) == [[False], [True]]  # each site holds one source dataset

@@ -119,7 +119,10 @@ def _by_group(groups: np.ndarray | None, num_sites: int, seed: int) -> list[np.n
     natural-id partitioners need exactly one partition per group.
     """
     if groups is None:
-        raise PartitionError("data.partition=modality needs a dataset with imaging styles (data.dataset=embedded)")
+        raise PartitionError(
+            "data.partition=modality needs imaging styles or sources: data.dataset=embedded, or MedMNIST flags "
+            "joined by '+' (e.g. data.dataset=organamnist+pneumoniamnist)"
+        )
     rng = np.random.default_rng(seed)
     unique = np.unique(groups)
     parts: list[list[np.ndarray]] = [[] for _ in range(num_sites)]

@@ -52,7 +52,11 @@ def task_info(cfg: Config) -> TaskSpec:
         return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
     if d.dataset == "files":
         return TaskSpec(d.task, tuple(str(k) for k in range(d.num_classes)))
-    return medmnist_task(d.dataset)
+    tasks = [medmnist_task(flag) for flag in d.dataset.split("+")]
+    if len(tasks) == 1:
+        return tasks[0]
+    names = tuple(f"{flag}:{name}" for flag, task in zip(d.dataset.split("+"), tasks, strict=True) for name in task.label_names)
+    return TaskSpec(MULTI_CLASS, names)
 
 
 @lru_cache(maxsize=4)
@@ -62,8 +66,30 @@ def _embedded(num_samples: int, size: int, seed: int) -> LabelledImages:
 
 
 @lru_cache(maxsize=2)
-def _medmnist(root: str, flag: str, size: int) -> dict[str, LabelledImages]:
-    return {name: LabelledImages(s.images, s.labels) for name, s in load_medmnist(Path(root), flag, size).items()}
+def _medmnist(root: str, dataset: str, size: int) -> dict[str, LabelledImages]:
+    """One MedMNIST dataset, or several joined by '+' into one pool.
+
+    A mix concatenates the datasets, offsets each one's labels past the previous ones' classes
+    (one joint label space), turns grey images into RGB when any part is RGB, and records the
+    source dataset as each sample's group, so that ``data.partition=modality`` can give each site
+    one source: the feature skew of hospitals that image different things.
+    """
+    parts = [load_medmnist(Path(root), flag, size) for flag in dataset.split("+")]
+    if len(parts) == 1:
+        return {name: LabelledImages(s.images, s.labels) for name, s in parts[0].items()}
+    offsets = np.cumsum([0] + [medmnist_task(flag).num_outputs for flag in dataset.split("+")])
+    rgb = any(split.images.ndim == 4 for part in parts for split in part.values())
+    pooled = {}
+    for name in ("train", "val", "test"):
+        images = [_as_rgb(part[name].images) if rgb else part[name].images for part in parts]
+        labels = [part[name].labels + offset for part, offset in zip(parts, offsets, strict=False)]
+        groups = [np.full(len(part[name].labels), g) for g, part in enumerate(parts)]
+        pooled[name] = LabelledImages(np.concatenate(images), np.concatenate(labels), np.concatenate(groups))
+    return pooled
+
+
+def _as_rgb(images: np.ndarray) -> np.ndarray:
+    return images if images.ndim == 4 else np.repeat(images[..., None], 3, axis=-1)
 
 
 @lru_cache(maxsize=8)
