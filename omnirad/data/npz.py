@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,13 +52,7 @@ def load_medmnist(root: Path, flag: str, size: int) -> dict[str, Split]:
     from medmnist import INFO
 
     path = medmnist_path(root, flag, size)
-    if not path.is_file():
-        cls = INFO[flag]["python_class"]
-        raise DataFileError(
-            f"{path}: file not found. Download it once where a network is available: python -c \"import "
-            f"medmnist; medmnist.{cls}(split='train', size={size}, download=True, root='{root}')\", or copy "
-            f"{path.name} into {root}/"
-        )
+    _require_download(path, "medmnist", INFO[flag]["python_class"], size)
     return read_classification_npz(path, medmnist_task(flag), required=SPLITS)
 
 
@@ -88,29 +83,13 @@ def load_medsegbench(root: Path, flag: str, size: int) -> dict[str, Split]:
     from medsegbench import INFO
 
     path = medsegbench_path(root, flag, size)
-    if not path.is_file():
-        cls = INFO[flag]["python_class"]
-        raise DataFileError(
-            f"{path}: file not found. Download it once where a network is available: python -c \"import "
-            f"medsegbench; medsegbench.{cls}(split='train', size={size}, download=True, root='{root}')\", or copy "
-            f"{path.name} into {root}/"
-        )
+    _require_download(path, "medsegbench", INFO[flag]["python_class"], size)
     return read_segmentation_npz(path, len(medsegbench_spec(flag).class_names), required=SPLITS)
 
 
 def read_segmentation_npz(path: Path, num_classes: int, required: tuple[str, ...] = ("train",)) -> dict[str, Split]:
     """The splits present in a MedSegBench-format file; masks must fit their images and classes."""
-    path = Path(path)
-    arrays = _open(path)
-    present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_label" in arrays]
-    for split in set(required) | set(present):
-        for kind in ("images", "label"):
-            _require_key(path, arrays, f"{split}_{kind}")
-    splits = {}
-    for split in present:
-        images, masks = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_label"], "label")
-        splits[split] = Split(images, _checked_masks(f"{path}: {split}", masks, images.shape[1:3], num_classes))
-    return splits
+    return _read(path, "label", required, lambda where, masks, images: _checked_masks(where, masks, images.shape[1:3], num_classes))
 
 
 def _checked_masks(where: str, masks: np.ndarray, image_hw: tuple[int, ...], num_classes: int) -> np.ndarray:
@@ -128,19 +107,38 @@ def _checked_masks(where: str, masks: np.ndarray, image_hw: tuple[int, ...], num
 
 def read_classification_npz(path: Path, task: TaskSpec, required: tuple[str, ...] = ("train",)) -> dict[str, Split]:
     """The splits present in a MedMNIST-format file; ``required`` ones must be there."""
+    return _read(path, "labels", required, lambda where, labels, _: _checked_labels(where, labels, task))
+
+
+def _read(path: Path, label_key: str, required: tuple[str, ...],
+          check_labels: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> dict[str, Split]:
+    """Open, find the splits, check images and counts, then the labels with the format's own check."""
     path = Path(path)
     arrays = _open(path)
-    present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
-    for split in set(required) | set(present):
-        for kind in ("images", "labels"):
-            _require_key(path, arrays, f"{split}_{kind}")
     splits = {}
-    for split in present:
-        images, labels = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_labels"], "labels")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataFileError(f"{path}: {split}_labels has dtype {labels.dtype}; expected integers")
-        splits[split] = Split(images, _checked_labels(f"{path}: {split}", labels, task))
+    for split in _splits_present(path, arrays, label_key, required):
+        images, labels = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_{label_key}"], label_key)
+        splits[split] = Split(images, check_labels(f"{path}: {split}", labels, images))
     return splits
+
+
+def _require_download(path: Path, package: str, python_class: str, size: int) -> None:
+    """A missing benchmark file: say which file goes where, and the one-line download for it."""
+    if not path.is_file():
+        raise DataFileError(
+            f"{path}: file not found. Download it once where a network is available: python -c \"import "
+            f"{package}; {package}.{python_class}(split='train', size={size}, download=True, root='{path.parent}')\", "
+            f"or copy {path.name} into {path.parent}/"
+        )
+
+
+def _splits_present(path: Path, arrays: dict[str, np.ndarray], label_key: str, required: tuple[str, ...]) -> list[str]:
+    """The splits a file holds; each must have both its arrays, and ``required`` ones must be there."""
+    present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_{label_key}" in arrays]
+    for split in sorted(set(required) | set(present)):
+        for kind in ("images", label_key):
+            _require_key(path, arrays, f"{split}_{kind}")
+    return present
 
 
 def _open(path: Path) -> dict[str, np.ndarray]:
@@ -176,6 +174,8 @@ def _checked_images(path: Path, split: str, images: np.ndarray, labels: np.ndarr
 
 
 def _checked_labels(where: str, labels: np.ndarray, task: TaskSpec) -> np.ndarray:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(f"{where}_labels has dtype {labels.dtype}; expected integers")
     n = task.num_outputs
     if task.multi_label:
         if labels.ndim != 2 or labels.shape[1] != n:
