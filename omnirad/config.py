@@ -33,6 +33,7 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "embedded"
     root: str = "data"  # folder of MedMNIST .npz files
+    download: bool = False  # fetch a missing MedMNIST file through the medmnist package (needs a network)
     site_files: str = ""  # files: comma-separated, one file per site (a natural split)
     test_file: str = ""  # files: the server's held-out test file; empty means no central test
     task: str = "multi-class"  # files: multi-class, binary-class, ordinal-regression, multi-label, binary-class

@@ -47,12 +47,23 @@ def medmnist_task(flag: str) -> TaskSpec:
     return TaskSpec(info["task"], names)
 
 
-def load_medmnist(root: Path, flag: str, size: int) -> dict[str, Split]:
-    """All three splits of a MedMNIST dataset file, validated against its task."""
-    from medmnist import INFO
+def load_medmnist(root: Path, flag: str, size: int, download: bool = False) -> dict[str, Split]:
+    """All three splits of a MedMNIST dataset file, validated against its task.
+
+    With ``download`` a missing file is fetched through the medmnist package first (it needs a
+    network; the project's tests and demo never do this).
+    """
+    import medmnist
 
     path = medmnist_path(root, flag, size)
-    _require_download(path, "medmnist", INFO[flag]["python_class"], size)
+    python_class = medmnist.INFO[flag]["python_class"]
+    if download and not path.is_file():
+        Path(root).mkdir(parents=True, exist_ok=True)
+        try:
+            getattr(medmnist, python_class)(split="train", size=size, download=True, root=str(root))
+        except Exception as err:  # noqa: BLE001 - download errors come from urllib, torchvision and medmnist
+            raise DataFileError(f"{path}: download through medmnist failed ({err}); place the file there by hand") from err
+    _require_download(path, "medmnist", python_class, size)
     return read_classification_npz(path, medmnist_task(flag), required=SPLITS)
 
 

@@ -66,7 +66,7 @@ def _embedded(num_samples: int, size: int, seed: int) -> LabelledImages:
 
 
 @lru_cache(maxsize=2)
-def _medmnist(root: str, dataset: str, size: int) -> dict[str, LabelledImages]:
+def _medmnist(root: str, dataset: str, size: int, download: bool = False) -> dict[str, LabelledImages]:
     """One MedMNIST dataset, or several joined by '+' into one pool.
 
     A mix concatenates the datasets, offsets each one's labels past the previous ones' classes
@@ -74,7 +74,7 @@ def _medmnist(root: str, dataset: str, size: int) -> dict[str, LabelledImages]:
     source dataset as each sample's group, so that ``data.partition=modality`` can give each site
     one source: the feature skew of hospitals that image different things.
     """
-    parts = [load_medmnist(Path(root), flag, size) for flag in dataset.split("+")]
+    parts = [load_medmnist(Path(root), flag, size, download) for flag in dataset.split("+")]
     if len(parts) == 1:
         return {name: LabelledImages(s.images, s.labels) for name, s in parts[0].items()}
     offsets = np.cumsum([0] + [medmnist_task(flag).num_outputs for flag in dataset.split("+")])
@@ -104,7 +104,7 @@ def pooled_train(cfg: Config) -> LabelledImages:
         return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED)
     if d.dataset == "files":
         raise ValueError("data.dataset=files is a natural split: there is no pool to partition")
-    return _medmnist(d.root, d.dataset, d.size)["train"]
+    return _medmnist(d.root, d.dataset, d.size, d.download)["train"]
 
 
 def server_test_set(cfg: Config) -> LabelledImages | None:
@@ -117,7 +117,7 @@ def server_test_set(cfg: Config) -> LabelledImages | None:
             return None
         splits = _site_file(d.test_file, task_info(cfg))
         return splits.get("test", splits["train"])
-    return _medmnist(d.root, d.dataset, d.size)["test"]
+    return _medmnist(d.root, d.dataset, d.size, d.download)["test"]
 
 
 def partition_labels(labels: np.ndarray) -> np.ndarray:
