@@ -11,6 +11,7 @@ import resource
 from collections import OrderedDict
 from functools import cached_property, lru_cache
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,12 +32,17 @@ def encoder_for(cfg: Config) -> FrozenEncoder:
     return shared_encoder(cfg.model.encoder, cfg.model.weights, cfg.data.size)
 
 
-def new_adapter(cfg: Config, seed: int | None = None) -> nn.Module:
-    """A freshly initialised adapter (seeded, so every participant builds the same one)."""
-    torch.manual_seed(cfg.run.seed if seed is None else seed)
-    return create_adapter(
-        cfg.model.adapter, encoder_for(cfg).num_features, task_info(cfg).num_outputs, cfg.model.hidden_dim
-    )
+def new_adapter(cfg: Config) -> nn.Module:
+    """A freshly initialised adapter, seeded by ``run.seed`` so every participant builds the same one."""
+    num_features, num_outputs = encoder_for(cfg).num_features, task_info(cfg).num_outputs
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.run.seed)
+        return create_adapter(cfg.model.adapter, num_features, num_outputs, cfg.model.hidden_dim)
+
+
+def wire_keys(metrics: dict[str, float]) -> dict[str, float]:
+    """Metric names as Flower records carry them: kebab-case (``macro_f1`` -> ``macro-f1``)."""
+    return {key.replace("_", "-"): value for key, value in metrics.items()}
 
 
 def peak_rss_mb() -> float:
@@ -55,7 +61,7 @@ class EncodedImages:
         return encode(self._encoder, self.data.images, desc=self._desc)
 
     @property
-    def labels(self):
+    def labels(self) -> np.ndarray:
         return self.data.labels
 
 
@@ -94,11 +100,7 @@ class LocalSite:
         adapter = new_adapter(self.cfg)
         load_trainable_state(adapter, state)
         metrics = evaluate_adapter(adapter, self.val_set.features, self.val_set.labels, self.task)
-        return {
-            "num-examples": float(len(self.val_set.labels)),
-            "site-id": float(self.site_id),
-            **{key.replace("_", "-"): value for key, value in metrics.items()},
-        }
+        return {"num-examples": float(len(self.val_set.labels)), "site-id": float(self.site_id), **wire_keys(metrics)}
 
 
 _SITES: OrderedDict[tuple[str, int], LocalSite] = OrderedDict()
@@ -132,5 +134,4 @@ class CentralEvaluator:
             return {}
         adapter = new_adapter(self.cfg)
         load_trainable_state(adapter, state)
-        metrics = evaluate_adapter(adapter, self.test.features, self.test.labels, task_info(self.cfg))
-        return {key.replace("_", "-"): value for key, value in metrics.items()}
+        return wire_keys(evaluate_adapter(adapter, self.test.features, self.test.labels, task_info(self.cfg)))
