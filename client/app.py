@@ -9,9 +9,11 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from omnirad.config import load_config
+from omnirad.logs import show_progress
 from omnirad.site import get_site
 
 app = ClientApp()
+show_progress()
 
 
 def site_id_of(context: Context) -> int:

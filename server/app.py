@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from omnirad.adapters import trainable_state
 from omnirad.config import Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import pooled_train, site_partitions, task_info
+from omnirad.logs import show_progress
 from omnirad.site import CentralEvaluator, encoder_for, new_adapter
 from server.run_folder import SELECTION_METRIC, RunFolder
 from strategies import build_strategy
 
 app = ServerApp()
-log = logging.getLogger(__name__)
+show_progress()
 
 
 def check_federation(grid: Grid, cfg: Config) -> None:
@@ -68,7 +68,6 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=ArrayRecord(initial),
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"seed": cfg.run.seed}),
         evaluate_fn=round_end,
     )
     final_state = result.arrays.to_torch_state_dict() if result.arrays is not None else initial
