@@ -56,6 +56,8 @@ class ModelConfig:
     weights: str = ""
     adapter: str = "mlp"
     hidden_dim: int = 256  # mlp adapter only
+    feature_cache: bool = False  # keep encoded features on the site's disk across rounds and processes
+    cache_dir: str = "~/.cache/omnirad-fl/features"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 from collections import OrderedDict
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from omnirad.adapters import create_adapter, load_trainable_state, trainable_sta
 from omnirad.config import Config, to_yaml
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import FrozenEncoder, create_encoder
+from omnirad.feature_cache import cached_features
 from omnirad.training import encode, evaluate_adapter, train_adapter
 
 
@@ -51,14 +53,22 @@ def peak_rss_mb() -> float:
 
 
 class EncodedImages:
-    """Labelled images and, computed on first use, their frozen-encoder features."""
+    """Labelled images and, computed on first use, their frozen-encoder features.
 
-    def __init__(self, data: LabelledImages, encoder: FrozenEncoder, desc: str) -> None:
-        self.data, self._encoder, self._desc = data, encoder, desc
+    With ``cache_dir`` the features also go to (and come from) the on-disk feature cache.
+    """
+
+    def __init__(self, data: LabelledImages, encoder: FrozenEncoder, desc: str, cache_dir: str | None = None) -> None:
+        self.data, self._encoder, self._desc, self._cache_dir = data, encoder, desc, cache_dir
 
     @cached_property
     def features(self) -> torch.Tensor:
-        return encode(self._encoder, self.data.images, desc=self._desc)
+        def run() -> torch.Tensor:
+            return encode(self._encoder, self.data.images, desc=self._desc)
+
+        if self._cache_dir is None:
+            return run()
+        return cached_features(Path(self._cache_dir), self._encoder, self.data.images, run)
 
     @property
     def labels(self) -> np.ndarray:
@@ -74,8 +84,9 @@ class LocalSite:
         self.task = task_info(cfg)
         data = load_site(cfg, site_id)
         encoder = encoder_for(cfg)
-        self.train_set = EncodedImages(data.train, encoder, f"site {site_id} train")
-        self.val_set = EncodedImages(data.val, encoder, f"site {site_id} val")
+        cache = cfg.model.cache_dir if cfg.model.feature_cache else None
+        self.train_set = EncodedImages(data.train, encoder, f"site {site_id} train", cache)
+        self.val_set = EncodedImages(data.val, encoder, f"site {site_id} val", cache)
 
     def fit(self, state: dict[str, torch.Tensor], server_round: int) -> tuple[OrderedDict, dict[str, float]]:
         """Local epochs from the given adapter state; returns the new state and training metrics."""
