@@ -49,24 +49,29 @@ def train_adapter(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Train a classification adapter on cached features with AdamW; returns the mean last-epoch loss."""
-    generator = torch.Generator().manual_seed(seed)
-    targets = task.targets(labels)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
-    adapter.train()
-    epoch_loss = float("nan")
-    for _ in range(epochs):
-        order = torch.randperm(len(targets), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = task.loss(adapter(features[batch]), targets[batch])
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        epoch_loss = total / len(order)
-    adapter.eval()
+    """Train a classification adapter on cached features with AdamW; returns the mean last-epoch loss.
+
+    Shuffling and dropout draw from ``seed`` alone, so a round of a site is reproducible.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        targets = task.targets(labels)
+        optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
+        adapter.train()
+        epoch_loss = float("nan")
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                optimizer.zero_grad()
+                loss = task.loss(adapter(features[batch]), targets[batch])
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch)
+            epoch_loss = total / len(order)
+        adapter.eval()
     return {"train_loss": epoch_loss}
 
 
