@@ -2,7 +2,8 @@
 
 Flower's strategies aggregate but keep no per-site record; a federated study needs per-site
 metrics and the bytes that crossed the network. ``observed`` wraps any Flower strategy class with a
-mixin that reports messages to a ``RoundObserver`` and then defers to the strategy unchanged.
+mixin that reports messages to a ``RoundObserver`` and then defers to the strategy unchanged
+(replies reach it in node order, for reproducible sums).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ class RoundObserver(Protocol):
     def on_aggregated(self, server_round: int, phase: str, metrics: MetricRecord | None) -> None: ...
 
 
+def _in_node_order(replies: Iterable[Message]) -> list[Message]:
+    """Replies sorted by sender: the floating-point sums of aggregation then do not depend on
+    which site answered first, so a run with the same seed gives the same numbers."""
+    return sorted(replies, key=lambda m: m.metadata.src_node_id)
+
+
 def observed(strategy_cls: type[Strategy]) -> type[Strategy]:
     """A subclass of ``strategy_cls`` that reports sent messages and replies to ``self.observer``."""
 
@@ -39,7 +46,7 @@ def observed(strategy_cls: type[Strategy]) -> type[Strategy]:
         def aggregate_train(
             self, server_round: int, replies: Iterable[Message]
         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            replies = list(replies)
+            replies = _in_node_order(replies)
             self.observer.on_replies(server_round, "train", replies)
             arrays, metrics = super().aggregate_train(server_round, replies)
             self.observer.on_aggregated(server_round, "train", metrics)
@@ -53,7 +60,7 @@ def observed(strategy_cls: type[Strategy]) -> type[Strategy]:
             return messages
 
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-            replies = list(replies)
+            replies = _in_node_order(replies)
             self.observer.on_replies(server_round, "evaluate", replies)
             metrics = super().aggregate_evaluate(server_round, replies)
             self.observer.on_aggregated(server_round, "evaluate", metrics)
