@@ -16,11 +16,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from omnirad.tasks import KINDS as TASK_KINDS
+
 ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
 ADAPTER_NAMES = ("linear", "mlp")
 DATASET_SOURCES = ("embedded", "files")  # or a 2D MedMNIST flag, e.g. bloodmnist
 MEDMNIST_SIZES = (28, 64, 128, 224)
-TASK_KINDS = ("multi-class", "binary-class", "ordinal-regression", "multi-label, binary-class")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg",)
 
