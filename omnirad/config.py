@@ -17,9 +17,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from omnirad.tasks import KINDS as TASK_KINDS
+from omnirad.tasks import MULTI_CLASS, SEGMENTATION
 
 ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
-ADAPTER_NAMES = ("linear", "mlp")
+ADAPTER_NAMES = ("linear", "mlp", "decoder", "lora", "full")  # decoder: segmentation; the rest: classification
+HEAD_NAMES = ("linear", "mlp")
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 DATASET_SOURCES = ("embedded", "files")  # or a 2D MedMNIST flag, e.g. bloodmnist
 MEDMNIST_SIZES = (28, 64, 128, 224)
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
@@ -37,9 +40,9 @@ class DataConfig:
     download: bool = False  # fetch a missing MedMNIST file through the medmnist package (needs a network)
     site_files: str = ""  # files: comma-separated, one file per site (a natural split)
     test_file: str = ""  # files: the server's held-out test file; empty means no central test
-    task: str = "multi-class"  # files: multi-class, binary-class, ordinal-regression, multi-label, binary-class
-    num_classes: int = 0  # files: classes (or labels, for multi-label); required
-    size: int = 64
+    task: str = "multi-class"  # files: a MedMNIST kind or segmentation; embedded: multi-class or segmentation
+    num_classes: int = 0  # files: classes (labels for multi-label; pixel classes with background for segmentation)
+    size: int = 64  # the image size the encoder sees; segmentation masks are scored at this size
     partition: str = "dirichlet"
     alpha: float = 0.5
     classes_per_site: int = 2  # pathological partition: classes each site holds
@@ -56,7 +59,14 @@ class ModelConfig:
     encoder: str = "vit-tiny"
     weights: str = ""
     adapter: str = "mlp"
-    hidden_dim: int = 256  # mlp adapter only
+    hidden_dim: int = 256  # mlp heads only
+    head: str = "linear"  # lora and full: the classification head on the adapted encoder
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    lora_targets: str = "qkv,proj,fc1,fc2"  # comma-separated linear layers of every ViT block
+    decoder_width: int = 64  # decoder: channels after fusing the token layers
+    decoder_layers: str = ""  # decoder: 1-based encoder blocks, e.g. "4,8,12"; empty: a third, two thirds, last
     feature_cache: bool = False  # keep encoded features on the site's disk across rounds and processes
     cache_dir: str = "~/.cache/omnirad-fl/features"
 
@@ -168,6 +178,11 @@ def validate(cfg: Config) -> None:
         _require(d.size in MEDMNIST_SIZES, "data.size", d.size, f"a MedMNIST size: {MEDMNIST_SIZES}")
         _require("+" not in d.dataset or "chestmnist" not in d.dataset, "data.dataset", d.dataset,
                  "single-label datasets only in a mix (chestmnist is multi-label)")
+    if is_medmnist:
+        _require(d.task == MULTI_CLASS, "data.task", d.task,
+                 "the default: a MedMNIST dataset's task comes with it (segmentation needs MedSegBench files)")
+    if d.dataset == "embedded":
+        _one_of("data.task", d.task, (MULTI_CLASS, SEGMENTATION))
     if d.dataset == "files":
         files = site_file_list(cfg)
         _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")
@@ -187,7 +202,21 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     _one_of("model.encoder", m.encoder, ENCODER_NAMES)
     _one_of("model.adapter", m.adapter, ADAPTER_NAMES)
+    segmentation = d.task == SEGMENTATION
+    _require((m.adapter == "decoder") == segmentation, "model.adapter", m.adapter,
+             "decoder for data.task=segmentation" if segmentation else "linear, mlp, lora or full for classification (decoder is for data.task=segmentation)")
     _require(m.hidden_dim >= 1, "model.hidden-dim", m.hidden_dim, ">= 1")
+    _one_of("model.head", m.head, HEAD_NAMES)
+    _require(m.lora_rank >= 1, "model.lora-rank", m.lora_rank, ">= 1")
+    _require(m.lora_alpha > 0, "model.lora-alpha", m.lora_alpha, "> 0")
+    _require(0 <= m.lora_dropout < 1, "model.lora-dropout", m.lora_dropout, "in [0, 1)")
+    targets = comma_list(m.lora_targets)
+    _require(bool(targets) and set(targets) <= set(LORA_TARGETS), "model.lora-targets", m.lora_targets,
+             "comma-separated names among " + ", ".join(LORA_TARGETS))
+    _require(m.decoder_width >= 8 and m.decoder_width % 4 == 0, "model.decoder-width", m.decoder_width, "a multiple of 4, >= 8")
+    layers = comma_list(m.decoder_layers)
+    _require(all(x.isdigit() and int(x) >= 1 for x in layers), "model.decoder-layers", m.decoder_layers,
+             "comma-separated 1-based encoder block numbers, e.g. 4,8,12, or empty")
     t = cfg.train
     _require(t.local_epochs >= 1, "train.local-epochs", t.local_epochs, ">= 1")
     _require(t.lr > 0, "train.lr", t.lr, "> 0")
@@ -208,8 +237,12 @@ def medmnist_flags() -> tuple[str, ...]:
     return tuple(flag for flag in INFO if not flag.endswith("3d"))
 
 
+def comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def site_file_list(cfg: Config) -> list[str]:
-    return [f.strip() for f in cfg.data.site_files.split(",") if f.strip()]
+    return comma_list(cfg.data.site_files)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -74,14 +74,7 @@ class FrozenEncoder(nn.Module):
         return super().train(False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Grey-scale or RGB images in [0, 1], (B, C, H, W), to normalised encoder input."""
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
-            images = nn.functional.interpolate(
-                images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-            )
-        return (images - self.mean) / self.std
+        return encoder_input(images, self.mean, self.std, self.input_size)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -94,6 +87,17 @@ class FrozenEncoder(nn.Module):
         return self.vit.forward_intermediates(
             self.preprocess(images), indices=layers, intermediates_only=True, output_fmt="NCHW"
         )
+
+
+def encoder_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Grey-scale or RGB images, (B, C, H, W) uint8 or floats in [0, 1], to normalised encoder input."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[-1] != input_size or images.shape[-2] != input_size:
+        images = nn.functional.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    return (images - mean) / std
 
 
 def encoder_input_size(image_size: int, patch_size: int) -> int:

@@ -2,8 +2,8 @@
 
 In deployment each message starts a fresh ClientApp process, so features kept in memory die with
 it; on disk they survive. An entry is keyed by everything that determines the features: the
-encoder's weights (a fingerprint of every tensor), its input geometry and normalisation, and the
-image bytes. A change to any of them is a different key, so stale features are never read. Writes
+encoder's weights (a fingerprint of every tensor), its input geometry and normalisation, what is
+stored (pooled features or the patch tokens of which blocks), and the image bytes. A change to any of them is a different key, so stale features are never read. Writes
 go to a temporary file that is renamed into place, so an interrupted encode never leaves an entry
 that loads.
 """
@@ -41,18 +41,20 @@ def encoder_fingerprint(encoder: FrozenEncoder) -> str:
     return cached
 
 
-def cache_key(encoder: FrozenEncoder, images: np.ndarray) -> str:
+def cache_key(encoder: FrozenEncoder, images: np.ndarray, kind: str = "pooled") -> str:
+    """``kind`` names what is stored: pooled features, or the patch tokens of which blocks."""
     digest = hashlib.sha256(encoder_fingerprint(encoder).encode())
+    digest.update(kind.encode())
     digest.update(f"{images.shape}|{images.dtype}".encode())
     digest.update(np.ascontiguousarray(images).tobytes())
     return digest.hexdigest()[:40]
 
 
 def cached_features(cache_dir: Path, encoder: FrozenEncoder, images: np.ndarray,
-                    encode: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Features from the cache when an entry for exactly these weights and images exists, else encode and store."""
+                    encode: Callable[[], torch.Tensor], kind: str = "pooled") -> torch.Tensor:
+    """Features from the cache when an entry for exactly these weights, images and kind exists, else encode and store."""
     cache_dir = Path(cache_dir).expanduser()
-    path = cache_dir / f"{cache_key(encoder, images)}.safetensors"
+    path = cache_dir / f"{cache_key(encoder, images, kind)}.safetensors"
     if path.is_file():
         try:
             features = load_file(path)["features"]

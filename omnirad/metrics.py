@@ -1,10 +1,12 @@
-"""Classification metrics as MedMNIST defines them, plus macro-F1 (OmniRad's selection metric)."""
+"""Task metrics: classification as MedMNIST defines it plus macro-F1 (OmniRad's selection metric);
+segmentation as Dice and IoU per image over the foreground classes."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from medmnist.evaluator import getACC, getAUC
+from monai.metrics import compute_dice, compute_iou
 from sklearn.metrics import f1_score
 
 from omnirad.tasks import MULTI_LABEL, TaskSpec
@@ -41,3 +43,42 @@ def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskS
         "auc": auc,
         "auc_classes": float(len(present)),
     }
+
+
+def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
+    """The metrics of ``task``'s kind for a batch of predictions."""
+    if task.segmentation:
+        return segmentation_metrics(labels, logits, task.num_outputs)
+    return classification_metrics(labels, logits, task)
+
+
+def segmentation_metrics(masks: np.ndarray, logits: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Mean Dice and IoU over images of each image's mean over foreground classes (MONAI).
+
+    Within an image, a class absent from both the prediction and the ground truth is left out (it
+    is neither right nor wrong); one predicted but absent from the ground truth scores 0. An image
+    with no foreground class in either is left out of the mean. ``dice-with-background`` includes
+    class 0, an extra figure only: background dominates it and flatters every model.
+    """
+    prediction = _one_hot(torch.as_tensor(logits).argmax(dim=1), num_classes)
+    truth = _one_hot(torch.as_tensor(masks, dtype=torch.long), num_classes)
+    absent = (prediction.sum(dim=(2, 3)) == 0) & (truth.sum(dim=(2, 3)) == 0)
+    dice = compute_dice(prediction, truth, include_background=True, ignore_empty=False).masked_fill(absent, float("nan"))
+    iou = compute_iou(prediction, truth, include_background=True, ignore_empty=False).masked_fill(absent, float("nan"))
+    return {
+        "dice": _mean_of_image_means(dice[:, 1:]),
+        "iou": _mean_of_image_means(iou[:, 1:]),
+        "dice-with-background": _mean_of_image_means(dice),
+    }
+
+
+def _one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(indices, num_classes).permute(0, 3, 1, 2).float()
+
+
+def _mean_of_image_means(scores: torch.Tensor) -> float:
+    """(N, C) scores with NaN for classes left out: mean over images of each image's class mean."""
+    scored = ~scores.isnan()
+    per_image = scores.nan_to_num(0.0).sum(dim=1) / scored.sum(dim=1)
+    per_image = per_image[scored.any(dim=1)]
+    return float(per_image.mean()) if len(per_image) else float("nan")

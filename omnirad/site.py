@@ -1,8 +1,9 @@
-"""One participant's work, without Flower: train or evaluate an adapter on local data.
+"""One participant's work, without Flower: train or evaluate a model on local data.
 
 ``LocalSite`` is what a hospital runs each round and what a notebook uses to train one site alone.
-It encodes its images with the frozen encoder once and keeps the features for later rounds in the
-same process (simulation workers serve many rounds; deployment starts a process per message).
+It computes what its model reads (frozen-encoder features or tokens, or the images) once and keeps
+it for later rounds in the same process (simulation workers serve many rounds; deployment starts a
+process per message, which is what the on-disk feature cache is for).
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 import resource
 from collections import OrderedDict
 from functools import cached_property, lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from omnirad.adapters import create_adapter, load_trainable_state, trainable_state
+from omnirad.adapters import load_trainable_state, trainable_state
 from omnirad.config import Config, to_yaml
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import FrozenEncoder, create_encoder
-from omnirad.feature_cache import cached_features
-from omnirad.training import encode, evaluate_adapter, train_adapter
+from omnirad.models import build_model, model_inputs
+from omnirad.training import evaluate_model, train_model
 
 
 @lru_cache(maxsize=2)
@@ -34,12 +34,9 @@ def encoder_for(cfg: Config) -> FrozenEncoder:
     return shared_encoder(cfg.model.encoder, cfg.model.weights, cfg.data.size)
 
 
-def new_adapter(cfg: Config) -> nn.Module:
-    """A freshly initialised adapter, seeded by ``run.seed`` so every participant builds the same one."""
-    num_features, num_outputs = encoder_for(cfg).num_features, task_info(cfg).num_outputs
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.run.seed)
-        return create_adapter(cfg.model.adapter, num_features, num_outputs, cfg.model.hidden_dim)
+def new_model(cfg: Config) -> nn.Module:
+    """The configured model, freshly initialised and identical in every participant."""
+    return build_model(cfg, encoder_for(cfg))
 
 
 def wire_keys(metrics: dict[str, float]) -> dict[str, float]:
@@ -52,23 +49,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class EncodedImages:
-    """Labelled images and, computed on first use, their frozen-encoder features.
+class ModelInputs:
+    """Labelled images and, computed on first use, what the configured model reads from them."""
 
-    With ``cache_dir`` the features also go to (and come from) the on-disk feature cache.
-    """
-
-    def __init__(self, data: LabelledImages, encoder: FrozenEncoder, desc: str, cache_dir: str | None = None) -> None:
-        self.data, self._encoder, self._desc, self._cache_dir = data, encoder, desc, cache_dir
+    def __init__(self, cfg: Config, data: LabelledImages, desc: str) -> None:
+        self.cfg, self.data, self._desc = cfg, data, desc
 
     @cached_property
-    def features(self) -> torch.Tensor:
-        def run() -> torch.Tensor:
-            return encode(self._encoder, self.data.images, desc=self._desc)
-
-        if self._cache_dir is None:
-            return run()
-        return cached_features(Path(self._cache_dir), self._encoder, self.data.images, run)
+    def inputs(self) -> torch.Tensor:
+        return model_inputs(self.cfg, encoder_for(self.cfg), self.data.images, self._desc)
 
     @property
     def labels(self) -> np.ndarray:
@@ -83,19 +72,17 @@ class LocalSite:
         self.site_id = site_id
         self.task = task_info(cfg)
         data = load_site(cfg, site_id)
-        encoder = encoder_for(cfg)
-        cache = cfg.model.cache_dir if cfg.model.feature_cache else None
-        self.train_set = EncodedImages(data.train, encoder, f"site {site_id} train", cache)
-        self.val_set = EncodedImages(data.val, encoder, f"site {site_id} val", cache)
+        self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
+        self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
 
     def fit(self, state: dict[str, torch.Tensor], server_round: int) -> tuple[OrderedDict, dict[str, float]]:
-        """Local epochs from the given adapter state; returns the new state and training metrics."""
-        adapter = new_adapter(self.cfg)
-        load_trainable_state(adapter, state)
+        """Local epochs from the given state; returns the new trainable state and training metrics."""
+        model = new_model(self.cfg)
+        load_trainable_state(model, state)
         t = self.cfg.train
         seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
-        stats = train_adapter(
-            adapter, self.train_set.features, self.train_set.labels, self.task,
+        stats = train_model(
+            model, self.train_set.inputs, self.train_set.labels, self.task,
             t.local_epochs, t.lr, t.batch_size, t.weight_decay, seed,
         )
         metrics = {
@@ -104,13 +91,13 @@ class LocalSite:
             "train-loss": stats["train_loss"],
             "peak-rss-mb": peak_rss_mb(),
         }
-        return trainable_state(adapter), metrics
+        return trainable_state(model), metrics
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metrics of the given adapter state on this site's validation split."""
-        adapter = new_adapter(self.cfg)
-        load_trainable_state(adapter, state)
-        metrics = evaluate_adapter(adapter, self.val_set.features, self.val_set.labels, self.task)
+        """Metrics of the given state on this site's validation split."""
+        model = new_model(self.cfg)
+        load_trainable_state(model, state)
+        metrics = evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task)
         return {"num-examples": float(len(self.val_set.labels)), "site-id": float(self.site_id), **wire_keys(metrics)}
 
 
@@ -119,7 +106,7 @@ _MAX_CACHED_SITES = 16
 
 
 def get_site(cfg: Config, site_id: int) -> LocalSite:
-    """The process-wide ``LocalSite`` for this configuration, so features are encoded once."""
+    """The process-wide ``LocalSite`` for this configuration, so images are encoded once."""
     key = (to_yaml(cfg), site_id)
     if key not in _SITES:
         if len(_SITES) >= _MAX_CACHED_SITES:
@@ -129,7 +116,7 @@ def get_site(cfg: Config, site_id: int) -> LocalSite:
 
 
 class CentralEvaluator:
-    """The server's held-out test set, encoded once, scored against each round's global adapter.
+    """The server's held-out test set, encoded once, scored against each round's global model.
 
     A natural split (``data.dataset=files``) without ``data.test-file`` has no server test set:
     then the evaluator returns no metrics and the run relies on federated validation.
@@ -138,11 +125,11 @@ class CentralEvaluator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         test = server_test_set(cfg)
-        self.test = None if test is None else EncodedImages(test, encoder_for(cfg), "server test set")
+        self.test = None if test is None else ModelInputs(cfg, test, "server test set")
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:
             return {}
-        adapter = new_adapter(self.cfg)
-        load_trainable_state(adapter, state)
-        return wire_keys(evaluate_adapter(adapter, self.test.features, self.test.labels, task_info(self.cfg)))
+        model = new_model(self.cfg)
+        load_trainable_state(model, state)
+        return wire_keys(evaluate_model(model, self.test.inputs, self.test.labels, task_info(self.cfg)))

@@ -1,8 +1,9 @@
-"""What a classification task is: its kind (as MedMNIST names them), labels, loss and scores.
+"""What a task is: its kind (as MedMNIST and MedSegBench name them), labels, loss and scores.
 
 MedMNIST trains every single-label task (multi-class, binary, ordinal) with cross-entropy on one
 output per class, and multi-label tasks (ChestMNIST) with a sigmoid per label; metrics follow
-MedMNIST's evaluator for the same kinds.
+MedMNIST's evaluator for the same kinds. Segmentation (MedSegBench masks) trains with MONAI's
+Dice + cross-entropy loss on one output map per pixel class, background included.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
 from torch import nn
 
 MULTI_CLASS = "multi-class"
 BINARY = "binary-class"
 ORDINAL = "ordinal-regression"
 MULTI_LABEL = "multi-label, binary-class"
-KINDS = (MULTI_CLASS, BINARY, ORDINAL, MULTI_LABEL)
+SEGMENTATION = "segmentation"
+CLASSIFICATION_KINDS = (MULTI_CLASS, BINARY, ORDINAL, MULTI_LABEL)
+KINDS = (*CLASSIFICATION_KINDS, SEGMENTATION)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """``label_names``: the classes (labels) of a classification task; for segmentation the pixel
+    classes, background first."""
+
     kind: str
     label_names: tuple[str, ...]
 
@@ -37,13 +44,31 @@ class TaskSpec:
     def multi_label(self) -> bool:
         return self.kind == MULTI_LABEL
 
+    @property
+    def segmentation(self) -> bool:
+        return self.kind == SEGMENTATION
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that picks the best round: foreground Dice, or OmniRad's macro-F1."""
+        return "dice" if self.segmentation else "macro-f1"
+
+    @property
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The metrics printed and plotted per round; the first is the one shown per site."""
+        return ("dice", "iou", "dice-with-background") if self.segmentation else ("accuracy", "macro-f1", "auc")
+
     def targets(self, labels: np.ndarray) -> torch.Tensor:
-        """Labels as the loss wants them: class indices, or 0/1 floats per label."""
+        """Labels as the loss wants them: class indices (per pixel for masks), or 0/1 floats per label."""
+        if self.segmentation:
+            return torch.as_tensor(labels, dtype=torch.long)
         if self.multi_label:
             return torch.as_tensor(labels, dtype=torch.float32)
         return torch.as_tensor(np.asarray(labels).reshape(-1), dtype=torch.long)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.segmentation:
+            return DiceCELoss(to_onehot_y=True, softmax=True)(logits, targets.unsqueeze(1))
         if self.multi_label:
             return nn.functional.binary_cross_entropy_with_logits(logits, targets)
         return nn.functional.cross_entropy(logits, targets)

@@ -1,8 +1,9 @@
-"""Local training and evaluation of an adapter on top of the frozen encoder.
+"""Local training and evaluation of a site's model.
 
-The encoder is frozen and, without augmentation, deterministic, so a site encodes its images once
-per task and trains the adapter for all its local epochs on those features: the same result as
-running the encoder in every step, at a fraction of the cost.
+With a frozen encoder and no augmentation the encoder's outputs are deterministic, so a site
+encodes its images once and trains a head or decoder for all its local epochs on those features:
+the same result as running the encoder in every step, at a fraction of the cost. LoRA and full
+fine-tuning change the encoder, so they train on the images themselves.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from omnirad.encoders import FrozenEncoder
-from omnirad.metrics import classification_metrics
+from omnirad.metrics import task_metrics
 from omnirad.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -29,18 +30,23 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(encoder: FrozenEncoder, images: np.ndarray, batch_size: int = 128, desc: str = "") -> torch.Tensor:
-    """Pooled features of all images, in batches; logs throughput so slow encoders are visible."""
+def encode(encoder: FrozenEncoder, images: np.ndarray, batch_size: int = 128, desc: str = "",
+           token_layers: list[int] | None = None) -> torch.Tensor:
+    """Pooled features (N, D) of all images, or with ``token_layers`` the patch tokens of those
+    blocks concatenated on channels (N, L*D, h, w); in batches, logging throughput."""
     start = time.perf_counter()
-    chunks = [encoder(images_to_tensor(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    chunks = []
+    for i in range(0, len(images), batch_size):
+        batch = images_to_tensor(images[i : i + batch_size])
+        chunks.append(encoder(batch) if token_layers is None else torch.cat(encoder.patch_tokens(batch, token_layers), dim=1))
     seconds = time.perf_counter() - start
     log.info("encoded %d images%s in %.1f s (%.0f img/s)", len(images), f" ({desc})" if desc else "", seconds, len(images) / max(seconds, 1e-9))
     return torch.cat(chunks)
 
 
-def train_adapter(
-    adapter: nn.Module,
-    features: torch.Tensor,
+def train_model(
+    model: nn.Module,
+    inputs: torch.Tensor,
     labels: np.ndarray,
     task: TaskSpec,
     epochs: int,
@@ -49,16 +55,19 @@ def train_adapter(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Train a classification adapter on cached features with AdamW; returns the mean last-epoch loss.
+    """Train a model's trainable parameters with AdamW; returns the mean last-epoch loss.
 
-    Shuffling and dropout draw from ``seed`` alone, so a round of a site is reproducible.
+    ``inputs`` are whatever the model reads: cached features or tokens, or images for a model
+    that runs the encoder. Shuffling and dropout draw from ``seed`` alone, so a round of a site is
+    reproducible.
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         targets = task.targets(labels)
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
-        adapter.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+        model.train()
         epoch_loss = float("nan")
         for _ in range(epochs):
             order = torch.randperm(len(targets), generator=generator)
@@ -66,19 +75,25 @@ def train_adapter(
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 optimizer.zero_grad()
-                loss = task.loss(adapter(features[batch]), targets[batch])
+                loss = task.loss(model(inputs[batch]), targets[batch])
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)
             epoch_loss = total / len(order)
-        adapter.eval()
+        model.eval()
     return {"train_loss": epoch_loss}
 
 
 @torch.no_grad()
-def evaluate_adapter(adapter: nn.Module, features: torch.Tensor, labels: np.ndarray, task: TaskSpec) -> dict[str, float]:
-    """Loss, accuracy, macro-F1 and AUC of the adapter on encoded features."""
-    adapter.eval()
-    logits = adapter(features)
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's outputs for all inputs, in batches (images and token maps are large)."""
+    model.eval()
+    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec) -> dict[str, float]:
+    """Loss and the task's metrics (accuracy, macro-F1, AUC; or Dice, IoU) of the model."""
+    logits = predict(model, inputs)
     loss = task.loss(logits, task.targets(labels)).item()
-    return {"loss": loss, **classification_metrics(labels, logits, task)}
+    return {"loss": loss, **task_metrics(labels, logits, task)}

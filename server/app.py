@@ -10,10 +10,10 @@ from flwr.serverapp import Grid, ServerApp
 from omnirad.adapters import trainable_state
 from omnirad.config import Config, ConfigError, load_config
 from omnirad.data.report import partition_report
-from omnirad.data.sites import pooled_train, site_partitions, task_info
+from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
 from omnirad.logs import show_progress
-from omnirad.site import CentralEvaluator, encoder_for, new_adapter
-from server.run_folder import SELECTION_METRIC, RunFolder
+from omnirad.site import CentralEvaluator, encoder_for, new_model
+from server.run_folder import RunFolder
 from strategies import build_strategy
 
 app = ServerApp()
@@ -36,6 +36,7 @@ class RoundEnd:
 
     def __init__(self, cfg: Config, folder: RunFolder) -> None:
         self.evaluator = CentralEvaluator(cfg)
+        self.selection_metric = task_info(cfg).selection_metric
         self.folder = folder
         self.best_score = float("-inf")
         self.best_state: dict[str, Any] | None = None
@@ -45,7 +46,7 @@ class RoundEnd:
         metrics = self.evaluator(state)
         if server_round > 0:
             line = self.folder.end_round(server_round, metrics)
-            score = line["federated-val"].get(SELECTION_METRIC, float("-inf"))
+            score = line["federated-val"].get(self.selection_metric, float("-inf"))
             if score > self.best_score:
                 self.best_score, self.best_state = score, state
         return MetricRecord(metrics)
@@ -58,10 +59,10 @@ def main(grid: Grid, context: Context) -> None:
     folder = RunFolder.create(cfg)
     print(f"OmniRad-FL run folder: {folder.path}", flush=True)
     if cfg.data.dataset != "files":  # a simulated split of a pool: the server can describe it
-        labels = pooled_train(cfg).labels
-        folder.write_partition(partition_report(labels, site_partitions(cfg), task_info(cfg).label_names))
+        labels = partition_labels(pooled_train(cfg))
+        folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     encoder = encoder_for(cfg)
-    initial = trainable_state(new_adapter(cfg))
+    initial = trainable_state(new_model(cfg))
     round_end = RoundEnd(cfg, folder)
     strategy = build_strategy(cfg, folder)
     result = strategy.start(
@@ -84,9 +85,10 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
     final = summary["final"]
+    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
     print(
-        f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: test accuracy "
-        f"{final.get('accuracy', float('nan')):.3f}, macro-F1 {final.get('macro-f1', float('nan')):.3f} "
-        f"({cfg.model.encoder}, weights: {cfg.model.weights or 'random init'}). Results: {folder.path}",
+        f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: test {scores} "
+        f"({cfg.model.encoder}, weights: {cfg.model.weights or 'random init'}, {cfg.model.adapter}). "
+        f"Results: {folder.path}",
         flush=True,
     )

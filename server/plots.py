@@ -12,19 +12,19 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def plot_curves(rounds: list[dict[str, Any]], path: Path) -> None:
-    """Global test metrics and each site's validation accuracy, per round."""
+def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ...]) -> None:
+    """The task's headline metrics on the test set, and the first one on each site's validation split, per round."""
     x = [r["round"] for r in rounds]
     fig, (ax_global, ax_sites) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("accuracy", "macro-f1", "auc"):
+    for key in metrics:
         ax_global.plot(x, [r["global"].get(key) for r in rounds], marker="o", label=f"test {key}")
-    ax_global.set(title="Global adapter on the held-out test set", xlabel="round", ylim=(0, 1))
+    ax_global.set(title="Global model on the held-out test set", xlabel="round", ylim=(0, 1))
     ax_global.legend()
     sites = sorted({s for r in rounds for s in r["sites"]}, key=int)
     for site in sites:
-        acc = [r["sites"].get(site, {}).get("evaluate", {}).get("accuracy") for r in rounds]
-        ax_sites.plot(x, acc, marker=".", label=f"site {site}")
-    ax_sites.set(title="Global adapter on each site's validation split", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+        values = [r["sites"].get(site, {}).get("evaluate", {}).get(metrics[0]) for r in rounds]
+        ax_sites.plot(x, values, marker=".", label=f"site {site}")
+    ax_sites.set(title="Global model on each site's validation split", xlabel="round", ylabel=metrics[0], ylim=(0, 1))
     ax_sites.legend(fontsize="small", ncol=2)
     for ax in (ax_global, ax_sites):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

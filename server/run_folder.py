@@ -27,10 +27,10 @@ from safetensors.torch import save_file
 
 from omnirad.config import Config, to_yaml
 from omnirad.data.report import format_report, plot_report
+from omnirad.data.sites import task_info
 from omnirad.site import peak_rss_mb
+from omnirad.tasks import TaskSpec
 from server.plots import plot_curves
-
-SELECTION_METRIC = "macro-f1"  # OmniRad selects models by macro-F1, here on federated validation
 
 
 @dataclass
@@ -55,6 +55,7 @@ class RunFolder:
 
     def __init__(self, cfg: Config, path: Path) -> None:
         self.cfg = cfg
+        self.task: TaskSpec = task_info(cfg)
         self.path = path
         self.started = time.perf_counter()
         self.rounds: list[dict[str, Any]] = []
@@ -123,7 +124,7 @@ class RunFolder:
         self.rounds.append(line)
         with open(self.path / "metrics.jsonl", "a") as out:
             out.write(json.dumps(line) + "\n")
-        print_round(line, header=len(self.rounds) == 1)
+        print_round(line, header=len(self.rounds) == 1, metrics=self.task.headline_metrics)
         return line
 
     def finish(self, final_state: dict[str, torch.Tensor], best_state: dict[str, torch.Tensor] | None, extra: dict[str, Any]) -> dict[str, Any]:
@@ -131,23 +132,23 @@ class RunFolder:
         save_file({k: v.contiguous() for k, v in final_state.items()}, self.path / "final_adapter.safetensors")
         if best_state is not None:
             save_file({k: v.contiguous() for k, v in best_state.items()}, self.path / "best_adapter.safetensors")
-        summary = summarise(self.rounds, extra)
+        summary = summarise(self.rounds, extra, self.task.selection_metric)
         summary["wall-seconds"] = round(time.perf_counter() - self.started, 3)
         summary["peak-rss-mb"] = {"server": round(peak_rss_mb(), 1), "clients": round(self.client_peak_rss_mb, 1)}
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.rounds:
-            plot_curves(self.rounds, self.path / "curves.png")
+            plot_curves(self.rounds, self.path / "curves.png", self.task.headline_metrics)
         return summary
 
 
-def best_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The round with the best federated-validation macro-F1 (never chosen on the test set)."""
-    scored = [r for r in rounds if not math.isnan(r["federated-val"].get(SELECTION_METRIC, math.nan))]
-    return max(scored, key=lambda r: r["federated-val"][SELECTION_METRIC]) if scored else None
+def best_round(rounds: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The round with the best federated-validation ``metric`` (never chosen on the test set)."""
+    scored = [r for r in rounds if not math.isnan(r["federated-val"].get(metric, math.nan))]
+    return max(scored, key=lambda r: r["federated-val"][metric]) if scored else None
 
 
-def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
-    best = best_round(rounds)
+def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_metric: str) -> dict[str, Any]:
+    best = best_round(rounds, selection_metric)
     sites = sorted({site for r in rounds for site in r["sites"]}, key=int)
     up_per_site = [s["bytes-up"] for r in rounds for s in r["sites"].values() if "bytes-up" in s]
     return {
@@ -155,7 +156,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, 
         "rounds": len(rounds),
         "final": rounds[-1]["global"] if rounds else {},
         "final-federated-val": rounds[-1]["federated-val"] if rounds else {},
-        "best": {"round": best["round"], "selected-by": f"federated-val {SELECTION_METRIC}", "global": best["global"]}
+        "best": {"round": best["round"], "selected-by": f"federated-val {selection_metric}", "global": best["global"]}
         if best
         else None,
         "bytes-up": sum(r["bytes-up"] for r in rounds),
@@ -167,15 +168,24 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, 
     }
 
 
-def print_round(line: dict[str, Any], header: bool) -> None:
-    """One table row per round, so progress is readable while the run goes on."""
-    g, v = line["global"], line["federated-val"]
-    site_acc = [s["evaluate"]["accuracy"] for s in line["sites"].values() if "evaluate" in s]
-    worst = min(site_acc) if site_acc else math.nan
+def print_round(line: dict[str, Any], header: bool, metrics: tuple[str, ...]) -> None:
+    """One table row per round, so progress is readable while the run goes on.
+
+    Columns: the task's headline metrics on the test set, the first one on federated validation
+    and on the worst site's validation split, then training loss, traffic and time.
+    """
+    g, v, first = line["global"], line["federated-val"], metrics[0]
+    per_site = [s["evaluate"][first] for s in line["sites"].values() if first in s.get("evaluate", {})]
+    worst = min(per_site) if per_site else math.nan
     if header:
-        print(f"{'round':>5} {'test acc':>8} {'test F1':>8} {'test AUC':>8} {'val acc':>8} {'worst site':>10} "
+        names = "".join(f" {'test ' + _short(m):>10}" for m in metrics)
+        print(f"{'round':>5}{names} {'val ' + _short(first):>10} {'worst site':>10} "
               f"{'train loss':>10} {'up KiB':>8} {'down KiB':>8} {'sec':>6}", flush=True)
-    print(f"{line['round']:>5} {g.get('accuracy', math.nan):>8.3f} {g.get('macro-f1', math.nan):>8.3f} "
-          f"{g.get('auc', math.nan):>8.3f} {v.get('accuracy', math.nan):>8.3f} {worst:>10.3f} "
+    values = "".join(f" {g.get(m, math.nan):>10.3f}" for m in metrics)
+    print(f"{line['round']:>5}{values} {v.get(first, math.nan):>10.3f} {worst:>10.3f} "
           f"{line['train'].get('train-loss', math.nan):>10.4f} {line['bytes-up'] / 1024:>8.1f} "
           f"{line['bytes-down'] / 1024:>8.1f} {line['seconds']:>6.1f}", flush=True)
+
+
+def _short(metric: str) -> str:
+    return {"accuracy": "acc", "macro-f1": "F1", "auc": "AUC", "dice-with-background": "Dice+bg"}.get(metric, metric)

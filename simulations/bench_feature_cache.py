@@ -18,13 +18,13 @@ import time
 
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config
-from omnirad.site import LocalSite, new_adapter
+from omnirad.site import LocalSite, new_model
 
 
 def seconds_per_round(overrides: dict, rounds: int, sites: int) -> list[float]:
     """Mean seconds per site for each round, building the site afresh every round."""
     cfg = load_config(overrides)
-    state = trainable_state(new_adapter(cfg))
+    state = trainable_state(new_model(cfg))
     per_round = []
     for server_round in range(1, rounds + 1):
         start = time.perf_counter()

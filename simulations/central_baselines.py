@@ -28,7 +28,7 @@ from omnirad.config import Config, load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.metrics import classification_metrics
 from omnirad.site import encoder_for
-from omnirad.training import encode, evaluate_adapter, images_to_tensor, train_adapter
+from omnirad.training import encode, evaluate_model, images_to_tensor, train_model
 
 
 class SmallCNN(nn.Module):
@@ -90,8 +90,8 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed:
     torch.manual_seed(seed)
     task = task_info(cfg)
     head = create_adapter(adapter, train_x.shape[1], task.num_outputs, cfg.model.hidden_dim)
-    train_adapter(head, train_x, train_y, task, epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, seed)
-    metrics = evaluate_adapter(head, test_x, test_y, task)
+    train_model(head, train_x, train_y, task, epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, seed)
+    metrics = evaluate_model(head, test_x, test_y, task)
     metrics.pop("loss")
     return metrics
 

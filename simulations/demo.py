@@ -17,6 +17,7 @@ import click
 from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, load_config
+from omnirad.data.sites import task_info
 from simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -52,8 +53,8 @@ def main(argv: list[str]) -> int:
         print("The run did not finish: no summary.json was written. See the log above.", file=sys.stderr)
         return 1
     final = json.loads(summary.read_text())["final"]
-    print(f"\nDemo finished: test accuracy {final['accuracy']:.3f}, macro-F1 {final['macro-f1']:.3f}, "
-          f"AUC {final['auc']:.3f}.\nRun folder: {summary.parent}")
+    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
+    print(f"\nDemo finished: test {scores}.\nRun folder: {summary.parent}")
     return 0
 
 

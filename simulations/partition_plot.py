@@ -13,7 +13,7 @@ from flwr.common.config import parse_config_args
 
 from omnirad.config import load_config
 from omnirad.data.report import format_report, partition_report, plot_report
-from omnirad.data.sites import pooled_train, site_partitions, task_info
+from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="?", default="", help='configuration keys, as for flwr run --run-config')
     args = parser.parse_args()
     cfg = load_config(parse_config_args([args.overrides]) if args.overrides else {})
-    report = partition_report(pooled_train(cfg).labels, site_partitions(cfg), task_info(cfg).label_names)
+    report = partition_report(partition_labels(pooled_train(cfg)), site_partitions(cfg), partition_class_names(cfg))
     d = cfg.data
     title = f"{d.dataset}: {d.partition} split" + (f", alpha {d.alpha}" if d.partition == "dirichlet" else "")
     plot_report(report, args.path, f"{title}, {d.num_sites} sites")

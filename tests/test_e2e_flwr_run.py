@@ -77,3 +77,22 @@ def test_each_site_reads_its_own_file(tmp_path):
                                          f"data.test-file='{test_file}' data.num-classes=3 data.size=28")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["sites"] == ["0", "1"] and summary["final"]["accuracy"] > 0.6
+
+
+def test_federated_segmentation_with_the_decoder(tmp_path):
+    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                                         "data.task='segmentation' model.adapter='decoder' train.local-epochs=2")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"dice", "iou", "dice-with-background"} <= set(summary["final"])
+    assert summary["best"]["selected-by"] == "federated-val dice"
+    assert 0.0 < summary["final"]["dice"] <= 1.0
+
+
+def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):
+    folder = run_federation(tmp_path, 2, "num-server-rounds=1 data.num-train=80 data.num-test=20 data.size=32 "
+                                         "model.adapter='lora' model.lora-rank=4 train.local-epochs=1")
+    summary = json.loads((folder / "summary.json").read_text())
+    # vit-tiny: 12 blocks x rank 4 x (qkv 192+576, proj 192+192, fc1 192+768, fc2 768+192) + linear head 192x4+4
+    lora_and_head = (12 * 4 * (768 + 384 + 960 + 960) + 192 * 4 + 4) * 4
+    assert summary["adapter-parameter-bytes"] == lora_and_head
+    assert lora_and_head <= summary["bytes-up-per-site-round"] <= 1.05 * lora_and_head

@@ -93,8 +93,37 @@ def test_an_unreadable_entry_is_encoded_again(tmp_path, encoder):
 def test_a_site_with_the_cache_on_reuses_features_across_processes(tmp_path):
     cfg = load_config({"data.num-train": 200, "data.size": 32, "data.num-sites": 2, "data.partition": "iid",
                        "data.min-site-samples": 10, "model.feature-cache": True, "model.cache-dir": str(tmp_path)})
-    first = LocalSite(cfg, 0).train_set.features
+    first = LocalSite(cfg, 0).train_set.inputs
     entries = sorted(tmp_path.glob("*.safetensors"))
-    again = LocalSite(cfg, 0).train_set.features  # a fresh LocalSite, as a new ClientApp process builds
+    again = LocalSite(cfg, 0).train_set.inputs  # a fresh LocalSite, as a new ClientApp process builds
     torch.testing.assert_close(first, again)
     assert sorted(tmp_path.glob("*.safetensors")) == entries and len(entries) == 1
+
+
+def test_pooled_features_and_tokens_of_other_blocks_are_separate_entries(tmp_path, encoder):
+    cached_features(tmp_path, encoder, IMAGES, Counter(encoder, IMAGES), kind="pooled")
+    for kind in ("tokens:3,7,11", "tokens:1,11"):
+        counter = Counter(encoder, IMAGES)
+        cached_features(tmp_path, encoder, IMAGES, counter, kind=kind)
+        assert counter.calls == 1
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_a_decoder_site_caches_its_token_maps(tmp_path):
+    cfg = load_config({"data.num-train": 120, "data.size": 32, "data.num-sites": 2, "data.partition": "iid",
+                       "data.min-site-samples": 10, "data.task": "segmentation", "model.adapter": "decoder",
+                       "model.feature-cache": True, "model.cache-dir": str(tmp_path)})
+    tokens = LocalSite(cfg, 0).train_set.inputs
+    assert tokens.shape[1:] == (3 * 192, 4, 4)  # three blocks of vit-tiny, 32 px / 8 px patches
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    torch.testing.assert_close(LocalSite(cfg, 0).train_set.inputs, tokens)
+
+
+def test_lora_does_not_cache_and_says_why(tmp_path, caplog):
+    cfg = load_config({"data.num-train": 120, "data.size": 32, "data.num-sites": 2, "data.partition": "iid",
+                       "data.min-site-samples": 10, "model.adapter": "lora",
+                       "model.feature-cache": True, "model.cache-dir": str(tmp_path)})
+    images = LocalSite(cfg, 0).train_set.inputs
+    assert images.dtype == torch.uint8 and images.shape[1:] == (1, 32, 32)
+    assert list(tmp_path.iterdir()) == []
+    assert "feature-cache is ignored for model.adapter=lora" in caplog.text

@@ -11,12 +11,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from omnirad.config import Config, site_file_list
 from omnirad.data import synthetic
-from omnirad.data.npz import load_medmnist, medmnist_task, read_classification_npz
+from omnirad.data.npz import load_medmnist, medmnist_task, read_classification_npz, read_segmentation_npz
 from omnirad.data.partition import partition_indices, split_train_val
-from omnirad.tasks import MULTI_CLASS, TaskSpec
+from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
 
 EMBEDDED_TRAIN_SEED = 0  # fixed, so runs with different run.seed share one dataset
 EMBEDDED_TEST_SEED = 1
@@ -24,15 +26,19 @@ EMBEDDED_TEST_SEED = 1
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Images as MedMNIST stores them (uint8, (N, H, W) or (N, H, W, C)) with integer labels."""
+    """Images as MedMNIST stores them (uint8, (N, H, W) or (N, H, W, C)) with integer labels:
+    class indices, 0/1 per label (multi-label), or (N, H, W) masks (segmentation)."""
 
     images: np.ndarray
     labels: np.ndarray
     groups: np.ndarray | None = None  # imaging style or source dataset, for feature-skew splits
+    strata: np.ndarray | None = None  # one class per sample to split by, when labels are not that
 
     def subset(self, indices: np.ndarray) -> LabelledImages:
-        groups = None if self.groups is None else self.groups[indices]
-        return LabelledImages(self.images[indices], self.labels[indices], groups)
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[indices]
+
+        return LabelledImages(self.images[indices], self.labels[indices], pick(self.groups), pick(self.strata))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,10 +52,14 @@ class SiteData:
 
 
 def task_info(cfg: Config) -> TaskSpec:
-    """The classification task of the configured dataset."""
+    """The task of the configured dataset: classification, or segmentation of its masks."""
     d = cfg.data
     if d.dataset == "embedded":
+        if d.task == SEGMENTATION:
+            return TaskSpec(SEGMENTATION, tuple(synthetic.MASK_CLASSES))
         return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
+    if d.dataset == "files" and d.task == SEGMENTATION:
+        return TaskSpec(SEGMENTATION, ("background", *(f"class {k}" for k in range(1, d.num_classes))))
     if d.dataset == "files":
         return TaskSpec(d.task, tuple(str(k) for k in range(d.num_classes)))
     tasks = [medmnist_task(flag) for flag in d.dataset.split("+")]
@@ -60,8 +70,11 @@ def task_info(cfg: Config) -> TaskSpec:
 
 
 @lru_cache(maxsize=4)
-def _embedded(num_samples: int, size: int, seed: int) -> LabelledImages:
+def _embedded(num_samples: int, size: int, seed: int, segmentation: bool = False) -> LabelledImages:
+    """The embedded dataset: body-region labels, or masks split by body region as well."""
     split = synthetic.generate(num_samples, size=size, seed=seed)
+    if segmentation:
+        return LabelledImages(split.images, split.masks.astype(np.int64), split.modalities, split.labels)
     return LabelledImages(split.images, split.labels, split.modalities)
 
 
@@ -93,15 +106,32 @@ def _as_rgb(images: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _site_file(path: str, task: TaskSpec) -> dict[str, LabelledImages]:
-    return {name: LabelledImages(s.images, s.labels) for name, s in read_classification_npz(Path(path), task).items()}
+def _site_file(path: str, task: TaskSpec, size: int) -> dict[str, LabelledImages]:
+    """A site's file; segmentation images and masks are resized to ``size``, where Dice is scored."""
+    if not task.segmentation:
+        return {name: LabelledImages(s.images, s.labels) for name, s in read_classification_npz(Path(path), task).items()}
+    splits = read_segmentation_npz(Path(path), task.num_outputs)
+    return {name: LabelledImages(*_resized(s.images, s.labels, size)) for name, s in splits.items()}
+
+
+def _resized(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (bilinear) and masks (nearest, so classes stay classes) at ``size`` x ``size``."""
+    if images.shape[1:3] == (size, size):
+        return images, masks
+    pixels = torch.from_numpy(images).float()
+    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+    pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    pixels = pixels.round().clamp(0, 255).to(torch.uint8)
+    pixels = pixels[:, 0] if images.ndim == 3 else pixels.permute(0, 2, 3, 1)
+    labels = nn.functional.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="nearest")
+    return pixels.numpy(), labels[:, 0].long().numpy()
 
 
 def pooled_train(cfg: Config) -> LabelledImages:
     """The training pool that a simulated split shares out among sites."""
     d = cfg.data
     if d.dataset == "embedded":
-        return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED)
+        return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED, d.task == SEGMENTATION)
     if d.dataset == "files":
         raise ValueError("data.dataset=files is a natural split: there is no pool to partition")
     return _medmnist(d.root, d.dataset, d.size, d.download)["train"]
@@ -111,25 +141,38 @@ def server_test_set(cfg: Config) -> LabelledImages | None:
     """The server's held-out test set, never shared out among sites; None when there is none."""
     d = cfg.data
     if d.dataset == "embedded":
-        return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED)
+        return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED, d.task == SEGMENTATION)
     if d.dataset == "files":
         if not d.test_file:
             return None
-        splits = _site_file(d.test_file, task_info(cfg))
+        splits = _site_file(d.test_file, task_info(cfg), d.size)
         return splits.get("test", splits["train"])
     return _medmnist(d.root, d.dataset, d.size, d.download)["test"]
 
 
-def partition_labels(labels: np.ndarray) -> np.ndarray:
-    """One label per sample to split by: the class, or for multi-label data the first positive label."""
+def partition_labels(data: LabelledImages) -> np.ndarray:
+    """One class per sample to split by: the strata when given; else the class, the first positive
+    label (multi-label), or the highest class in the mask (segmentation: 'has a lesion')."""
+    if data.strata is not None:
+        return data.strata
+    labels = data.labels
+    if labels.ndim == 3:
+        return labels.reshape(len(labels), -1).max(axis=1)
     return labels if labels.ndim == 1 else labels.argmax(axis=1)
+
+
+def partition_class_names(cfg: Config) -> tuple[str, ...]:
+    """Names of the classes ``partition_labels`` returns."""
+    if cfg.data.dataset == "embedded":
+        return tuple(synthetic.CLASS_NAMES)
+    return task_info(cfg).label_names
 
 
 def site_partitions(cfg: Config) -> list[np.ndarray]:
     """Pooled-sample indices of every site (deterministic in ``run.seed``)."""
     d, pool = cfg.data, pooled_train(cfg)
     return partition_indices(
-        partition_labels(pool.labels), d.num_sites, d.partition, d.alpha, cfg.run.seed, d.min_site_samples,
+        partition_labels(pool), d.num_sites, d.partition, d.alpha, cfg.run.seed, d.min_site_samples,
         d.classes_per_site, d.quantity_exponent, pool.groups,
     )
 
@@ -148,7 +191,7 @@ def load_site(cfg: Config, site_id: int) -> SiteData:
 
 def _load_site_file(cfg: Config, site_id: int) -> SiteData:
     """A natural split: the site's own file; its val split, or a local split of its train data."""
-    splits = _site_file(site_file_list(cfg)[site_id], task_info(cfg))
+    splits = _site_file(site_file_list(cfg)[site_id], task_info(cfg), cfg.data.size)
     train = splits["train"]
     if "val" in splits:
         return SiteData(site_id, train, splits["val"])

@@ -1,0 +1,72 @@
+"""Adapting the encoder itself: LoRA (through peft) or full fine-tuning, with a trainable head.
+
+Both train on images, not on cached features, because the encoder changes every step. LoRA adds
+low-rank updates to the attention and MLP linear layers and exchanges only those and the head;
+full fine-tuning exchanges every weight and is the reference that the light adapters are measured
+against. The head is always trainable (OmniRad's reference code leaves it frozen at its random
+initialisation under LoRA, which caps accuracy for no reason).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from torch import nn
+
+from omnirad.config import LORA_TARGETS  # timm ViT block linears: attention in/out, MLP in/out
+from omnirad.encoders import FrozenEncoder, encoder_input
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """OmniRad's reference defaults: rank 16, alpha 32, on attention and MLP linear layers."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def peft_config(self) -> LoraConfig:
+        # A pattern rather than names: 'proj' alone would also match the patch embedding's conv.
+        pattern = rf".*blocks\.\d+\.(attn|mlp)\.({'|'.join(self.targets)})"
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=pattern)
+
+
+class ImageClassifier(nn.Module):
+    """A trainable copy of the encoder (LoRA-wrapped, or entirely trainable) and a head, on images."""
+
+    def __init__(self, encoder: FrozenEncoder, head: nn.Module, lora: LoraSettings | None) -> None:
+        super().__init__()
+        backbone = copy.deepcopy(encoder.vit)
+        if lora is None:
+            backbone.requires_grad_(True)
+        else:
+            backbone = get_peft_model(backbone, lora.peft_config())
+        self.backbone, self.head, self.input_size = backbone, head, encoder.input_size
+        self.register_buffer("mean", encoder.mean.clone(), persistent=False)
+        self.register_buffer("std", encoder.std.clone(), persistent=False)
+
+    @property
+    def uses_lora(self) -> bool:
+        return hasattr(self.backbone, "merge_and_unload")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(encoder_input(images, self.mean, self.std, self.input_size)))
+
+    def merged_encoder(self) -> nn.Module:
+        """A plain timm ViT with the LoRA updates folded into its weights (for inference)."""
+        backbone = copy.deepcopy(self.backbone)
+        return backbone.merge_and_unload() if self.uses_lora else backbone
+
+    def export(self, folder: Path) -> tuple[Path, Path]:
+        """Write ``encoder.safetensors`` (timm weights, usable as ``model.weights``) and ``head.safetensors``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        encoder_file, head_file = folder / "encoder.safetensors", folder / "head.safetensors"
+        save_file({k: v.contiguous() for k, v in self.merged_encoder().state_dict().items()}, encoder_file)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, head_file)
+        return encoder_file, head_file
