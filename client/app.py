@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from omnirad.config import load_config
+from omnirad.faults import misbehave
 from omnirad.logs import show_progress
 from omnirad.site import get_site
 
@@ -27,7 +28,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
     site = get_site(cfg, site_id_of(context))
     state = msg.content["arrays"].to_torch_state_dict()
-    new_state, metrics = site.fit(state, int(msg.content["config"]["server-round"]))
+    config = msg.content["config"]
+    new_state, metrics = site.fit(state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
+    new_state = misbehave(cfg.faults, site.site_id, state, new_state)
     content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

@@ -26,7 +26,8 @@ LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 DATASET_SOURCES = ("embedded", "files")  # or a 2D MedMNIST flag, e.g. bloodmnist
 MEDMNIST_SIZES = (28, 64, 128, 224)
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
-STRATEGY_NAMES = ("fedavg",)
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
+FAULT_KINDS = ("scale", "nan")
 
 
 class ConfigError(ValueError):
@@ -84,6 +85,28 @@ class StrategyConfig:
     name: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    proximal_mu: float = 0.01  # fedprox: weight of the proximal term in each site's loss
+    eta: float = 0.01  # fedadam, fedyogi, fedadagrad: server learning rate
+    beta_1: float = 0.9  # fedadam, fedyogi
+    beta_2: float = 0.99  # fedadam, fedyogi
+    tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
+    server_lr: float = 1.0  # fedavgm: server learning rate
+    server_momentum: float = 0.9  # fedavgm
+    trim_beta: float = 0.2  # fedtrimmedavg: share cut at each end
+    num_malicious: int = 1  # krum: sites assumed hostile
+    validate_updates: bool = True  # leave out replies with wrong keys/shapes/dtypes, NaN/Inf or huge updates
+    max_update_norm: float = 0.0  # absolute bound on an update's L2 norm; 0: none
+    max_norm_ratio: float = 10.0  # bound as a multiple of the round's median update norm; 0: none
+    min_valid_updates: int = 1  # fewer valid replies: the round keeps the global model unchanged
+
+
+@dataclass
+class FaultsConfig:
+    """Simulation only: make one site misbehave, to test validation and robust aggregation."""
+
+    site: int = -1  # the misbehaving site; -1: none
+    kind: str = "scale"  # scale: send global + scale x its update; nan: send NaN
+    scale: float = 100.0
 
 
 @dataclass
@@ -100,6 +123,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -228,6 +252,18 @@ def validate(cfg: Config) -> None:
     _require(
         0 <= s.fraction_evaluate <= 1, "strategy.fraction-evaluate", s.fraction_evaluate, "in [0, 1]"
     )
+    for key in ("proximal_mu", "max_update_norm", "max_norm_ratio"):
+        _require(getattr(s, key) >= 0, f"strategy.{_to_wire(key)}", getattr(s, key), ">= 0")
+    for key in ("eta", "tau", "server_lr"):
+        _require(getattr(s, key) > 0, f"strategy.{_to_wire(key)}", getattr(s, key), "> 0")
+    for key in ("beta_1", "beta_2", "server_momentum"):
+        _require(0 <= getattr(s, key) < 1, f"strategy.{_to_wire(key)}", getattr(s, key), "in [0, 1)")
+    _require(0 <= s.trim_beta < 0.5, "strategy.trim-beta", s.trim_beta, "in [0, 0.5)")
+    _require(s.num_malicious >= 0, "strategy.num-malicious", s.num_malicious, ">= 0")
+    _require(s.min_valid_updates >= 1, "strategy.min-valid-updates", s.min_valid_updates, ">= 1")
+    f = cfg.faults
+    _require(-1 <= f.site < d.num_sites, "faults.site", f.site, f"-1 (none) or a site from 0 to {d.num_sites - 1}")
+    _one_of("faults.kind", f.kind, FAULT_KINDS)
 
 
 def medmnist_flags() -> tuple[str, ...]:

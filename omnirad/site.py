@@ -75,15 +75,17 @@ class LocalSite:
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
         self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
 
-    def fit(self, state: dict[str, torch.Tensor], server_round: int) -> tuple[OrderedDict, dict[str, float]]:
-        """Local epochs from the given state; returns the new trainable state and training metrics."""
+    def fit(self, state: dict[str, torch.Tensor], server_round: int,
+            proximal_mu: float = 0.0) -> tuple[OrderedDict, dict[str, float]]:
+        """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0);
+        returns the new trainable state and training metrics."""
         model = new_model(self.cfg)
         load_trainable_state(model, state)
         t = self.cfg.train
         seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
         stats = train_model(
             model, self.train_set.inputs, self.train_set.labels, self.task,
-            t.local_epochs, t.lr, t.batch_size, t.weight_decay, seed,
+            t.local_epochs, t.lr, t.batch_size, t.weight_decay, seed, proximal_mu,
         )
         metrics = {
             "num-examples": float(len(self.train_set.labels)),

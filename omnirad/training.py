@@ -54,18 +54,21 @@ def train_model(
     batch_size: int,
     weight_decay: float = 0.0,
     seed: int = 0,
+    proximal_mu: float = 0.0,
 ) -> dict[str, float]:
-    """Train a model's trainable parameters with AdamW; returns the mean last-epoch loss.
+    """Train a model's trainable parameters with AdamW; returns the mean last-epoch task loss.
 
     ``inputs`` are whatever the model reads: cached features or tokens, or images for a model
     that runs the encoder. Shuffling and dropout draw from ``seed`` alone, so a round of a site is
-    reproducible.
+    reproducible. ``proximal_mu`` > 0 adds FedProx's term mu/2 ||w - w_start||^2, which keeps a
+    site with skewed data from drifting far from the global model it started from.
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         targets = task.targets(labels)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in trainable] if proximal_mu > 0 else []
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
         model.train()
         epoch_loss = float("nan")
@@ -76,7 +79,10 @@ def train_model(
                 batch = order[start : start + batch_size]
                 optimizer.zero_grad()
                 loss = task.loss(model(inputs[batch]), targets[batch])
-                loss.backward()
+                objective = loss
+                if anchor:
+                    objective = loss + proximal_mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, anchor, strict=True))
+                objective.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)
             epoch_loss = total / len(order)

@@ -43,6 +43,7 @@ class RoundRecord:
     bytes_up: int = 0
     sites: dict[int, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
     failures: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
     aggregated: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -103,6 +104,12 @@ class RunFolder:
                 self.current.bytes_up += entry["bytes-up"]
                 self.client_peak_rss_mb = max(self.client_peak_rss_mb, metrics.get("peak-rss-mb", 0.0))
 
+    def on_rejected(self, server_round: int, reply: Message, reason: str) -> None:
+        """A training reply that validation left out of aggregation: kept with its reason."""
+        site = int(_metrics(reply.content.get("metrics")).get("site-id", reply.metadata.src_node_id))
+        self.current.sites[site]["rejected"] = reason
+        self.current.rejected.append(f"site {site}: {reason}")
+
     def on_aggregated(self, server_round: int, phase: str, metrics: MetricRecord | None) -> None:
         self.current.aggregated[phase] = _metrics(metrics)
 
@@ -120,6 +127,7 @@ class RunFolder:
             "bytes-up": rec.bytes_up,
             "bytes-down": rec.bytes_down,
             "failures": rec.failures,
+            "rejected": rec.rejected,
         }
         self.rounds.append(line)
         with open(self.path / "metrics.jsonl", "a") as out:
@@ -165,6 +173,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "sites-per-round": {str(r["round"]): sorted(r["sites"], key=int) for r in rounds},
         "sites": sites,
         "failures": [f for r in rounds for f in r["failures"]],
+        "rejected-updates": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},
     }
 
 

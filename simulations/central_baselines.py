@@ -3,10 +3,12 @@
 Models trained on the pooled training images (no federation) and scored on the test set: a linear
 probe and an MLP head on the frozen encoder's features, a small CNN trained end to end, and two
 sanity references that say how hard the task is (logistic regression on the mean intensity alone,
-and on 8x8-pixel thumbnails). Usage:
+and on 8x8-pixel thumbnails). For ``data.task=segmentation``: the segmentation decoder, with the
+same initialisation and recipe as in a federated run. Usage:
 
     python -m simulations.central_baselines [--models linear mlp cnn intensity thumbnail]
         [--seeds 0 1 2] [--epochs 30] [key=value ...]
+    python -m simulations.central_baselines --models decoder --epochs 20 data.task=segmentation model.adapter=decoder
 
 Config keys (``data.size=64 model.encoder='vit-tiny'``) select data and encoder as in a run.
 """
@@ -27,7 +29,8 @@ from omnirad.adapters import create_adapter
 from omnirad.config import Config, load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.metrics import classification_metrics
-from omnirad.site import encoder_for
+from omnirad.models import model_inputs
+from omnirad.site import encoder_for, new_model, wire_keys
 from omnirad.training import encode, evaluate_model, images_to_tensor, train_model
 
 
@@ -96,23 +99,37 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed:
     return metrics
 
 
+def decoder_baseline(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
+    """The federated runs' decoder (same initial weights and optimiser), trained on the pooled data."""
+    train, test = pooled_train(cfg), server_test_set(cfg)
+    encoder, task, t = encoder_for(cfg), task_info(cfg), cfg.train
+    model = new_model(cfg)
+    train_inputs = model_inputs(cfg, encoder, train.images, "pooled train")
+    train_model(model, train_inputs, train.labels, task, epochs, t.lr, t.batch_size, t.weight_decay, seed)
+    return evaluate_model(model, model_inputs(cfg, encoder, test.images, "test"), test.labels, task)
+
+
 MODELS = {
     "linear": "linear probe (frozen encoder)",
     "mlp": "MLP head (frozen encoder)",
     "cnn": "small CNN (end to end)",
     "intensity": "logistic regression, mean intensity",
     "thumbnail": "logistic regression, 8x8 thumbnail",
+    "decoder": "segmentation decoder (frozen encoder)",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS),
+                        help="default: every classification model, or the decoder for data.task=segmentation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30, help="epochs for the heads and the CNN")
     parser.add_argument("overrides", nargs="*", help="configuration keys, key=value")
     args = parser.parse_args(argv)
     cfg = load_config(dict(_parse(o) for o in args.overrides))
+    if args.models is None:
+        args.models = ["decoder"] if task_info(cfg).segmentation else [m for m in MODELS if m != "decoder"]
     train, test = pooled_train(cfg), server_test_set(cfg)
     features = None
     if {"linear", "mlp"} & set(args.models):
@@ -125,19 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         "cnn": lambda seed: train_cnn(cfg, args.epochs, seed),
         "intensity": lambda seed: logistic_baseline(cfg, mean_intensity),
         "thumbnail": lambda seed: logistic_baseline(cfg, thumbnail),
+        "decoder": lambda seed: decoder_baseline(cfg, args.epochs, seed),
     }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in args.models}
     for seed in args.seeds:
         start = time.perf_counter()
         for name in args.models:
-            results[name].append(runners[name](seed))
+            results[name].append(wire_keys(runners[name](seed)))
         print(f"seed {seed} done in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"\n{len(train)} train / {len(test)} test images at {cfg.data.size} px; encoder {cfg.model.encoder} "
-          f"({cfg.model.weights or 'random init'}); {args.epochs} epochs; seeds {args.seeds}; chance 0.25")
-    print("| model | accuracy | macro-F1 | AUC |\n|---|---|---|---|")
+          f"({cfg.model.weights or 'random init'}); {args.epochs} epochs; seeds {args.seeds}")
+    metrics = task_info(cfg).headline_metrics
+    print("| model | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics))
     summary = {}
     for name, runs in results.items():
-        row = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in ("accuracy", "macro_f1", "auc")}
+        row = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in metrics}
         summary[name] = row
         print(f"| {MODELS[name]} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in row.values()) + " |")
     print(json.dumps(summary))

@@ -29,13 +29,15 @@ def newest_summary(output_dir: Path, since: float) -> Path | None:
     return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def main(argv: list[str]) -> int:
-    run_config = " ".join(argv).strip()
-    try:  # bad keys and values fail here, before anything starts
+def run_simulation(run_config: str) -> Path | None:
+    """``flwr run .`` with these overrides on a loopback SuperLink; the run's summary.json, or None.
+
+    Raises ``ConfigError`` for bad keys or values before anything starts.
+    """
+    try:
         cfg = load_config(parse_config_args([run_config]) if run_config else {})
-    except (ConfigError, click.ClickException) as err:
-        print(f"make demo ARGS=\"{run_config}\": {getattr(err, 'message', err)}", file=sys.stderr)
-        return 2
+    except click.ClickException as err:
+        raise ConfigError(err.message) from err
     flwr_home = PROJECT / ".flwr"
     if not (flwr_home / "config.toml").exists():
         write_flower_config(flwr_home)
@@ -48,11 +50,21 @@ def main(argv: list[str]) -> int:
         with link:
             flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites)
     output_dir = Path(cfg.run.output_dir)
-    summary = newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
+    return newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
+
+
+def main(argv: list[str]) -> int:
+    run_config = " ".join(argv).strip()
+    try:
+        summary = run_simulation(run_config)
+    except ConfigError as err:
+        print(f"make demo ARGS=\"{run_config}\": {err}", file=sys.stderr)
+        return 2
     if summary is None:
         print("The run did not finish: no summary.json was written. See the log above.", file=sys.stderr)
         return 1
     final = json.loads(summary.read_text())["final"]
+    cfg = load_config(parse_config_args([run_config]) if run_config else {})
     scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
     print(f"\nDemo finished: test {scores}.\nRun folder: {summary.parent}")
     return 0

@@ -1,15 +1,32 @@
-"""Build the configured Flower strategy."""
+"""Build the configured Flower strategy: Flower's own classes, observed and (by default) validated."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from omnirad.config import Config
+from omnirad.config import Config, StrategyConfig
 from strategies.observed import RoundObserver, observed
+from strategies.validation import UpdateRules, validated
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
+    "fedavgm": FedAvgM, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum,
+}
 SITE_IDENTITY_KEYS = ("site-id",)  # per-site labels, meaningless once averaged
 
 
@@ -21,11 +38,28 @@ def aggregate_site_metrics(records: list[RecordDict], weighting_key: str) -> Met
     return metrics
 
 
+def strategy_parameters(s: StrategyConfig) -> dict[str, Any]:
+    """The schema's keys under the names Flower's class for ``s.name`` takes."""
+    adaptive = {"eta": s.eta, "eta_l": s.eta, "tau": s.tau}  # eta_l is unused by the server side
+    return {
+        "fedprox": {"proximal_mu": s.proximal_mu},
+        "fedadam": {**adaptive, "beta_1": s.beta_1, "beta_2": s.beta_2},
+        "fedyogi": {**adaptive, "beta_1": s.beta_1, "beta_2": s.beta_2},
+        "fedadagrad": adaptive,
+        "fedavgm": {"server_learning_rate": s.server_lr, "server_momentum": s.server_momentum},
+        "fedtrimmedavg": {"beta": s.trim_beta},
+        "krum": {"num_malicious_nodes": s.num_malicious},
+    }.get(s.name, {})
+
+
 def build_strategy(cfg: Config, observer: RoundObserver) -> Strategy:
     """The strategy named by ``strategy.name``, sampling among ``data.num-sites`` sites."""
     num_sites = cfg.data.num_sites
     s = cfg.strategy
-    strategy = observed(STRATEGIES[s.name])(
+    cls = STRATEGIES[s.name]
+    if s.validate_updates:
+        cls = validated(cls)
+    strategy = observed(cls)(
         fraction_train=s.fraction_train,
         fraction_evaluate=s.fraction_evaluate,
         min_train_nodes=max(1, int(num_sites * s.fraction_train)),
@@ -33,6 +67,9 @@ def build_strategy(cfg: Config, observer: RoundObserver) -> Strategy:
         min_available_nodes=num_sites,
         train_metrics_aggr_fn=aggregate_site_metrics,
         evaluate_metrics_aggr_fn=aggregate_site_metrics,
+        **strategy_parameters(s),
     )
     strategy.observer = observer
+    if s.validate_updates:
+        strategy.rules = UpdateRules(s.max_update_norm, s.max_norm_ratio, s.min_valid_updates)
     return strategy

@@ -2,7 +2,30 @@
 
 import os
 
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord
+
 # Before anything imports huggingface_hub (it reads these once): never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+class FakeGrid:
+    """Just enough of Flower's Grid for a strategy's configure_* calls: the connected node ids."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.num_nodes = num_nodes
+
+    def get_node_ids(self):
+        return list(range(100, 100 + self.num_nodes))
+
+
+@pytest.fixture
+def start_round():
+    """Send a round's training messages through the strategy, as its start loop does, without a network."""
+
+    def start(strategy, server_round: int, global_state: dict, num_sites: int) -> list:
+        return list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), FakeGrid(num_sites)))
+
+    return start

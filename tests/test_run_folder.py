@@ -33,10 +33,14 @@ def reply(site: int, weight: float, n: int, accuracy: float | None = None) -> Me
     return Message(content=content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 
-def test_round_is_aggregated_by_fedavg_and_recorded_per_site(tmp_path):
+GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
+
+
+def test_round_is_aggregated_by_fedavg_and_recorded_per_site(tmp_path, start_round):
     cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2})
     folder = RunFolder.create(cfg)
     strategy = build_strategy(cfg, folder)
+    start_round(strategy, 1, GLOBAL, 2)
     arrays, metrics = strategy.aggregate_train(1, [reply(0, 1.0, 100), reply(1, 4.0, 300)])
     # FedAvg weights by num-examples: (1*100 + 4*300) / 400 = 3.25
     np.testing.assert_allclose(arrays["fc.weight"].numpy(), 3.25)
@@ -62,10 +66,11 @@ def test_round_is_aggregated_by_fedavg_and_recorded_per_site(tmp_path):
     assert [json.loads(x)["round"] for x in lines] == [1]
 
 
-def test_failed_replies_are_recorded_and_left_out(tmp_path):
+def test_failed_replies_are_recorded_and_left_out(tmp_path, start_round):
     cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2})
     folder = RunFolder.create(cfg)
     strategy = build_strategy(cfg, folder)
+    start_round(strategy, 1, GLOBAL, 2)
     failed = Message(Error(code=1, reason="site crashed"), reply_to=reply(1, 0, 1))
     arrays, _ = strategy.aggregate_train(1, [reply(0, 2.0, 50), failed])
     np.testing.assert_allclose(arrays["fc.weight"].numpy(), 2.0)

@@ -2,14 +2,7 @@ import pytest
 
 from omnirad.config import ConfigError, load_config
 from server.app import check_federation
-
-
-class FakeGrid:
-    def __init__(self, num_nodes: int) -> None:
-        self.num_nodes = num_nodes
-
-    def get_node_ids(self):
-        return list(range(100, 100 + self.num_nodes))
+from tests.conftest import FakeGrid
 
 
 def test_federation_size_must_match_num_sites():

@@ -1,0 +1,114 @@
+"""Server-side checks on every training reply before it is aggregated.
+
+A hospital's update can be broken (a bug, a diverged run, NaN from a bad batch) or hostile. Flower
+aggregates whatever arrives, so ``validated`` wraps a strategy class: a reply whose arrays have
+other keys, shapes or dtypes than the global model, hold NaN or Inf, or whose update norm
+(distance from the global model) is beyond the bound is left out with a logged reason; the round
+goes on with the rest. With fewer valid replies than the minimum the round leaves the global model
+unchanged (Flower keeps the previous arrays when aggregation returns none).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpdateRules:
+    """``max_norm``: absolute bound on an update's L2 norm (0: none). ``max_norm_ratio``: bound as a
+    multiple of the round's median update norm (0: none), which needs no tuning per model."""
+
+    max_norm: float = 0.0
+    max_norm_ratio: float = 10.0
+    min_valid: int = 1
+
+
+class RejectionObserver(Protocol):
+    def on_rejected(self, server_round: int, reply: Message, reason: str) -> None: ...
+
+
+def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
+    """L2 norm of (reply - global) over every tensor, in float64 so large updates do not overflow."""
+    return float(np.sqrt(sum(np.sum((arrays[k].numpy().astype(np.float64) - ref) ** 2) for k, ref in reference.items())))
+
+
+def structural_problem(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
+    """Why a reply's arrays cannot be averaged with the global model's, or None."""
+    missing, extra = reference.keys() - arrays.keys(), arrays.keys() - reference.keys()
+    if missing or extra:
+        return f"unexpected keys: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}"
+    for key, ref in reference.items():
+        value = arrays[key].numpy()
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            return f"'{key}' is {value.dtype}{list(value.shape)}, expected {ref.dtype}{list(ref.shape)}"
+        if not np.isfinite(value).all():
+            return f"'{key}' holds NaN or Inf"
+    return None
+
+
+def screen_replies(replies: list[Message], reference: dict[str, np.ndarray], rules: UpdateRules) -> tuple[list[Message], list[tuple[Message, str]]]:
+    """Split replies into (valid, [(rejected, reason)]) by structure, finiteness and update norm."""
+    sound, rejected = [], []
+    for reply in replies:
+        if reply.has_error():
+            sound.append(reply)  # a failed reply: the strategy itself leaves it out and counts it
+            continue
+        problem = structural_problem(reply.content["arrays"], reference)
+        if problem:
+            rejected.append((reply, problem))
+        else:
+            sound.append(reply)
+    norms = {id(r): update_norm(r.content["arrays"], reference) for r in sound if not r.has_error()}
+    median = float(np.median(list(norms.values()))) if norms else 0.0
+    valid = []
+    for reply in sound:
+        norm = norms.get(id(reply))
+        if norm is not None and rules.max_norm and norm > rules.max_norm:
+            rejected.append((reply, f"update norm {norm:.3g} > strategy.max-update-norm {rules.max_norm:g}"))
+        elif norm is not None and rules.max_norm_ratio and median > 0 and norm > rules.max_norm_ratio * median:
+            rejected.append((reply, f"update norm {norm:.3g} > {rules.max_norm_ratio:g} x the round's median {median:.3g}"))
+        else:
+            valid.append(reply)
+    return valid, rejected
+
+
+def validated(strategy_cls: type[Strategy]) -> type[Strategy]:
+    """A subclass of ``strategy_cls`` that screens training replies before aggregating them."""
+
+    class Validated(strategy_cls):  # type: ignore[misc, valid-type]
+        rules: UpdateRules = UpdateRules()
+        observer: RejectionObserver | None = None
+        _global: dict[str, np.ndarray]
+
+        def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+            self._global = {key: arrays[key].numpy() for key in arrays}
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            valid, rejected = screen_replies(list(replies), self._global, self.rules)
+            for reply, reason in rejected:
+                log.warning("round %d: update from node %d left out: %s", server_round, reply.metadata.src_node_id, reason)
+                if self.observer is not None:
+                    self.observer.on_rejected(server_round, reply, reason)
+            usable = [r for r in valid if not r.has_error()]
+            if len(usable) < self.rules.min_valid:
+                log.warning("round %d: %d valid updates, fewer than strategy.min-valid-updates=%d: the global "
+                            "model stays as it was", server_round, len(usable), self.rules.min_valid)
+                return None, MetricRecord({"rejected-updates": len(rejected), "valid-updates": len(usable)})
+            arrays, metrics = super().aggregate_train(server_round, valid)
+            metrics = metrics if metrics is not None else MetricRecord()
+            metrics["rejected-updates"], metrics["valid-updates"] = len(rejected), len(usable)
+            return arrays, metrics
+
+    Validated.__name__ = Validated.__qualname__ = strategy_cls.__name__
+    return Validated

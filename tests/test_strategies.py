@@ -1,0 +1,155 @@
+"""Strategies and update validation, driven with mock replies and no network (as Flower tests them)."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.supercore.task_identity import TaskIdentity
+
+from omnirad.config import ConfigError, FaultsConfig, load_config
+from omnirad.faults import misbehave
+from server.run_folder import RunFolder
+from strategies import build_strategy
+from strategies.factory import STRATEGIES
+
+GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def reply(site: int, state: dict, n: int = 100) -> Message:
+    metrics = MetricRecord({"num-examples": n, "site-id": site, "train-loss": 0.5})
+    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), dst_node_id=0,
+                   message_type=MessageType.TRAIN)
+
+
+def honest(site: int, value: float = 1.0) -> Message:
+    return reply(site, {"fc.weight": torch.full((4, 8), value + 0.01 * site), "fc.bias": torch.full((4,), value)})
+
+
+def setup(tmp_path, start_round, sites: int = 5, **overrides):
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": sites, **overrides})
+    folder = RunFolder.create(cfg)
+    strategy = build_strategy(cfg, folder)
+    start_round(strategy, 1, GLOBAL, sites)
+    return folder, strategy
+
+
+def test_every_configured_name_builds_flowers_own_class(tmp_path):
+    for name, cls in STRATEGIES.items():
+        cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": name})
+        strategy = build_strategy(cfg, RunFolder.create(cfg))
+        assert isinstance(strategy, cls) and cls.__module__.startswith("flwr.serverapp.strategy")
+    with pytest.raises(ConfigError, match="strategy.name"):
+        load_config({"strategy.name": "fedsomething"})
+
+
+def test_strategy_parameters_reach_flower(tmp_path):
+    cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedtrimmedavg", "strategy.trim-beta": 0.3})
+    assert build_strategy(cfg, RunFolder.create(cfg)).beta == 0.3
+    cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedprox", "strategy.proximal-mu": 0.5})
+    assert build_strategy(cfg, RunFolder.create(cfg)).proximal_mu == 0.5
+    cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedadam", "strategy.eta": 0.05})
+    assert isinstance(build_strategy(cfg, RunFolder.create(cfg)), flwr_strategies.FedAdam)
+
+
+def test_fedprox_sends_mu_to_the_sites(tmp_path, start_round):
+    cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedprox", "strategy.proximal-mu": 0.5,
+                       "data.num-sites": 2})
+    messages = start_round(build_strategy(cfg, RunFolder.create(cfg)), 1, GLOBAL, 2)
+    assert [m.content["config"]["proximal-mu"] for m in messages] == [0.5, 0.5]
+
+
+def test_a_nan_update_is_left_out_and_the_round_goes_on(tmp_path, start_round):
+    folder, strategy = setup(tmp_path, start_round)
+    nan = reply(4, {"fc.weight": torch.full((4, 8), float("nan")), "fc.bias": torch.zeros(4)})
+    arrays, metrics = strategy.aggregate_train(1, [honest(s) for s in range(4)] + [nan])
+    assert np.isfinite(arrays["fc.weight"].numpy()).all()
+    np.testing.assert_allclose(arrays["fc.bias"].numpy(), 1.0)
+    assert metrics["rejected-updates"] == 1 and metrics["valid-updates"] == 4
+    line = folder.end_round(1, {})
+    assert "NaN" in line["sites"]["4"]["rejected"] and line["rejected"] == [f"site 4: {line['sites']['4']['rejected']}"]
+
+
+def test_an_update_scaled_by_100_is_left_out_by_the_norm_ratio(tmp_path, start_round):
+    _, strategy = setup(tmp_path, start_round)
+    scaled = honest(4, value=100.0)
+    arrays, metrics = strategy.aggregate_train(1, [honest(s) for s in range(4)] + [scaled])
+    np.testing.assert_allclose(arrays["fc.bias"].numpy(), 1.0)
+    assert metrics["rejected-updates"] == 1
+
+
+def test_an_absolute_norm_bound_applies_too(tmp_path, start_round):
+    _, strategy = setup(tmp_path, start_round, sites=2, **{"strategy.max-update-norm": 3.0, "strategy.max-norm-ratio": 0.0})
+    # site 0's update norm: sqrt(32 * 1 + 4 * 1) = 6 > 3; site 1's: sqrt(36 * 0.01) = 0.6
+    small = reply(1, {"fc.weight": torch.full((4, 8), 0.1), "fc.bias": torch.full((4,), 0.1)})
+    arrays, metrics = strategy.aggregate_train(1, [reply(0, {"fc.weight": torch.ones(4, 8), "fc.bias": torch.ones(4)}), small])
+    np.testing.assert_allclose(arrays["fc.bias"].numpy(), 0.1)
+    assert metrics["rejected-updates"] == 1
+
+
+@pytest.mark.parametrize(("state", "reason"), [
+    ({"fc.weight": torch.zeros(4, 8)}, "unexpected keys"),
+    ({"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4), "extra": torch.zeros(1)}, "unexpected keys"),
+    ({"fc.weight": torch.zeros(8, 4), "fc.bias": torch.zeros(4)}, "expected float32[4, 8]"),
+    ({"fc.weight": torch.zeros(4, 8, dtype=torch.float64), "fc.bias": torch.zeros(4)}, "expected float32"),
+    ({"fc.weight": torch.zeros(4, 8), "fc.bias": torch.tensor([0, 0, float("inf"), 0])}, "NaN or Inf"),
+])
+def test_malformed_updates_are_left_out_with_their_reason(tmp_path, start_round, state, reason):
+    folder, strategy = setup(tmp_path, start_round, sites=3)
+    _, metrics = strategy.aggregate_train(1, [honest(0), honest(1), reply(2, state)])
+    assert metrics["rejected-updates"] == 1
+    assert reason in folder.end_round(1, {})["sites"]["2"]["rejected"]
+
+
+def test_too_few_valid_updates_leave_the_global_model_unchanged(tmp_path, start_round):
+    _, strategy = setup(tmp_path, start_round, sites=3, **{"strategy.min-valid-updates": 2})
+    nan = {"fc.weight": torch.full((4, 8), float("nan")), "fc.bias": torch.zeros(4)}
+    arrays, metrics = strategy.aggregate_train(1, [honest(0), reply(1, nan), reply(2, nan)])
+    assert arrays is None  # Flower keeps the previous global arrays
+    assert metrics["valid-updates"] == 1 and metrics["rejected-updates"] == 2
+
+
+def test_without_validation_plain_fedavg_is_poisoned_by_one_nan_site(tmp_path, start_round):
+    _, strategy = setup(tmp_path, start_round, **{"strategy.validate-updates": False})
+    nan = reply(4, {"fc.weight": torch.full((4, 8), float("nan")), "fc.bias": torch.zeros(4)})
+    arrays, _ = strategy.aggregate_train(1, [honest(s) for s in range(4)] + [nan])
+    assert np.isnan(arrays["fc.weight"].numpy()).all()
+
+
+def test_krum_and_median_resist_a_scaled_update_even_without_validation(tmp_path, start_round):
+    for name in ("krum", "fedmedian"):
+        _, strategy = setup(tmp_path, start_round, **{"strategy.validate-updates": False, "strategy.name": name})
+        arrays, _ = strategy.aggregate_train(1, [honest(s) for s in range(4)] + [honest(4, value=100.0)])
+        assert np.abs(arrays["fc.bias"].numpy() - 1.0).max() < 1e-6, name
+
+
+def test_a_faulty_site_scales_its_update_or_sends_nan():
+    start = {"w": torch.ones(3)}
+    trained = {"w": torch.full((3,), 2.0)}
+    assert misbehave(FaultsConfig(site=-1), 0, start, trained) is trained
+    torch.testing.assert_close(misbehave(FaultsConfig(site=0, kind="scale", scale=100.0), 0, start, trained)["w"], torch.full((3,), 101.0))
+    assert torch.isnan(misbehave(FaultsConfig(site=0, kind="nan"), 0, start, trained)["w"]).all()
+
+
+def test_the_proximal_term_keeps_a_site_closer_to_the_global_model():
+    from omnirad.tasks import MULTI_CLASS, TaskSpec
+    from omnirad.training import train_model
+
+    features = torch.randn(64, 8)
+    labels = np.random.default_rng(0).integers(0, 3, 64)
+    task = TaskSpec(MULTI_CLASS, ("a", "b", "c"))
+    drift = {}
+    for mu in (0.0, 10.0):
+        model = torch.nn.Linear(8, 3)
+        torch.nn.init.zeros_(model.weight)
+        train_model(model, features, labels, task, epochs=5, lr=0.05, batch_size=16, seed=0, proximal_mu=mu)
+        drift[mu] = float(model.weight.detach().norm())
+    assert drift[10.0] < 0.7 * drift[0.0]
