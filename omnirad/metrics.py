@@ -46,7 +46,11 @@ def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskS
 
 
 def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
-    """The metrics of ``task``'s kind for a batch of predictions."""
+    """The metrics of ``task``'s kind for a batch of predictions; all NaN when the predictions are
+    (a model poisoned by a NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
+    if not torch.isfinite(torch.as_tensor(logits)).all():
+        names = ("dice", "iou", "dice-with-background") if task.segmentation else ("accuracy", "macro_f1", "auc")
+        return dict.fromkeys(names, float("nan"))
     if task.segmentation:
         return segmentation_metrics(labels, logits, task.num_outputs)
     return classification_metrics(labels, logits, task)

@@ -8,7 +8,7 @@ same initialisation and recipe as in a federated run. Usage:
 
     python -m simulations.central_baselines [--models linear mlp cnn intensity thumbnail]
         [--seeds 0 1 2] [--epochs 30] [key=value ...]
-    python -m simulations.central_baselines --models decoder --epochs 20 data.task=segmentation model.adapter=decoder
+    python -m simulations.central_baselines data.task=segmentation model.adapter=decoder --epochs 20 --seeds 0
 
 Config keys (``data.size=64 model.encoder='vit-tiny'``) select data and encoder as in a run.
 """

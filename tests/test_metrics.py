@@ -46,3 +46,14 @@ def test_multilabel_uses_sigmoid_per_label():
 def test_unknown_task_kind():
     with pytest.raises(ValueError, match="unknown task kind"):
         TaskSpec("regression", ("a",))
+
+
+def test_non_finite_predictions_give_nan_metrics_not_an_error():
+    import math
+
+    from omnirad.metrics import task_metrics
+    from omnirad.tasks import MULTI_CLASS, TaskSpec
+
+    logits = torch.full((4, 3), float("nan"))
+    metrics = task_metrics(np.array([0, 1, 2, 0]), logits, TaskSpec(MULTI_CLASS, ("a", "b", "c")))
+    assert set(metrics) == {"accuracy", "macro_f1", "auc"} and all(math.isnan(v) for v in metrics.values())

@@ -153,3 +153,12 @@ def test_the_proximal_term_keeps_a_site_closer_to_the_global_model():
         train_model(model, features, labels, task, epochs=5, lr=0.05, batch_size=16, seed=0, proximal_mu=mu)
         drift[mu] = float(model.weight.detach().norm())
     assert drift[10.0] < 0.7 * drift[0.0]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_aggregates_a_round_of_mock_replies(tmp_path, start_round, name):
+    _, strategy = setup(tmp_path, start_round, **{"strategy.name": name})
+    arrays, metrics = strategy.aggregate_train(1, [honest(s) for s in range(5)])
+    assert arrays["fc.weight"].numpy().shape == (4, 8) and np.isfinite(arrays["fc.weight"].numpy()).all()
+    assert 0.0 < float(arrays["fc.bias"].numpy().mean()) <= 1.0 + 1e-6  # between the global 0 and the sites' 1
+    assert metrics["valid-updates"] == 5
