@@ -1,10 +1,13 @@
 """Flower ClientApp: each simulated or real site trains and evaluates the global adapter locally.
 
-Only adapter tensors and scalar metrics leave the site; images, features and labels stay.
+Only adapter tensors and scalar metrics leave the site; images, features and labels stay, and so
+do the local tensors of ``personalization.mode`` (kept in ``context.state``, which Flower holds on
+the site for the whole run, in simulation and in deployment alike).
 """
 
 from __future__ import annotations
 
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -15,6 +18,7 @@ from omnirad.site import get_site
 
 app = ClientApp()
 show_progress()
+PERSONAL = "personal-adapter"  # context.state key of the site's local tensors
 
 
 def site_id_of(context: Context) -> int:
@@ -22,23 +26,37 @@ def site_id_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def personal_state(context: Context) -> dict[str, torch.Tensor] | None:
+    """This site's local tensors from earlier rounds, if it has trained before."""
+    record = context.state.get(PERSONAL)
+    return record.to_torch_state_dict() if record is not None else None
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received adapter for the configured local epochs and send it back."""
+    """Train the received adapter for the configured local epochs and send back its shared tensors."""
     cfg = load_config(context.run_config)
     site = get_site(cfg, site_id_of(context))
     state = msg.content["arrays"].to_torch_state_dict()
     config = msg.content["config"]
-    new_state, metrics = site.fit(state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
-    new_state = misbehave(cfg.faults, site.site_id, state, new_state)
-    content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
+    new_state, metrics = site.fit(
+        state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context)
+    )
+    if site.local_keys:
+        context.state[PERSONAL] = ArrayRecord({k: v for k, v in new_state.items() if k in site.local_keys})
+    shared = {k: v for k, v in new_state.items() if k not in site.local_keys}
+    shared = misbehave(cfg.faults, site.site_id, state, shared)
+    content = RecordDict({"arrays": ArrayRecord(shared), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the received global adapter on this site's validation split."""
+    """Score the received global adapter (with this site's local tensors) on its validation split;
+    after the last round also the local fine-tuning baseline when configured."""
     cfg = load_config(context.run_config)
     site = get_site(cfg, site_id_of(context))
-    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict())
+    last_round = int(msg.content["config"].get("server-round", 0)) == cfg.num_server_rounds
+    finetune_epochs = cfg.personalization.finetune_epochs if last_round else 0
+    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), personal_state(context), finetune_epochs)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

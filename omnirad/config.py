@@ -28,6 +28,7 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
 FAULT_KINDS = ("scale", "nan")
+PERSONALIZATION_MODES = ("none", "fedper", "fedbn")
 
 
 class ConfigError(ValueError):
@@ -101,6 +102,14 @@ class StrategyConfig:
 
 
 @dataclass
+class PersonalizationConfig:
+    """What each site keeps to itself, and the local fine-tuning baseline."""
+
+    mode: str = "none"  # fedper: the output layer stays local; fedbn: the normalisation layers do
+    finetune_epochs: int = 0  # > 0: after the last round each site fine-tunes the global adapter locally and reports
+
+
+@dataclass
 class FaultsConfig:
     """Simulation only: make one site misbehave, to test validation and robust aggregation."""
 
@@ -123,6 +132,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -261,6 +271,9 @@ def validate(cfg: Config) -> None:
     _require(0 <= s.trim_beta < 0.5, "strategy.trim-beta", s.trim_beta, "in [0, 0.5)")
     _require(s.num_malicious >= 0, "strategy.num-malicious", s.num_malicious, ">= 0")
     _require(s.min_valid_updates >= 1, "strategy.min-valid-updates", s.min_valid_updates, ">= 1")
+    pz = cfg.personalization
+    _one_of("personalization.mode", pz.mode, PERSONALIZATION_MODES)
+    _require(pz.finetune_epochs >= 0, "personalization.finetune-epochs", pz.finetune_epochs, ">= 0")
     f = cfg.faults
     _require(-1 <= f.site < d.num_sites, "faults.site", f.site, f"-1 (none) or a site from 0 to {d.num_sites - 1}")
     _one_of("faults.kind", f.kind, FAULT_KINDS)

@@ -11,7 +11,7 @@ from omnirad.config import FaultsConfig
 
 
 def misbehave(faults: FaultsConfig, site_id: int, start: dict[str, torch.Tensor],
-              trained: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+              trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What site ``site_id`` sends instead of ``trained``: global + scale x its update, or NaN."""
     if faults.site != site_id:
         return trained

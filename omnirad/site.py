@@ -21,6 +21,7 @@ from omnirad.config import Config, to_yaml
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import FrozenEncoder, create_encoder
 from omnirad.models import build_model, model_inputs
+from omnirad.personalization import local_keys
 from omnirad.training import evaluate_model, train_model
 
 
@@ -65,28 +66,41 @@ class ModelInputs:
 
 
 class LocalSite:
-    """A site's data, encoder and training recipe; adapter state comes in and goes out by name."""
+    """A site's data, encoder and training recipe; adapter state comes in and goes out by name.
+
+    Under ``personalization.mode`` the state that comes in holds only the federated tensors; the
+    site's own local tensors (``personal``) complete it, or, before it has any, the initial values.
+    """
 
     def __init__(self, cfg: Config, site_id: int) -> None:
         self.cfg = cfg
         self.site_id = site_id
         self.task = task_info(cfg)
+        self.local_keys = local_keys(new_model(cfg), cfg.personalization.mode, cfg.model.adapter)
         data = load_site(cfg, site_id)
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
         self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
 
-    def fit(self, state: dict[str, torch.Tensor], server_round: int,
-            proximal_mu: float = 0.0) -> tuple[OrderedDict, dict[str, float]]:
-        """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0);
-        returns the new trainable state and training metrics."""
+    def model_from(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """The configured model holding ``state`` and this site's ``personal`` tensors."""
         model = new_model(self.cfg)
-        load_trainable_state(model, state)
+        load_trainable_state(model, {**state, **(personal or {})}, optional=self.local_keys)
+        return model
+
+    def train(self, model: nn.Module, epochs: int, server_round: int, proximal_mu: float = 0.0) -> dict[str, float]:
         t = self.cfg.train
         seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
-        stats = train_model(
+        return train_model(
             model, self.train_set.inputs, self.train_set.labels, self.task,
-            t.local_epochs, t.lr, t.batch_size, t.weight_decay, seed, proximal_mu,
+            epochs, t.lr, t.batch_size, t.weight_decay, seed, proximal_mu,
         )
+
+    def fit(self, state: dict[str, torch.Tensor], server_round: int, proximal_mu: float = 0.0,
+            personal: dict[str, torch.Tensor] | None = None) -> tuple[OrderedDict, dict[str, float]]:
+        """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0);
+        returns the new trainable state, local tensors included, and training metrics."""
+        model = self.model_from(state, personal)
+        stats = self.train(model, self.cfg.train.local_epochs, server_round, proximal_mu)
         metrics = {
             "num-examples": float(len(self.train_set.labels)),
             "site-id": float(self.site_id),
@@ -95,12 +109,18 @@ class LocalSite:
         }
         return trainable_state(model), metrics
 
-    def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metrics of the given state on this site's validation split."""
-        model = new_model(self.cfg)
-        load_trainable_state(model, state)
-        metrics = evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task)
-        return {"num-examples": float(len(self.val_set.labels)), "site-id": float(self.site_id), **wire_keys(metrics)}
+    def evaluate(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None,
+                 finetune_epochs: int = 0) -> dict[str, float]:
+        """Metrics on this site's validation split of the given state (with the site's own local
+        tensors under personalization) and, with ``finetune_epochs``, of a copy fine-tuned on the
+        site's training split first (``finetuned-*``: the local fine-tuning baseline)."""
+        model = self.model_from(state, personal)
+        metrics = wire_keys(evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task))
+        if finetune_epochs > 0:
+            self.train(model, finetune_epochs, server_round=self.cfg.num_server_rounds + 1)
+            tuned = evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task)
+            metrics.update({f"finetuned-{k}": v for k, v in wire_keys(tuned).items() if k != "loss"})
+        return {"num-examples": float(len(self.val_set.labels)), "site-id": float(self.site_id), **metrics}
 
 
 _SITES: OrderedDict[tuple[str, int], LocalSite] = OrderedDict()
@@ -120,18 +140,20 @@ def get_site(cfg: Config, site_id: int) -> LocalSite:
 class CentralEvaluator:
     """The server's held-out test set, encoded once, scored against each round's global model.
 
-    A natural split (``data.dataset=files``) without ``data.test-file`` has no server test set:
-    then the evaluator returns no metrics and the run relies on federated validation.
+    A natural split (``data.dataset=files``) without ``data.test-file`` has no server test set, and
+    under FedPer there is no global output layer: then the evaluator returns no metrics and the run
+    relies on federated validation. Under FedBN the global model has the initial normalisation.
     """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        test = server_test_set(cfg)
+        test = None if cfg.personalization.mode == "fedper" else server_test_set(cfg)
         self.test = None if test is None else ModelInputs(cfg, test, "server test set")
+        self.local_keys = local_keys(new_model(cfg), cfg.personalization.mode, cfg.model.adapter)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:
             return {}
         model = new_model(self.cfg)
-        load_trainable_state(model, state)
+        load_trainable_state(model, state, optional=self.local_keys)
         return wire_keys(evaluate_model(model, self.test.inputs, self.test.labels, task_info(self.cfg)))

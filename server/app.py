@@ -12,6 +12,7 @@ from omnirad.config import Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
 from omnirad.logs import show_progress
+from omnirad.personalization import local_keys
 from omnirad.site import CentralEvaluator, encoder_for, new_model
 from server.run_folder import RunFolder
 from strategies import build_strategy
@@ -62,7 +63,12 @@ def main(grid: Grid, context: Context) -> None:
         labels = partition_labels(pooled_train(cfg))
         folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     encoder = encoder_for(cfg)
-    initial = trainable_state(new_model(cfg))
+    model = new_model(cfg)
+    kept_at_sites = local_keys(model, cfg.personalization.mode, cfg.model.adapter)
+    initial = {k: v for k, v in trainable_state(model).items() if k not in kept_at_sites}
+    if cfg.personalization.mode == "fedper":
+        print("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
+              "to score on the server's test set; the sites' validation metrics are the result", flush=True)
     round_end = RoundEnd(cfg, folder)
     strategy = build_strategy(cfg, folder)
     result = strategy.start(
@@ -79,15 +85,17 @@ def main(grid: Grid, context: Context) -> None:
             "encoder": cfg.model.encoder,
             "weights": cfg.model.weights or "random init",
             "adapter": cfg.model.adapter,
+            "personalization": cfg.personalization.mode,
             "adapter-parameter-bytes": sum(t.numel() * t.element_size() for t in initial.values()),
+            "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept_at_sites),
             "encoder-parameter-bytes": sum(p.numel() * p.element_size() for p in encoder.parameters()),
             "num-sites": cfg.data.num_sites,
         },
     )
-    final = summary["final"]
+    final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")
     scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
     print(
-        f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: test {scores} "
+        f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: {where} {scores} "
         f"({cfg.model.encoder}, weights: {cfg.model.weights or 'random init'}, {cfg.model.adapter}). "
         f"Results: {folder.path}",
         flush=True,

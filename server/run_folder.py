@@ -155,6 +155,14 @@ def best_round(rounds: list[dict[str, Any]], metric: str) -> dict[str, Any] | No
     return max(scored, key=lambda r: r["federated-val"][metric]) if scored else None
 
 
+def worst_site(line: dict[str, Any]) -> dict[str, float]:
+    """Each validation metric's lowest value over the sites in one round (loss: highest)."""
+    per_site = [s["evaluate"] for s in line["sites"].values() if s.get("evaluate")]
+    names = {name for metrics in per_site for name in metrics if name != "num-examples"}
+    pick = {name: max if name == "loss" else min for name in names}
+    return {name: pick[name](m[name] for m in per_site if name in m) for name in sorted(names)}
+
+
 def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_metric: str) -> dict[str, Any]:
     best = best_round(rounds, selection_metric)
     sites = sorted({site for r in rounds for site in r["sites"]}, key=int)
@@ -164,6 +172,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "rounds": len(rounds),
         "final": rounds[-1]["global"] if rounds else {},
         "final-federated-val": rounds[-1]["federated-val"] if rounds else {},
+        "final-worst-site": worst_site(rounds[-1]) if rounds else {},
         "best": {"round": best["round"], "selected-by": f"federated-val {selection_metric}", "global": best["global"]}
         if best
         else None,

@@ -29,6 +29,14 @@ def newest_summary(output_dir: Path, since: float) -> Path | None:
     return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
 
 
+def local_superlink() -> LocalSuperLink:
+    """The project's loopback SuperLink (not started): ``with`` it to own one for many runs."""
+    flwr_home = PROJECT / ".flwr"
+    if not (flwr_home / "config.toml").exists():
+        write_flower_config(flwr_home)
+    return LocalSuperLink(flwr_home, PROJECT)
+
+
 def run_simulation(run_config: str) -> Path | None:
     """``flwr run .`` with these overrides on a loopback SuperLink; the run's summary.json, or None.
 
@@ -38,10 +46,7 @@ def run_simulation(run_config: str) -> Path | None:
         cfg = load_config(parse_config_args([run_config]) if run_config else {})
     except click.ClickException as err:
         raise ConfigError(err.message) from err
-    flwr_home = PROJECT / ".flwr"
-    if not (flwr_home / "config.toml").exists():
-        write_flower_config(flwr_home)
-    link = LocalSuperLink(flwr_home, PROJECT)
+    link = local_superlink()
     started = time.time()
     if link.healthy():
         print(f"Using the SuperLink already running on 127.0.0.1:{link.http_port}.")

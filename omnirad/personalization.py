@@ -1,0 +1,61 @@
+"""Which adapter tensors a site keeps to itself: FedPer and FedBN on any OmniRad-FL adapter.
+
+Hospitals differ in label mix and scanners, so one global adapter can fit none of them well.
+FedPer (Arivazhagan et al., 2019) keeps each site's output layer local and federates the rest;
+FedBN (Li et al., 2021) keeps the normalisation layers local. Flower's strategies have no notion
+of local tensors, so the split is made here: a site sends only the shared tensors, the server
+aggregates only those, and each site completes the model with its own local tensors (or, before
+it has any, the common initial values every participant builds from ``run.seed``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from omnirad.config import ConfigError
+
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+OUTPUT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def _trainable(module: nn.Module, prefix: str) -> set[str]:
+    return {f"{prefix}.{name}" for name, p in module.named_parameters() if p.requires_grad}
+
+
+def output_layer_keys(model: nn.Module) -> set[str]:
+    """The trainable tensors of the model's output layer: its last Linear or Conv2d with any.
+
+    Every OmniRad-FL model registers its output layer last (head after encoder, classifier after
+    the decoder's upsampling), which ``tests/test_personalization.py`` checks for each adapter.
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, OUTPUT_LAYERS) and _trainable(m, name)]
+    name, layer = layers[-1]
+    return _trainable(layer, name)
+
+
+def norm_layer_keys(model: nn.Module) -> set[str]:
+    """The trainable tensors of every normalisation layer (affine weights and biases)."""
+    return set().union(*(_trainable(m, name) for name, m in model.named_modules() if isinstance(m, NORM_LAYERS)))
+
+
+def local_keys(model: nn.Module, mode: str, adapter: str) -> frozenset[str]:
+    """The trainable tensors a site keeps under ``personalization.mode``; the rest are federated.
+
+    Raises ``ConfigError`` when the mode would leave nothing to federate or nothing to keep.
+    """
+    if mode == "none":
+        return frozenset()
+    keys = output_layer_keys(model) if mode == "fedper" else norm_layer_keys(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if not keys:
+        raise ConfigError(
+            f"personalization.mode='{mode}' with model.adapter='{adapter}': the adapter has no trainable "
+            "normalisation layer to keep local; use fedper, or an adapter with one (mlp, decoder, full)"
+        )
+    if keys >= trainable:
+        raise ConfigError(
+            f"personalization.mode='{mode}' with model.adapter='{adapter}': every trainable tensor would stay "
+            "local and nothing would be federated; use an adapter with more than an output layer (mlp, lora, "
+            "full, decoder)"
+        )
+    return frozenset(keys)

@@ -1,0 +1,67 @@
+"""What a federation is measured against, on the very same split: pooled and local-only training.
+
+- ``pooled``: one model trained on the union of every site's training split (what the hospitals
+  would get if they could share images), scored on the server's test set and each site's
+  validation split.
+- ``local_only``: each site trains alone on its own training split; its model is scored on the
+  server's test set (how far one hospital's data carries) and on its own validation split (how
+  well it serves that hospital).
+
+Both train for as many epochs as a site does in the federated run (rounds x local epochs) with the
+same recipe, and report the rows ``simulations.sweep`` tabulates: ``global`` (server test set),
+``worst-site`` (the lowest site-validation value) and ``personalized`` (site-validation mean,
+weighted by validation images, as Flower weights the federated one).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from omnirad.adapters import trainable_state
+from omnirad.config import Config
+from omnirad.site import CentralEvaluator, get_site, new_model
+from omnirad.training import train_model
+
+
+def federated_epochs(cfg: Config) -> int:
+    return cfg.num_server_rounds * cfg.train.local_epochs
+
+
+def _site_rows(per_site: list[dict[str, float]]) -> tuple[dict, dict]:
+    """(worst-site, personalized) from each site's validation metrics."""
+    names = [k for k in per_site[0] if k not in ("num-examples", "site-id")]
+    weights = np.array([m["num-examples"] for m in per_site])
+    worst = {k: (max if k == "loss" else min)(m[k] for m in per_site) for k in names}
+    mean = {k: float(np.average([m[k] for m in per_site], weights=weights)) for k in names}
+    return worst, mean
+
+
+def pooled(cfg: Config) -> dict[str, dict[str, float]]:
+    """The configured model trained centrally on every site's training split together."""
+    sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
+    inputs = torch.cat([s.train_set.inputs for s in sites])
+    labels = np.concatenate([s.train_set.labels for s in sites])
+    model, t = new_model(cfg), cfg.train
+    train_model(model, inputs, labels, sites[0].task, federated_epochs(cfg), t.lr, t.batch_size, t.weight_decay, cfg.run.seed)
+    state = trainable_state(model)
+    per_site = [s.evaluate(state) for s in sites]
+    worst, _ = _site_rows(per_site)
+    return {"global": CentralEvaluator(cfg)(state), "worst-site": worst,
+            "personalized": {}}  # one model for all: nothing is personal
+
+
+def local_only(cfg: Config) -> dict[str, dict[str, float]]:
+    """Every site trains alone; test metrics are averaged over sites, as each would deploy its own."""
+    sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
+    evaluator, tests, per_site = CentralEvaluator(cfg), [], []
+    for site in sites:
+        model = new_model(cfg)
+        site.train(model, federated_epochs(cfg), server_round=0)
+        state = trainable_state(model)
+        tests.append(evaluator(state))
+        per_site.append(site.evaluate(state))
+    worst, mean = _site_rows(per_site)
+    global_mean = {k: float(np.mean([t[k] for t in tests])) for k in tests[0]} if tests[0] else {}
+    return {"global": global_mean, "worst-site": worst, "personalized": mean}
+

@@ -1,0 +1,140 @@
+"""Sweep federated variants over splits and seeds, next to pooled and local-only training.
+
+Every (split, seed, variant) is one ``flwr run .`` (as ``make demo`` does); each result is
+appended to ``--out`` (JSON lines) as soon as it exists, so an interrupted sweep resumes where it
+stopped. The table gives, per split and variant, mean ± standard deviation over seeds of:
+
+- **global**: the final global model on the server's test set (none under FedPer: no global head);
+- **worst site**: the lowest site-validation value of the model each site ends with;
+- **personalized**: the site-validation mean of each site's own model: its FedPer/FedBN model, or
+  the global model fine-tuned locally (``personalization.finetune-epochs``) for the others.
+
+    python -m simulations.sweep --out results/strategies.jsonl            # every strategy, 3 splits, 3 seeds
+    python -m simulations.sweep --seeds 0 --splits "iid:data.partition='iid'" --variants "fedavg:" "fedprox:strategy.name='fedprox'"
+
+A variant or split is ``label:key=value,...`` as in ``simulations.compare_runs``. With the feature
+cache on (the default here) the sites' features are encoded once per split and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.common.config import parse_config_args
+
+from omnirad.config import STRATEGY_NAMES, load_config
+from omnirad.data.sites import task_info
+from simulations import references
+from simulations.compare_runs import variant_overrides
+from simulations.demo import local_superlink, run_simulation
+
+SPLITS = ("iid:data.partition='iid'", "Dirichlet 0.1:data.partition='dirichlet',data.alpha=0.1",
+          "one style per site:data.partition='modality'")
+VARIANTS = (*(f"{name}:strategy.name='{name}'" for name in STRATEGY_NAMES),
+            "fedper:personalization.mode='fedper'", "fedbn:personalization.mode='fedbn'")
+SHARED = "num-server-rounds=10 personalization.finetune-epochs=5"
+REFERENCES = {"pooled (central)": references.pooled, "local only": references.local_only}
+
+
+def federated_row(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The sweep's three views of one finished run (see the module docstring)."""
+    val = summary["final-federated-val"]
+    if summary.get("personalization", "none") != "none":
+        personalized = {k: v for k, v in val.items() if not k.startswith("finetuned-")}
+    else:
+        personalized = {k.removeprefix("finetuned-"): v for k, v in val.items() if k.startswith("finetuned-")}
+    worst = {k: v for k, v in summary["final-worst-site"].items() if not k.startswith("finetuned-")}
+    return {"global": summary["final"], "worst-site": worst, "personalized": personalized,
+            "rejected": sum(len(v) for v in summary.get("rejected-updates", {}).values()),
+            "bytes-up-per-site-round": summary["bytes-up-per-site-round"], "wall-seconds": summary["wall-seconds"],
+            "run-folder": summary["run-folder"]}
+
+
+def run_one(overrides: str, label: str) -> dict[str, Any]:
+    """One federated run or reference training, as a result row."""
+    if label in REFERENCES:
+        started = time.perf_counter()
+        cfg = load_config(parse_config_args([overrides]))
+        row = REFERENCES[label](cfg)
+        return {**row, "wall-seconds": round(time.perf_counter() - started, 1)}
+    summary_path = run_simulation(overrides)
+    if summary_path is None:
+        raise RuntimeError(f"{label}: the run did not finish (see the log above); overrides: {overrides}")
+    return federated_row({**json.loads(summary_path.read_text()), "run-folder": str(summary_path.parent)})
+
+
+def done_keys(out: Path) -> set[tuple[str, str, int, str]]:
+    if not out.exists():
+        return set()
+    return {(r["shared"], r["split"], r["seed"], r["variant"]) for r in map(json.loads, out.read_text().splitlines())}
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def table(rows: list[dict[str, Any]], metric: str) -> str:
+    """Markdown: one block per split, a line per variant, mean ± std over seeds."""
+    lines = []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        here = [r for r in rows if r["split"] == split]
+        seeds = sorted({r["seed"] for r in here})
+        lines += [f"\n**{split}** (seeds {', '.join(map(str, seeds))}; {metric})\n",
+                  "| variant | global (server test) | worst site | personalized | updates left out |", "|---|---|---|---|---|"]
+        for variant in dict.fromkeys(r["variant"] for r in here):
+            runs = [r for r in here if r["variant"] == variant]
+            cells = [mean_std([r[view].get(metric) for r in runs]) for view in ("global", "worst-site", "personalized")]
+            rejected = sum(r.get("rejected", 0) for r in runs) if variant not in REFERENCES else "-"
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {rejected} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="label:key=value,...")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="label:key=value,...")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--shared", default=SHARED, help="overrides for every run")
+    parser.add_argument("--no-references", action="store_true", help="skip pooled and local-only training")
+    parser.add_argument("--out", type=Path, default=Path("results/sweep.jsonl"))
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shared = (f"model.feature-cache=true model.cache-dir='{out.parent / 'feature-cache'}' "
+              f"run.output-dir='{out.parent / 'runs'}' {args.shared}").strip()
+    labels = [] if args.no_references else list(REFERENCES)
+    plan = [(split, seed, variant) for split in args.splits for seed in args.seeds
+            for variant in [*(f"{label}:" for label in labels), *args.variants]]
+    for split, seed, variant in plan:  # every configuration is checked before the first run
+        load_config(parse_config_args([f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}"]))
+    done = done_keys(out)
+    link = local_superlink()
+    with contextlib.nullcontext() if link.healthy() else link:  # one SuperLink for the whole sweep
+        for number, (split, seed, variant) in enumerate(plan, 1):
+            (split_label, split_overrides), (label, overrides) = variant_overrides(split), variant_overrides(variant)
+            if (args.shared, split_label, seed, label) in done:
+                continue
+            print(f"\n=== sweep {number}/{len(plan)}: {split_label}, seed {seed}, {label} ===", flush=True)
+            row = run_one(f"{shared} {split_overrides} run.seed={seed} {overrides}".strip(), label)
+            with open(out, "a") as f:
+                f.write(json.dumps({"shared": args.shared, "split": split_label, "seed": seed, "variant": label, **row}) + "\n")
+    rows = [r for r in map(json.loads, out.read_text().splitlines()) if r["shared"] == args.shared]
+    metric = task_info(load_config(parse_config_args([shared]))).selection_metric
+    report = f"Shared overrides: {args.shared}\n{table(rows, metric)}\n"
+    out.with_suffix(".md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""FedPer and FedBN: which tensors stay at a site, and that they stay there across rounds."""
+
+import time
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+from client import app as client_app
+from omnirad.adapters import trainable_state
+from omnirad.config import ConfigError, load_config
+from omnirad.personalization import local_keys
+from omnirad.site import CentralEvaluator, get_site, new_model
+
+SMALL = {"data.num-train": 240, "data.num-test": 60, "data.size": 32, "data.num-sites": 2,
+         "data.partition": "iid", "train.local-epochs": 2, "num-server-rounds": 2}
+
+
+def model_for(adapter: str, task: str = "multi-class"):
+    cfg = load_config({**SMALL, "model.adapter": adapter, "data.task": task, "model.lora-rank": 2})
+    return new_model(cfg)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "task", "mode", "expected"),
+    [
+        ("mlp", "multi-class", "fedper", {"net.4.weight", "net.4.bias"}),
+        ("mlp", "multi-class", "fedbn", {"net.0.weight", "net.0.bias"}),
+        ("lora", "multi-class", "fedper", {"head.fc.weight", "head.fc.bias"}),
+        ("decoder", "segmentation", "fedper", {"classify.weight", "classify.bias"}),
+    ],
+)
+def test_local_keys_are_the_output_layer_or_the_norms(adapter, task, mode, expected):
+    assert local_keys(model_for(adapter, task), mode, adapter) == expected
+
+
+def test_fedbn_on_the_decoder_keeps_every_groupnorm_local():
+    model = model_for("decoder", "segmentation")
+    keys = local_keys(model, "fedbn", "decoder")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(keys) == 2 * len(norms) > 0 and all(".1." in k for k in keys)  # (conv, norm, act) blocks
+
+
+@pytest.mark.parametrize(("adapter", "mode", "words"), [
+    ("linear", "fedper", "nothing would be federated"),
+    ("linear", "fedbn", "no trainable normalisation layer"),
+    ("lora", "fedbn", "no trainable normalisation layer"),
+])
+def test_a_mode_that_leaves_nothing_to_share_or_keep_is_refused(adapter, mode, words):
+    with pytest.raises(ConfigError, match=words):
+        local_keys(model_for(adapter), mode, adapter)
+
+
+def test_bad_mode_and_finetune_epochs_name_the_key():
+    with pytest.raises(ConfigError, match="personalization.mode"):
+        load_config({"personalization.mode": "ditto"})
+    with pytest.raises(ConfigError, match="personalization.finetune-epochs"):
+        load_config({"personalization.finetune-epochs": -1})
+
+
+def instruction(message_type: str, content: RecordDict, node_id: int) -> Message:
+    """A message as the SuperLink delivers it to a ClientApp (no SuperLink needed to build one)."""
+    metadata = Metadata(run_id=1, message_id=f"{message_type}-{node_id}", src_node_id=0, dst_node_id=node_id,
+                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0,
+                        message_type=message_type)
+    return Message(metadata=metadata, content=content)
+
+
+def test_fedper_keeps_the_output_layer_at_the_site_across_rounds():
+    flat = {**SMALL, "personalization.mode": "fedper"}
+    cfg = load_config(flat)
+    site = get_site(cfg, 0)
+    initial = trainable_state(new_model(cfg))
+    shared = {k: v for k, v in initial.items() if k not in site.local_keys}
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config=flat)
+
+    stored = []
+    for server_round in (1, 2):
+        content = RecordDict({"arrays": ArrayRecord(shared), "config": ConfigRecord({"server-round": server_round})})
+        reply = client_app.train(instruction("train", content, 7), context)
+        sent = reply.content["arrays"].to_torch_state_dict()
+        assert set(sent) == set(shared)  # the output layer never leaves the site
+        stored.append(context.state[client_app.PERSONAL].to_torch_state_dict())
+        assert set(stored[-1]) == site.local_keys
+        shared = sent
+    # round 2 trained on from round 1's local layer, not from the initial one
+    assert not torch.equal(stored[0]["net.4.weight"], initial["net.4.weight"])
+    assert not torch.equal(stored[1]["net.4.weight"], stored[0]["net.4.weight"])
+
+    content = RecordDict({"arrays": ArrayRecord(shared), "config": ConfigRecord({"server-round": 2})})
+    personal = client_app.evaluate(instruction("evaluate", content, 7), context).content["metrics"]
+    fresh = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2},
+                    state=RecordDict(), run_config=flat)
+    untrained_head = client_app.evaluate(instruction("evaluate", content, 7), fresh).content["metrics"]
+    # the site scores its own layer, not the initial one
+    assert personal["loss"] == pytest.approx(site.evaluate(shared, stored[-1])["loss"])
+    assert personal["loss"] != pytest.approx(untrained_head["loss"])
+    assert CentralEvaluator(cfg)(shared) == {}  # no global output layer to score on the server
+
+
+def test_local_finetuning_baseline_reports_finetuned_metrics_after_the_last_round():
+    cfg = load_config({**SMALL, "personalization.finetune-epochs": 3})
+    site = get_site(cfg, 1)
+    start = trainable_state(new_model(cfg))
+    metrics = site.evaluate(start, finetune_epochs=3)
+    assert {"finetuned-accuracy", "finetuned-macro-f1", "finetuned-auc"} <= set(metrics)
+    assert "finetuned-loss" not in metrics
+    assert metrics["finetuned-accuracy"] != metrics["accuracy"] or metrics["finetuned-auc"] != metrics["auc"]
+    assert "finetuned-accuracy" not in site.evaluate(start)
