@@ -15,6 +15,7 @@ from omnirad.config import load_config
 from omnirad.faults import misbehave
 from omnirad.logs import show_progress
 from omnirad.site import get_site
+from omnirad.spectral import bank_from_config
 
 app = ClientApp()
 show_progress()
@@ -40,7 +41,8 @@ def train(msg: Message, context: Context) -> Message:
     state = msg.content["arrays"].to_torch_state_dict()
     config = msg.content["config"]
     new_state, metrics = site.fit(
-        state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context)
+        state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context),
+        bank_from_config(config),
     )
     if site.local_keys:
         context.state[PERSONAL] = ArrayRecord({k: v for k, v in new_state.items() if k in site.local_keys})
@@ -56,7 +58,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     after the last round also the local fine-tuning baseline when configured."""
     cfg = load_config(context.run_config)
     site = get_site(cfg, site_id_of(context))
-    last_round = int(msg.content["config"].get("server-round", 0)) == cfg.num_server_rounds
+    config = msg.content["config"]
+    last_round = int(config.get("server-round", 0)) == cfg.num_server_rounds
     finetune_epochs = cfg.personalization.finetune_epochs if last_round else 0
-    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), personal_state(context), finetune_epochs)
+    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), personal_state(context), finetune_epochs,
+                            bank_from_config(config))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("spectral")
+def spectral_prototypes(msg: Message, context: Context) -> Message:
+    """This site's contribution to the spectral knowledge bank: a few centroids, never images."""
+    site = get_site(load_config(context.run_config), site_id_of(context))
+    content = RecordDict({"arrays": ArrayRecord({"prototypes": site.spectral_prototypes()})})
+    return Message(content=content, reply_to=msg)

@@ -27,6 +27,8 @@ DATASET_SOURCES = ("embedded", "files")  # or a 2D MedMNIST flag, e.g. bloodmnis
 MEDMNIST_SIZES = (28, 64, 128, 224)
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
+PERSONALIZED_STRATEGIES = ("fedper", "fedbn")
+SPECTRAL = "spectral"  # OmniFM-style spectral prompts and alignment (omnirad.spectral)  # shorthand: strategy.name=fedper is FedAvg + personalization.mode=fedper
 FAULT_KINDS = ("scale", "nan")
 PERSONALIZATION_MODES = ("none", "fedper", "fedbn")
 
@@ -110,6 +112,16 @@ class PersonalizationConfig:
 
 
 @dataclass
+class SpectralConfig:
+    """strategy.name=spectral: OmniFM-style spectral prompting (see omnirad.spectral)."""
+
+    frequency_size: int = 8  # side of the low-frequency block of the Fourier amplitude
+    prototypes: int = 4  # k-means centroids a site sends, once
+    top_k: int = 2  # bank entries retrieved per image, as prefix tokens
+    suffix_tokens: int = 2  # personal tokens kept at the site
+
+
+@dataclass
 class FaultsConfig:
     """Simulation only: make one site misbehave, to test validation and robust aggregation."""
 
@@ -133,6 +145,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -186,8 +199,20 @@ def load_config(flat: Mapping[str, Any] | None = None) -> Config:
     except OmegaConfBaseException as err:
         key = _to_wire(str(getattr(err, "full_key", "") or "?"))
         raise ConfigError(f"bad value for configuration key '{key}': {err.msg}") from err
+    resolve_personalized_strategy(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_personalized_strategy(cfg: Config) -> None:
+    """``strategy.name=fedper`` (or ``fedbn``) means FedAvg with ``personalization.mode=fedper``;
+    ``personalization.mode`` alone also combines with any other strategy (FedProx, FedAdam, ...)."""
+    name, mode = cfg.strategy.name, cfg.personalization.mode
+    if name not in PERSONALIZED_STRATEGIES:
+        return
+    if mode not in ("none", name):
+        raise ConfigError(f"strategy.name='{name}' contradicts personalization.mode='{mode}': set one of them")
+    cfg.strategy.name, cfg.personalization.mode = "fedavg", name
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -257,7 +282,7 @@ def validate(cfg: Config) -> None:
     _require(t.batch_size >= 1, "train.batch-size", t.batch_size, ">= 1")
     _require(t.weight_decay >= 0, "train.weight-decay", t.weight_decay, ">= 0")
     s = cfg.strategy
-    _one_of("strategy.name", s.name, STRATEGY_NAMES)
+    _one_of("strategy.name", s.name, STRATEGY_NAMES + PERSONALIZED_STRATEGIES + (SPECTRAL,))
     _require(0 < s.fraction_train <= 1, "strategy.fraction-train", s.fraction_train, "in (0, 1]")
     _require(
         0 <= s.fraction_evaluate <= 1, "strategy.fraction-evaluate", s.fraction_evaluate, "in [0, 1]"
@@ -271,6 +296,15 @@ def validate(cfg: Config) -> None:
     _require(0 <= s.trim_beta < 0.5, "strategy.trim-beta", s.trim_beta, "in [0, 0.5)")
     _require(s.num_malicious >= 0, "strategy.num-malicious", s.num_malicious, ">= 0")
     _require(s.min_valid_updates >= 1, "strategy.min-valid-updates", s.min_valid_updates, ">= 1")
+    sp = cfg.spectral
+    if s.name == SPECTRAL:
+        _require(cfg.model.adapter in HEAD_NAMES, "model.adapter", cfg.model.adapter,
+                 "linear or mlp with strategy.name=spectral (the head on the spectrally prompted encoder)")
+    _require(2 <= sp.frequency_size <= d.size, "spectral.frequency-size", sp.frequency_size, f"from 2 to data.size ({d.size})")
+    _require(sp.prototypes >= 1, "spectral.prototypes", sp.prototypes, ">= 1")
+    _require(1 <= sp.top_k <= d.num_sites, "spectral.top-k", sp.top_k,
+             f"from 1 to data.num-sites ({d.num_sites}): the bank holds at least one entry per site")
+    _require(sp.suffix_tokens >= 0, "spectral.suffix-tokens", sp.suffix_tokens, ">= 0")
     pz = cfg.personalization
     _one_of("personalization.mode", pz.mode, PERSONALIZATION_MODES)
     _require(pz.finetune_epochs >= 0, "personalization.finetune-epochs", pz.finetune_epochs, ">= 0")

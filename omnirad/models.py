@@ -14,18 +14,24 @@ import torch
 from torch import nn
 
 from omnirad.adapters import create_adapter
-from omnirad.config import Config, ConfigError, comma_list
+from omnirad.config import SPECTRAL, Config, ConfigError, comma_list
 from omnirad.data.sites import task_info
 from omnirad.decoder import SegmentationDecoder, default_token_layers
 from omnirad.encoders import FrozenEncoder
 from omnirad.feature_cache import cached_features
 from omnirad.finetune import ImageClassifier, LoraSettings
+from omnirad.spectral import SpectralPromptClassifier
 from omnirad.training import encode
 
 log = logging.getLogger(__name__)
 
 POOLED, TOKENS, IMAGES = "pooled features", "patch tokens", "images"
 INPUTS = {"linear": POOLED, "mlp": POOLED, "decoder": TOKENS, "lora": IMAGES, "full": IMAGES}
+
+
+def model_reads(cfg: Config) -> str:
+    """What the configured model takes as input; spectral prompts change the encoder's work: images."""
+    return IMAGES if cfg.strategy.name == SPECTRAL else INPUTS[cfg.model.adapter]
 
 
 def token_layers(cfg: Config, encoder: FrozenEncoder) -> list[int]:
@@ -51,6 +57,10 @@ def build_model(cfg: Config, encoder: FrozenEncoder) -> nn.Module:
     m, task = cfg.model, task_info(cfg)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.run.seed)
+        if cfg.strategy.name == SPECTRAL:
+            s = cfg.spectral
+            head = create_adapter(m.adapter, encoder.num_features, task.num_outputs, m.hidden_dim)
+            return SpectralPromptClassifier(encoder, head, s.frequency_size, s.top_k, s.suffix_tokens)
         if m.adapter == "decoder":
             layers = token_layers(cfg, encoder)
             return SegmentationDecoder(encoder.num_features, len(layers), task.num_outputs, cfg.data.size, m.decoder_width)
@@ -62,11 +72,12 @@ def build_model(cfg: Config, encoder: FrozenEncoder) -> nn.Module:
 
 def model_inputs(cfg: Config, encoder: FrozenEncoder, images: np.ndarray, desc: str, use_cache: bool = True) -> torch.Tensor:
     """What the configured model reads for these images: features, tokens, or the images themselves."""
-    kind = INPUTS[cfg.model.adapter]
+    kind = model_reads(cfg)
     if kind == IMAGES:
         if cfg.model.feature_cache:
-            log.warning("model.feature-cache is ignored for model.adapter=%s: the encoder changes every step, "
-                        "so there are no fixed features to cache; every round runs the encoder", cfg.model.adapter)
+            log.warning("model.feature-cache is ignored for model.adapter=%s with strategy.name=%s: the encoder's "
+                        "output changes every step, so there are no fixed features to cache; every round runs "
+                        "the encoder", cfg.model.adapter, cfg.strategy.name)
         tensor = torch.from_numpy(np.ascontiguousarray(images))
         return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
     layers = token_layers(cfg, encoder) if kind == TOKENS else None

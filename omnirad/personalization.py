@@ -39,23 +39,25 @@ def norm_layer_keys(model: nn.Module) -> set[str]:
 
 
 def local_keys(model: nn.Module, mode: str, adapter: str) -> frozenset[str]:
-    """The trainable tensors a site keeps under ``personalization.mode``; the rest are federated.
+    """The trainable tensors a site keeps under ``personalization.mode``, and those the model itself
+    declares personal (``personal_keys``: the spectral suffix prompts); the rest are federated.
 
     Raises ``ConfigError`` when the mode would leave nothing to federate or nothing to keep.
     """
-    if mode == "none":
-        return frozenset()
-    keys = output_layer_keys(model) if mode == "fedper" else norm_layer_keys(model)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    declared = {name for name in trainable if name.split(".")[0] in getattr(model, "personal_keys", ())}
+    if mode == "none":
+        return frozenset(declared)
+    keys = output_layer_keys(model) if mode == "fedper" else norm_layer_keys(model)
     if not keys:
         raise ConfigError(
             f"personalization.mode='{mode}' with model.adapter='{adapter}': the adapter has no trainable "
             "normalisation layer to keep local; use fedper, or an adapter with one (mlp, decoder, full)"
         )
-    if keys >= trainable:
+    if keys | declared >= trainable:
         raise ConfigError(
             f"personalization.mode='{mode}' with model.adapter='{adapter}': every trainable tensor would stay "
             "local and nothing would be federated; use an adapter with more than an output layer (mlp, lora, "
             "full, decoder)"
         )
-    return frozenset(keys)
+    return frozenset(keys | declared)

@@ -22,6 +22,7 @@ from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_
 from omnirad.encoders import FrozenEncoder, create_encoder
 from omnirad.models import build_model, model_inputs
 from omnirad.personalization import local_keys
+from omnirad.spectral import alignment_weight, site_prototypes
 from omnirad.training import evaluate_model, train_model
 
 
@@ -35,9 +36,13 @@ def encoder_for(cfg: Config) -> FrozenEncoder:
     return shared_encoder(cfg.model.encoder, cfg.model.weights, cfg.data.size)
 
 
-def new_model(cfg: Config) -> nn.Module:
-    """The configured model, freshly initialised and identical in every participant."""
-    return build_model(cfg, encoder_for(cfg))
+def new_model(cfg: Config, bank: torch.Tensor | None = None) -> nn.Module:
+    """The configured model, freshly initialised and identical in every participant; with the
+    spectral knowledge bank when ``strategy.name=spectral``."""
+    model = build_model(cfg, encoder_for(cfg))
+    if bank is not None:
+        model.set_bank(bank)
+    return model
 
 
 def wire_keys(metrics: dict[str, float]) -> dict[str, float]:
@@ -81,9 +86,15 @@ class LocalSite:
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
         self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
 
-    def model_from(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    def spectral_prototypes(self) -> torch.Tensor:
+        """What this site contributes to the spectral knowledge bank (its only non-adapter upload)."""
+        s = self.cfg.spectral
+        return site_prototypes(self.train_set.data.images, s.frequency_size, s.prototypes, self.cfg.run.seed)
+
+    def model_from(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None,
+                   bank: torch.Tensor | None = None) -> nn.Module:
         """The configured model holding ``state`` and this site's ``personal`` tensors."""
-        model = new_model(self.cfg)
+        model = new_model(self.cfg, bank)
         load_trainable_state(model, {**state, **(personal or {})}, optional=self.local_keys)
         return model
 
@@ -96,12 +107,16 @@ class LocalSite:
         )
 
     def fit(self, state: dict[str, torch.Tensor], server_round: int, proximal_mu: float = 0.0,
-            personal: dict[str, torch.Tensor] | None = None) -> tuple[OrderedDict, dict[str, float]]:
-        """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0);
-        returns the new trainable state, local tensors included, and training metrics."""
-        model = self.model_from(state, personal)
-        stats = self.train(model, self.cfg.train.local_epochs, server_round, proximal_mu)
+            personal: dict[str, torch.Tensor] | None = None,
+            bank: torch.Tensor | None = None) -> tuple[OrderedDict, dict[str, float]]:
+        """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0, scaled by
+        the site's spectral distance from the ``bank`` under spectral alignment); returns the new
+        trainable state, local tensors included, and training metrics."""
+        model = self.model_from(state, personal, bank)
+        weight = 1.0 if bank is None else alignment_weight(self.train_set.data.images, bank, self.cfg.spectral.frequency_size)
+        stats = self.train(model, self.cfg.train.local_epochs, server_round, proximal_mu * weight)
         metrics = {
+            **({"alignment-weight": weight} if bank is not None else {}),
             "num-examples": float(len(self.train_set.labels)),
             "site-id": float(self.site_id),
             "train-loss": stats["train_loss"],
@@ -110,11 +125,11 @@ class LocalSite:
         return trainable_state(model), metrics
 
     def evaluate(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None,
-                 finetune_epochs: int = 0) -> dict[str, float]:
+                 finetune_epochs: int = 0, bank: torch.Tensor | None = None) -> dict[str, float]:
         """Metrics on this site's validation split of the given state (with the site's own local
         tensors under personalization) and, with ``finetune_epochs``, of a copy fine-tuned on the
         site's training split first (``finetuned-*``: the local fine-tuning baseline)."""
-        model = self.model_from(state, personal)
+        model = self.model_from(state, personal, bank)
         metrics = wire_keys(evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task))
         if finetune_epochs > 0:
             self.train(model, finetune_epochs, server_round=self.cfg.num_server_rounds + 1)
@@ -145,8 +160,8 @@ class CentralEvaluator:
     relies on federated validation. Under FedBN the global model has the initial normalisation.
     """
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, bank: torch.Tensor | None = None) -> None:
+        self.cfg, self.bank = cfg, bank
         test = None if cfg.personalization.mode == "fedper" else server_test_set(cfg)
         self.test = None if test is None else ModelInputs(cfg, test, "server test set")
         self.local_keys = local_keys(new_model(cfg), cfg.personalization.mode, cfg.model.adapter)
@@ -154,6 +169,6 @@ class CentralEvaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:
             return {}
-        model = new_model(self.cfg)
+        model = new_model(self.cfg, self.bank)
         load_trainable_state(model, state, optional=self.local_keys)
         return wire_keys(evaluate_model(model, self.test.inputs, self.test.labels, task_info(self.cfg)))

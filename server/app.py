@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from omnirad.adapters import trainable_state
-from omnirad.config import Config, ConfigError, load_config
+from omnirad.config import SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
 from omnirad.logs import show_progress
 from omnirad.personalization import local_keys
 from omnirad.site import CentralEvaluator, encoder_for, new_model
+from omnirad.spectral import bank_to_config
 from server.run_folder import RunFolder
 from strategies import build_strategy
+from strategies.spectral_bank import collect_spectral_bank
 
 app = ServerApp()
 show_progress()
@@ -35,8 +38,8 @@ def check_federation(grid: Grid, cfg: Config) -> None:
 class RoundEnd:
     """Flower's ``evaluate_fn``: called after every round, it scores and records the round."""
 
-    def __init__(self, cfg: Config, folder: RunFolder) -> None:
-        self.evaluator = CentralEvaluator(cfg)
+    def __init__(self, cfg: Config, folder: RunFolder, bank: torch.Tensor | None = None) -> None:
+        self.evaluator = CentralEvaluator(cfg, bank)
         self.selection_metric = task_info(cfg).selection_metric
         self.folder = folder
         self.best_score = float("-inf")
@@ -69,12 +72,19 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.personalization.mode == "fedper":
         print("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
               "to score on the server's test set; the sites' validation metrics are the result", flush=True)
-    round_end = RoundEnd(cfg, folder)
+    bank = None
+    if cfg.strategy.name == SPECTRAL:
+        bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
+        print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
+    instructions = ConfigRecord(bank_to_config(bank)) if bank is not None else None
+    round_end = RoundEnd(cfg, folder, bank)
     strategy = build_strategy(cfg, folder)
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(initial),
         num_rounds=cfg.num_server_rounds,
+        train_config=instructions,
+        evaluate_config=instructions,
         evaluate_fn=round_end,
     )
     final_state = result.arrays.to_torch_state_dict() if result.arrays is not None else initial
@@ -90,6 +100,7 @@ def main(grid: Grid, context: Context) -> None:
             "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept_at_sites),
             "encoder-parameter-bytes": sum(p.numel() * p.element_size() for p in encoder.parameters()),
             "num-sites": cfg.data.num_sites,
+            **({"spectral-bank-rows": len(bank)} if bank is not None else {}),
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")

@@ -66,7 +66,8 @@ class RunFolder:
     @classmethod
     def create(cls, cfg: Config) -> RunFolder:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = cfg.run.name or f"{cfg.data.dataset}-{cfg.model.encoder}-{cfg.model.adapter}-{cfg.strategy.name}"
+        personal = "" if cfg.personalization.mode == "none" else f"-{cfg.personalization.mode}"
+        name = cfg.run.name or f"{cfg.data.dataset}-{cfg.model.encoder}-{cfg.model.adapter}-{cfg.strategy.name}{personal}"
         base = Path(cfg.run.output_dir).expanduser().resolve()
         path = base / f"{stamp}-{name}"
         suffix = 1

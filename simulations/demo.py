@@ -18,7 +18,7 @@ from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, load_config
 from omnirad.data.sites import task_info
-from simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
+from simulations.flower_local import DEFAULT_HTTP_PORT, LocalSuperLink, flwr_run, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -29,15 +29,15 @@ def newest_summary(output_dir: Path, since: float) -> Path | None:
     return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def local_superlink() -> LocalSuperLink:
+def local_superlink(http_port: int = DEFAULT_HTTP_PORT) -> LocalSuperLink:
     """The project's loopback SuperLink (not started): ``with`` it to own one for many runs."""
     flwr_home = PROJECT / ".flwr"
     if not (flwr_home / "config.toml").exists():
         write_flower_config(flwr_home)
-    return LocalSuperLink(flwr_home, PROJECT)
+    return LocalSuperLink(flwr_home, PROJECT, http_port)
 
 
-def run_simulation(run_config: str) -> Path | None:
+def run_simulation(run_config: str, http_port: int = DEFAULT_HTTP_PORT) -> Path | None:
     """``flwr run .`` with these overrides on a loopback SuperLink; the run's summary.json, or None.
 
     Raises ``ConfigError`` for bad keys or values before anything starts.
@@ -46,7 +46,7 @@ def run_simulation(run_config: str) -> Path | None:
         cfg = load_config(parse_config_args([run_config]) if run_config else {})
     except click.ClickException as err:
         raise ConfigError(err.message) from err
-    link = local_superlink()
+    link = local_superlink(http_port)
     started = time.time()
     if link.healthy():
         print(f"Using the SuperLink already running on 127.0.0.1:{link.http_port}.")

@@ -34,6 +34,7 @@ from omnirad.data.sites import task_info
 from simulations import references
 from simulations.compare_runs import variant_overrides
 from simulations.demo import local_superlink, run_simulation
+from simulations.flower_local import DEFAULT_HTTP_PORT
 
 SPLITS = ("iid:data.partition='iid'", "Dirichlet 0.1:data.partition='dirichlet',data.alpha=0.1",
           "one style per site:data.partition='modality'")
@@ -57,14 +58,14 @@ def federated_row(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
             "run-folder": summary["run-folder"]}
 
 
-def run_one(overrides: str, label: str) -> dict[str, Any]:
+def run_one(overrides: str, label: str, http_port: int) -> dict[str, Any]:
     """One federated run or reference training, as a result row."""
     if label in REFERENCES:
         started = time.perf_counter()
         cfg = load_config(parse_config_args([overrides]))
         row = REFERENCES[label](cfg)
         return {**row, "wall-seconds": round(time.perf_counter() - started, 1)}
-    summary_path = run_simulation(overrides)
+    summary_path = run_simulation(overrides, http_port)
     if summary_path is None:
         raise RuntimeError(f"{label}: the run did not finish (see the log above); overrides: {overrides}")
     return federated_row({**json.loads(summary_path.read_text()), "run-folder": str(summary_path.parent)})
@@ -107,25 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=SHARED, help="overrides for every run")
     parser.add_argument("--no-references", action="store_true", help="skip pooled and local-only training")
     parser.add_argument("--out", type=Path, default=Path("results/sweep.jsonl"))
+    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT,
+                        help="loopback port of the sweep's SuperLink (another port lets two sweeps run side by side)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     shared = (f"model.feature-cache=true model.cache-dir='{out.parent / 'feature-cache'}' "
               f"run.output-dir='{out.parent / 'runs'}' {args.shared}").strip()
     labels = [] if args.no_references else list(REFERENCES)
-    plan = [(split, seed, variant) for split in args.splits for seed in args.seeds
+    # seeds outermost: a sweep stopped early still covers every split and variant for the first seeds
+    plan = [(split, seed, variant) for seed in args.seeds for split in args.splits
             for variant in [*(f"{label}:" for label in labels), *args.variants]]
     for split, seed, variant in plan:  # every configuration is checked before the first run
         load_config(parse_config_args([f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}"]))
     done = done_keys(out)
-    link = local_superlink()
+    link = local_superlink(args.port)
     with contextlib.nullcontext() if link.healthy() else link:  # one SuperLink for the whole sweep
         for number, (split, seed, variant) in enumerate(plan, 1):
             (split_label, split_overrides), (label, overrides) = variant_overrides(split), variant_overrides(variant)
             if (args.shared, split_label, seed, label) in done:
                 continue
             print(f"\n=== sweep {number}/{len(plan)}: {split_label}, seed {seed}, {label} ===", flush=True)
-            row = run_one(f"{shared} {split_overrides} run.seed={seed} {overrides}".strip(), label)
+            row = run_one(f"{shared} {split_overrides} run.seed={seed} {overrides}".strip(), label, args.port)
             with open(out, "a") as f:
                 f.write(json.dumps({"shared": args.shared, "split": split_label, "seed": seed, "variant": label, **row}) + "\n")
     rows = [r for r in map(json.loads, out.read_text().splitlines()) if r["shared"] == args.shared]

@@ -26,6 +26,7 @@ from strategies.validation import UpdateRules, validated
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
     "fedavgm": FedAvgM, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum,
+    "spectral": FedProx,  # the sites scale mu by their spectral distance (omnirad.spectral)
 }
 SITE_IDENTITY_KEYS = ("site-id",)  # per-site labels, meaningless once averaged
 
@@ -43,6 +44,7 @@ def strategy_parameters(s: StrategyConfig) -> dict[str, Any]:
     adaptive = {"eta": s.eta, "eta_l": s.eta, "tau": s.tau}  # eta_l is unused by the server side
     return {
         "fedprox": {"proximal_mu": s.proximal_mu},
+        "spectral": {"proximal_mu": s.proximal_mu},
         "fedadam": {**adaptive, "beta_1": s.beta_1, "beta_2": s.beta_2},
         "fedyogi": {**adaptive, "beta_1": s.beta_1, "beta_2": s.beta_2},
         "fedadagrad": adaptive,

@@ -4,6 +4,7 @@ import os
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
+from flwr.supercore.task_identity import TaskIdentity
 
 # Before anything imports huggingface_hub (it reads these once): never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,3 +30,12 @@ def start_round():
         return list(strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), FakeGrid(num_sites)))
 
     return start
+
+
+@pytest.fixture
+def task_identity():
+    """Messages take their run and node ids from the process's task identity, as in a ServerApp."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

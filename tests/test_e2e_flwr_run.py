@@ -96,3 +96,25 @@ def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):
     lora_and_head = (12 * 4 * (768 + 384 + 960 + 960) + 192 * 4 + 4) * 4
     assert summary["adapter-parameter-bytes"] == lora_and_head
     assert lora_and_head <= summary["bytes-up-per-site-round"] <= 1.05 * lora_and_head
+
+
+def test_fedper_keeps_the_output_layer_at_the_sites(tmp_path):
+    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                                         "strategy.name='fedper' train.local-epochs=2 personalization.finetune-epochs=1")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["personalization"] == "fedper" and summary["final"] == {}  # no global head to test
+    assert summary["local-parameter-bytes"] == (256 * 4 + 4) * 4  # the MLP head's last Linear
+    assert summary["bytes-up-per-site-round"] < 1.01 * summary["adapter-parameter-bytes"]
+    assert {"accuracy", "finetuned-accuracy"} <= set(summary["final-federated-val"])
+    assert set(summary["final-worst-site"]) >= {"accuracy", "macro-f1"}
+
+
+def test_spectral_alignment_gathers_a_bank_and_trains_prompts(tmp_path):
+    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                                         "data.partition='modality' strategy.name='spectral' train.local-epochs=1")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert 2 <= summary["spectral-bank-rows"] <= 2 * 4
+    assert {"accuracy", "macro-f1"} <= set(summary["final"])
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    weights = [s["train"]["alignment-weight"] for s in lines[-1]["sites"].values()]
+    assert len(weights) == 2 and all(1.0 <= w <= 2.0 for w in weights)

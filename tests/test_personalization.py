@@ -58,6 +58,15 @@ def test_bad_mode_and_finetune_epochs_name_the_key():
         load_config({"personalization.finetune-epochs": -1})
 
 
+def test_strategy_name_fedper_is_fedavg_with_personalization():
+    cfg = load_config({"strategy.name": "fedbn"})
+    assert (cfg.strategy.name, cfg.personalization.mode) == ("fedavg", "fedbn")
+    cfg = load_config({"strategy.name": "fedprox", "personalization.mode": "fedper"})
+    assert (cfg.strategy.name, cfg.personalization.mode) == ("fedprox", "fedper")
+    with pytest.raises(ConfigError, match="contradicts personalization.mode"):
+        load_config({"strategy.name": "fedper", "personalization.mode": "fedbn"})
+
+
 def instruction(message_type: str, content: RecordDict, node_id: int) -> Message:
     """A message as the SuperLink delivers it to a ClientApp (no SuperLink needed to build one)."""
     metadata = Metadata(run_id=1, message_id=f"{message_type}-{node_id}", src_node_id=0, dst_node_id=node_id,

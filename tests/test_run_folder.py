@@ -6,20 +6,12 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from omnirad.config import load_config
 from server.run_folder import RunFolder
 from strategies import build_strategy
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages take their run and node ids from the process's task identity, as in a ClientApp."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def reply(site: int, weight: float, n: int, accuracy: float | None = None) -> Message:

@@ -5,7 +5,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategies
-from flwr.supercore.task_identity import TaskIdentity
 
 from omnirad.config import ConfigError, FaultsConfig, load_config
 from omnirad.faults import misbehave
@@ -16,12 +15,7 @@ from strategies.factory import STRATEGIES
 GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def reply(site: int, state: dict, n: int = 100) -> Message:
