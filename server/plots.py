@@ -31,3 +31,27 @@ def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ..
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+VIEWS = (("global", "global (server test)"), ("worst-site", "worst site"), ("personalized", "personalized"))
+
+
+def plot_sweep(summary: dict[str, dict[str, dict[str, tuple[float, float]]]], path: Path, metric: str) -> None:
+    """One panel per split: each variant's mean (bar) and standard deviation over seeds (error bar)
+    for the three views of ``simulations.sweep``; ``summary[split][variant][view] = (mean, std)``."""
+    splits = list(summary)
+    fig, axes = plt.subplots(len(splits), 1, figsize=(12, 3.4 * len(splits)), squeeze=False)
+    width = 0.27
+    for ax, split in zip(axes[:, 0], splits, strict=True):
+        variants = list(summary[split])
+        for i, (view, label) in enumerate(VIEWS):
+            stats = [summary[split][v].get(view, (float("nan"), 0.0)) for v in variants]
+            ax.bar([x + (i - 1) * width for x in range(len(variants))], [m for m, _ in stats], width,
+                   yerr=[s for _, s in stats], capsize=2, label=label)
+        ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize="small")
+        ax.set(title=split, ylabel=metric, ylim=(0, 1))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(ncol=3, fontsize="small", loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

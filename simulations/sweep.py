@@ -9,6 +9,8 @@ stopped. The table gives, per split and variant, mean ± standard deviation over
 - **personalized**: the site-validation mean of each site's own model: its FedPer/FedBN model, or
   the global model fine-tuned locally (``personalization.finetune-epochs``) for the others.
 
+Next to ``--out`` go the table (``.md``) and a bar chart of the three views (``.png``).
+
     python -m simulations.sweep --out results/strategies.jsonl            # every strategy, 3 splits, 3 seeds
     python -m simulations.sweep --seeds 0 --splits "iid:data.partition='iid'" --variants "fedavg:" "fedprox:strategy.name='fedprox'"
 
@@ -31,6 +33,7 @@ from flwr.common.config import parse_config_args
 
 from omnirad.config import STRATEGY_NAMES, load_config
 from omnirad.data.sites import task_info
+from server.plots import plot_sweep
 from simulations import references
 from simulations.compare_runs import variant_overrides
 from simulations.demo import local_superlink, run_simulation
@@ -77,24 +80,32 @@ def done_keys(out: Path) -> set[tuple[str, str, int, str]]:
     return {(r["shared"], r["split"], r["seed"], r["variant"]) for r in map(json.loads, out.read_text().splitlines())}
 
 
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "-"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+def view_stats(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """``[split][variant][view] = (mean, std)`` over seeds; views without a value are left out."""
+    stats: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for row in rows:
+        stats.setdefault(row["split"], {}).setdefault(row["variant"], {})
+    for split, variants in stats.items():
+        for variant, views in variants.items():
+            runs = [r for r in rows if r["split"] == split and r["variant"] == variant]
+            for view in ("global", "worst-site", "personalized"):
+                values = [r[view][metric] for r in runs if not math.isnan(r[view].get(metric, math.nan))]
+                if values:
+                    views[view] = (float(np.mean(values)), float(np.std(values)))
+    return stats
 
 
 def table(rows: list[dict[str, Any]], metric: str) -> str:
     """Markdown: one block per split, a line per variant, mean ± std over seeds."""
     lines = []
-    for split in dict.fromkeys(r["split"] for r in rows):
-        here = [r for r in rows if r["split"] == split]
-        seeds = sorted({r["seed"] for r in here})
+    for split, variants in view_stats(rows, metric).items():
+        seeds = sorted({r["seed"] for r in rows if r["split"] == split})
         lines += [f"\n**{split}** (seeds {', '.join(map(str, seeds))}; {metric})\n",
                   "| variant | global (server test) | worst site | personalized | updates left out |", "|---|---|---|---|---|"]
-        for variant in dict.fromkeys(r["variant"] for r in here):
-            runs = [r for r in here if r["variant"] == variant]
-            cells = [mean_std([r[view].get(metric) for r in runs]) for view in ("global", "worst-site", "personalized")]
+        for variant, views in variants.items():
+            cells = [f"{views[v][0]:.3f} ± {views[v][1]:.3f}" if v in views else "-"
+                     for v in ("global", "worst-site", "personalized")]
+            runs = [r for r in rows if r["split"] == split and r["variant"] == variant]
             rejected = sum(r.get("rejected", 0) for r in runs) if variant not in REFERENCES else "-"
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {rejected} |")
     return "\n".join(lines)
@@ -136,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     metric = task_info(load_config(parse_config_args([shared]))).selection_metric
     report = f"Shared overrides: {args.shared}\n{table(rows, metric)}\n"
     out.with_suffix(".md").write_text(report)
-    print(report)
+    plot_sweep(view_stats(rows, metric), out.with_suffix(".png"), metric)
+    print(f"{report}\nTable: {out.with_suffix('.md')}; plot: {out.with_suffix('.png')}")
     return 0
 
 

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from omnirad.config import Config, StrategyConfig
+from strategies.dtypes import keeps_dtypes
 from strategies.observed import RoundObserver, observed
 from strategies.validation import UpdateRules, validated
 
@@ -58,7 +59,7 @@ def build_strategy(cfg: Config, observer: RoundObserver) -> Strategy:
     """The strategy named by ``strategy.name``, sampling among ``data.num-sites`` sites."""
     num_sites = cfg.data.num_sites
     s = cfg.strategy
-    cls = STRATEGIES[s.name]
+    cls = keeps_dtypes(STRATEGIES[s.name])
     if s.validate_updates:
         cls = validated(cls)
     strategy = observed(cls)(

@@ -156,3 +156,15 @@ def test_every_strategy_aggregates_a_round_of_mock_replies(tmp_path, start_round
     assert arrays["fc.weight"].numpy().shape == (4, 8) and np.isfinite(arrays["fc.weight"].numpy()).all()
     assert 0.0 < float(arrays["fc.bias"].numpy().mean()) <= 1.0 + 1e-6  # between the global 0 and the sites' 1
     assert metrics["valid-updates"] == 5
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad", "fedavgm"])
+def test_server_optimisers_keep_float32_so_later_rounds_are_not_refused(tmp_path, start_round, name):
+    """Flower's FedAdam returns float64 after a round; validation would then refuse every float32 reply."""
+    folder, strategy = setup(tmp_path, start_round, sites=3, **{"strategy.name": name})
+    arrays, _ = strategy.aggregate_train(1, [honest(s) for s in range(3)])
+    assert {arrays[k].numpy().dtype for k in arrays} == {np.dtype("float32")}
+    start_round(strategy, 2, arrays.to_torch_state_dict(), 3)
+    arrays, metrics = strategy.aggregate_train(2, [honest(s, value=1.5) for s in range(3)])
+    assert metrics["rejected-updates"] == 0 and metrics["valid-updates"] == 3
+    assert {arrays[k].numpy().dtype for k in arrays} == {np.dtype("float32")}
