@@ -8,18 +8,21 @@ the site for the whole run, in simulation and in deployment alike).
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from omnirad.config import load_config
 from omnirad.faults import misbehave
 from omnirad.logs import show_progress
+from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
 from omnirad.site import get_site
 from omnirad.spectral import bank_from_config
 
 app = ClientApp()
 show_progress()
 PERSONAL = "personal-adapter"  # context.state key of the site's local tensors
+LEDGER = "privacy-ledger"  # context.state key of the site's DP accountant history
+BUDGET_SPENT = 1001  # error code of a reply from a site whose privacy budget is spent
 
 
 def site_id_of(context: Context) -> int:
@@ -33,6 +36,14 @@ def personal_state(context: Context) -> dict[str, torch.Tensor] | None:
     return record.to_torch_state_dict() if record is not None else None
 
 
+def privacy_ledger(context: Context) -> PrivacyLedger | None:
+    """This site's DP accounting so far (None without ``privacy.dp``)."""
+    if not load_config(context.run_config).privacy.dp:
+        return None
+    record = context.state.get(LEDGER)
+    return PrivacyLedger.from_record(record) if record is not None else PrivacyLedger()
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received adapter for the configured local epochs and send back its shared tensors."""
@@ -40,10 +51,16 @@ def train(msg: Message, context: Context) -> Message:
     site = get_site(cfg, site_id_of(context))
     state = msg.content["arrays"].to_torch_state_dict()
     config = msg.content["config"]
-    new_state, metrics = site.fit(
-        state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context),
-        bank_from_config(config),
-    )
+    ledger = privacy_ledger(context)
+    try:
+        new_state, metrics = site.fit(
+            state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context),
+            bank_from_config(config), ledger,
+        )
+    except PrivacyBudgetSpent as spent:  # the strategy counts the error reply as a failure and goes on
+        return Message(Error(code=BUDGET_SPENT, reason=str(spent)), reply_to=msg)
+    if ledger is not None:
+        context.state[LEDGER] = ConfigRecord(ledger.to_record())
     if site.local_keys:
         context.state[PERSONAL] = ArrayRecord({k: v for k, v in new_state.items() if k in site.local_keys})
     shared = {k: v for k, v in new_state.items() if k not in site.local_keys}

@@ -122,6 +122,17 @@ class SpectralConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Client-side DP-SGD (omnirad.privacy), accounted over the whole run per site."""
+
+    dp: bool = False
+    epsilon: float = 8.0  # each site's total budget for the run
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0  # per-sample gradient clipping bound
+    noise_multiplier: float = 0.0  # 0: the smallest that fits every planned round into privacy.epsilon
+
+
+@dataclass
 class FaultsConfig:
     """Simulation only: make one site misbehave, to test validation and robust aggregation."""
 
@@ -146,6 +157,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -305,6 +317,14 @@ def validate(cfg: Config) -> None:
     _require(1 <= sp.top_k <= d.num_sites, "spectral.top-k", sp.top_k,
              f"from 1 to data.num-sites ({d.num_sites}): the bank holds at least one entry per site")
     _require(sp.suffix_tokens >= 0, "spectral.suffix-tokens", sp.suffix_tokens, ">= 0")
+    pr = cfg.privacy
+    _require(pr.epsilon > 0, "privacy.epsilon", pr.epsilon, "> 0")
+    _require(0 < pr.delta < 1, "privacy.delta", pr.delta, "in (0, 1)")
+    _require(pr.max_grad_norm > 0, "privacy.max-grad-norm", pr.max_grad_norm, "> 0")
+    _require(pr.noise_multiplier >= 0, "privacy.noise-multiplier", pr.noise_multiplier, ">= 0 (0: derived from privacy.epsilon)")
+    if pr.dp:
+        _require(s.name not in ("fedprox", SPECTRAL), "strategy.name", s.name,
+                 "a strategy without a proximal term when privacy.dp=true (its gradient is not clipped or noised)")
     pz = cfg.personalization
     _one_of("personalization.mode", pz.mode, PERSONALIZATION_MODES)
     _require(pz.finetune_epochs >= 0, "personalization.finetune-epochs", pz.finetune_epochs, ">= 0")

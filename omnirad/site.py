@@ -22,6 +22,7 @@ from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_
 from omnirad.encoders import FrozenEncoder, create_encoder
 from omnirad.models import build_model, model_inputs
 from omnirad.personalization import local_keys
+from omnirad.privacy import PrivacyLedger, check_budget, round_plan, train_private
 from omnirad.spectral import alignment_weight, site_prototypes
 from omnirad.training import evaluate_model, train_model
 
@@ -107,16 +108,28 @@ class LocalSite:
         )
 
     def fit(self, state: dict[str, torch.Tensor], server_round: int, proximal_mu: float = 0.0,
-            personal: dict[str, torch.Tensor] | None = None,
-            bank: torch.Tensor | None = None) -> tuple[OrderedDict, dict[str, float]]:
+            personal: dict[str, torch.Tensor] | None = None, bank: torch.Tensor | None = None,
+            ledger: PrivacyLedger | None = None) -> tuple[OrderedDict, dict[str, float]]:
         """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0, scaled by
-        the site's spectral distance from the ``bank`` under spectral alignment); returns the new
-        trainable state, local tensors included, and training metrics."""
+        the site's spectral distance from the ``bank`` under spectral alignment; with DP-SGD under
+        ``privacy.dp``, accounted in ``ledger``); returns the new trainable state, local tensors
+        included, and training metrics. Raises ``PrivacyBudgetSpent`` before training when the
+        round would exceed the site's budget."""
         model = self.model_from(state, personal, bank)
-        weight = 1.0 if bank is None else alignment_weight(self.train_set.data.images, bank, self.cfg.spectral.frequency_size)
-        stats = self.train(model, self.cfg.train.local_epochs, server_round, proximal_mu * weight)
+        extra: dict[str, float] = {}
+        if self.cfg.privacy.dp:
+            ledger = ledger if ledger is not None else PrivacyLedger()
+            plan = round_plan(self.cfg, len(self.train_set.labels))
+            check_budget(ledger, plan, self.cfg)
+            seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
+            stats = train_private(model, self.train_set.inputs, self.train_set.labels, self.task, self.cfg, plan, ledger, seed)
+            extra = {"epsilon": ledger.epsilon(self.cfg.privacy.delta), "noise-multiplier": plan.noise_multiplier}
+        else:
+            weight = 1.0 if bank is None else alignment_weight(self.train_set.data.images, bank, self.cfg.spectral.frequency_size)
+            stats = self.train(model, self.cfg.train.local_epochs, server_round, proximal_mu * weight)
+            extra = {"alignment-weight": weight} if bank is not None else {}
         metrics = {
-            **({"alignment-weight": weight} if bank is not None else {}),
+            **extra,
             "num-examples": float(len(self.train_set.labels)),
             "site-id": float(self.site_id),
             "train-loss": stats["train_loss"],

@@ -184,7 +184,13 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "sites": sites,
         "failures": [f for r in rounds for f in r["failures"]],
         "rejected-updates": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},
+        **({"epsilon-per-site": epsilons} if (epsilons := last_epsilon_per_site(rounds)) else {}),
     }
+
+
+def last_epsilon_per_site(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Under DP: each site's cumulative epsilon as it last reported it."""
+    return {site: s["train"]["epsilon"] for r in rounds for site, s in r["sites"].items() if "epsilon" in s.get("train", {})}
 
 
 def print_round(line: dict[str, Any], header: bool, metrics: tuple[str, ...]) -> None:

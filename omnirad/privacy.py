@@ -1,0 +1,126 @@
+"""Client-side DP-SGD (opacus) with one privacy account per site over the whole federation.
+
+Flower's opacus example builds a new PrivacyEngine each round and reports that round's epsilon,
+which understates what a site has spent. Here a site keeps its accountant's history (noise
+multiplier, sampling rate and steps of every round) between rounds and reports the epsilon of
+all its rounds together. Before a round it checks that the round fits the budget
+(``privacy.epsilon``); a site whose budget would be exceeded does not train.
+
+The noise multiplier is ``privacy.noise-multiplier`` or, when that is 0, the smallest one with
+which every planned round (``num-server-rounds`` x ``train.local-epochs``) fits the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from omnirad.config import Config
+from omnirad.tasks import TaskSpec
+
+
+class PrivacyBudgetSpent(RuntimeError):
+    """The next round would take the site past ``privacy.epsilon``: it must not train."""
+
+
+@dataclass
+class PrivacyLedger:
+    """A site's accountant history, one (noise multiplier, sampling rate, steps) entry per round."""
+
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def epsilon(self, delta: float) -> float:
+        if not self.history:
+            return 0.0
+        accountant = RDPAccountant()
+        accountant.history = list(self.history)
+        return float(accountant.get_epsilon(delta))
+
+    def to_record(self) -> dict[str, list[float] | list[int]]:
+        """Flat lists, as Flower's ConfigRecord (``context.state``) holds them."""
+        return {"noise": [h[0] for h in self.history], "rate": [h[1] for h in self.history],
+                "steps": [h[2] for h in self.history]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> PrivacyLedger:
+        return cls(list(zip(record["noise"], record["rate"], record["steps"], strict=True)))
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """One round of DP-SGD at a site: Poisson sampling at ``sample_rate`` for ``steps`` steps."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def round_plan(cfg: Config, num_samples: int) -> RoundPlan:
+    """The round's noise, sampling rate and steps, as opacus' Poisson loader will run them
+    (rate 1 / batches per epoch); the noise fits the whole run into the budget."""
+    p, t = cfg.privacy, cfg.train
+    batches_per_epoch = math.ceil(num_samples / t.batch_size)
+    sample_rate, steps = 1.0 / batches_per_epoch, t.local_epochs * batches_per_epoch
+    noise = p.noise_multiplier or get_noise_multiplier(
+        target_epsilon=p.epsilon, target_delta=p.delta, sample_rate=sample_rate,
+        steps=steps * cfg.num_server_rounds, accountant="rdp",
+    )
+    return RoundPlan(float(noise), sample_rate, steps)
+
+
+def check_budget(ledger: PrivacyLedger, plan: RoundPlan, cfg: Config) -> float:
+    """The epsilon after this round; raises ``PrivacyBudgetSpent`` when it exceeds the budget."""
+    after = PrivacyLedger([*ledger.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]).epsilon(cfg.privacy.delta)
+    spent = ledger.epsilon(cfg.privacy.delta)
+    tolerance = 0.01 * cfg.privacy.epsilon  # the noise search stops within 1 % of the target
+    if after > cfg.privacy.epsilon + tolerance:
+        raise PrivacyBudgetSpent(
+            f"privacy budget spent: epsilon {spent:.3f} so far, {after:.3f} after another round, "
+            f"budget privacy.epsilon={cfg.privacy.epsilon:g} (delta {cfg.privacy.delta:g}); this site trains no more"
+        )
+    return after
+
+
+def train_private(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, cfg: Config,
+                  plan: RoundPlan, ledger: PrivacyLedger, seed: int) -> dict[str, float]:
+    """One round of DP-SGD on the model's trainable tensors; appends the round to ``ledger``.
+
+    Per-sample gradients are clipped to ``privacy.max-grad-norm`` and noised by opacus; batches are
+    drawn by Poisson sampling, as the accountant assumes.
+    """
+    t = cfg.train
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        engine = PrivacyEngine(accountant="rdp")
+        engine.accountant.history = list(ledger.history)
+        loader = DataLoader(TensorDataset(inputs, task.targets(labels)), batch_size=t.batch_size,
+                            generator=torch.Generator().manual_seed(seed))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+        private, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=cfg.privacy.max_grad_norm, poisson_sampling=True,
+        )
+        private.train()
+        losses = []
+        for _ in range(t.local_epochs):
+            for x, y in loader:
+                if len(x) == 0:  # Poisson sampling can draw an empty batch
+                    continue
+                optimizer.zero_grad()
+                loss = task.loss(private(x), y)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        private._close()  # remove opacus' hooks: the model goes on as a plain module
+        model.eval()
+        ledger.history = list(engine.accountant.history)
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan")}
