@@ -130,6 +130,8 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0  # per-sample gradient clipping bound
     noise_multiplier: float = 0.0  # 0: the smallest that fits every planned round into privacy.epsilon
+    central_noise_multiplier: float = 0.0  # > 0: Flower's server-side DP wrapper (fixed clipping) adds this noise
+    central_clipping_norm: float = 1.0  # the L2 bound it clips each site's update to
 
 
 @dataclass
@@ -322,6 +324,8 @@ def validate(cfg: Config) -> None:
     _require(0 < pr.delta < 1, "privacy.delta", pr.delta, "in (0, 1)")
     _require(pr.max_grad_norm > 0, "privacy.max-grad-norm", pr.max_grad_norm, "> 0")
     _require(pr.noise_multiplier >= 0, "privacy.noise-multiplier", pr.noise_multiplier, ">= 0 (0: derived from privacy.epsilon)")
+    _require(pr.central_noise_multiplier >= 0, "privacy.central-noise-multiplier", pr.central_noise_multiplier, ">= 0 (0: off)")
+    _require(pr.central_clipping_norm > 0, "privacy.central-clipping-norm", pr.central_clipping_norm, "> 0")
     if pr.dp:
         _require(s.name not in ("fedprox", SPECTRAL), "strategy.name", s.name,
                  "a strategy without a proximal term when privacy.dp=true (its gradient is not clipped or noised)")

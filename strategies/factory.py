@@ -6,6 +6,7 @@ from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -75,4 +76,9 @@ def build_strategy(cfg: Config, observer: RoundObserver) -> Strategy:
     strategy.observer = observer
     if s.validate_updates:
         strategy.rules = UpdateRules(s.max_update_norm, s.max_norm_ratio, s.min_valid_updates)
+    p = cfg.privacy
+    if p.central_noise_multiplier > 0:
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy, p.central_noise_multiplier, p.central_clipping_norm, max(1, int(num_sites * s.fraction_train))
+        )
     return strategy

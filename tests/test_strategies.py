@@ -168,3 +168,16 @@ def test_server_optimisers_keep_float32_so_later_rounds_are_not_refused(tmp_path
     arrays, metrics = strategy.aggregate_train(2, [honest(s, value=1.5) for s in range(3)])
     assert metrics["rejected-updates"] == 0 and metrics["valid-updates"] == 3
     assert {arrays[k].numpy().dtype for k in arrays} == {np.dtype("float32")}
+
+
+def test_central_dp_wraps_the_strategy_with_flowers_server_side_clipping(tmp_path, start_round):
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 3,
+                       "privacy.central-noise-multiplier": 0.5, "privacy.central-clipping-norm": 0.1})
+    strategy = build_strategy(cfg, RunFolder.create(cfg))
+    assert isinstance(strategy, flwr_strategies.DifferentialPrivacyServerSideFixedClipping)
+    start_round(strategy, 1, GLOBAL, 3)
+    arrays, _ = strategy.aggregate_train(1, [honest(s, value=5.0) for s in range(3)])
+    # every update (norm about 5 * 6) is clipped to 0.1 before averaging; then noise of std 0.5 * 0.1 / 3
+    update = np.concatenate([arrays[k].numpy().ravel() for k in arrays])
+    assert np.linalg.norm(update) < 0.1 + 4 * 0.5 * 0.1 / 3 * np.sqrt(update.size)
+    assert not np.allclose(arrays["fc.bias"].numpy(), arrays["fc.bias"].numpy()[0])  # noise differs per value
