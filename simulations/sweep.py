@@ -57,6 +57,7 @@ def federated_row(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     worst = {k: v for k, v in summary["final-worst-site"].items() if not k.startswith("finetuned-")}
     return {"global": summary["final"], "worst-site": worst, "personalized": personalized,
             "rejected": sum(len(v) for v in summary.get("rejected-updates", {}).values()),
+            "epsilon": max(summary.get("epsilon-per-site", {}).values(), default=None),
             "bytes-up-per-site-round": summary["bytes-up-per-site-round"], "wall-seconds": summary["wall-seconds"],
             "run-folder": summary["run-folder"]}
 
@@ -96,18 +97,25 @@ def view_stats(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, d
 
 
 def table(rows: list[dict[str, Any]], metric: str) -> str:
-    """Markdown: one block per split, a line per variant, mean ± std over seeds."""
+    """Markdown: one block per split, a line per variant, mean ± std over seeds (and, under DP, the
+    largest epsilon any site reached)."""
+    with_dp = any(r.get("epsilon") is not None for r in rows)
     lines = []
     for split, variants in view_stats(rows, metric).items():
         seeds = sorted({r["seed"] for r in rows if r["split"] == split})
         lines += [f"\n**{split}** (seeds {', '.join(map(str, seeds))}; {metric})\n",
-                  "| variant | global (server test) | worst site | personalized | updates left out |", "|---|---|---|---|---|"]
+                  "| variant | global (server test) | worst site | personalized | updates left out |"
+                  + (" epsilon, largest site |" if with_dp else ""), "|---|---|---|---|---|" + ("---|" if with_dp else "")]
         for variant, views in variants.items():
             cells = [f"{views[v][0]:.3f} ± {views[v][1]:.3f}" if v in views else "-"
                      for v in ("global", "worst-site", "personalized")]
             runs = [r for r in rows if r["split"] == split and r["variant"] == variant]
             rejected = sum(r.get("rejected", 0) for r in runs) if variant not in REFERENCES else "-"
-            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {rejected} |")
+            line = f"| {variant} | " + " | ".join(cells) + f" | {rejected} |"
+            if with_dp:
+                epsilons = [r["epsilon"] for r in runs if r.get("epsilon") is not None]
+                line += f" {max(epsilons):.2f} |" if epsilons else " - |"
+            lines.append(line)
     return "\n".join(lines)
 
 
