@@ -88,6 +88,8 @@ class StrategyConfig:
     name: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    min_sites: int = 0  # sites that must be connected for a round to start; 0: all data.num-sites
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies; late sites are left out
     proximal_mu: float = 0.01  # fedprox: weight of the proximal term in each site's loss
     eta: float = 0.01  # fedadam, fedyogi, fedadagrad: server learning rate
     beta_1: float = 0.9  # fedadam, fedyogi
@@ -308,6 +310,8 @@ def validate(cfg: Config) -> None:
     for key in ("beta_1", "beta_2", "server_momentum"):
         _require(0 <= getattr(s, key) < 1, f"strategy.{_to_wire(key)}", getattr(s, key), "in [0, 1)")
     _require(0 <= s.trim_beta < 0.5, "strategy.trim-beta", s.trim_beta, "in [0, 0.5)")
+    _require(0 <= s.min_sites <= d.num_sites, "strategy.min-sites", s.min_sites, f"from 0 (all) to data.num-sites ({d.num_sites})")
+    _require(s.round_timeout > 0, "strategy.round-timeout", s.round_timeout, "> 0 seconds")
     _require(s.num_malicious >= 0, "strategy.num-malicious", s.num_malicious, ">= 0")
     _require(s.min_valid_updates >= 1, "strategy.min-valid-updates", s.min_valid_updates, ">= 1")
     sp = cfg.spectral

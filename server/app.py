@@ -83,6 +83,7 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=ArrayRecord(initial),
         num_rounds=cfg.num_server_rounds,
+        timeout=cfg.strategy.round_timeout,
         train_config=instructions,
         evaluate_config=instructions,
         evaluate_fn=round_end,

@@ -57,18 +57,20 @@ def strategy_parameters(s: StrategyConfig) -> dict[str, Any]:
 
 
 def build_strategy(cfg: Config, observer: RoundObserver) -> Strategy:
-    """The strategy named by ``strategy.name``, sampling among ``data.num-sites`` sites."""
+    """The strategy named by ``strategy.name``, sampling among the connected sites once at least
+    ``strategy.min-sites`` (default: all ``data.num-sites``) are there."""
     num_sites = cfg.data.num_sites
     s = cfg.strategy
+    min_sites = s.min_sites or num_sites  # fewer: a round starts without the sites that are down
     cls = keeps_dtypes(STRATEGIES[s.name])
     if s.validate_updates:
         cls = validated(cls)
     strategy = observed(cls)(
         fraction_train=s.fraction_train,
         fraction_evaluate=s.fraction_evaluate,
-        min_train_nodes=max(1, int(num_sites * s.fraction_train)),
-        min_evaluate_nodes=int(num_sites * s.fraction_evaluate),
-        min_available_nodes=num_sites,
+        min_train_nodes=max(1, int(min_sites * s.fraction_train)),
+        min_evaluate_nodes=int(min_sites * s.fraction_evaluate),
+        min_available_nodes=min_sites,
         train_metrics_aggr_fn=aggregate_site_metrics,
         evaluate_metrics_aggr_fn=aggregate_site_metrics,
         **strategy_parameters(s),

@@ -181,3 +181,11 @@ def test_central_dp_wraps_the_strategy_with_flowers_server_side_clipping(tmp_pat
     update = np.concatenate([arrays[k].numpy().ravel() for k in arrays])
     assert np.linalg.norm(update) < 0.1 + 4 * 0.5 * 0.1 / 3 * np.sqrt(update.size)
     assert not np.allclose(arrays["fc.bias"].numpy(), arrays["fc.bias"].numpy()[0])  # noise differs per value
+
+
+def test_a_round_starts_without_a_site_that_is_down_when_min_sites_allows(tmp_path, start_round):
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 4, "strategy.min-sites": 3})
+    messages = start_round(build_strategy(cfg, RunFolder.create(cfg)), 1, GLOBAL, 3)  # 3 of 4 connected
+    assert len(messages) == 3
+    with pytest.raises(ConfigError, match="strategy.min-sites"):
+        load_config({"data.num-sites": 4, "strategy.min-sites": 5})
