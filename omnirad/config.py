@@ -150,6 +150,7 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     name: str = ""
+    resume_from: str = ""  # a stopped run's folder: the server goes on after its last checkpointed round
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from omnirad.adapters import trainable_state
 from omnirad.config import SPECTRAL, Config, ConfigError, load_config
@@ -16,7 +17,8 @@ from omnirad.logs import show_progress
 from omnirad.personalization import local_keys
 from omnirad.site import CentralEvaluator, encoder_for, new_model
 from omnirad.spectral import bank_to_config
-from server.run_folder import RunFolder
+from server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
+from server.run_folder import RunFolder, best_round
 from strategies import build_strategy
 from strategies.spectral_bank import collect_spectral_bank
 
@@ -36,39 +38,70 @@ def check_federation(grid: Grid, cfg: Config) -> None:
 
 
 class RoundEnd:
-    """Flower's ``evaluate_fn``: called after every round, it scores and records the round."""
+    """Flower's ``evaluate_fn``: called after every round, it scores and records the round, keeps
+    the best adapter and checkpoints the run. Flower counts rounds from 1 even in a resumed run:
+    ``done_rounds`` turns its numbers into the run's."""
 
-    def __init__(self, cfg: Config, folder: RunFolder, bank: torch.Tensor | None = None) -> None:
+    def __init__(self, cfg: Config, folder: RunFolder, bank: torch.Tensor | None = None, done_rounds: int = 0) -> None:
         self.evaluator = CentralEvaluator(cfg, bank)
         self.selection_metric = task_info(cfg).selection_metric
-        self.folder = folder
-        self.best_score = float("-inf")
-        self.best_state: dict[str, Any] | None = None
+        self.folder, self.done_rounds = folder, done_rounds
+        best = best_round(folder.rounds, self.selection_metric)
+        self.best_score = best["federated-val"][self.selection_metric] if best else float("-inf")
+        self.strategy: Strategy | None = None  # set once built: its state goes into each checkpoint
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         state = arrays.to_torch_state_dict()
         metrics = self.evaluator(state)
         if server_round > 0:
+            server_round += self.done_rounds
             line = self.folder.end_round(server_round, metrics)
             score = line["federated-val"].get(self.selection_metric, float("-inf"))
             if score > self.best_score:
-                self.best_score, self.best_state = score, state
+                self.best_score = score
+                self.folder.save_best(state)
+            if self.strategy is not None:
+                save_checkpoint(self.folder.path, server_round, state, aggregating_strategy(self.strategy))
         return MetricRecord(metrics)
+
+
+def aggregating_strategy(strategy: Strategy) -> Strategy:
+    """The strategy that holds the aggregation state: the wrapped one under Flower's DP wrapper."""
+    return getattr(strategy, "strategy", strategy)
+
+
+def resumable(cfg: Config, kept_at_sites: frozenset[str]) -> Checkpoint:
+    """The checkpoint to go on from; refuses what a server-side checkpoint cannot restore."""
+    folder = Path(cfg.run.resume_from).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"run.resume-from={cfg.run.resume_from!r}: no such run folder")
+    if kept_at_sites or cfg.privacy.dp:
+        raise ConfigError("run.resume-from: personalization, spectral prompts and DP keep state at the sites "
+                          "(local tensors, privacy accounts) that a new run does not have yet; resume is for "
+                          "runs without them")
+    return load_checkpoint(folder)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
     check_federation(grid, cfg)
-    folder = RunFolder.create(cfg)
-    print(f"OmniRad-FL run folder: {folder.path}", flush=True)
-    if cfg.data.dataset != "files":  # a simulated split of a pool: the server can describe it
-        labels = partition_labels(pooled_train(cfg))
-        folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     encoder = encoder_for(cfg)
     model = new_model(cfg)
     kept_at_sites = local_keys(model, cfg.personalization.mode, cfg.model.adapter)
     initial = {k: v for k, v in trainable_state(model).items() if k not in kept_at_sites}
+    checkpoint = resumable(cfg, kept_at_sites) if cfg.run.resume_from else None
+    if checkpoint is not None:
+        folder = RunFolder.reopen(cfg, Path(cfg.run.resume_from).expanduser().resolve(), checkpoint.server_round)
+        initial = checkpoint.arrays
+        print(f"OmniRad-FL resumes {folder.path} after round {checkpoint.server_round}", flush=True)
+    else:
+        folder = RunFolder.create(cfg)
+        print(f"OmniRad-FL run folder: {folder.path}", flush=True)
+        if cfg.data.dataset != "files":  # a simulated split of a pool: the server can describe it
+            labels = partition_labels(pooled_train(cfg))
+            folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
+    done_rounds = checkpoint.server_round if checkpoint is not None else 0
     if cfg.personalization.mode == "fedper":
         print("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
               "to score on the server's test set; the sites' validation metrics are the result", flush=True)
@@ -77,12 +110,15 @@ def main(grid: Grid, context: Context) -> None:
         bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
         print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
     instructions = ConfigRecord(bank_to_config(bank)) if bank is not None else None
-    round_end = RoundEnd(cfg, folder, bank)
-    strategy = build_strategy(cfg, folder)
+    round_end = RoundEnd(cfg, folder, bank, done_rounds)
+    strategy = build_strategy(cfg, folder, done_rounds)
+    if checkpoint is not None:
+        restore_strategy_state(aggregating_strategy(strategy), checkpoint.strategy_state)
+    round_end.strategy = strategy
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(initial),
-        num_rounds=cfg.num_server_rounds,
+        num_rounds=max(0, cfg.num_server_rounds - done_rounds),
         timeout=cfg.strategy.round_timeout,
         train_config=instructions,
         evaluate_config=instructions,
@@ -91,8 +127,8 @@ def main(grid: Grid, context: Context) -> None:
     final_state = result.arrays.to_torch_state_dict() if result.arrays is not None else initial
     summary = folder.finish(
         final_state,
-        round_end.best_state,
         {
+            **({"resumed-after-round": done_rounds} if done_rounds else {}),
             "encoder": cfg.model.encoder,
             "weights": cfg.model.weights or "random init",
             "adapter": cfg.model.adapter,

@@ -2,6 +2,7 @@
 
     <run.output-dir>/<timestamp>-<name>/
         config.yaml               the resolved configuration (flat keys)
+        checkpoint.json, checkpoint.safetensors, strategy-state.pkl   the last round, to resume from
         metrics.jsonl             one line per round: global test metrics, federated validation,
                                   per-site metrics, bytes up and down, seconds
         summary.json              final and best metrics, totals, peak memory
@@ -23,9 +24,10 @@ from typing import Any
 
 import torch
 from flwr.app import Message, MetricRecord
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from omnirad.config import Config, to_yaml
+from omnirad.config import Config, ConfigError, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
 from omnirad.site import peak_rss_mb
@@ -77,6 +79,30 @@ class RunFolder:
         path.mkdir(parents=True)
         (path / "config.yaml").write_text(to_yaml(cfg))
         return cls(cfg, path)
+
+    @classmethod
+    def reopen(cls, cfg: Config, path: Path, done_rounds: int) -> RunFolder:
+        """A stopped run's folder, to go on with: its configuration must be the one it ran with
+        (``run.resume-from`` aside; ``num-server-rounds`` may grow), and rounds after the last
+        checkpoint are dropped from ``metrics.jsonl`` (they will run again)."""
+        saved = OmegaConf.to_container(OmegaConf.create((path / "config.yaml").read_text()))
+        now = to_flat(cfg)
+        ignored = {"run.resume-from", "num-server-rounds"}
+        differ = sorted(k for k in now.keys() | saved.keys() if k not in ignored and now.get(k) != saved.get(k))
+        if differ:
+            raise ConfigError(f"run.resume-from={path}: the run was made with other values for {', '.join(differ)} "
+                              f"(for example {differ[0]}={saved.get(differ[0])!r}, now {now.get(differ[0])!r})")
+        folder = cls(cfg, path)
+        metrics = path / "metrics.jsonl"
+        lines = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+        folder.rounds = [line for line in lines if line["round"] <= done_rounds]
+        metrics.write_text("".join(json.dumps(line) + "\n" for line in folder.rounds))
+        (path / "config.yaml").write_text(to_yaml(cfg))
+        return folder
+
+    def save_best(self, state: dict[str, torch.Tensor]) -> None:
+        """The adapter of the best round so far (by federated validation), kept as it happens."""
+        save_file({k: v.contiguous() for k, v in state.items()}, self.path / "best_adapter.safetensors")
 
     def write_partition(self, report: dict[str, Any]) -> None:
         """Print who holds what and keep it as partition.json and partition.png."""
@@ -136,11 +162,9 @@ class RunFolder:
         print_round(line, header=len(self.rounds) == 1, metrics=self.task.headline_metrics)
         return line
 
-    def finish(self, final_state: dict[str, torch.Tensor], best_state: dict[str, torch.Tensor] | None, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write summary.json, the adapter checkpoints and the curves plot."""
+    def finish(self, final_state: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
+        """Write summary.json, the final adapter and the curves plot."""
         save_file({k: v.contiguous() for k, v in final_state.items()}, self.path / "final_adapter.safetensors")
-        if best_state is not None:
-            save_file({k: v.contiguous() for k, v in best_state.items()}, self.path / "best_adapter.safetensors")
         summary = summarise(self.rounds, extra, self.task.selection_metric)
         summary["wall-seconds"] = round(time.perf_counter() - self.started, 3)
         summary["peak-rss-mb"] = {"server": round(peak_rss_mb(), 1), "clients": round(self.client_peak_rss_mb, 1)}

@@ -134,15 +134,21 @@ class LocalSuperLink:
         self.stop()
 
 
-def flwr_run(project: Path, env: dict[str, str], run_config: str = "", num_supernodes: int | None = None,
-             timeout: float = 1800.0) -> subprocess.CompletedProcess:
-    """``flwr run <project> --stream`` with our environment; output goes to this terminal too."""
+def flwr_run_command(project: Path, run_config: str = "", num_supernodes: int | None = None) -> list[str]:
+    """``flwr run <project> --stream`` with these overrides and this many simulated sites."""
     command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream"]
     if run_config:
         command += ["--run-config", run_config]
     if num_supernodes is not None:
         command += ["--federation-config", f"num-supernodes={num_supernodes}"]
-    return subprocess.run(command, cwd=project, env=env, timeout=timeout, check=False)
+    return command
+
+
+def flwr_run(project: Path, env: dict[str, str], run_config: str = "", num_supernodes: int | None = None,
+             timeout: float = 1800.0) -> subprocess.CompletedProcess:
+    """Run ``flwr_run_command`` with our environment; output goes to this terminal too."""
+    return subprocess.run(flwr_run_command(project, run_config, num_supernodes), cwd=project, env=env,
+                          timeout=timeout, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

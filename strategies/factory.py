@@ -23,6 +23,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omnirad.config import Config, StrategyConfig
 from strategies.dtypes import keeps_dtypes
 from strategies.observed import RoundObserver, observed
+from strategies.rounds import continues_after
 from strategies.validation import UpdateRules, validated
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -56,16 +57,20 @@ def strategy_parameters(s: StrategyConfig) -> dict[str, Any]:
     }.get(s.name, {})
 
 
-def build_strategy(cfg: Config, observer: RoundObserver) -> Strategy:
+def build_strategy(cfg: Config, observer: RoundObserver, done_rounds: int = 0) -> Strategy:
     """The strategy named by ``strategy.name``, sampling among the connected sites once at least
-    ``strategy.min-sites`` (default: all ``data.num-sites``) are there."""
+    ``strategy.min-sites`` (default: all ``data.num-sites``) are there; a resumed run passes the
+    rounds it has done, so that its rounds are numbered on from there."""
     num_sites = cfg.data.num_sites
     s = cfg.strategy
     min_sites = s.min_sites or num_sites  # fewer: a round starts without the sites that are down
     cls = keeps_dtypes(STRATEGIES[s.name])
     if s.validate_updates:
         cls = validated(cls)
-    strategy = observed(cls)(
+    cls = observed(cls)
+    if done_rounds:
+        cls = continues_after(cls, done_rounds)
+    strategy = cls(
         fraction_train=s.fraction_train,
         fraction_evaluate=s.fraction_evaluate,
         min_train_nodes=max(1, int(min_sites * s.fraction_train)),

@@ -2,13 +2,15 @@
 
 import json
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
+from simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -118,3 +120,36 @@ def test_spectral_alignment_gathers_a_bank_and_trains_prompts(tmp_path):
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     weights = [s["train"]["alignment-weight"] for s in lines[-1]["sites"].values()]
     assert len(weights) == 2 and all(1.0 <= w <= 2.0 for w in weights)
+
+
+def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+    config = ("num-server-rounds=4 data.num-train=240 data.num-test=80 data.size=32 train.local-epochs=1 "
+              "strategy.name='fedadam' model.adapter='linear'")
+    expected = json.loads((run_federation(tmp_path / "whole", 2, config) / "summary.json").read_text())
+
+    flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
+    write_flower_config(flwr_home, num_supernodes=2)
+    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
+    with link:
+        command = flwr_run_command(PROJECT, f"{config} data.num-sites=2 run.output-dir='{runs}'", 2)
+        client = subprocess.Popen(command, cwd=PROJECT, env=link.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while not any(json.loads(m.read_text())["round"] >= 2 for m in runs.glob("*/checkpoint.json")):
+            assert time.monotonic() < deadline and client.poll() is None, "round 2 was never checkpointed"
+            time.sleep(0.5)
+    # leaving the block stopped the SuperLink and, by PID, the server app and simulation with it
+    client.wait(timeout=60)
+    (folder,) = list(runs.iterdir())
+    stopped_after = json.loads((folder / "checkpoint.json").read_text())["round"]
+    assert stopped_after < 4 and not (folder / "summary.json").exists()
+
+    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
+    with link:
+        completed = flwr_run(PROJECT, link.env, f"{config} data.num-sites=2 run.output-dir='{runs}' run.resume-from='{folder}'", 2)
+    assert completed.returncode == 0
+    resumed = json.loads((folder / "summary.json").read_text())
+    assert resumed["resumed-after-round"] == stopped_after and resumed["rounds"] == 4
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [1, 2, 3, 4]
+    for key in ("accuracy", "macro-f1", "loss"):
+        assert resumed["final"][key] == pytest.approx(expected["final"][key], abs=1e-4)

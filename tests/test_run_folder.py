@@ -47,7 +47,7 @@ def test_round_is_aggregated_by_fedavg_and_recorded_per_site(tmp_path, start_rou
     assert line["bytes-up"] == 2 * one_site_bytes
     assert one_site_bytes < 2 * (4 * 8 + 4) * 4 + 512  # parameter bytes plus array framing
 
-    summary = folder.finish(arrays.to_torch_state_dict(), None, {"adapter": "linear"})
+    summary = folder.finish(arrays.to_torch_state_dict(), {"adapter": "linear"})
     on_disk = json.loads((folder.path / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert on_disk["best"]["round"] == 1 and on_disk["sites-per-round"] == {"1": ["0", "1"]}
