@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from omnirad.config import load_config
-from omnirad.faults import misbehave
+from omnirad.faults import crash_if_due, misbehave
 from omnirad.logs import show_progress
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
 from omnirad.site import get_site
@@ -51,6 +51,7 @@ def train(msg: Message, context: Context) -> Message:
     site = get_site(cfg, site_id_of(context))
     state = msg.content["arrays"].to_torch_state_dict()
     config = msg.content["config"]
+    crash_if_due(cfg.faults, site.site_id, int(config["server-round"]))
     ledger = privacy_ledger(context)
     try:
         new_state, metrics = site.fit(

@@ -29,7 +29,7 @@ PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
 PERSONALIZED_STRATEGIES = ("fedper", "fedbn")
 SPECTRAL = "spectral"  # OmniFM-style spectral prompts and alignment (omnirad.spectral)  # shorthand: strategy.name=fedper is FedAvg + personalization.mode=fedper
-FAULT_KINDS = ("scale", "nan")
+FAULT_KINDS = ("scale", "nan", "crash")
 PERSONALIZATION_MODES = ("none", "fedper", "fedbn")
 
 
@@ -141,8 +141,9 @@ class FaultsConfig:
     """Simulation only: make one site misbehave, to test validation and robust aggregation."""
 
     site: int = -1  # the misbehaving site; -1: none
-    kind: str = "scale"  # scale: send global + scale x its update; nan: send NaN
+    kind: str = "scale"  # scale: send global + scale x its update; nan: send NaN; crash: fail with an error
     scale: float = 100.0
+    from_round: int = 1  # crash: the first round the site fails
 
 
 @dataclass
@@ -340,6 +341,7 @@ def validate(cfg: Config) -> None:
     f = cfg.faults
     _require(-1 <= f.site < d.num_sites, "faults.site", f.site, f"-1 (none) or a site from 0 to {d.num_sites - 1}")
     _one_of("faults.kind", f.kind, FAULT_KINDS)
+    _require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")
 
 
 def medmnist_flags() -> tuple[str, ...]:

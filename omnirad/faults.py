@@ -1,5 +1,6 @@
-"""A misbehaving site, on purpose: how tests and studies check that validation and robust
-aggregation hold (simulation only; ``faults.site=-1`` turns it off)."""
+"""A misbehaving site, on purpose: how tests and studies check that validation, robust
+aggregation and the federation's tolerance of failing sites hold (simulation only;
+``faults.site=-1`` turns it off)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import torch
 from omnirad.config import FaultsConfig
 
 
+class SiteCrash(RuntimeError):
+    """Raised by the faulty site's ClientApp under ``faults.kind=crash``."""
+
+
+def crash_if_due(faults: FaultsConfig, site_id: int, server_round: int) -> None:
+    """Under ``faults.kind=crash`` the faulty site fails every round from ``faults.from-round`` on."""
+    if faults.kind == "crash" and faults.site == site_id and server_round >= faults.from_round:
+        raise SiteCrash(f"faults: site {site_id} crashes in round {server_round} (faults.kind=crash)")
+
+
 def misbehave(faults: FaultsConfig, site_id: int, start: dict[str, torch.Tensor],
               trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What site ``site_id`` sends instead of ``trained``: global + scale x its update, or NaN."""
-    if faults.site != site_id:
+    if faults.site != site_id or faults.kind == "crash":
         return trained
     if faults.kind == "nan":
         return OrderedDict((k, torch.full_like(v, float("nan"))) for k, v in trained.items())

@@ -204,7 +204,8 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "bytes-up": sum(r["bytes-up"] for r in rounds),
         "bytes-down": sum(r["bytes-down"] for r in rounds),
         "bytes-up-per-site-round": (sum(up_per_site) / len(up_per_site)) if up_per_site else 0,
-        "sites-per-round": {str(r["round"]): sorted(r["sites"], key=int) for r in rounds},
+        "sites-per-round": {str(r["round"]): sorted((s for s, v in r["sites"].items() if "train" in v), key=int)
+                            for r in rounds},  # the sites whose training reply arrived
         "sites": sites,
         "failures": [f for r in rounds for f in r["failures"]],
         "rejected-updates": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},

@@ -153,3 +153,13 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
     assert [x["round"] for x in lines] == [1, 2, 3, 4]
     for key in ("accuracy", "macro-f1", "loss"):
         assert resumed["final"][key] == pytest.approx(expected["final"][key], abs=1e-4)
+
+
+def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(tmp_path):
+    folder = run_federation(tmp_path, 3, "num-server-rounds=3 data.num-train=300 data.num-test=60 data.size=32 "
+                                         "train.local-epochs=1 model.adapter='linear' strategy.min-sites=2 "
+                                         "faults.site=2 faults.kind='crash' faults.from-round=2")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds"] == 3 and {"accuracy", "macro-f1"} <= set(summary["final"])
+    assert summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1"], "3": ["0", "1"]}
+    assert any("site 2 crashes in round 2" in failure for failure in summary["failures"])
