@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from omnirad.config import load_config
+from omnirad.config import Config, load_config
 from omnirad.faults import crash_if_due, misbehave
 from omnirad.logs import show_progress
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
@@ -36,9 +36,9 @@ def personal_state(context: Context) -> dict[str, torch.Tensor] | None:
     return record.to_torch_state_dict() if record is not None else None
 
 
-def privacy_ledger(context: Context) -> PrivacyLedger | None:
+def privacy_ledger(cfg: Config, context: Context) -> PrivacyLedger | None:
     """This site's DP accounting so far (None without ``privacy.dp``)."""
-    if not load_config(context.run_config).privacy.dp:
+    if not cfg.privacy.dp:
         return None
     record = context.state.get(LEDGER)
     return PrivacyLedger.from_record(record) if record is not None else PrivacyLedger()
@@ -52,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
     state = msg.content["arrays"].to_torch_state_dict()
     config = msg.content["config"]
     crash_if_due(cfg.faults, site.site_id, int(config["server-round"]))
-    ledger = privacy_ledger(context)
+    ledger = privacy_ledger(cfg, context)
     try:
         new_state, metrics = site.fit(
             state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context),
