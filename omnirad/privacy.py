@@ -76,8 +76,8 @@ def round_plan(cfg: Config, num_samples: int) -> RoundPlan:
     return RoundPlan(float(noise), sample_rate, steps)
 
 
-def check_budget(ledger: PrivacyLedger, plan: RoundPlan, cfg: Config) -> float:
-    """The epsilon after this round; raises ``PrivacyBudgetSpent`` when it exceeds the budget."""
+def check_budget(ledger: PrivacyLedger, plan: RoundPlan, cfg: Config) -> None:
+    """Raises ``PrivacyBudgetSpent`` when this round would take the site past its budget."""
     after = PrivacyLedger([*ledger.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]).epsilon(cfg.privacy.delta)
     spent = ledger.epsilon(cfg.privacy.delta)
     tolerance = 0.01 * cfg.privacy.epsilon  # the noise search stops within 1 % of the target
@@ -86,7 +86,6 @@ def check_budget(ledger: PrivacyLedger, plan: RoundPlan, cfg: Config) -> float:
             f"privacy budget spent: epsilon {spent:.3f} so far, {after:.3f} after another round, "
             f"budget privacy.epsilon={cfg.privacy.epsilon:g} (delta {cfg.privacy.delta:g}); this site trains no more"
         )
-    return after
 
 
 def train_private(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, cfg: Config,

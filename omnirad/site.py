@@ -46,6 +46,11 @@ def new_model(cfg: Config, bank: torch.Tensor | None = None) -> nn.Module:
     return model
 
 
+def kept_at_sites(cfg: Config, model: nn.Module | None = None) -> frozenset[str]:
+    """The configured model's tensors that stay at each site (personalization, spectral suffix)."""
+    return local_keys(model if model is not None else new_model(cfg), cfg.personalization.mode, cfg.model.adapter)
+
+
 def wire_keys(metrics: dict[str, float]) -> dict[str, float]:
     """Metric names as Flower records carry them: kebab-case (``macro_f1`` -> ``macro-f1``)."""
     return {key.replace("_", "-"): value for key, value in metrics.items()}
@@ -82,7 +87,7 @@ class LocalSite:
         self.cfg = cfg
         self.site_id = site_id
         self.task = task_info(cfg)
-        self.local_keys = local_keys(new_model(cfg), cfg.personalization.mode, cfg.model.adapter)
+        self.local_keys = kept_at_sites(cfg)
         data = load_site(cfg, site_id)
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
         self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
@@ -99,12 +104,15 @@ class LocalSite:
         load_trainable_state(model, {**state, **(personal or {})}, optional=self.local_keys)
         return model
 
+    def round_seed(self, server_round: int) -> int:
+        """Shuffling, dropout and DP noise of one round of this site: reproducible, distinct per round and site."""
+        return self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
+
     def train(self, model: nn.Module, epochs: int, server_round: int, proximal_mu: float = 0.0) -> dict[str, float]:
         t = self.cfg.train
-        seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
         return train_model(
             model, self.train_set.inputs, self.train_set.labels, self.task,
-            epochs, t.lr, t.batch_size, t.weight_decay, seed, proximal_mu,
+            epochs, t.lr, t.batch_size, t.weight_decay, self.round_seed(server_round), proximal_mu,
         )
 
     def fit(self, state: dict[str, torch.Tensor], server_round: int, proximal_mu: float = 0.0,
@@ -121,8 +129,8 @@ class LocalSite:
             ledger = ledger if ledger is not None else PrivacyLedger()
             plan = round_plan(self.cfg, len(self.train_set.labels))
             check_budget(ledger, plan, self.cfg)
-            seed = self.cfg.run.seed * 100_003 + server_round * 1_009 + self.site_id
-            stats = train_private(model, self.train_set.inputs, self.train_set.labels, self.task, self.cfg, plan, ledger, seed)
+            stats = train_private(model, self.train_set.inputs, self.train_set.labels, self.task, self.cfg, plan, ledger,
+                                  self.round_seed(server_round))
             extra = {"epsilon": ledger.epsilon(self.cfg.privacy.delta), "noise-multiplier": plan.noise_multiplier}
         else:
             weight = 1.0 if bank is None else alignment_weight(self.train_set.data.images, bank, self.cfg.spectral.frequency_size)
@@ -177,7 +185,7 @@ class CentralEvaluator:
         self.cfg, self.bank = cfg, bank
         test = None if cfg.personalization.mode == "fedper" else server_test_set(cfg)
         self.test = None if test is None else ModelInputs(cfg, test, "server test set")
-        self.local_keys = local_keys(new_model(cfg), cfg.personalization.mode, cfg.model.adapter)
+        self.local_keys = kept_at_sites(cfg)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:

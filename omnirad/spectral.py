@@ -52,10 +52,15 @@ def spectral_embeddings(images: torch.Tensor, size: int) -> torch.Tensor:
     return nn.functional.normalize(block, dim=1)
 
 
+def embed_images(images: np.ndarray, size: int, batch_size: int = 256) -> torch.Tensor:
+    """``spectral_embeddings`` of a site's stored uint8 images, in batches (FFTs of large images are big)."""
+    return torch.cat([spectral_embeddings(images_to_tensor(images[i : i + batch_size]), size)
+                      for i in range(0, len(images), batch_size)])
+
+
 def site_prototypes(images: np.ndarray, size: int, count: int, seed: int) -> torch.Tensor:
     """The compact summary a site sends: k-means centroids of its images' spectral embeddings."""
-    embeddings = torch.cat([spectral_embeddings(images_to_tensor(images[i : i + 256]), size)
-                            for i in range(0, len(images), 256)])
+    embeddings = embed_images(images, size)
     clusters = max(1, min(count, len(embeddings) // MIN_IMAGES_PER_PROTOTYPE))
     kmeans = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit(embeddings.numpy())
     sizes = np.bincount(kmeans.labels_, minlength=clusters)
@@ -67,7 +72,7 @@ def site_prototypes(images: np.ndarray, size: int, count: int, seed: int) -> tor
 
 def alignment_weight(site_images: np.ndarray, bank: torch.Tensor, size: int) -> float:
     """``1 + d`` with ``d = 1 - cos(site's mean embedding, bank mean)``: the factor on mu."""
-    site_mean = spectral_embeddings(images_to_tensor(site_images), size).mean(dim=0)
+    site_mean = embed_images(site_images, size).mean(dim=0)
     return 1.0 + float(1.0 - nn.functional.cosine_similarity(site_mean, bank.mean(dim=0), dim=0))
 
 

@@ -14,8 +14,7 @@ from omnirad.config import SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
 from omnirad.logs import show_progress
-from omnirad.personalization import local_keys
-from omnirad.site import CentralEvaluator, encoder_for, new_model
+from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
 from omnirad.spectral import bank_to_config
 from server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
 from server.run_folder import RunFolder, best_round
@@ -70,16 +69,16 @@ def aggregating_strategy(strategy: Strategy) -> Strategy:
     return getattr(strategy, "strategy", strategy)
 
 
-def resumable(cfg: Config, kept_at_sites: frozenset[str]) -> Checkpoint:
-    """The checkpoint to go on from; refuses what a server-side checkpoint cannot restore."""
-    folder = Path(cfg.run.resume_from).expanduser()
+def resumable(cfg: Config, kept: frozenset[str]) -> tuple[Path, Checkpoint]:
+    """The run folder and checkpoint to go on from; refuses what a server-side checkpoint cannot restore."""
+    folder = Path(cfg.run.resume_from).expanduser().resolve()
     if not folder.is_dir():
         raise ConfigError(f"run.resume-from={cfg.run.resume_from!r}: no such run folder")
-    if kept_at_sites or cfg.privacy.dp:
+    if kept or cfg.privacy.dp:
         raise ConfigError("run.resume-from: personalization, spectral prompts and DP keep state at the sites "
                           "(local tensors, privacy accounts) that a new run does not have yet; resume is for "
                           "runs without them")
-    return load_checkpoint(folder)
+    return folder, load_checkpoint(folder)
 
 
 @app.main()
@@ -88,11 +87,12 @@ def main(grid: Grid, context: Context) -> None:
     check_federation(grid, cfg)
     encoder = encoder_for(cfg)
     model = new_model(cfg)
-    kept_at_sites = local_keys(model, cfg.personalization.mode, cfg.model.adapter)
-    initial = {k: v for k, v in trainable_state(model).items() if k not in kept_at_sites}
-    checkpoint = resumable(cfg, kept_at_sites) if cfg.run.resume_from else None
-    if checkpoint is not None:
-        folder = RunFolder.reopen(cfg, Path(cfg.run.resume_from).expanduser().resolve(), checkpoint.server_round)
+    kept = kept_at_sites(cfg, model)
+    initial = {k: v for k, v in trainable_state(model).items() if k not in kept}
+    checkpoint = None
+    if cfg.run.resume_from:
+        resume_folder, checkpoint = resumable(cfg, kept)
+        folder = RunFolder.reopen(cfg, resume_folder, checkpoint.server_round)
         initial = checkpoint.arrays
         print(f"OmniRad-FL resumes {folder.path} after round {checkpoint.server_round}", flush=True)
     else:
@@ -134,7 +134,7 @@ def main(grid: Grid, context: Context) -> None:
             "adapter": cfg.model.adapter,
             "personalization": cfg.personalization.mode,
             "adapter-parameter-bytes": sum(t.numel() * t.element_size() for t in initial.values()),
-            "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept_at_sites),
+            "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept),
             "encoder-parameter-bytes": sum(p.numel() * p.element_size() for p in encoder.parameters()),
             "num-sites": cfg.data.num_sites,
             **({"spectral-bank-rows": len(bank)} if bank is not None else {}),

@@ -182,8 +182,12 @@ def best_round(rounds: list[dict[str, Any]], metric: str) -> dict[str, Any] | No
 
 def worst_site(line: dict[str, Any]) -> dict[str, float]:
     """Each validation metric's lowest value over the sites in one round (loss: highest)."""
-    per_site = [s["evaluate"] for s in line["sites"].values() if s.get("evaluate")]
-    names = {name for metrics in per_site for name in metrics if name != "num-examples"}
+    return worst_of([s["evaluate"] for s in line["sites"].values() if s.get("evaluate")])
+
+
+def worst_of(per_site: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's worst value over sites' metric dicts: the lowest, or for ``loss`` the highest."""
+    names = {name for metrics in per_site for name in metrics if name not in ("num-examples", "site-id")}
     pick = {name: max if name == "loss" else min for name in names}
     return {name: pick[name](m[name] for m in per_site if name in m) for name in sorted(names)}
 

@@ -22,19 +22,18 @@ from omnirad.adapters import trainable_state
 from omnirad.config import Config
 from omnirad.site import CentralEvaluator, get_site, new_model
 from omnirad.training import train_model
+from server.run_folder import worst_of
 
 
 def federated_epochs(cfg: Config) -> int:
     return cfg.num_server_rounds * cfg.train.local_epochs
 
 
-def _site_rows(per_site: list[dict[str, float]]) -> tuple[dict, dict]:
-    """(worst-site, personalized) from each site's validation metrics."""
+def weighted_mean(per_site: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over sites weighted by validation images, as Flower aggregates it."""
     names = [k for k in per_site[0] if k not in ("num-examples", "site-id")]
     weights = np.array([m["num-examples"] for m in per_site])
-    worst = {k: (max if k == "loss" else min)(m[k] for m in per_site) for k in names}
-    mean = {k: float(np.average([m[k] for m in per_site], weights=weights)) for k in names}
-    return worst, mean
+    return {k: float(np.average([m[k] for m in per_site], weights=weights)) for k in names}
 
 
 def pooled(cfg: Config) -> dict[str, dict[str, float]]:
@@ -45,9 +44,7 @@ def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     model, t = new_model(cfg), cfg.train
     train_model(model, inputs, labels, sites[0].task, federated_epochs(cfg), t.lr, t.batch_size, t.weight_decay, cfg.run.seed)
     state = trainable_state(model)
-    per_site = [s.evaluate(state) for s in sites]
-    worst, _ = _site_rows(per_site)
-    return {"global": CentralEvaluator(cfg)(state), "worst-site": worst,
+    return {"global": CentralEvaluator(cfg)(state), "worst-site": worst_of([s.evaluate(state) for s in sites]),
             "personalized": {}}  # one model for all: nothing is personal
 
 
@@ -61,7 +58,6 @@ def local_only(cfg: Config) -> dict[str, dict[str, float]]:
         state = trainable_state(model)
         tests.append(evaluator(state))
         per_site.append(site.evaluate(state))
-    worst, mean = _site_rows(per_site)
     global_mean = {k: float(np.mean([t[k] for t in tests])) for k in tests[0]} if tests[0] else {}
-    return {"global": global_mean, "worst-site": worst, "personalized": mean}
+    return {"global": global_mean, "worst-site": worst_of(per_site), "personalized": weighted_mean(per_site)}
 

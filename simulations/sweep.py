@@ -138,17 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     # seeds outermost: a sweep stopped early still covers every split and variant for the first seeds
     plan = [(split, seed, variant) for seed in args.seeds for split in args.splits
             for variant in [*(f"{label}:" for label in labels), *args.variants]]
-    for split, seed, variant in plan:  # every configuration is checked before the first run
-        load_config(parse_config_args([f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}"]))
+    def overrides_of(split: str, seed: int, variant: str) -> str:
+        return f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}".strip()
+
+    for cell in plan:  # every configuration is checked before the first run
+        load_config(parse_config_args([overrides_of(*cell)]))
     done = done_keys(out)
     link = local_superlink(args.port)
     with contextlib.nullcontext() if link.healthy() else link:  # one SuperLink for the whole sweep
         for number, (split, seed, variant) in enumerate(plan, 1):
-            (split_label, split_overrides), (label, overrides) = variant_overrides(split), variant_overrides(variant)
+            split_label, label = variant_overrides(split)[0], variant_overrides(variant)[0]
             if (args.shared, split_label, seed, label) in done:
                 continue
             print(f"\n=== sweep {number}/{len(plan)}: {split_label}, seed {seed}, {label} ===", flush=True)
-            row = run_one(f"{shared} {split_overrides} run.seed={seed} {overrides}".strip(), label, args.port)
+            row = run_one(overrides_of(split, seed, variant), label, args.port)
             with open(out, "a") as f:
                 f.write(json.dumps({"shared": args.shared, "split": split_label, "seed": seed, "variant": label, **row}) + "\n")
     rows = [r for r in map(json.loads, out.read_text().splitlines()) if r["shared"] == args.shared]
