@@ -11,7 +11,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from omnirad.config import Config, load_config
+from client.deployment import EncoderMismatch, check_encoder, site_of
+from omnirad.config import Config
 from omnirad.faults import crash_if_due, misbehave
 from omnirad.logs import show_progress
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
@@ -23,11 +24,7 @@ show_progress()
 PERSONAL = "personal-adapter"  # context.state key of the site's local tensors
 LEDGER = "privacy-ledger"  # context.state key of the site's DP accountant history
 BUDGET_SPENT = 1001  # error code of a reply from a site whose privacy budget is spent
-
-
-def site_id_of(context: Context) -> int:
-    """The site this node plays: its partition in simulation."""
-    return int(context.node_config["partition-id"])
+WRONG_ENCODER = 1002  # error code of a reply from a site whose encoder weights differ from the server's
 
 
 def personal_state(context: Context) -> dict[str, torch.Tensor] | None:
@@ -47,10 +44,14 @@ def privacy_ledger(cfg: Config, context: Context) -> PrivacyLedger | None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received adapter for the configured local epochs and send back its shared tensors."""
-    cfg = load_config(context.run_config)
-    site = get_site(cfg, site_id_of(context))
-    state = msg.content["arrays"].to_torch_state_dict()
+    cfg, site_id = site_of(context)
     config = msg.content["config"]
+    try:
+        check_encoder(cfg, config)
+    except EncoderMismatch as mismatch:
+        return Message(Error(code=WRONG_ENCODER, reason=str(mismatch)), reply_to=msg)
+    site = get_site(cfg, site_id)
+    state = msg.content["arrays"].to_torch_state_dict()
     crash_if_due(cfg.faults, site.site_id, int(config["server-round"]))
     ledger = privacy_ledger(cfg, context)
     try:
@@ -74,9 +75,13 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global adapter (with this site's local tensors) on its validation split;
     after the last round also the local fine-tuning baseline when configured."""
-    cfg = load_config(context.run_config)
-    site = get_site(cfg, site_id_of(context))
+    cfg, site_id = site_of(context)
     config = msg.content["config"]
+    try:
+        check_encoder(cfg, config)
+    except EncoderMismatch as mismatch:
+        return Message(Error(code=WRONG_ENCODER, reason=str(mismatch)), reply_to=msg)
+    site = get_site(cfg, site_id)
     last_round = int(config.get("server-round", 0)) == cfg.num_server_rounds
     finetune_epochs = cfg.personalization.finetune_epochs if last_round else 0
     metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), personal_state(context), finetune_epochs,
@@ -87,6 +92,6 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query("spectral")
 def spectral_prototypes(msg: Message, context: Context) -> Message:
     """This site's contribution to the spectral knowledge bank: a few centroids, never images."""
-    site = get_site(load_config(context.run_config), site_id_of(context))
+    site = get_site(*site_of(context))
     content = RecordDict({"arrays": ArrayRecord({"prototypes": site.spectral_prototypes()})})
     return Message(content=content, reply_to=msg)

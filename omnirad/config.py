@@ -9,10 +9,12 @@ something is wrong, before any work starts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -23,7 +25,8 @@ ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
 ADAPTER_NAMES = ("linear", "mlp", "decoder", "lora", "full")  # decoder: segmentation; the rest: classification
 HEAD_NAMES = ("linear", "mlp")
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
-DATASET_SOURCES = ("embedded", "files")  # or a 2D MedMNIST flag, e.g. bloodmnist
+DEPLOYMENT = "deployment"  # each site reads its own file, named in its site configuration (omnirad-client)
+DATASET_SOURCES = ("embedded", "files", DEPLOYMENT)  # or a 2D MedMNIST flag, e.g. bloodmnist
 MEDMNIST_SIZES = (28, 64, 128, 224)
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
@@ -42,7 +45,7 @@ class DataConfig:
     dataset: str = "embedded"
     root: str = "data"  # folder of MedMNIST .npz files
     download: bool = False  # fetch a missing MedMNIST file through the medmnist package (needs a network)
-    site_files: str = ""  # files: comma-separated, one file per site (a natural split)
+    site_files: str = ""  # files: comma-separated, one file per site (a natural split); deployment: set by the site
     test_file: str = ""  # files: the server's held-out test file; empty means no central test
     task: str = "multi-class"  # files: a MedMNIST kind or segmentation; embedded: multi-class or segmentation
     num_classes: int = 0  # files: classes (labels for multi-label; pixel classes with background for segmentation)
@@ -90,6 +93,7 @@ class StrategyConfig:
     fraction_evaluate: float = 1.0
     min_sites: int = 0  # sites that must be connected for a round to start; 0: all data.num-sites
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies; late sites are left out
+    join_timeout: float = 300.0  # deployment: seconds to wait at start for all data.num-sites sites to connect
     proximal_mu: float = 0.01  # fedprox: weight of the proximal term in each site's loss
     eta: float = 0.01  # fedadam, fedyogi, fedadagrad: server learning rate
     beta_1: float = 0.9  # fedadam, fedyogi
@@ -222,6 +226,40 @@ def load_config(flat: Mapping[str, Any] | None = None) -> Config:
     return cfg
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Flat keys from a YAML file with flat (``data.alpha: 0.1``) or nested (``data: {alpha: 0.1}``) keys."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        content = OmegaConf.to_container(OmegaConf.load(path))
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a readable YAML file: {err}") from err
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of configuration keys, found {type(content).__name__}")
+    return _flatten(content)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` arguments, values read as YAML scalars (``0.1``, ``true``, ``fedprox``)."""
+    flat: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r}: expected key=value, e.g. data.alpha=0.1")
+        flat[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return flat
+
+
 def resolve_personalized_strategy(cfg: Config) -> None:
     """``strategy.name=fedper`` (or ``fedbn``) means FedAvg with ``personalization.mode=fedper``;
     ``personalization.mode`` alone also combines with any other strategy (FedProx, FedAdam, ...)."""
@@ -264,6 +302,7 @@ def validate(cfg: Config) -> None:
         files = site_file_list(cfg)
         _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")
         _require(len(files) == d.num_sites, "data.num-sites", d.num_sites, f"{len(files)}, one site per file in data.site-files")
+    if d.dataset in ("files", DEPLOYMENT):
         _one_of("data.task", d.task, TASK_KINDS)
         _require(d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1),
                  "data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
@@ -314,17 +353,18 @@ def validate(cfg: Config) -> None:
     _require(0 <= s.trim_beta < 0.5, "strategy.trim-beta", s.trim_beta, "in [0, 0.5)")
     _require(0 <= s.min_sites <= d.num_sites, "strategy.min-sites", s.min_sites, f"from 0 (all) to data.num-sites ({d.num_sites})")
     _require(s.round_timeout > 0, "strategy.round-timeout", s.round_timeout, "> 0 seconds")
+    _require(s.join_timeout >= 0, "strategy.join-timeout", s.join_timeout, ">= 0 seconds")
     _require(s.num_malicious >= 0, "strategy.num-malicious", s.num_malicious, ">= 0")
     _require(s.min_valid_updates >= 1, "strategy.min-valid-updates", s.min_valid_updates, ">= 1")
     sp = cfg.spectral
-    if s.name == SPECTRAL:
+    if s.name == SPECTRAL:  # the spectral keys matter only then (a one-site test federation has no bank)
         _require(cfg.model.adapter in HEAD_NAMES, "model.adapter", cfg.model.adapter,
                  "linear or mlp with strategy.name=spectral (the head on the spectrally prompted encoder)")
-    _require(2 <= sp.frequency_size <= d.size, "spectral.frequency-size", sp.frequency_size, f"from 2 to data.size ({d.size})")
-    _require(sp.prototypes >= 1, "spectral.prototypes", sp.prototypes, ">= 1")
-    _require(1 <= sp.top_k <= d.num_sites, "spectral.top-k", sp.top_k,
-             f"from 1 to data.num-sites ({d.num_sites}): the bank holds at least one entry per site")
-    _require(sp.suffix_tokens >= 0, "spectral.suffix-tokens", sp.suffix_tokens, ">= 0")
+        _require(2 <= sp.frequency_size <= d.size, "spectral.frequency-size", sp.frequency_size, f"from 2 to data.size ({d.size})")
+        _require(sp.prototypes >= 1, "spectral.prototypes", sp.prototypes, ">= 1")
+        _require(1 <= sp.top_k <= d.num_sites, "spectral.top-k", sp.top_k,
+                 f"from 1 to data.num-sites ({d.num_sites}): the bank holds at least one entry per site")
+        _require(sp.suffix_tokens >= 0, "spectral.suffix-tokens", sp.suffix_tokens, ">= 0")
     pr = cfg.privacy
     _require(pr.epsilon > 0, "privacy.epsilon", pr.epsilon, "> 0")
     _require(0 < pr.delta < 1, "privacy.delta", pr.delta, "in (0, 1)")

@@ -7,6 +7,7 @@ about a pretrained encoder). The encoder is frozen: no gradients, always in eval
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf_hub:"
+WEIGHTS_SHA256_KEY = "encoder-sha256"  # how train/evaluate messages name the server's weights_sha256
 RANDOM_INIT_SEED = 0  # every participant must build the same random encoder
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -127,6 +129,18 @@ def create_encoder(name: str, weights: str = "", image_size: int = 224) -> Froze
         kwargs["patch_size"] = spec.patch_size
     vit = _build_vit(name, spec, weights, kwargs)
     return FrozenEncoder(vit, name, spec.patch_size, input_size)
+
+
+def weights_sha256(weights: str) -> str:
+    """The SHA-256 of a local weights file (what ``sha256sum`` prints): how the sites of a
+    federation check they hold the encoder the server uses. Empty for random init or a hub name."""
+    if not weights or weights == "hub" or weights.startswith(HUB_PREFIX):
+        return ""
+    digest = hashlib.sha256()
+    with Path(weights).expanduser().open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _timm_patch_size(timm_name: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -10,9 +11,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from omnirad.adapters import trainable_state
-from omnirad.config import SPECTRAL, Config, ConfigError, load_config
+from omnirad.config import DEPLOYMENT, SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
+from omnirad.encoders import WEIGHTS_SHA256_KEY, weights_sha256
 from omnirad.logs import show_progress
 from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
 from omnirad.spectral import bank_to_config
@@ -26,7 +28,12 @@ show_progress()
 
 
 def check_federation(grid: Grid, cfg: Config) -> None:
-    """Fail before any training when the simulated federation does not match data.num-sites."""
+    """Fail before any training when the simulated federation does not match data.num-sites; in
+    deployment, wait up to ``strategy.join-timeout`` for every site to connect (sites come online
+    when their IT teams start them: the strategy then waits for at least ``strategy.min-sites``)."""
+    if cfg.data.dataset == DEPLOYMENT:
+        wait_for_sites(grid, cfg.data.num_sites, cfg.strategy.join_timeout)
+        return
     num_nodes = len(list(grid.get_node_ids()))
     if num_nodes != cfg.data.num_sites:
         raise ConfigError(
@@ -34,6 +41,26 @@ def check_federation(grid: Grid, cfg: Config) -> None:
             f"`flwr run . --federation-config \"num-supernodes={cfg.data.num_sites}\"` or set "
             f"data.num-sites={num_nodes}"
         )
+
+
+def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0) -> int:
+    """Wait until ``expected`` sites are connected or ``timeout`` seconds pass; returns how many are."""
+    deadline, reported = time.monotonic() + timeout, -1
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected != reported:
+            print(f"sites connected: {connected} of {expected}", flush=True)
+            reported = connected
+        if connected >= expected or time.monotonic() >= deadline:
+            return connected
+        time.sleep(poll)
+
+
+def site_instructions(cfg: Config) -> dict[str, str]:
+    """What every train and evaluate message carries besides the adapter: the SHA-256 of the
+    server's encoder weights, which a deployed site compares with its own file before it trains."""
+    sha256 = weights_sha256(cfg.model.weights)
+    return {WEIGHTS_SHA256_KEY: sha256} if sha256 else {}
 
 
 class RoundEnd:
@@ -98,7 +125,7 @@ def main(grid: Grid, context: Context) -> None:
     else:
         folder = RunFolder.create(cfg)
         print(f"OmniRad-FL run folder: {folder.path}", flush=True)
-        if cfg.data.dataset != "files":  # a simulated split of a pool: the server can describe it
+        if cfg.data.dataset not in ("files", DEPLOYMENT):  # a simulated split of a pool: the server can describe it
             labels = partition_labels(pooled_train(cfg))
             folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     done_rounds = checkpoint.server_round if checkpoint is not None else 0
@@ -109,7 +136,7 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.strategy.name == SPECTRAL:
         bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
         print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
-    instructions = ConfigRecord(bank_to_config(bank)) if bank is not None else None
+    instructions = ConfigRecord({**site_instructions(cfg), **(bank_to_config(bank) if bank is not None else {})})
     round_end = RoundEnd(cfg, folder, bank, done_rounds)
     strategy = build_strategy(cfg, folder, done_rounds)
     if checkpoint is not None:

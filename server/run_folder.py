@@ -64,6 +64,8 @@ class RunFolder:
         self.rounds: list[dict[str, Any]] = []
         self.current = RoundRecord(0)
         self.client_peak_rss_mb = 0.0
+        self.site_of_node: dict[int, int] = {}  # Flower node id -> site, learnt from replies, to name failures
+        self.node_of_message: dict[str, int] = {}  # instruction id -> destination: the SuperLink answers for lost nodes
 
     @classmethod
     def create(cls, cfg: Config) -> RunFolder:
@@ -116,14 +118,19 @@ class RunFolder:
         if self.current.server_round != server_round:
             self.current = RoundRecord(server_round)
         self.current.bytes_down += sum(m.content["arrays"].count_bytes() for m in messages)
+        # Flower sets an instruction's message id to its object id when it pushes it (grid.push_messages)
+        self.node_of_message = {m.object_id: m.metadata.dst_node_id for m in messages}
 
     def on_replies(self, server_round: int, phase: str, replies: list[Message]) -> None:
         for reply in replies:
+            node = self.node_of_message.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
-                self.current.failures.append(f"{phase}: node {reply.metadata.src_node_id}: {reply.error.reason}")
+                who = f"site {self.site_of_node[node]} (node {node})" if node in self.site_of_node else f"node {node}"
+                self.current.failures.append(f"{phase}: {who}: {reply.error.reason}")
                 continue
             metrics = _metrics(reply.content.get("metrics"))
-            site = int(metrics.pop("site-id", reply.metadata.src_node_id))
+            site = int(metrics.pop("site-id", node))
+            self.site_of_node[node] = site
             entry = self.current.sites[site]
             entry[phase] = metrics
             if phase == "train":

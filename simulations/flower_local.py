@@ -8,7 +8,6 @@ directory it was first started in, and installs each run's dependencies with uv.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
+from server.processes import stop_process_tree
 
 DEFAULT_HTTP_PORT = 39091
 DEFAULT_NUM_SUPERNODES = 4  # keep equal to data.num-sites' default in omnirad.config
@@ -103,28 +102,11 @@ class LocalSuperLink:
         raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f} s; see {self.log_file}")
 
     def stop(self) -> None:
-        """Stop the SuperLink and every process it started (SuperExec, ServerApp, Ray), by PID.
-
-        Flower starts its SuperExec in a session of its own, so a process-group kill would miss it:
-        the whole process tree is collected first, then terminated, then killed if still there.
-        """
+        """Stop the SuperLink and every process it started (SuperExec, ServerApp, Ray), by PID."""
         if self.process is None:
             return
-        try:
-            root = psutil.Process(self.process.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for proc in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=10)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        self.started_pids = stop_process_tree(self.process.pid)
         self.process.wait(timeout=5)
-        self.started_pids = [p.pid for p in tree]
         self.process = None
 
     def __enter__(self) -> LocalSuperLink:

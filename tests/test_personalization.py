@@ -1,16 +1,16 @@
 """FedPer and FedBN: which tensors stay at a site, and that they stay there across rounds."""
 
-import time
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from client import app as client_app
 from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
 from omnirad.personalization import local_keys
 from omnirad.site import CentralEvaluator, get_site, new_model
+from tests.conftest import instruction
 
 SMALL = {"data.num-train": 240, "data.num-test": 60, "data.size": 32, "data.num-sites": 2,
          "data.partition": "iid", "train.local-epochs": 2, "num-server-rounds": 2}
@@ -65,14 +65,6 @@ def test_strategy_name_fedper_is_fedavg_with_personalization():
     assert (cfg.strategy.name, cfg.personalization.mode) == ("fedprox", "fedper")
     with pytest.raises(ConfigError, match="contradicts personalization.mode"):
         load_config({"strategy.name": "fedper", "personalization.mode": "fedbn"})
-
-
-def instruction(message_type: str, content: RecordDict, node_id: int) -> Message:
-    """A message as the SuperLink delivers it to a ClientApp (no SuperLink needed to build one)."""
-    metadata = Metadata(run_id=1, message_id=f"{message_type}-{node_id}", src_node_id=0, dst_node_id=node_id,
-                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0,
-                        message_type=message_type)
-    return Message(metadata=metadata, content=content)
 
 
 def test_fedper_keeps_the_output_layer_at_the_site_across_rounds():

@@ -68,3 +68,21 @@ def test_failed_replies_are_recorded_and_left_out(tmp_path, start_round):
     np.testing.assert_allclose(arrays["fc.weight"].numpy(), 2.0)
     line = folder.end_round(1, {})
     assert list(line["sites"]) == ["0"] and "site crashed" in line["failures"][0]
+
+
+def test_a_lost_site_is_named_in_the_failures_though_the_superlink_answers_for_it(tmp_path):
+    """Flower's SuperLink replies for a node it stopped hearing from, as sender 1 (itself): the
+    failure is traced back through the instruction it answers to the site that held that node."""
+    folder = RunFolder.create(load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2}))
+    for server_round in (1, 2):
+        sent = [Message(RecordDict({"arrays": ArrayRecord(GLOBAL)}), dst_node_id=node, message_type=MessageType.TRAIN)
+                for node in (11, 12)]
+        folder.on_sent(server_round, "train", sent)
+        replies = [reply(0, 1.0, 10), reply(1, 1.0, 10)]
+        if server_round == 2:
+            replies[1] = Message(Error(code=0, reason="Node Unavailable"), reply_to=sent[1])
+        for answer, instruction in zip(replies, sent, strict=True):  # as delivered: ids set by Flower on push
+            answer.metadata.__dict__["_reply_to_message_id"] = instruction.object_id
+            answer.metadata.__dict__["_src_node_id"] = 1 if answer.has_error() else instruction.metadata.dst_node_id
+        folder.on_replies(server_round, "train", replies)
+    assert folder.current.failures == ["train: site 1 (node 12): Node Unavailable"]

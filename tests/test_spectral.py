@@ -97,6 +97,7 @@ def test_spectral_needs_a_head_adapter_and_a_feasible_top_k():
         load_config({**SPECTRAL, "spectral.top-k": 3})
     with pytest.raises(ConfigError, match="spectral.frequency-size"):
         load_config({**SPECTRAL, "spectral.frequency-size": 64})
+    assert load_config({"data.num-sites": 1}).spectral.top_k == 2  # unused without strategy.name=spectral
 
 
 class ReplyingGrid:

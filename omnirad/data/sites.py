@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnirad.config import Config, site_file_list
+from omnirad.config import DEPLOYMENT, Config, site_file_list
 from omnirad.data import synthetic
 from omnirad.data.npz import load_medmnist, medmnist_task, read_classification_npz, read_segmentation_npz
 from omnirad.data.partition import partition_indices, split_train_val
@@ -58,15 +58,20 @@ def task_info(cfg: Config) -> TaskSpec:
         if d.task == SEGMENTATION:
             return TaskSpec(SEGMENTATION, tuple(synthetic.MASK_CLASSES))
         return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
-    if d.dataset == "files" and d.task == SEGMENTATION:
-        return TaskSpec(SEGMENTATION, ("background", *(f"class {k}" for k in range(1, d.num_classes))))
-    if d.dataset == "files":
-        return TaskSpec(d.task, tuple(str(k) for k in range(d.num_classes)))
+    if d.dataset in ("files", DEPLOYMENT):
+        return file_task(d.task, d.num_classes)
     tasks = [medmnist_task(flag) for flag in d.dataset.split("+")]
     if len(tasks) == 1:
         return tasks[0]
     names = tuple(f"{flag}:{name}" for flag, task in zip(d.dataset.split("+"), tasks, strict=True) for name in task.label_names)
     return TaskSpec(MULTI_CLASS, names)
+
+
+def file_task(kind: str, num_classes: int) -> TaskSpec:
+    """The task of a site file: files carry no label names, so classes are numbered."""
+    if kind == SEGMENTATION:
+        return TaskSpec(SEGMENTATION, ("background", *(f"class {k}" for k in range(1, num_classes))))
+    return TaskSpec(kind, tuple(str(k) for k in range(num_classes)))
 
 
 @lru_cache(maxsize=4)
@@ -132,8 +137,8 @@ def pooled_train(cfg: Config) -> LabelledImages:
     d = cfg.data
     if d.dataset == "embedded":
         return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED, d.task == SEGMENTATION)
-    if d.dataset == "files":
-        raise ValueError("data.dataset=files is a natural split: there is no pool to partition")
+    if d.dataset in ("files", DEPLOYMENT):
+        raise ValueError(f"data.dataset={d.dataset} is a natural split: there is no pool to partition")
     return _medmnist(d.root, d.dataset, d.size, d.download)["train"]
 
 
@@ -142,7 +147,7 @@ def server_test_set(cfg: Config) -> LabelledImages | None:
     d = cfg.data
     if d.dataset == "embedded":
         return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED, d.task == SEGMENTATION)
-    if d.dataset == "files":
+    if d.dataset in ("files", DEPLOYMENT):
         if not d.test_file:
             return None
         splits = _site_file(d.test_file, task_info(cfg), d.size)
@@ -178,20 +183,25 @@ def site_partitions(cfg: Config) -> list[np.ndarray]:
 
 
 def load_site(cfg: Config, site_id: int) -> SiteData:
-    """Site ``site_id``'s local train and validation data."""
+    """Site ``site_id``'s local train and validation data. In deployment the site's own view of
+    the configuration names its one file in ``data.site-files`` (see ``client.deployment``)."""
+    if cfg.data.dataset == DEPLOYMENT:
+        return _split_site_file(cfg, site_id, cfg.data.site_files)
     if not 0 <= site_id < cfg.data.num_sites:
         raise ValueError(f"site {site_id} does not exist: data.num-sites={cfg.data.num_sites}")
     if cfg.data.dataset == "files":
-        return _load_site_file(cfg, site_id)
+        return _split_site_file(cfg, site_id, site_file_list(cfg)[site_id])
     indices = site_partitions(cfg)[site_id]
     train_idx, val_idx = split_train_val(indices, cfg.data.val_fraction, cfg.run.seed + site_id)
     pool = pooled_train(cfg)
     return SiteData(site_id, pool.subset(train_idx), pool.subset(val_idx))
 
 
-def _load_site_file(cfg: Config, site_id: int) -> SiteData:
+def _split_site_file(cfg: Config, site_id: int, path: str) -> SiteData:
     """A natural split: the site's own file; its val split, or a local split of its train data."""
-    splits = _site_file(site_file_list(cfg)[site_id], task_info(cfg), cfg.data.size)
+    if not path:
+        raise ValueError(f"site {site_id}: data.dataset={cfg.data.dataset} but no data file was given for this site")
+    splits = _site_file(path, task_info(cfg), cfg.data.size)
     train = splits["train"]
     if "val" in splits:
         return SiteData(site_id, train, splits["val"])

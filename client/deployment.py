@@ -1,0 +1,50 @@
+"""Which site a ClientApp plays, and with which configuration, in simulation and in deployment.
+
+In simulation a node is a partition of one pooled dataset (``partition-id``). A deployed
+SuperNode is started by ``omnirad-client`` with the site's own paths in its node config; the
+server's run configuration says what to train, the node config says where this site's data,
+encoder weights and feature cache are. Nothing here leaves the site.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context
+
+from omnirad.config import DEPLOYMENT, Config, ConfigError, load_config, to_flat
+from omnirad.encoders import WEIGHTS_SHA256_KEY, weights_sha256
+
+# Node-config keys that omnirad-client sets on a deployed SuperNode.
+SITE_ID, SITE_NAME, DATA_FILE, WEIGHTS, CACHE_DIR = "site-id", "site-name", "data-file", "model-weights", "cache-dir"
+
+
+class EncoderMismatch(RuntimeError):
+    """The site's encoder weights are not the ones the server trains with."""
+
+
+def site_of(context: Context) -> tuple[Config, int]:
+    """The configuration this site trains with and its site number."""
+    cfg = load_config(context.run_config)
+    node = context.node_config
+    if DATA_FILE not in node:
+        return cfg, int(node["partition-id"])
+    if cfg.data.dataset != DEPLOYMENT:
+        raise ConfigError(f"this site was started by omnirad-client with its own data file, but the server's run has "
+                          f"data.dataset={cfg.data.dataset!r}; a deployed federation needs data.dataset='deployment'")
+    local = {"data.site-files": str(node[DATA_FILE]), "model.weights": str(node[WEIGHTS]),
+             "model.cache-dir": str(node[CACHE_DIR])}
+    return load_config({**to_flat(cfg), **local}), int(node[SITE_ID])
+
+
+def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:
+    """Refuse to train or evaluate when the server's encoder weights differ from this site's:
+    adapters trained on other features would be averaged into nonsense."""
+    expected = str(instructions.get(WEIGHTS_SHA256_KEY, ""))
+    if not expected:
+        return
+    local = weights_sha256(cfg.model.weights)
+    if local != expected:
+        raise EncoderMismatch(
+            f"the server's encoder weights have SHA-256 {expected[:16]}..., this site's "
+            f"({cfg.model.weights or 'random init'}) {local[:16] + '...' if local else 'none'}: "
+            "install the federation's weights file and set encoder.weights in the site configuration"
+        )

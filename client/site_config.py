@@ -1,0 +1,123 @@
+"""A site's configuration file (``sites/NAME.yaml``) and the checks made before it connects.
+
+Everything in it stays at the site: where its data, encoder weights, feature cache, CA
+certificate and authentication key are. What to train comes from the server's run configuration.
+Relative paths are read relative to the file, so a site folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from omnirad.config import ENCODER_NAMES, ConfigError
+from omnirad.tasks import KINDS as TASK_KINDS
+
+ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+@dataclass
+class SiteIdentity:
+    name: str = ""  # the site's name, as in omnirad-certs --sites (its key is sites/NAME.key)
+    id: int = -1  # the site's number in the federation, 0..N-1: seeds its training and labels its metrics
+
+
+@dataclass
+class ServerAccess:
+    address: str = ""  # the SuperLink as host:port
+    ca_certificate: str = ""  # the federation's ca.crt, to verify the server
+    insecure: bool = False  # no TLS: only for a test on one machine
+
+
+@dataclass
+class SiteData:
+    file: str = ""  # MedMNIST-format .npz (train_images/train_labels, optional val_*), or MedSegBench for segmentation
+    task: str = "multi-class"  # what the file holds: a MedMNIST task kind, or segmentation
+    num_classes: int = 0  # classes (labels for multi-label; pixel classes with background for segmentation)
+
+
+@dataclass
+class SiteEncoder:
+    name: str = "omnirad-small"
+    weights: str = ""  # local weights file; empty only for a test federation with a random encoder
+    sha256: str = ""  # the federation's encoder fingerprint: `sha256sum` of the weights file
+
+
+@dataclass
+class SiteConfig:
+    site: SiteIdentity = field(default_factory=SiteIdentity)
+    server: ServerAccess = field(default_factory=ServerAccess)
+    auth_key: str = ""  # this site's private authentication key (sites/NAME.key from omnirad-certs)
+    data: SiteData = field(default_factory=SiteData)
+    encoder: SiteEncoder = field(default_factory=SiteEncoder)
+    cache_dir: str = "~/.cache/omnirad-fl/features"  # encoder features kept between rounds
+    state_dir: str = ""  # the SuperNode's own folder (installed app bundles); default ~/.omnirad-fl/sites/NAME
+    runtime_port: int = 9094  # local port for the SuperNode's ClientApp API: one per SuperNode on a machine
+
+
+def _snake(tree: object) -> object:
+    """YAML keys are kebab-case like the run configuration's; the dataclasses are snake_case."""
+    if isinstance(tree, dict):
+        return {str(k).replace("-", "_"): _snake(v) for k, v in tree.items()}
+    return tree
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Read and type-check a site file; raises ``ConfigError`` naming the file and the key."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such site configuration file (write one from deploy/site-example.yaml)")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        merged = OmegaConf.merge(OmegaConf.structured(SiteConfig), _snake(raw or {}))
+        cfg: SiteConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        key = str(getattr(err, "full_key", "") or "").replace("_", "-")
+        raise ConfigError(f"{path}: bad key or value{f' {key!r}' if key else ''}: {err.msg}") from err
+    except Exception as err:  # yaml's parse errors carry the line and column
+        raise ConfigError(f"{path}: not a readable YAML file: {err}") from err
+    base = path.parent
+    cfg.state_dir = cfg.state_dir or f"~/.omnirad-fl/sites/{cfg.site.name or 'unnamed'}"
+    for holder, attr in ((cfg.server, "ca_certificate"), (cfg, "auth_key"), (cfg.data, "file"),
+                         (cfg.encoder, "weights"), (cfg, "cache_dir"), (cfg, "state_dir")):
+        value = getattr(holder, attr)
+        if value:
+            setattr(holder, attr, str((base / Path(value).expanduser()).resolve()))
+    return cfg
+
+
+def problems(cfg: SiteConfig, source: Path) -> list[str]:
+    """Everything wrong with a site's configuration that can be found without the server."""
+    found: list[str] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            found.append(f"{source}: {key}: {message}")
+
+    need(bool(cfg.site.name), "site.name", "missing")
+    need(cfg.site.id >= 0, "site.id", f"{cfg.site.id}: give each site a number from 0, distinct within the federation")
+    need(bool(ADDRESS.match(cfg.server.address)), "server.address",
+         f"{cfg.server.address!r}: expected host:port, e.g. fl.example-hospital.org:9092")
+    if cfg.server.insecure:
+        need(not cfg.server.ca_certificate, "server.ca-certificate", "set, but server.insecure=true turns TLS off")
+    else:
+        need(Path(cfg.server.ca_certificate).is_file() if cfg.server.ca_certificate else False,
+             "server.ca-certificate", f"{cfg.server.ca_certificate or 'missing'}: the federation's ca.crt is needed "
+             "to verify the server (or server.insecure: true for a local test)")
+    need(Path(cfg.auth_key).is_file() if cfg.auth_key else False, "auth-key",
+         f"{cfg.auth_key or 'missing'}: this site's private key from omnirad-certs (sites/NAME.key)")
+    need(cfg.encoder.name in ENCODER_NAMES, "encoder.name", f"{cfg.encoder.name!r}: one of {', '.join(ENCODER_NAMES)}")
+    need(cfg.data.task in TASK_KINDS, "data.task", f"{cfg.data.task!r}: one of {', '.join(TASK_KINDS)}")
+    need(bool(cfg.data.file), "data.file", "missing: the site's MedMNIST- or MedSegBench-format .npz file")
+    need(1 <= cfg.runtime_port <= 65535, "runtime-port", f"{cfg.runtime_port}: a TCP port")
+    for key, value in (("data.file", cfg.data.file), ("encoder.weights", cfg.encoder.weights),
+                       ("cache-dir", cfg.cache_dir), ("auth-key", cfg.auth_key)):
+        need('"' not in value, key, "paths with double quotes cannot be passed to the SuperNode")
+    if cfg.encoder.weights:
+        need(Path(cfg.encoder.weights).is_file(), "encoder.weights", f"{cfg.encoder.weights}: no such file")
+    else:
+        need(not cfg.encoder.sha256, "encoder.weights", "missing, but encoder.sha256 names the federation's weights")
+    return found

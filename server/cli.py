@@ -1,0 +1,236 @@
+"""``omnirad-server``: the federation's SuperLink and its run, in one command.
+
+Starts ``flower-superlink`` with TLS (unless ``--insecure``), SuperNode authentication and a
+persistent state database, registers every site key that ``omnirad-certs`` wrote, submits the
+run with ``flwr run`` and stops the SuperLink, and everything it started, when the run ends.
+``--resume`` goes on from the last checkpoint of the newest run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omnirad.config import DEPLOYMENT, ConfigError, flat_defaults, load_config, parse_overrides, read_config_file
+from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
+from server.checkpoint import MARK
+from server.processes import stop_process_tree
+
+CONNECTION = "omnirad"  # the flwr CLI's name for this SuperLink in <state-dir>/flwr/config.toml
+PROJECT = Path(__file__).resolve().parents[1]  # the Flower app: this repository (pip install -e)
+
+
+def run_configuration(config_file: Path | None, overrides: Sequence[str], output_dir: Path,
+                      resume: bool) -> dict[str, Any]:
+    """The run's flat configuration, validated before anything starts."""
+    flat = read_config_file(config_file) if config_file else {}
+    flat.update(parse_overrides(overrides))
+    flat.setdefault("data.dataset", DEPLOYMENT)
+    flat.setdefault("run.output-dir", str(output_dir))
+    cfg = load_config(flat)
+    if cfg.data.dataset != DEPLOYMENT:
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r}: a deployed federation trains on each site's own "
+                          "file (data.dataset='deployment'); use `flwr run .` or omnirad-sim for simulations")
+    if resume:
+        flat["run.resume-from"] = str(latest_checkpointed_run(Path(cfg.run.output_dir).expanduser()))
+        load_config(flat)
+    return flat
+
+
+def latest_checkpointed_run(output_dir: Path) -> Path:
+    """The newest run folder with a checkpoint, for ``--resume``."""
+    folders = sorted((p.parent for p in output_dir.glob(f"*/{MARK}")), key=lambda p: p.stat().st_mtime)
+    if not folders:
+        raise ConfigError(f"--resume: no run folder with a checkpoint ({MARK}) under {output_dir}")
+    return folders[-1]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+def write_run_config(flat: dict[str, Any], path: Path) -> Path:
+    """The run configuration as the TOML file ``flwr run --run-config`` reads (keys as in pyproject)."""
+    known = flat_defaults()
+    path.write_text("".join(f"{key} = {toml_value(flat[key])}\n" for key in known if key in flat))
+    return path
+
+
+def tls_files(certs: Path) -> dict[str, Path]:
+    files = {"ca": certs / CA_CERT, "cert": certs / SERVER_CERT, "key": certs / SERVER_KEY}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"TLS files missing: {', '.join(missing)}; create them with `omnirad-certs {certs} "
+                          "--sites A B C`, or pass --insecure for a local test")
+    return files
+
+
+def write_flwr_connection(flwr_home: Path, address: str, ca: Path | None) -> None:
+    """The flwr CLI's connection to this SuperLink (used to register sites and submit the run)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca.resolve()}"' if ca else "insecure = true"
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n'
+    )
+
+
+class SuperLink:
+    """``flower-superlink`` as a child process that we stop, with all it started, by PID."""
+
+    def __init__(self, args: argparse.Namespace, state_dir: Path, env: dict[str, str]) -> None:
+        self.args, self.state_dir, self.env = args, state_dir, env
+        self.log_file = state_dir / "superlink.log"
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        command = [str(Path(sys.executable).with_name("flower-superlink")),
+                   "--host", self.args.host, "--port", str(self.args.port),
+                   "--database", str(self.state_dir / "superlink.db"), "--enable-supernode-auth",
+                   "--isolation", "subprocess", "--disable-runtime-dependency-installation",
+                   "--log-file", str(self.log_file)]
+        if self.args.insecure:
+            return [*command, "--insecure"]
+        tls = tls_files(self.args.certs)
+        return [*command, "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
+                "--ssl-keyfile", str(tls["key"])]
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.process = subprocess.Popen(self.command(), cwd=self.state_dir, env=self.env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}; see {self.log_file}")
+            if self.healthy():
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"flower-superlink did not answer in {timeout:.0f} s; see {self.log_file}")
+
+    def healthy(self) -> bool:
+        scheme = "http" if self.args.insecure else "https"
+        context = None
+        if not self.args.insecure:
+            context = ssl.create_default_context(cafile=str(self.args.certs / CA_CERT))
+            context.check_hostname = False  # the chain is verified; the name is the one the sites dial
+        try:
+            with urllib.request.urlopen(f"{scheme}://{local_address(self.args)}/health", timeout=1, context=context) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_tree(self.process.pid)
+            self.process = None
+
+
+def local_address(args: argparse.Namespace) -> str:
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    return f"{host}:{args.port}"
+
+
+def register_sites(certs: Path, env: dict[str, str]) -> list[str]:
+    """Register every site's public key; a key registered before (persistent state) is fine."""
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    registered = []
+    for public_key in sorted((certs / SITES_DIR).glob("*.pub")):
+        result = subprocess.run([flwr, "supernode", "register", str(public_key), CONNECTION, "--name", public_key.stem,
+                                 "--format", "json"], env=env, capture_output=True, text=True)
+        try:
+            reply = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            reply = {"success": False, "error-message": (result.stdout + result.stderr).strip()}
+        if not reply.get("success") and "already in use" not in reply.get("error-message", ""):
+            raise RuntimeError(f"could not register {public_key}: {reply.get('error-message')}")
+        registered.append(public_key.stem)
+    return registered
+
+
+def run_folder_of(flat: dict[str, Any], started: float) -> Path | None:
+    """The folder the ServerApp wrote: the resumed one, or the newest one made since ``started``."""
+    if flat.get("run.resume-from"):
+        return Path(flat["run.resume-from"])
+    output_dir = Path(str(flat["run.output-dir"])).expanduser()
+    made = [p.parent for p in output_dir.glob("*/config.yaml") if p.parent.stat().st_ctime >= started - 1]
+    return max(made, key=lambda p: p.stat().st_ctime) if made else None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="omnirad-server",
+        description="Start the federation's SuperLink (TLS, SuperNode authentication, persistent state), register "
+                    "the sites' keys, run the federation and stop the SuperLink when the run ends.",
+        epilog="Sites join with `omnirad-client --site NAME`. Results go to <state-dir>/runs/<run>/ (metrics.jsonl, "
+               "summary.json, checkpoints). See the README's deployment section.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides, e.g. num-server-rounds=20")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="the run's configuration (YAML, keys as in pyproject.toml)")
+    parser.add_argument("--certs", type=Path, default=Path("certs"), help="folder from omnirad-certs (default: certs)")
+    parser.add_argument("--insecure", action="store_true", help="no TLS (a local test only: traffic is unencrypted)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=9092, help="port for sites and the flwr CLI (default: 9092)")
+    parser.add_argument("--state-dir", type=Path, default=Path("omnirad-server"),
+                        help="SuperLink database, logs and run folders (default: omnirad-server)")
+    parser.add_argument("--resume", action="store_true", help="go on from the newest run folder's last checkpoint")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    state_dir = args.state_dir.expanduser().resolve()
+    args.certs = args.certs.expanduser().resolve()
+    try:
+        flat = run_configuration(args.config, args.overrides, state_dir / "runs", args.resume)
+        if not args.insecure:
+            tls_files(args.certs)
+    except ConfigError as err:
+        print(f"omnirad-server: {err}", file=sys.stderr)
+        return 2
+    if args.insecure:
+        print("omnirad-server: WARNING: --insecure: TLS is OFF, model updates travel unencrypted", file=sys.stderr)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FLWR_HOME": str(state_dir / "flwr"), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    write_flwr_connection(state_dir / "flwr", local_address(args), None if args.insecure else args.certs / CA_CERT)
+    run_config = write_run_config(flat, state_dir / "run-config.toml")
+    superlink = SuperLink(args, state_dir, env)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the SuperLink
+    started = time.time()
+    try:
+        superlink.start()
+        print(f"SuperLink on {args.host}:{args.port} ({'INSECURE' if args.insecure else 'TLS'}, site authentication on, "
+              f"state {state_dir / 'superlink.db'})", flush=True)
+        sites = register_sites(args.certs, env)
+        print(f"registered sites: {', '.join(sites) or 'none (no keys under ' + str(args.certs / SITES_DIR) + ')'}",
+              flush=True)
+        subprocess.run([str(Path(sys.executable).with_name("flwr")), "run", str(PROJECT), CONNECTION, "--stream",
+                        "--run-config", str(run_config)], env=env, check=False)
+    except RuntimeError as err:
+        print(f"omnirad-server: {err}", file=sys.stderr)
+        return 1
+    finally:
+        superlink.stop()
+    folder = run_folder_of(flat, started)
+    if folder is None or not (folder / "summary.json").is_file():
+        print(f"omnirad-server: the run did not finish (no summary.json); see {superlink.log_file}", file=sys.stderr)
+        return 1
+    print(f"run finished: {folder}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

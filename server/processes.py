@@ -1,0 +1,31 @@
+"""Stop what we started, all of it: Flower's SuperLink and SuperNode start helpers (SuperExec,
+ServerApp, ClientApp processes, Ray) that a signal to one PID, or to its process group, misses."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+
+
+def stop_process_tree(pid: int, grace: float = 10.0) -> list[int]:
+    """Terminate a process and every descendant, kill what is left after ``grace`` seconds, and
+    return the PIDs that were stopped.
+
+    Flower starts its SuperExec in a session of its own, so a process-group kill would miss it:
+    the whole tree is collected first (while the parent links still exist), then terminated.
+    """
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [proc.pid for proc in tree]

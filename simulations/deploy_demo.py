@@ -1,0 +1,109 @@
+"""Lay out a deployed federation on one machine, to try ``omnirad-server`` and ``omnirad-client``
+without hospital data: a MedMNIST-format file per site (a non-IID share of the embedded dataset),
+the server's test file, an encoder weights file (vit-tiny, seeded random init: the real loading
+and fingerprint checks run on it), a site file per site and the run's configuration.
+
+    omnirad-certs demo/certs --sites A B C
+    python -m simulations.deploy_demo demo --sites A B C
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+from safetensors.torch import save_file
+
+from omnirad.config import load_config
+from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
+from omnirad.encoders import create_encoder, weights_sha256
+from server.certs import CA_CERT, site_key_paths
+
+ENCODER = "vit-tiny"
+
+
+def write_npz(path: Path, data: LabelledImages) -> Path:
+    """MedMNIST's layout: uint8 images and (N, 1) integer labels under ``train_*``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, train_images=data.images, train_labels=data.labels.reshape(-1, 1))
+    return path
+
+
+def write_encoder_weights(path: Path) -> Path:
+    """The seeded random vit-tiny as a plain timm safetensors file, as a pretrained one would come."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in create_encoder(ENCODER, "", 224).vit.state_dict().items()}
+    save_file(state, str(path))
+    return path
+
+
+def write_demo(folder: Path, sites: Sequence[str], server: str, size: int = 32, alpha: float = 0.5, rounds: int = 5,
+               num_train: int = 600, runtime_port: int = 9094) -> list[Path]:
+    folder = folder.resolve()
+    simulated = load_config({"data.num-sites": len(sites), "data.size": size, "data.alpha": alpha,
+                             "data.num-train": num_train, "data.num-test": max(40, num_train // 4),
+                             "data.min-site-samples": 10})
+    written = []
+    for index, name in enumerate(sites):
+        share = load_site(simulated, index)
+        pooled = LabelledImages(np.concatenate([share.train.images, share.val.images]),
+                                np.concatenate([share.train.labels, share.val.labels]))
+        written.append(write_npz(folder / "data" / f"site-{name}.npz", pooled))
+    test_file = write_npz(folder / "data" / "test.npz", server_test_set(simulated))
+    weights = write_encoder_weights(folder / "weights" / f"{ENCODER}.safetensors")
+    sha256 = weights_sha256(str(weights))
+    host, port = server.rsplit(":", 1)
+    for index, name in enumerate(sites):
+        private_key, _ = site_key_paths(folder / "certs", name)
+        site = {
+            "site": {"name": name, "id": index},
+            "server": {"address": f"{host}:{port}", "ca-certificate": f"../certs/{CA_CERT}"},
+            "auth-key": f"../{private_key.relative_to(folder).as_posix()}",
+            "data": {"file": f"../data/site-{name}.npz", "task": "multi-class",
+                     "num-classes": len(task_info(simulated).label_names)},
+            "encoder": {"name": ENCODER, "weights": f"../weights/{weights.name}", "sha256": sha256},
+            "cache-dir": f"../cache/site-{name}",
+            "state-dir": f"../state/site-{name}",
+            "runtime-port": runtime_port + index,
+        }
+        path = folder / "sites" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(site, sort_keys=False))
+        written.append(path)
+    federation = {
+        "num-server-rounds": rounds,
+        "data": {"dataset": "deployment", "task": "multi-class", "num-classes": len(task_info(simulated).label_names),
+                 "size": size, "num-sites": len(sites), "test-file": str(test_file)},
+        "model": {"encoder": ENCODER, "weights": str(weights), "adapter": "mlp", "feature-cache": True,
+                  "cache-dir": str(folder / "cache" / "server")},
+        "train": {"local-epochs": 2},
+        "strategy": {"name": "fedavg", "min-sites": max(1, len(sites) - 1), "round-timeout": 600.0},
+    }
+    (folder / "federation.yaml").write_text(yaml.safe_dump(federation, sort_keys=False))
+    return [*written, test_file, weights, folder / "federation.yaml"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.deploy_demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="where to write data/, weights/, sites/ and federation.yaml")
+    parser.add_argument("--sites", nargs="+", default=["A", "B", "C"], metavar="NAME")
+    parser.add_argument("--server", default="127.0.0.1:9092", help="the address sites dial (default: 127.0.0.1:9092)")
+    parser.add_argument("--size", type=int, default=32, help="image size (default: 32)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the site split")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--num-train", type=int, default=600, help="images shared out among the sites")
+    parser.add_argument("--runtime-port", type=int, default=9094,
+                        help="local ClientApp API port of the first site's SuperNode; the next sites take the next ports")
+    args = parser.parse_args(argv)
+    for path in write_demo(args.folder, args.sites, args.server, args.size, args.alpha, args.rounds, args.num_train,
+                           args.runtime_port):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""omnirad-server's work before it starts anything: the run configuration, --resume, TLS files."""
+
+import os
+import time
+
+import pytest
+from flwr.common.config import parse_config_args
+
+from omnirad.config import ConfigError, load_config, to_flat
+from server.cli import latest_checkpointed_run, main, run_configuration, write_run_config
+
+
+def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):
+    config = tmp_path / "federation.yaml"
+    config.write_text("num-server-rounds: 3\ndata:\n  task: multi-class\n  num-classes: 4\n"
+                      "  test-file: /data/with space/test.npz\nmodel.adapter: linear\n")
+    flat = run_configuration(config, ["train.lr=0.01", "strategy.name=fedprox"], tmp_path / "runs", resume=False)
+    toml = write_run_config(flat, tmp_path / "run.toml")
+    received = load_config(parse_config_args([str(toml)]))  # what the ServerApp gets from `flwr run`
+    assert to_flat(received) == to_flat(load_config(flat))
+    assert received.data.dataset == "deployment" and received.data.test_file == "/data/with space/test.npz"
+    assert received.train.lr == 0.01 and received.strategy.name == "fedprox" and received.num_server_rounds == 3
+    assert received.run.output_dir == str(tmp_path / "runs")
+
+
+def test_a_simulated_dataset_is_refused_for_a_deployment(tmp_path):
+    with pytest.raises(ConfigError, match="data.dataset='embedded'"):
+        run_configuration(None, ["data.dataset=embedded"], tmp_path, resume=False)
+
+
+def test_resume_picks_the_newest_run_folder_with_a_checkpoint(tmp_path):
+    for name, age in (("old", 100), ("new", 10)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.json").write_text("{}")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    (tmp_path / "newest-without-checkpoint").mkdir()
+    assert latest_checkpointed_run(tmp_path) == tmp_path / "new"
+    with pytest.raises(ConfigError, match="no run folder with a checkpoint"):
+        latest_checkpointed_run(tmp_path / "new")
+
+
+def test_bad_input_stops_the_server_before_anything_starts(tmp_path, capsys):
+    state = tmp_path / "state"
+    common = ["--state-dir", str(state), "data.num-classes=3"]
+    assert main([*common, "--certs", str(tmp_path / "no-certs")]) == 2
+    assert "omnirad-certs" in capsys.readouterr().err
+    assert main([*common, "--insecure", "train.lr=-1"]) == 2
+    assert "'train.lr'" in capsys.readouterr().err
+    assert main([*common, "--insecure", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such configuration file" in capsys.readouterr().err
+    assert not state.exists()  # nothing was started or written
