@@ -9,6 +9,7 @@ something is wrong, before any work starts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -247,6 +248,15 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def toml_literal(value: Any) -> str:
+    """A value as Flower's ``--run-config`` and TOML files write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

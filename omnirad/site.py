@@ -24,7 +24,7 @@ from omnirad.models import build_model, model_inputs
 from omnirad.personalization import local_keys
 from omnirad.privacy import PrivacyLedger, check_budget, round_plan, train_private
 from omnirad.spectral import alignment_weight, site_prototypes
-from omnirad.training import evaluate_model, train_model
+from omnirad.training import evaluate_model, predict, train_model
 
 
 @lru_cache(maxsize=2)
@@ -190,6 +190,16 @@ class CentralEvaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:
             return {}
+        return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg)))
+
+    def model(self, state: dict[str, torch.Tensor]) -> nn.Module:
         model = new_model(self.cfg, self.bank)
         load_trainable_state(model, state, optional=self.local_keys)
-        return wire_keys(evaluate_model(model, self.test.inputs, self.test.labels, task_info(self.cfg)))
+        return model
+
+    @torch.no_grad()
+    def predictions(self, state: dict[str, torch.Tensor]) -> tuple[LabelledImages, torch.Tensor]:
+        """The test set and the model's outputs on it (logits; per-pixel for segmentation), for reports."""
+        if self.test is None:
+            raise ValueError("no server test set (data.test-file is empty, or FedPer has no global model)")
+        return self.test.data, predict(self.model(state), self.test.inputs)

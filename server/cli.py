@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omnirad.config import DEPLOYMENT, ConfigError, flat_defaults, load_config, parse_overrides, read_config_file
+from omnirad.config import (
+    DEPLOYMENT,
+    ConfigError,
+    flat_defaults,
+    load_config,
+    parse_overrides,
+    read_config_file,
+    toml_literal,
+)
 from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
 from server.checkpoint import MARK
 from server.processes import stop_process_tree
@@ -55,18 +63,10 @@ def latest_checkpointed_run(output_dir: Path) -> Path:
     return folders[-1]
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a TOML basic string
-
-
 def write_run_config(flat: dict[str, Any], path: Path) -> Path:
     """The run configuration as the TOML file ``flwr run --run-config`` reads (keys as in pyproject)."""
     known = flat_defaults()
-    path.write_text("".join(f"{key} = {toml_value(flat[key])}\n" for key in known if key in flat))
+    path.write_text("".join(f"{key} = {toml_literal(flat[key])}\n" for key in known if key in flat))
     return path
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure  # figures without pyplot: no global backend to switch, safe in notebooks
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ...]) -> None:
     """The task's headline metrics on the test set, and the first one on each site's validation split, per round."""
     x = [r["round"] for r in rounds]
-    fig, (ax_global, ax_sites) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_global, ax_sites = fig.subplots(1, 2)
     for key in metrics:
         ax_global.plot(x, [r["global"].get(key) for r in rounds], marker="o", label=f"test {key}")
     ax_global.set(title="Global model on the held-out test set", xlabel="round", ylim=(0, 1))
@@ -30,7 +28,6 @@ def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ..
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 VIEWS = (("global", "global (server test)"), ("worst-site", "worst site"), ("personalized", "personalized"))
@@ -40,7 +37,8 @@ def plot_sweep(summary: dict[str, dict[str, dict[str, tuple[float, float]]]], pa
     """One panel per split: each variant's mean (bar) and standard deviation over seeds (error bar)
     for the three views of ``simulations.sweep``; ``summary[split][variant][view] = (mean, std)``."""
     splits = list(summary)
-    fig, axes = plt.subplots(len(splits), 1, figsize=(12, 3.4 * len(splits)), squeeze=False)
+    fig = Figure(figsize=(12, 3.4 * len(splits)))
+    axes = fig.subplots(len(splits), 1, squeeze=False)
     width = 0.27
     for ax, split in zip(axes[:, 0], splits, strict=True):
         variants = list(summary[split])
@@ -54,4 +52,51 @@ def plot_sweep(summary: dict[str, dict[str, dict[str, tuple[float, float]]]], pa
     axes[0, 0].legend(ncol=3, fontsize="small", loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def plot_site_bars(per_site: dict[str, dict[str, float]], path: Path, metric: str) -> None:
+    """The final global model on each site's validation split, next to each site's size."""
+    sites = sorted(per_site, key=int)
+    fig = Figure(figsize=(11, 3.6))
+    ax_metric, ax_size = fig.subplots(1, 2)
+    ax_metric.bar(sites, [per_site[s].get(metric, float("nan")) for s in sites], color="tab:blue")
+    ax_metric.set(title="Final model on each site's validation split", xlabel="site", ylabel=metric, ylim=(0, 1))
+    ax_size.bar(sites, [per_site[s].get("num-examples", 0) for s in sites], color="tab:gray")
+    ax_size.set(title="Validation images per site", xlabel="site", ylabel="images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_confusion(matrix: Any, names: tuple[str, ...], path: Path) -> None:
+    """Rows: true class, columns: predicted class, shaded by the share of each true class."""
+    shares = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    size = 2.2 + 0.55 * len(names)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
+                    color="white" if shares[i, j] > 0.5 else "black", fontsize="small")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
+    ax.set_yticks(range(len(names)), names, fontsize="small")
+    ax.set(xlabel="predicted", ylabel="true", title="Final global model, server test set")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_overlays(images: Any, truth: Any, predicted: Any, path: Path) -> None:
+    """Segmentation: each test image with its true mask and the final model's prediction."""
+    count = len(images)
+    fig = Figure(figsize=(2.2 * count, 4.6))
+    axes = fig.subplots(2, count, squeeze=False)
+    for k in range(count):
+        for row, (masks, title) in enumerate(((truth, "true"), (predicted, "predicted"))):
+            ax = axes[row, k]
+            ax.imshow(images[k], cmap="gray")
+            ax.imshow(masks[k], cmap="autumn", alpha=0.45 * (masks[k] > 0), vmin=0, vmax=max(1, int(masks.max())))
+            ax.set_title(f"{title} {k}", fontsize="small")
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

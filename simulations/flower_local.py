@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flwr.app import Message, Metadata, RecordDict
+
 from server.processes import stop_process_tree
 
 DEFAULT_HTTP_PORT = 39091
@@ -131,6 +133,14 @@ def flwr_run(project: Path, env: dict[str, str], run_config: str = "", num_super
     """Run ``flwr_run_command`` with our environment; output goes to this terminal too."""
     return subprocess.run(flwr_run_command(project, run_config, num_supernodes), cwd=project, env=env,
                           timeout=timeout, check=False)
+
+
+def instruction(message_type: str, content: RecordDict, node_id: int) -> Message:
+    """A message as the SuperLink delivers it to a ClientApp (no SuperLink needed to build one)."""
+    metadata = Metadata(run_id=1, message_id=f"{message_type}-{node_id}", src_node_id=0, dst_node_id=node_id,
+                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0,
+                        message_type=message_type)
+    return Message(metadata=metadata, content=content)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,18 +8,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # figures without pyplot: no global backend to switch, safe in notebooks
 
 from omnirad.data.synthetic import CLASS_NAMES, FINDING_NAMES, MODALITIES, generate  # noqa: E402
 
 
 def plot_samples(path: Path, size: int = 96, columns: int = 8) -> None:
     split = generate(len(CLASS_NAMES) * len(MODALITIES) * len(FINDING_NAMES), size=size, seed=0)
-    fig, axes = plt.subplots(len(MODALITIES), columns, figsize=(2 * columns, 2.1 * len(MODALITIES)))
+    fig = Figure(figsize=(2 * columns, 2.1 * len(MODALITIES)))
+    axes = fig.subplots(len(MODALITIES), columns)
     for row, _ in enumerate(MODALITIES):
         for col in range(columns):  # every region, and every finding twice
             label, finding = col % len(CLASS_NAMES), (col // 2) % len(FINDING_NAMES)
@@ -32,7 +30,6 @@ def plot_samples(path: Path, size: int = 96, columns: int = 8) -> None:
     fig.suptitle("Embedded dataset: label = body region; red outline = lesion mask", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def main() -> None:

@@ -119,6 +119,43 @@ def table(rows: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
+def run_sweep(variants: list[str], splits: list[str], seeds: list[int], shared_overrides: str, out: Path,
+              with_references: bool = True, port: int = DEFAULT_HTTP_PORT) -> list[dict[str, Any]]:
+    """Run every (seed, split, variant) not yet in ``out`` and write its table (``.md``) and plot
+    (``.png``); returns the rows of this sweep. Every configuration is checked before the first run."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shared = (f"model.feature-cache=true model.cache-dir='{out.parent / 'feature-cache'}' "
+              f"run.output-dir='{out.parent / 'runs'}' {shared_overrides}").strip()
+    labels = list(REFERENCES) if with_references else []
+    # seeds outermost: a sweep stopped early still covers every split and variant for the first seeds
+    plan = [(split, seed, variant) for seed in seeds for split in splits
+            for variant in [*(f"{label}:" for label in labels), *variants]]
+
+    def overrides_of(split: str, seed: int, variant: str) -> str:
+        return f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}".strip()
+
+    for cell in plan:
+        load_config(parse_config_args([overrides_of(*cell)]))
+    done = done_keys(out)
+    link = local_superlink(port)
+    with contextlib.nullcontext() if link.healthy() else link:  # one SuperLink for the whole sweep
+        for number, (split, seed, variant) in enumerate(plan, 1):
+            split_label, label = variant_overrides(split)[0], variant_overrides(variant)[0]
+            if (shared_overrides, split_label, seed, label) in done:
+                continue
+            print(f"\n=== sweep {number}/{len(plan)}: {split_label}, seed {seed}, {label} ===", flush=True)
+            row = run_one(overrides_of(split, seed, variant), label, port)
+            with open(out, "a") as f:
+                f.write(json.dumps({"shared": shared_overrides, "split": split_label, "seed": seed, "variant": label,
+                                    **row}) + "\n")
+    rows = [r for r in map(json.loads, out.read_text().splitlines()) if r["shared"] == shared_overrides]
+    metric = task_info(load_config(parse_config_args([shared]))).selection_metric
+    out.with_suffix(".md").write_text(f"Shared overrides: {shared_overrides}\n{table(rows, metric)}\n")
+    plot_sweep(view_stats(rows, metric), out.with_suffix(".png"), metric)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="label:key=value,...")
@@ -130,36 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT,
                         help="loopback port of the sweep's SuperLink (another port lets two sweeps run side by side)")
     args = parser.parse_args(argv)
-    out = args.out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shared = (f"model.feature-cache=true model.cache-dir='{out.parent / 'feature-cache'}' "
-              f"run.output-dir='{out.parent / 'runs'}' {args.shared}").strip()
-    labels = [] if args.no_references else list(REFERENCES)
-    # seeds outermost: a sweep stopped early still covers every split and variant for the first seeds
-    plan = [(split, seed, variant) for seed in args.seeds for split in args.splits
-            for variant in [*(f"{label}:" for label in labels), *args.variants]]
-    def overrides_of(split: str, seed: int, variant: str) -> str:
-        return f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}".strip()
-
-    for cell in plan:  # every configuration is checked before the first run
-        load_config(parse_config_args([overrides_of(*cell)]))
-    done = done_keys(out)
-    link = local_superlink(args.port)
-    with contextlib.nullcontext() if link.healthy() else link:  # one SuperLink for the whole sweep
-        for number, (split, seed, variant) in enumerate(plan, 1):
-            split_label, label = variant_overrides(split)[0], variant_overrides(variant)[0]
-            if (args.shared, split_label, seed, label) in done:
-                continue
-            print(f"\n=== sweep {number}/{len(plan)}: {split_label}, seed {seed}, {label} ===", flush=True)
-            row = run_one(overrides_of(split, seed, variant), label, args.port)
-            with open(out, "a") as f:
-                f.write(json.dumps({"shared": args.shared, "split": split_label, "seed": seed, "variant": label, **row}) + "\n")
-    rows = [r for r in map(json.loads, out.read_text().splitlines()) if r["shared"] == args.shared]
-    metric = task_info(load_config(parse_config_args([shared]))).selection_metric
-    report = f"Shared overrides: {args.shared}\n{table(rows, metric)}\n"
-    out.with_suffix(".md").write_text(report)
-    plot_sweep(view_stats(rows, metric), out.with_suffix(".png"), metric)
-    print(f"{report}\nTable: {out.with_suffix('.md')}; plot: {out.with_suffix('.png')}")
+    run_sweep(args.variants, args.splits, args.seeds, args.shared, args.out, not args.no_references, args.port)
+    table_path = args.out.resolve().with_suffix(".md")
+    print(f"{table_path.read_text()}\nTable: {table_path}; plot: {table_path.with_suffix('.png')}")
     return 0
 
 

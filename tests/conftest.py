@@ -1,24 +1,15 @@
 """Test-wide settings: offline, loopback-only, quiet."""
 
 import os
-import time
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 
 # Before anything imports huggingface_hub (it reads these once): never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-
-
-def instruction(message_type: str, content: RecordDict, node_id: int) -> Message:
-    """A message as the SuperLink delivers it to a ClientApp (no SuperLink needed to build one)."""
-    metadata = Metadata(run_id=1, message_id=f"{message_type}-{node_id}", src_node_id=0, dst_node_id=node_id,
-                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0,
-                        message_type=message_type)
-    return Message(metadata=metadata, content=content)
 
 
 class FakeGrid:

@@ -10,7 +10,7 @@ from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
 from omnirad.personalization import local_keys
 from omnirad.site import CentralEvaluator, get_site, new_model
-from tests.conftest import instruction
+from simulations.flower_local import instruction
 
 SMALL = {"data.num-train": 240, "data.num-test": 60, "data.size": 32, "data.num-sites": 2,
          "data.partition": "iid", "train.local-epochs": 2, "num-server-rounds": 2}

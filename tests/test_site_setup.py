@@ -14,7 +14,7 @@ from omnirad.config import ConfigError, to_flat
 from omnirad.encoders import WEIGHTS_SHA256_KEY, weights_sha256
 from server.certs import write_federation
 from simulations.deploy_demo import write_encoder_weights
-from tests.conftest import instruction
+from simulations.flower_local import instruction
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
+from matplotlib import colormaps
+from matplotlib.figure import Figure  # figures without pyplot: no global backend to switch, safe in notebooks
 
 
 def label_counts(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -48,9 +46,10 @@ def plot_report(report: dict[str, Any], path: Path, title: str = "") -> None:
     """Stacked bars: each site's label mix, bar height = its number of samples."""
     sites = report["sites"]
     counts = np.array([s["label-counts"] for s in sites], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(sites) + 2), 3.5))
+    fig = Figure(figsize=(max(4, 0.6 * len(sites) + 2), 3.5))
+    ax = fig.subplots()
     bottom = np.zeros(len(sites))
-    colours = plt.get_cmap("tab20")
+    colours = colormaps["tab20"]
     for k, name in enumerate(report["class-names"]):
         ax.bar([str(s["site"]) for s in sites], counts[:, k], bottom=bottom, label=name, color=colours(k % 20))
         bottom += counts[:, k]
@@ -58,4 +57,3 @@ def plot_report(report: dict[str, Any], path: Path, title: str = "") -> None:
     ax.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,0 +1,133 @@
+"""A Markdown report of a finished run, from its run folder alone (never from terminal output).
+
+    python -m simulations.report runs/<run folder>      # writes <run folder>/report.md
+
+Tables: the final and best global metrics, the worst site and the sites' own (personalized)
+validation, bytes, time and memory, and every site's final numbers. Plots: metrics per round
+(``curves.png``), per-site bars, the partition (simulated splits), and the final global model's
+confusion matrix on the server's test set (classification) or its masks on test images
+(segmentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from sklearn.metrics import confusion_matrix
+
+from omnirad.config import SPECTRAL, Config, load_config
+from omnirad.data.sites import task_info
+from omnirad.site import CentralEvaluator
+from server.plots import plot_confusion, plot_overlays, plot_site_bars
+
+OVERLAY_IMAGES = 6
+
+
+def read_run(folder: Path) -> tuple[Config, list[dict[str, Any]], dict[str, Any]]:
+    """A run folder's configuration, per-round lines and summary; says what is missing."""
+    missing = [name for name in ("config.yaml", "metrics.jsonl", "summary.json") if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a finished run folder (missing {', '.join(missing)})")
+    cfg = load_config(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")))
+    rounds = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return cfg, rounds, json.loads((folder / "summary.json").read_text())
+
+
+def metric_table(rows: dict[str, dict[str, float]], metrics: Sequence[str]) -> list[str]:
+    lines = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for label, values in rows.items():
+        cells = [("-" if m not in values else f"{values[m]:.0f}" if m == "num-examples" else f"{values[m]:.3f}")
+                 for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def model_plot(cfg: Config, folder: Path) -> tuple[str, str]:
+    """The confusion matrix or mask overlays of the final global model; (file, caption) or a reason."""
+    if cfg.personalization.mode == "fedper" or cfg.strategy.name == SPECTRAL:
+        return "", "no single global model to plot (FedPer keeps heads at the sites; spectral prompts need the bank)"
+    evaluator = CentralEvaluator(cfg)
+    if evaluator.test is None:
+        return "", "no server test set (data.test-file is empty)"
+    task = task_info(cfg)
+    test, outputs = evaluator.predictions(load_file(folder / "final_adapter.safetensors"))
+    if task.segmentation:
+        path = folder / "overlays.png"
+        images = test.images[:OVERLAY_IMAGES]
+        grey = images if images.ndim == 3 else images.mean(axis=-1)
+        plot_overlays(grey, test.labels[:OVERLAY_IMAGES], outputs[:OVERLAY_IMAGES].argmax(dim=1).numpy(), path)
+        return path.name, "final global model: true and predicted masks on the first test images"
+    if task.kind.startswith("multi-label"):
+        return "", "multi-label task: per-label metrics are in the tables (no single confusion matrix)"
+    predicted = outputs.argmax(dim=1).numpy() if outputs.shape[1] > 1 else (torch.sigmoid(outputs[:, 0]) > 0.5).long().numpy()
+    names = task.label_names if len(task.label_names) > 1 else ("negative", "positive")
+    matrix = confusion_matrix(np.asarray(test.labels).reshape(-1), predicted, labels=range(len(names)))
+    path = folder / "confusion.png"
+    plot_confusion(matrix, names, path)
+    return path.name, "final global model on the server's test set"
+
+
+def write_run_report(folder: Path) -> Path:
+    cfg, rounds, summary = read_run(folder)
+    task = task_info(cfg)
+    metrics = task.headline_metrics
+    last = rounds[-1]
+    d, m = cfg.data, cfg.model
+    lines = [f"# Run report: {folder.name}", "",
+             f"{d.dataset} data, {d.partition if d.dataset not in ('files', 'deployment') else 'natural'} split over "
+             f"{d.num_sites} sites, {summary['rounds']} rounds of {cfg.train.local_epochs} local epochs; "
+             f"{m.encoder} ({summary.get('weights', m.weights or 'random init')}) with a {m.adapter} adapter; "
+             f"strategy {cfg.strategy.name}, personalization {cfg.personalization.mode}, seed {cfg.run.seed}.", "",
+             "## Results", ""]
+    views = {"final global model, server test": summary.get("final", {}),
+             f"best round ({summary['best']['round']}), server test" if summary.get("best") else "best round": (summary.get("best") or {}).get("global", {}),
+             "sites' validation, mean (personalized models where kept)": summary.get("final-federated-val", {}),
+             "worst site's validation": summary.get("final-worst-site", {})}
+    lines += metric_table(views, metrics)
+    peak = summary.get("peak-rss-mb", {})
+    lines += ["", f"Sent by a site per round: {summary['bytes-up-per-site-round'] / 1e3:,.1f} kB "
+              f"(adapter {summary.get('adapter-parameter-bytes', 0) / 1e3:,.1f} kB; the encoder, which never moves, "
+              f"{summary.get('encoder-parameter-bytes', 0) / 1e6:,.1f} MB). Total up {summary['bytes-up'] / 1e6:,.2f} MB, "
+              f"down {summary['bytes-down'] / 1e6:,.2f} MB. Wall time {summary['wall-seconds']:.0f} s; peak memory "
+              f"server {peak.get('server', 0):.0f} MB, a site {peak.get('clients', 0):.0f} MB.", ""]
+    if summary.get("failures") or summary.get("rejected-updates"):
+        lines += ["Failures and rejected updates:", ""]
+        lines += [f"- {f}" for f in summary.get("failures", [])]
+        lines += [f"- round {r}: {reason}" for r, reasons in summary.get("rejected-updates", {}).items() for reason in reasons]
+        lines.append("")
+    per_site = {s: v.get("evaluate", {}) for s, v in last["sites"].items()}
+    lines += ["## Sites (last round)", ""]
+    lines += metric_table({f"site {s}": per_site[s] for s in sorted(per_site, key=int)}, ["num-examples", *metrics])
+    lines += ["", "## Plots", "", "![metrics per round](curves.png)", ""]
+    if any(per_site.values()):
+        plot_site_bars(per_site, folder / "sites.png", task.selection_metric)
+        lines += ["![each site](sites.png)", ""]
+    if (folder / "partition.png").exists():
+        lines += ["![partition](partition.png)", ""]
+    plot_file, caption = model_plot(cfg, folder)
+    lines += [f"![{caption}]({plot_file})" if plot_file else f"({caption})", ""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="run folders")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        print(f"wrote {write_run_report(folder)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""``omnirad-sim CONFIG.yaml [key=value ...]``: an experiment from a configuration file, through
+Flower's simulation, with a report.
+
+The file holds configuration keys (flat ``data.alpha: 0.1`` or nested ``data: {alpha: 0.1}``). A
+``sweep:`` section turns it into a sweep::
+
+    sweep:
+      grid:                          # every combination of these values is one cell
+        strategy.name: [fedavg, fedprox]
+        data.alpha: [0.1, 1.0]
+      seeds: [0, 1, 2]               # default: run.seed
+      baselines: true                # pooled and local-only training on the same splits
+      out: results/my-sweep          # default: results/<file name>
+
+Each cell's result is appended to ``<out>/results.jsonl`` when it finishes, so a sweep that was
+stopped resumes with the first cell it has no result for. Keys under ``data.`` define the split,
+so the baselines run once per split and seed; the other keys are the variants compared on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from omnirad.config import ConfigError, load_config, parse_overrides, read_config_file, toml_literal
+from simulations.demo import run_simulation
+from simulations.flower_local import DEFAULT_HTTP_PORT
+from simulations.report import write_run_report
+from simulations.sweep import run_sweep
+
+
+@dataclass
+class SweepPlan:
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    baselines: bool = True
+    out: str = ""
+
+
+def load_experiment(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any], SweepPlan | None]:
+    """The run keys (validated) and the sweep plan, if the file has one."""
+    flat = read_config_file(path)
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    sweep_section = raw.pop("sweep", None) if isinstance(raw, dict) else None
+    flat = {k: v for k, v in flat.items() if not k.startswith("sweep.")}
+    flat.update(parse_overrides(overrides))
+    cfg = load_config(flat)
+    if sweep_section is None:
+        return flat, None
+    try:
+        plan = SweepPlan(**{k: v for k, v in sweep_section.items()})
+    except TypeError as err:
+        raise ConfigError(f"{path}: sweep: {err} (known: grid, seeds, baselines, out)") from err
+    for key, values in plan.grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: sweep.grid.{key}: expected a list of values, got {values!r}")
+        for value in values:  # every cell is checked before the first run
+            load_config({**flat, key: value})
+    plan.seeds = plan.seeds or [cfg.run.seed]
+    plan.out = plan.out or str(Path("results") / path.stem)
+    return flat, plan
+
+
+def cell_specs(grid: dict[str, list[Any]], keys: list[str]) -> list[str]:
+    """``label:key=value,...`` for every combination of ``keys``' values (one unnamed cell if none)."""
+    if not keys:
+        return ["as configured:"]
+    specs = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+        specs.append(f"{label}:" + ",".join(f"{k}={toml_literal(v)}" for k, v in zip(keys, values, strict=True)))
+    return specs
+
+
+def as_overrides(flat: dict[str, Any], without: set[str]) -> str:
+    return " ".join(f"{k}={toml_literal(v)}" for k, v in sorted(flat.items()) if k not in without)
+
+
+def run_experiment(config: Path, overrides: Sequence[str], port: int = DEFAULT_HTTP_PORT) -> Path:
+    """Run the experiment; returns its report."""
+    flat, plan = load_experiment(config, overrides)
+    if plan is None:
+        summary = run_simulation(as_overrides(flat, set()), port)
+        if summary is None:
+            raise RuntimeError("the run did not finish: no summary.json was written (see the log above)")
+        return write_run_report(summary.parent)
+    split_keys = [k for k in plan.grid if k.startswith("data.")]
+    variant_keys = [k for k in plan.grid if not k.startswith("data.")]
+    out = Path(plan.out).resolve()
+    rows = run_sweep(cell_specs(plan.grid, variant_keys), cell_specs(plan.grid, split_keys), plan.seeds,
+                     as_overrides(flat, set(plan.grid) | {"run.seed"}), out / "results.jsonl", plan.baselines, port)
+    run_reports = [write_run_report(Path(r["run-folder"])) for r in rows if r.get("run-folder")]
+    lines = [f"# Sweep report: {config.name}", "", f"Configuration: `{config}`; grid: "
+             + "; ".join(f"`{k}` in {v}" for k, v in plan.grid.items()) + f"; seeds {plan.seeds}.", "",
+             "Mean ± standard deviation over seeds. **global**: final global model on the server's test set; "
+             "**worst site**: the lowest site-validation score; **personalized**: the sites' own models "
+             "(FedPer/FedBN) or the global adapter fine-tuned locally (`personalization.finetune-epochs`).", "",
+             (out / "results.md").read_text(), "", "![results](results.png)", "", "## Runs", ""]
+    lines += [f"- [{r.parent.name}]({r.relative_to(out) if r.is_relative_to(out) else r})" for r in run_reports]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="omnirad-sim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path, help="experiment file (YAML); see simulations/configs/")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides, e.g. data.alpha=0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="loopback port of the simulation's SuperLink")
+    args = parser.parse_args(argv)
+    try:
+        report = run_experiment(args.config, args.overrides, args.port)
+    except ConfigError as err:
+        print(f"omnirad-sim: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"omnirad-sim: {err}", file=sys.stderr)
+        return 1
+    print(f"\nReport: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""omnirad-sim: experiment files, sweeps that resume, and the report of a run."""
+
+import json
+
+import pytest
+
+from omnirad.config import ConfigError
+from simulations import sim, sweep
+
+SWEEP = """
+num-server-rounds: 2
+data:
+  num-sites: 2
+  num-train: 100
+sweep:
+  grid:
+    strategy.name: [fedavg, fedprox]
+    data.alpha: [0.1]
+  seeds: [0, 1]
+  baselines: false
+  out: {out}
+"""
+
+
+class RunningLink:
+    """Stands in for the loopback SuperLink: already running, so the sweep starts none."""
+
+    def healthy(self) -> bool:
+        return True
+
+
+def fake_runs(monkeypatch, stop_after: int | None = None) -> list[str]:
+    """Replace the federated run itself (``flwr run``) by a row; the sweep's own bookkeeping is real."""
+    calls: list[str] = []
+
+    def run_one(overrides: str, label: str, port: int) -> dict:
+        if stop_after is not None and len(calls) == stop_after:
+            raise KeyboardInterrupt  # the sweep is stopped half-way
+        calls.append(f"{label} {overrides.split('run.seed=')[1].split()[0]}")
+        score = {"macro-f1": 0.5}
+        return {"global": score, "worst-site": score, "personalized": {}, "rejected": 0}
+
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    monkeypatch.setattr(sweep, "local_superlink", lambda port: RunningLink())
+    return calls
+
+
+def test_a_stopped_sweep_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(SWEEP.format(out=tmp_path / "out"))
+    first = fake_runs(monkeypatch, stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        sim.run_experiment(config, [])
+    assert first == ["strategy.name=fedavg 0", "strategy.name=fedprox 0", "strategy.name=fedavg 1"]
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 3
+
+    second = fake_runs(monkeypatch)
+    report = sim.run_experiment(config, [])
+    assert second == ["strategy.name=fedprox 1"]  # only the cell without a result
+    rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [
+        ("strategy.name=fedavg", 0), ("strategy.name=fedavg", 1), ("strategy.name=fedprox", 0), ("strategy.name=fedprox", 1)]
+    assert {r["split"] for r in rows} == {"data.alpha=0.1"}
+    text = report.read_text()
+    assert "| strategy.name=fedprox | 0.500 ± 0.000 |" in text and "![results](results.png)" in text
+
+
+def test_bad_experiment_files_are_refused_before_any_run(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("data: {alpha: -1}\n")
+    with pytest.raises(ConfigError, match="'data.alpha'"):
+        sim.load_experiment(config, [])
+    config.write_text(SWEEP.format(out=tmp_path).replace("[fedavg, fedprox]", "[fedavg, fedmystery]"))
+    with pytest.raises(ConfigError, match="fedmystery"):
+        sim.load_experiment(config, [])
+    config.write_text("sweep:\n  grid: {train.lr: [0.1]}\n  repeat: 3\n")
+    with pytest.raises(ConfigError, match="known: grid, seeds, baselines, out"):
+        sim.load_experiment(config, [])
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        sim.load_experiment(tmp_path / "missing.yaml", [])
+
+
+@pytest.mark.slow
+def test_omnirad_sim_on_a_shipped_configuration_writes_the_report(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Path(__file__).resolve().parents[1] / "simulations" / "configs" / "quick.yaml"
+    command = [str(Path(sys.executable).with_name("omnirad-sim")), str(config), f"run.output-dir={tmp_path}",
+               f"model.cache-dir={tmp_path / 'cache'}", "--port", str(port)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
+    report = (folder / "report.md").read_text()
+    assert f"Report: {folder / 'report.md'}" in completed.stdout
+    assert "| final global model, server test |" in report and "| site 2 |" in report
+    for image in ("curves.png", "sites.png", "partition.png", "confusion.png"):
+        assert f"]({image})" in report and (folder / image).stat().st_size > 0
