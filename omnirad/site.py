@@ -160,16 +160,30 @@ class LocalSite:
 
 
 _SITES: OrderedDict[tuple[str, int], LocalSite] = OrderedDict()
-_MAX_CACHED_SITES = 16
+_SITE_CACHE_BYTES = 1 << 30  # what a worker keeps of its sites' images and encoded inputs
+
+
+def _held_bytes(site: LocalSite) -> int:
+    """Images and, once computed, encoded inputs that a cached site holds."""
+    held = 0
+    for part in (site.train_set, site.val_set):
+        held += part.data.images.nbytes
+        if "inputs" in part.__dict__:
+            held += part.inputs.nbytes
+    return held
 
 
 def get_site(cfg: Config, site_id: int) -> LocalSite:
-    """The process-wide ``LocalSite`` for this configuration, so images are encoded once."""
+    """The process-wide ``LocalSite`` for this configuration, so images are encoded once. Sites
+    are kept, least recently used first out, while they hold under 1 GiB: a worker that serves
+    100 small sites keeps them all, one with large token maps a few."""
     key = (to_yaml(cfg), site_id)
-    if key not in _SITES:
-        if len(_SITES) >= _MAX_CACHED_SITES:
-            _SITES.popitem(last=False)
-        _SITES[key] = LocalSite(cfg, site_id)
+    if key in _SITES:
+        _SITES.move_to_end(key)
+        return _SITES[key]
+    while _SITES and sum(_held_bytes(s) for s in _SITES.values()) > _SITE_CACHE_BYTES:
+        _SITES.popitem(last=False)
+    _SITES[key] = LocalSite(cfg, site_id)
     return _SITES[key]
 
 

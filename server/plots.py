@@ -23,7 +23,8 @@ def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ..
         values = [r["sites"].get(site, {}).get("evaluate", {}).get(metrics[0]) for r in rounds]
         ax_sites.plot(x, values, marker=".", label=f"site {site}")
     ax_sites.set(title="Global model on each site's validation split", xlabel="round", ylabel=metrics[0], ylim=(0, 1))
-    ax_sites.legend(fontsize="small", ncol=2)
+    if sites:
+        ax_sites.legend(fontsize="small", ncol=2)
     for ax in (ax_global, ax_sites):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()

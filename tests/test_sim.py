@@ -101,3 +101,20 @@ def test_omnirad_sim_on_a_shipped_configuration_writes_the_report(tmp_path):
     assert "| final global model, server test |" in report and "| site 2 |" in report
     for image in ("curves.png", "sites.png", "partition.png", "confusion.png"):
         assert f"]({image})" in report and (folder / image).stat().st_size > 0
+
+
+def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
+    from omnirad.adapters import trainable_state
+    from omnirad.config import load_config
+    from omnirad.site import new_model
+    from server.run_folder import RunFolder
+    from simulations.report import write_run_report
+
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.task": "segmentation", "model.adapter": "decoder",
+                       "data.size": 32, "data.num-test": 8, "data.num-sites": 2})
+    folder = RunFolder.create(cfg)
+    folder.end_round(1, {"dice": 0.2, "iou": 0.1})
+    folder.finish(trainable_state(new_model(cfg)), {"adapter": "decoder"})
+    text = write_run_report(folder.path).read_text()
+    assert "](overlays.png)" in text and "| final global model, server test | 0.200 | 0.100 |" in text
+    assert (folder.path / "overlays.png").stat().st_size > 0

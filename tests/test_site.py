@@ -1,7 +1,7 @@
 """One site's local work without Flower: what a notebook or a hospital's ClientApp calls."""
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.config import load_config, to_flat, to_yaml
 from omnirad.site import CentralEvaluator, get_site, new_model
 
 CFG = load_config({"data.num-train": 400, "data.num-test": 100, "data.size": 32, "data.num-sites": 2,
@@ -31,3 +31,17 @@ def test_a_round_of_a_site_is_reproducible():
     torch.rand(5)  # whatever else used the global RNG in between
     second, _ = site.fit(start, server_round=3)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_worker_keeps_its_sites_until_they_hold_too_much(monkeypatch):
+    from omnirad import site as site_module
+    from omnirad.data.sites import site_partitions
+
+    cfg = load_config({"data.num-sites": 3, "data.num-train": 120, "data.num-test": 20, "data.size": 32,
+                       "data.min-site-samples": 5, "run.seed": 7})
+    assert site_partitions(cfg) is site_partitions(load_config({**to_flat(cfg)}))  # split once per process
+    first = get_site(cfg, 0)
+    assert get_site(cfg, 1) is not first and get_site(cfg, 0) is first
+    monkeypatch.setattr(site_module, "_SITE_CACHE_BYTES", 0)  # nothing fits: cached sites are dropped, least recent first
+    get_site(cfg, 2)
+    assert get_site(cfg, 1) is not None and (to_yaml(cfg), 0) not in site_module._SITES
