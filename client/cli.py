@@ -23,7 +23,7 @@ from client.site_config import SiteConfig, load_site_config, problems
 from omnirad.config import ConfigError
 from omnirad.data.npz import DataFileError, read_classification_npz, read_segmentation_npz
 from omnirad.data.sites import file_task
-from omnirad.encoders import create_encoder, weights_sha256
+from omnirad.encoders import create_encoder, weights_fingerprint
 from omnirad.tasks import SEGMENTATION
 
 
@@ -43,7 +43,7 @@ def check_encoder_weights(cfg: SiteConfig) -> str:
     if not cfg.encoder.weights:
         return f"{cfg.encoder.name}: RANDOM init (no encoder.weights): for test federations only"
     if cfg.encoder.sha256:
-        actual = weights_sha256(cfg.encoder.weights)
+        actual = weights_fingerprint(cfg.encoder.weights)
         if actual != cfg.encoder.sha256.strip().lower():
             raise ValueError(f"encoder.weights: {cfg.encoder.weights} has SHA-256 {actual}, but the federation "
                              f"expects {cfg.encoder.sha256} (encoder.sha256): a different or damaged file")
@@ -77,8 +77,9 @@ def preflight(cfg: SiteConfig, source: Path) -> list[str]:
     for check in (check_data, check_encoder_weights, check_keys):
         try:
             passed.append(check(cfg))
-        except (DataFileError, ValueError, OSError, RuntimeError) as err:
-            failed.append(f"{source}: {err}")
+        except Exception as err:  # noqa: BLE001 - every failed check is reported, with its file, not a traceback
+            failed.append(f"{source}: {err}" if isinstance(err, DataFileError | ValueError | OSError | RuntimeError)
+                          else f"{source}: {check.__name__.removeprefix('check_')}: {type(err).__name__}: {err}")
     if failed:
         raise ConfigError("\n".join(failed))
     return passed

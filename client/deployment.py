@@ -11,7 +11,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context
 
 from omnirad.config import DEPLOYMENT, Config, ConfigError, load_config, to_flat
-from omnirad.encoders import WEIGHTS_SHA256_KEY, weights_sha256
+from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 
 # Node-config keys that omnirad-client sets on a deployed SuperNode.
 SITE_ID, SITE_NAME, DATA_FILE, WEIGHTS, CACHE_DIR = "site-id", "site-name", "data-file", "model-weights", "cache-dir"
@@ -38,13 +38,12 @@ def site_of(context: Context) -> tuple[Config, int]:
 def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:
     """Refuse to train or evaluate when the server's encoder weights differ from this site's:
     adapters trained on other features would be averaged into nonsense."""
-    expected = str(instructions.get(WEIGHTS_SHA256_KEY, ""))
+    expected = str(instructions.get(ENCODER_FINGERPRINT_KEY, ""))
     if not expected:
         return
-    local = weights_sha256(cfg.model.weights)
+    local = weights_fingerprint(cfg.model.weights)
     if local != expected:
         raise EncoderMismatch(
-            f"the server's encoder weights have SHA-256 {expected[:16]}..., this site's "
-            f"({cfg.model.weights or 'random init'}) {local[:16] + '...' if local else 'none'}: "
-            "install the federation's weights file and set encoder.weights in the site configuration"
+            f"the server's encoder weights are {expected[:24]}, this site's ({cfg.model.weights or 'random init'}) "
+            f"{local[:24]}: install the federation's weights file and set encoder.weights in the site configuration"
         )

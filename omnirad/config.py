@@ -210,7 +210,7 @@ def load_config(flat: Mapping[str, Any] | None = None) -> Config:
     A ClientApp loads the same run configuration for every message (omegaconf takes about 30 ms
     each time), so each distinct one is built once per process and handed out as a copy.
     """
-    items = tuple(sorted((flat or {}).items()))
+    items = tuple(sorted((k, type(v).__name__, v) for k, v in (flat or {}).items()))  # 1, 1.0, True differ
     try:
         return copy.deepcopy(_load_config(items))
     except TypeError:  # an unhashable value: no caching, same checks
@@ -218,8 +218,8 @@ def load_config(flat: Mapping[str, Any] | None = None) -> Config:
 
 
 @lru_cache(maxsize=32)
-def _load_config(items: tuple[tuple[str, Any], ...]) -> Config:
-    return _build_config(dict(items))
+def _load_config(items: tuple[tuple[str, str, Any], ...]) -> Config:
+    return _build_config({key: value for key, _, value in items})
 
 
 def _build_config(flat: Mapping[str, Any]) -> Config:
@@ -283,7 +283,10 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {pair!r}: expected key=value, e.g. data.alpha=0.1")
-        flat[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            flat[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {pair!r}: the value is not readable ({err.problem}); quote it") from err
     return flat
 
 

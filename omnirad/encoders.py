@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import timm
@@ -20,7 +21,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf_hub:"
-WEIGHTS_SHA256_KEY = "encoder-sha256"  # how train/evaluate messages name the server's weights_sha256
+ENCODER_FINGERPRINT_KEY = "encoder-fingerprint"  # how train/evaluate messages carry the server's weights_fingerprint
 RANDOM_INIT_SEED = 0  # every participant must build the same random encoder
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -131,13 +132,23 @@ def create_encoder(name: str, weights: str = "", image_size: int = 224) -> Froze
     return FrozenEncoder(vit, name, spec.patch_size, input_size)
 
 
-def weights_sha256(weights: str) -> str:
-    """The SHA-256 of a local weights file (what ``sha256sum`` prints): how the sites of a
-    federation check they hold the encoder the server uses. Empty for random init or a hub name."""
-    if not weights or weights == "hub" or weights.startswith(HUB_PREFIX):
-        return ""
+def weights_fingerprint(weights: str) -> str:
+    """What identifies an encoder's weights across a federation: the SHA-256 of a local file (what
+    ``sha256sum`` prints), or ``random-init`` / the hub name when there is no file."""
+    if not weights:
+        return "random-init"
+    if weights == "hub" or weights.startswith(HUB_PREFIX):
+        return weights
+    path = Path(weights).expanduser()
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per process while the file stays the same (size and modification time)."""
     digest = hashlib.sha256()
-    with Path(weights).expanduser().open("rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -14,7 +14,7 @@ from omnirad.adapters import trainable_state
 from omnirad.config import DEPLOYMENT, SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
-from omnirad.encoders import WEIGHTS_SHA256_KEY, weights_sha256
+from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 from omnirad.logs import show_progress
 from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
 from omnirad.spectral import bank_to_config
@@ -32,7 +32,10 @@ def check_federation(grid: Grid, cfg: Config) -> None:
     deployment, wait up to ``strategy.join-timeout`` for every site to connect (sites come online
     when their IT teams start them: the strategy then waits for at least ``strategy.min-sites``)."""
     if cfg.data.dataset == DEPLOYMENT:
-        wait_for_sites(grid, cfg.data.num_sites, cfg.strategy.join_timeout)
+        connected = wait_for_sites(grid, cfg.data.num_sites, cfg.strategy.join_timeout)
+        if connected < cfg.data.num_sites:
+            print(f"WARNING: only {connected} of {cfg.data.num_sites} sites connected within strategy.join-timeout="
+                  f"{cfg.strategy.join_timeout:.0f} s; the run starts once strategy.min-sites are there", flush=True)
         return
     num_nodes = len(list(grid.get_node_ids()))
     if num_nodes != cfg.data.num_sites:
@@ -57,10 +60,10 @@ def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0)
 
 
 def site_instructions(cfg: Config) -> dict[str, str]:
-    """What every train and evaluate message carries besides the adapter: the SHA-256 of the
-    server's encoder weights, which a deployed site compares with its own file before it trains."""
-    sha256 = weights_sha256(cfg.model.weights)
-    return {WEIGHTS_SHA256_KEY: sha256} if sha256 else {}
+    """What every train and evaluate message carries besides the adapter: the fingerprint of the
+    server's encoder weights (SHA-256 of the file, or random-init), which a deployed site compares
+    with its own before it trains."""
+    return {ENCODER_FINGERPRINT_KEY: weights_fingerprint(cfg.model.weights)}
 
 
 class RoundEnd:

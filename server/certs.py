@@ -113,28 +113,48 @@ def write_site_keys(certs: Path, site: str) -> tuple[Path, Path]:
     return private_path, public_path
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1")  # omnirad-server's own flwr calls dial the SuperLink here
+
+
+def certificate_hosts(cert: x509.Certificate) -> set[str]:
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(names.get_values_for_type(x509.DNSName)) | {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
 def write_federation(certs: Path, hosts: Sequence[str], sites: Sequence[str], days: int = 365) -> list[Path]:
-    """Create the CA and server certificate (unless they exist) and a key pair for each new site."""
+    """Create the CA (unless it exists), a server certificate valid for ``hosts`` plus localhost and
+    127.0.0.1 (reissued from the CA when it lacks one of them), and a key pair for each new site."""
     bad = [site for site in sites if not SITE_NAME.match(site)]
     if bad:  # before anything is written
         raise ValueError(f"site name {bad[0]!r}: use letters, digits, '-' and '_' (at most 64)")
+    wanted = list(dict.fromkeys([*hosts, *LOCAL_HOSTS]))
     certs.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    pem = serialization.Encoding.PEM
     if not (certs / CA_CERT).exists():
         if (certs / SERVER_CERT).exists():
             raise FileExistsError(f"{certs / SERVER_CERT} exists without {certs / CA_CERT}: refusing to mix CAs")
         ca_key, ca_cert = make_ca(days)
-        server_key, server_cert = make_server_certificate(ca_key, ca_cert, hosts, days)
-        pem = serialization.Encoding.PEM
         _write_private(certs / CA_KEY, ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                              serialization.NoEncryption()))
         (certs / CA_CERT).write_bytes(ca_cert.public_bytes(pem))
+        written += [certs / CA_CERT, certs / CA_KEY]
+    server_cert = certs / SERVER_CERT
+    current = x509.load_pem_x509_certificate(server_cert.read_bytes()) if server_cert.exists() else None
+    if current is None or not set(wanted) <= certificate_hosts(current):
+        if not (certs / CA_KEY).exists():
+            raise FileNotFoundError(f"{certs / CA_KEY} is needed to issue a server certificate for {', '.join(wanted)}")
+        ca_key = serialization.load_pem_private_key((certs / CA_KEY).read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate((certs / CA_CERT).read_bytes())
+        hosts_now = list(dict.fromkeys([*wanted, *(sorted(certificate_hosts(current)) if current else [])]))
+        server_key, new_cert = make_server_certificate(ca_key, ca_cert, hosts_now, days)
+        (certs / SERVER_KEY).unlink(missing_ok=True)
         _write_private(certs / SERVER_KEY, server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                                     serialization.NoEncryption()))
-        (certs / SERVER_CERT).write_bytes(server_cert.public_bytes(pem))
-        written += [certs / CA_CERT, certs / CA_KEY, certs / SERVER_CERT, certs / SERVER_KEY]
+        server_cert.write_bytes(new_cert.public_bytes(pem))
+        written += [server_cert, certs / SERVER_KEY]
     for site in sites:
-        if not site_key_paths(certs, site)[0].exists():
+        if not any(path.exists() for path in site_key_paths(certs, site)):  # a site keeps the key it has
             written += list(write_site_keys(certs, site))
     return written
 
@@ -149,14 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("folder", type=Path, help="where to write the files (created if missing)")
     parser.add_argument("--sites", nargs="+", default=[], metavar="NAME", help="site names, e.g. A B C")
-    parser.add_argument("--host", action="append", dest="hosts", metavar="NAME_OR_IP",
-                        help="a host name or IP address the sites use to reach the server (repeat for several; "
-                             "default: localhost and 127.0.0.1)")
+    parser.add_argument("--host", action="append", dest="hosts", default=[], metavar="NAME_OR_IP",
+                        help="a host name or IP address the sites use to reach the server (repeat for several); "
+                             "localhost and 127.0.0.1 are always included. A new name reissues the server "
+                             "certificate from the CA")
     parser.add_argument("--days", type=int, default=365, help="validity of the certificates (default: 365)")
     args = parser.parse_args(argv)
     try:
-        written = write_federation(args.folder, args.hosts or ["localhost", "127.0.0.1"], args.sites, args.days)
-    except (ValueError, FileExistsError) as error:
+        written = write_federation(args.folder, args.hosts, args.sites, args.days)
+    except (ValueError, OSError) as error:
         print(f"omnirad-certs: {error}", file=sys.stderr)
         return 2
     for path in written:

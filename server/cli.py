@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -38,13 +39,24 @@ CONNECTION = "omnirad"  # the flwr CLI's name for this SuperLink in <state-dir>/
 PROJECT = Path(__file__).resolve().parents[1]  # the Flower app: this repository (pip install -e)
 
 
+PATH_KEYS = ("run.output-dir", "data.test-file", "model.weights", "model.cache-dir")
+FILE_KEYS = ("data.test-file", "model.weights")
+
+
 def run_configuration(config_file: Path | None, overrides: Sequence[str], output_dir: Path,
                       resume: bool) -> dict[str, Any]:
-    """The run's flat configuration, validated before anything starts."""
+    """The run's flat configuration, validated before anything starts. Relative paths are made
+    absolute here (the ServerApp runs in the SuperLink's folder, not the user's) and files checked."""
     flat = read_config_file(config_file) if config_file else {}
     flat.update(parse_overrides(overrides))
     flat.setdefault("data.dataset", DEPLOYMENT)
     flat.setdefault("run.output-dir", str(output_dir))
+    for key in PATH_KEYS:
+        value = str(flat.get(key, ""))
+        if value and value != "hub" and not value.startswith("hf_hub:"):
+            flat[key] = str(Path(value).expanduser().resolve())
+            if key in FILE_KEYS and not Path(flat[key]).is_file():
+                raise ConfigError(f"{key}: {flat[key]}: no such file")
     cfg = load_config(flat)
     if cfg.data.dataset != DEPLOYMENT:
         raise ConfigError(f"data.dataset={cfg.data.dataset!r}: a deployed federation trains on each site's own "
@@ -97,7 +109,7 @@ class SuperLink:
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        command = [str(Path(sys.executable).with_name("flower-superlink")),
+        command = [flower_command("flower-superlink"),
                    "--host", self.args.host, "--port", str(self.args.port),
                    "--database", str(self.state_dir / "superlink.db"), "--enable-supernode-auth",
                    "--isolation", "subprocess", "--disable-runtime-dependency-installation",
@@ -109,12 +121,14 @@ class SuperLink:
                 "--ssl-keyfile", str(tls["key"])]
 
     def start(self, timeout: float = 60.0) -> None:
-        self.process = subprocess.Popen(self.command(), cwd=self.state_dir, env=self.env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with (self.state_dir / "superlink.out").open("ab") as output:  # what fails before the log file opens
+            self.process = subprocess.Popen(self.command(), cwd=self.state_dir, env=self.env,
+                                            stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}; see {self.log_file}")
+                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}; see "
+                                   f"{self.state_dir / 'superlink.out'} and {self.log_file}")
             if self.healthy():
                 return
             time.sleep(0.25)
@@ -145,7 +159,7 @@ def local_address(args: argparse.Namespace) -> str:
 
 def register_sites(certs: Path, env: dict[str, str]) -> list[str]:
     """Register every site's public key; a key registered before (persistent state) is fine."""
-    flwr = str(Path(sys.executable).with_name("flwr"))
+    flwr = flower_command("flwr")
     registered = []
     for public_key in sorted((certs / SITES_DIR).glob("*.pub")):
         result = subprocess.run([flwr, "supernode", "register", str(public_key), CONNECTION, "--name", public_key.stem,
@@ -160,13 +174,24 @@ def register_sites(certs: Path, env: dict[str, str]) -> list[str]:
     return registered
 
 
-def run_folder_of(flat: dict[str, Any], started: float) -> Path | None:
-    """The folder the ServerApp wrote: the resumed one, or the newest one made since ``started``."""
+def finished_run(flat: dict[str, Any], started: float) -> Path | None:
+    """The run folder whose summary.json was written since ``started`` (the resumed folder, or a
+    new one), or None when the run did not finish."""
     if flat.get("run.resume-from"):
-        return Path(flat["run.resume-from"])
-    output_dir = Path(str(flat["run.output-dir"])).expanduser()
-    made = [p.parent for p in output_dir.glob("*/config.yaml") if p.parent.stat().st_ctime >= started - 1]
-    return max(made, key=lambda p: p.stat().st_ctime) if made else None
+        summaries = [Path(flat["run.resume-from"]) / "summary.json"]
+    else:
+        summaries = list(Path(str(flat["run.output-dir"])).glob("*/summary.json"))
+    fresh = [p for p in summaries if p.is_file() and p.stat().st_mtime >= started]
+    return max(fresh, key=lambda p: p.stat().st_mtime).parent if fresh else None
+
+
+def flower_command(name: str) -> str:
+    """A Flower executable: next to this Python (the venv), else on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found next to {sys.executable} or on PATH: is flwr installed here?")
+    return found
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -217,16 +242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sites = register_sites(args.certs, env)
         print(f"registered sites: {', '.join(sites) or 'none (no keys under ' + str(args.certs / SITES_DIR) + ')'}",
               flush=True)
-        subprocess.run([str(Path(sys.executable).with_name("flwr")), "run", str(PROJECT), CONNECTION, "--stream",
-                        "--run-config", str(run_config)], env=env, check=False)
+        submitted = subprocess.run([flower_command("flwr"), "run", str(PROJECT), CONNECTION, "--stream",
+                                    "--run-config", str(run_config)], env=env, check=False)
     except RuntimeError as err:
         print(f"omnirad-server: {err}", file=sys.stderr)
         return 1
     finally:
         superlink.stop()
-    folder = run_folder_of(flat, started)
-    if folder is None or not (folder / "summary.json").is_file():
-        print(f"omnirad-server: the run did not finish (no summary.json); see {superlink.log_file}", file=sys.stderr)
+    folder = finished_run(flat, started)
+    if folder is None or submitted.returncode != 0:
+        print(f"omnirad-server: the run did not finish (no new summary.json; flwr run exited with "
+              f"{submitted.returncode}); see {superlink.log_file}", file=sys.stderr)
         return 1
     print(f"run finished: {folder}", flush=True)
     return 0

@@ -130,6 +130,10 @@ class RunFolder:
                 continue
             metrics = _metrics(reply.content.get("metrics"))
             site = int(metrics.pop("site-id", node))
+            claimed = [other for other, s in self.site_of_node.items() if s == site and other != node]
+            if claimed:  # deployed sites declare their number themselves
+                self.current.failures.append(f"{phase}: nodes {claimed[0]} and {node} both say they are site {site}: "
+                                             "give each site its own site.id")
             self.site_of_node[node] = site
             entry = self.current.sites[site]
             entry[phase] = metrics

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from omnirad.config import load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
-from omnirad.encoders import create_encoder, weights_sha256
+from omnirad.encoders import create_encoder, weights_fingerprint
 from server.certs import CA_CERT, site_key_paths
 
 ENCODER = "vit-tiny"
@@ -54,7 +54,7 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, size: int = 32, 
         written.append(write_npz(folder / "data" / f"site-{name}.npz", pooled))
     test_file = write_npz(folder / "data" / "test.npz", server_test_set(simulated))
     weights = write_encoder_weights(folder / "weights" / f"{ENCODER}.safetensors")
-    sha256 = weights_sha256(str(weights))
+    sha256 = weights_fingerprint(str(weights))
     host, port = server.rsplit(":", 1)
     for index, name in enumerate(sites):
         private_key, _ = site_key_paths(folder / "certs", name)

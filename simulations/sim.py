@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 from omegaconf import OmegaConf
 
 from omnirad.config import ConfigError, load_config, parse_overrides, read_config_file, toml_literal
@@ -61,8 +62,10 @@ def load_experiment(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any
     for key, values in plan.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: sweep.grid.{key}: expected a list of values, got {values!r}")
-        for value in values:  # every cell is checked before the first run
-            load_config({**flat, key: value})
+        awkward = [v for v in values if any(c in str(v) for c in ",:")]
+        if awkward:  # cells are written label:key=value,... (every cell is validated before the first run)
+            raise ConfigError(f"{path}: sweep.grid.{key}: {awkward[0]!r}: values with ',' or ':' cannot be swept; "
+                              "set such a key outside the grid")
     plan.seeds = plan.seeds or [cfg.run.seed]
     plan.out = plan.out or str(Path("results") / path.stem)
     return flat, plan
@@ -96,7 +99,8 @@ def run_experiment(config: Path, overrides: Sequence[str], port: int = DEFAULT_H
     out = Path(plan.out).resolve()
     rows = run_sweep(cell_specs(plan.grid, variant_keys), cell_specs(plan.grid, split_keys), plan.seeds,
                      as_overrides(flat, set(plan.grid) | {"run.seed"}), out / "results.jsonl", plan.baselines, port)
-    run_reports = [write_run_report(Path(r["run-folder"])) for r in rows if r.get("run-folder")]
+    run_reports = [write_run_report(Path(r["run-folder"])) for r in rows
+                   if r.get("run-folder") and (Path(r["run-folder"]) / "summary.json").is_file()]
     lines = [f"# Sweep report: {config.name}", "", f"Configuration: `{config}`; grid: "
              + "; ".join(f"`{k}` in {v}" for k, v in plan.grid.items()) + f"; seeds {plan.seeds}.", "",
              "Mean ± standard deviation over seeds. **global**: final global model on the server's test set; "
@@ -120,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_experiment(args.config, args.overrides, args.port)
     except ConfigError as err:
         print(f"omnirad-sim: {err}", file=sys.stderr)
+        return 2
+    except click.ClickException as err:  # Flower's parser of key=value strings
+        print(f"omnirad-sim: {err.message}", file=sys.stderr)
         return 2
     except RuntimeError as err:
         print(f"omnirad-sim: {err}", file=sys.stderr)

@@ -125,8 +125,10 @@ def run_sweep(variants: list[str], splits: list[str], seeds: list[int], shared_o
     (``.png``); returns the rows of this sweep. Every configuration is checked before the first run."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    shared = (f"model.feature-cache=true model.cache-dir='{out.parent / 'feature-cache'}' "
-              f"run.output-dir='{out.parent / 'runs'}' {shared_overrides}").strip()
+    given = parse_config_args([shared_overrides]) if shared_overrides.strip() else {}
+    defaults = {"model.feature-cache": "true", "model.cache-dir": f"'{out.parent / 'feature-cache'}'",
+                "run.output-dir": f"'{out.parent / 'runs'}'"}  # the sweep's own, unless the user set them
+    shared = " ".join([*(f"{k}={v}" for k, v in defaults.items() if k not in given), shared_overrides]).strip()
     labels = list(REFERENCES) if with_references else []
     # seeds outermost: a sweep stopped early still covers every split and variant for the first seeds
     plan = [(split, seed, variant) for seed in seeds for split in splits

@@ -18,7 +18,7 @@ def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(tmp_path):
     server = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
     server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["fl.example.org"]
+    assert names.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]  # omnirad-server's own calls
     assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     for secret in ("ca.key", "server.key", "sites/A.key"):
@@ -36,10 +36,22 @@ def test_site_keys_are_the_ec_openssh_keys_flower_reads(tmp_path):
 
 def test_a_second_call_keeps_existing_files_and_adds_new_sites(tmp_path):
     write_federation(tmp_path, ["localhost"], ["A"])
+    site_key_paths(tmp_path, "A")[0].unlink()  # the private key went to the site; the public one stays
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     written = write_federation(tmp_path, ["localhost"], ["A", "C"])
     assert written == list(site_key_paths(tmp_path, "C"))
     assert all(p.read_bytes() == content for p, content in before.items())
+
+
+def test_a_new_server_name_reissues_the_certificate_from_the_same_ca(tmp_path):
+    write_federation(tmp_path, [], ["A"])
+    ca_before = (tmp_path / "ca.crt").read_bytes()
+    written = write_federation(tmp_path, ["fl.example.org"], [])
+    assert set(written) == {tmp_path / "server.crt", tmp_path / "server.key"}
+    server = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    server.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_before))
+    assert {"fl.example.org", "localhost"} <= set(
+        server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
 
 
 def test_bad_site_names_are_refused_with_the_name(tmp_path, capsys):

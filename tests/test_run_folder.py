@@ -86,3 +86,16 @@ def test_a_lost_site_is_named_in_the_failures_though_the_superlink_answers_for_i
             answer.metadata.__dict__["_src_node_id"] = 1 if answer.has_error() else instruction.metadata.dst_node_id
         folder.on_replies(server_round, "train", replies)
     assert folder.current.failures == ["train: site 1 (node 12): Node Unavailable"]
+
+
+def test_two_nodes_claiming_one_site_number_are_reported(tmp_path):
+    folder = RunFolder.create(load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2}))
+    sent = [Message(RecordDict({"arrays": ArrayRecord(GLOBAL)}), dst_node_id=node, message_type=MessageType.TRAIN)
+            for node in (11, 12)]
+    folder.on_sent(1, "train", sent)
+    replies = [reply(0, 1.0, 10), reply(0, 1.0, 10)]  # both sites were configured with site.id 0
+    for answer, instruction in zip(replies, sent, strict=True):
+        answer.metadata.__dict__["_reply_to_message_id"] = instruction.object_id
+        answer.metadata.__dict__["_src_node_id"] = instruction.metadata.dst_node_id
+    folder.on_replies(1, "train", replies)
+    assert folder.current.failures == ["train: nodes 11 and 12 both say they are site 0: give each site its own site.id"]

@@ -7,20 +7,45 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, load_config, to_flat
-from server.cli import latest_checkpointed_run, main, run_configuration, write_run_config
+from server.cli import finished_run, latest_checkpointed_run, main, run_configuration, write_run_config
 
 
 def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):
     config = tmp_path / "federation.yaml"
+    test_file = tmp_path / "with space" / "test.npz"
+    test_file.parent.mkdir()
+    test_file.write_bytes(b"")
     config.write_text("num-server-rounds: 3\ndata:\n  task: multi-class\n  num-classes: 4\n"
-                      "  test-file: /data/with space/test.npz\nmodel.adapter: linear\n")
+                      f"  test-file: {test_file}\nmodel.adapter: linear\n")
     flat = run_configuration(config, ["train.lr=0.01", "strategy.name=fedprox"], tmp_path / "runs", resume=False)
     toml = write_run_config(flat, tmp_path / "run.toml")
     received = load_config(parse_config_args([str(toml)]))  # what the ServerApp gets from `flwr run`
     assert to_flat(received) == to_flat(load_config(flat))
-    assert received.data.dataset == "deployment" and received.data.test_file == "/data/with space/test.npz"
+    assert received.data.dataset == "deployment" and received.data.test_file == str(test_file)
     assert received.train.lr == 0.01 and received.strategy.name == "fedprox" and received.num_server_rounds == 3
     assert received.run.output_dir == str(tmp_path / "runs")
+
+
+def test_relative_paths_are_made_absolute_and_files_checked_before_the_server_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test.npz").write_bytes(b"")
+    flat = run_configuration(None, ["data.test-file=test.npz", "run.output-dir=results", "data.num-classes=3"],
+                             tmp_path / "state", resume=False)
+    assert flat["data.test-file"] == str(tmp_path / "test.npz") and flat["run.output-dir"] == str(tmp_path / "results")
+    with pytest.raises(ConfigError, match="model.weights: .*missing.safetensors: no such file"):
+        run_configuration(None, ["model.weights=missing.safetensors"], tmp_path, resume=False)
+
+
+def test_only_a_summary_written_by_this_run_counts_as_finished(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    old = time.time() - 100
+    os.utime(folder / "summary.json", (old, old))
+    flat = {"run.resume-from": str(folder), "run.output-dir": str(tmp_path)}
+    assert finished_run(flat, started=time.time() - 10) is None  # an extended run that failed
+    (folder / "summary.json").write_text("{}")
+    assert finished_run(flat, started=time.time() - 10) == folder
 
 
 def test_a_simulated_dataset_is_refused_for_a_deployment(tmp_path):

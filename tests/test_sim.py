@@ -9,6 +9,7 @@ from simulations import sim, sweep
 
 SWEEP = """
 num-server-rounds: 2
+model.feature-cache: true
 data:
   num-sites: 2
   num-train: 100
@@ -72,10 +73,15 @@ def test_bad_experiment_files_are_refused_before_any_run(tmp_path):
         sim.load_experiment(config, [])
     config.write_text(SWEEP.format(out=tmp_path).replace("[fedavg, fedprox]", "[fedavg, fedmystery]"))
     with pytest.raises(ConfigError, match="fedmystery"):
-        sim.load_experiment(config, [])
+        sim.run_experiment(config, [])  # every cell is checked before the first run
     config.write_text("sweep:\n  grid: {train.lr: [0.1]}\n  repeat: 3\n")
     with pytest.raises(ConfigError, match="known: grid, seeds, baselines, out"):
         sim.load_experiment(config, [])
+    config.write_text("sweep:\n  grid: {model.weights: ['hf_hub:org/model']}\n")
+    with pytest.raises(ConfigError, match="cannot be swept"):
+        sim.load_experiment(config, [])
+    with pytest.raises(ConfigError, match="quote it"):
+        sim.load_experiment(config, ["run.name=@x"])
     with pytest.raises(ConfigError, match="no such configuration file"):
         sim.load_experiment(tmp_path / "missing.yaml", [])
 

@@ -11,7 +11,7 @@ from client.cli import main, preflight, supernode_command
 from client.deployment import site_of
 from client.site_config import load_site_config
 from omnirad.config import ConfigError, to_flat
-from omnirad.encoders import WEIGHTS_SHA256_KEY, weights_sha256
+from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 from server.certs import write_federation
 from simulations.deploy_demo import write_encoder_weights
 from simulations.flower_local import instruction
@@ -30,7 +30,7 @@ def write_site(folder, weights, **changes):
     np.savez(folder / "site-a.npz", train_images=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), train_labels=labels)
     site = {"site": {"name": "A", "id": 1}, "server": {"address": "127.0.0.1:9092", "ca-certificate": "certs/ca.crt"},
             "auth-key": "certs/sites/A.key", "data": {"file": "site-a.npz", "task": "multi-class", "num-classes": 3},
-            "encoder": {"name": "vit-tiny", "weights": str(weights), "sha256": weights_sha256(str(weights))},
+            "encoder": {"name": "vit-tiny", "weights": str(weights), "sha256": weights_fingerprint(str(weights))},
             "cache-dir": "cache", "state-dir": "state"}
     for key, value in changes.items():
         node, *path = key.split(".")
@@ -120,9 +120,11 @@ def test_a_simulation_run_is_refused_by_a_deployed_site(tmp_path, weights):
         site_of(deployed_context(tmp_path, weights, {**SERVER, "data.dataset": "embedded"}))
 
 
-def test_a_site_with_other_encoder_weights_refuses_to_train(tmp_path, weights):
+@pytest.mark.parametrize("server_weights", ["ab" * 32, "random-init"])
+def test_a_site_with_other_encoder_weights_refuses_to_train(tmp_path, weights, server_weights):
     context = deployed_context(tmp_path, weights, SERVER)
-    content = RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1, WEIGHTS_SHA256_KEY: "ab" * 32})})
+    content = RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1,
+                                                                             ENCODER_FINGERPRINT_KEY: server_weights})})
     reply = train(instruction("train", content, node_id=7), context)
     assert reply.has_error() and reply.error.code == WRONG_ENCODER
-    assert "SHA-256 abababab" in reply.error.reason and str(weights) in reply.error.reason
+    assert server_weights[:24] in reply.error.reason and str(weights) in reply.error.reason
