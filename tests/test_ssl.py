@@ -1,0 +1,90 @@
+"""DINO-style self-distillation: the teacher's EMA, centring and sharpening, radiology views, and a
+pretrained encoder that loads through the factory with the same features."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from omnirad.data import synthetic
+from omnirad.encoders import create_encoder
+from omnirad.ssl import DinoSettings, RadiologyViews, SelfDistillation, pretrain, save_encoder, teacher_momentum
+
+SMALL = DinoSettings(out_dim=32, hidden_dim=32, bottleneck_dim=8)
+
+
+class TinyBackbone(nn.Module):
+    num_features = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_the_teacher_is_an_exponential_moving_average_of_the_student():
+    torch.manual_seed(0)
+    model = SelfDistillation(TinyBackbone(), SMALL)
+    with torch.no_grad():
+        for param in model.student.parameters():
+            param.add_(torch.randn_like(param))
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    model.update_teacher(0.9)
+    for key, student in model.student.state_dict().items():
+        torch.testing.assert_close(model.teacher.state_dict()[key], 0.9 * before[key] + 0.1 * student)
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996) and teacher_momentum(100, 100, 0.996) == 1.0
+
+
+def test_the_centre_follows_the_teachers_mean_output_and_targets_are_sharper_than_the_student():
+    model = SelfDistillation(TinyBackbone(), SMALL)
+    outputs = torch.randn(10, SMALL.out_dim)
+    model.update_center(outputs)
+    torch.testing.assert_close(model.center, 0.1 * outputs.mean(dim=0, keepdim=True))
+    model.update_center(outputs)
+    torch.testing.assert_close(model.center, (0.09 + 0.1) * outputs.mean(dim=0, keepdim=True))
+
+    logits = torch.randn(4, SMALL.out_dim)
+
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -torch.special.xlogy(p, p).sum(dim=-1)
+
+    sharp = torch.softmax(logits / SMALL.teacher_temp, dim=-1)
+    soft = torch.softmax(logits / SMALL.student_temp, dim=-1)
+    assert (entropy(sharp) < entropy(soft)).all()
+
+
+def test_the_loss_trains_the_student_only_and_moves_the_centre():
+    torch.manual_seed(0)
+    model = SelfDistillation(TinyBackbone(), SMALL)
+    views = [torch.rand(5, 3, 8, 8), torch.rand(5, 3, 8, 8)]
+    loss = model.loss(views)
+    loss.backward()
+    assert torch.isfinite(loss) and 0 < loss.item() < 2 * np.log(SMALL.out_dim)
+    assert all(p.grad is not None for p in model.student.parameters() if p.requires_grad)
+    assert model.center.abs().sum() > 0
+
+
+def test_views_of_grey_images_stay_grey_and_in_range():
+    images = synthetic.generate(6, size=32, seed=0).images
+    make_views, generator = RadiologyViews(24, (0.32, 1.0)), torch.Generator().manual_seed(0)
+    first, second = make_views(images, generator), make_views(images, generator)
+    assert first.shape == (6, 1, 24, 24) and 0 <= first.min() and first.max() <= 1
+    assert not torch.equal(first, second)  # two views of the same images differ
+
+
+def test_a_pretrained_encoder_loads_through_the_factory_with_identical_features(tmp_path):
+    images = synthetic.generate(32, size=32, seed=0).images
+    state, history = pretrain("vit-tiny", images, 32, epochs=2, batch_size=16, settings=SMALL)
+    random_init = create_encoder("vit-tiny", "", 32).vit.state_dict()
+    assert len(history) == 2 and all(np.isfinite(history))
+    assert any(not torch.equal(state[k], random_init[k]) for k in state)  # pretraining changed the weights
+    path = tmp_path / "ssl.safetensors"
+    save_encoder(state, str(path))
+    loaded = create_encoder("vit-tiny", str(path), 32)
+    reference = create_encoder("vit-tiny", "", 32)
+    reference.vit.load_state_dict(state)
+    batch = torch.from_numpy(images[:8]).unsqueeze(1)
+    torch.testing.assert_close(loaded(batch), reference(batch))
