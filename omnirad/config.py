@@ -109,6 +109,7 @@ class StrategyConfig:
     validate_updates: bool = True  # leave out replies with wrong keys/shapes/dtypes, NaN/Inf or huge updates
     max_update_norm: float = 0.0  # absolute bound on an update's L2 norm; 0: none
     max_norm_ratio: float = 10.0  # bound as a multiple of the round's median update norm; 0: none
+    clip_updates: bool = False  # scale a finite update beyond the bounds to the median norm instead of leaving it out
     min_valid_updates: int = 1  # fewer valid replies: the round keeps the global model unchanged
 
 

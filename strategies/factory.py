@@ -82,7 +82,7 @@ def build_strategy(cfg: Config, observer: RoundObserver, done_rounds: int = 0) -
     )
     strategy.observer = observer
     if s.validate_updates:
-        strategy.rules = UpdateRules(s.max_update_norm, s.max_norm_ratio, s.min_valid_updates)
+        strategy.rules = UpdateRules(s.max_update_norm, s.max_norm_ratio, s.min_valid_updates, s.clip_updates)
     p = cfg.privacy
     if p.central_noise_multiplier > 0:
         return DifferentialPrivacyServerSideFixedClipping(

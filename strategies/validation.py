@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -31,6 +32,7 @@ class UpdateRules:
     max_norm: float = 0.0
     max_norm_ratio: float = 10.0
     min_valid: int = 1
+    clip: bool = False  # scale an oversized finite update to the median norm instead of leaving it out
 
 
 class RejectionObserver(Protocol):
@@ -56,8 +58,18 @@ def structural_problem(arrays: ArrayRecord, reference: dict[str, np.ndarray]) ->
     return None
 
 
+def clip_update(reply: Message, reference: dict[str, np.ndarray], norm: float, target: float) -> None:
+    """Scale the reply's update (its distance from the global model) down to ``target``: a site
+    whose update is too large, say by a scaling bug, still contributes its direction and data."""
+    scale = target / norm
+    arrays = reply.content["arrays"]
+    clipped = {k: (ref + (arrays[k].numpy().astype(np.float64) - ref) * scale).astype(ref.dtype) for k, ref in reference.items()}
+    reply.content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in clipped.items()})
+
+
 def screen_replies(replies: list[Message], reference: dict[str, np.ndarray], rules: UpdateRules) -> tuple[list[Message], list[tuple[Message, str]]]:
-    """Split replies into (valid, [(rejected, reason)]) by structure, finiteness and update norm."""
+    """Split replies into (valid, [(rejected, reason)]) by structure, finiteness and update norm;
+    with ``rules.clip`` an oversized finite update is scaled to the round's median norm and kept."""
     sound, rejected = [], []
     for reply in replies:
         if reply.has_error():
@@ -73,12 +85,20 @@ def screen_replies(replies: list[Message], reference: dict[str, np.ndarray], rul
     valid = []
     for reply in sound:
         norm = norms.get(id(reply))
+        problem = None
         if norm is not None and rules.max_norm and norm > rules.max_norm:
-            rejected.append((reply, f"update norm {norm:.3g} > strategy.max-update-norm {rules.max_norm:g}"))
+            problem = f"update norm {norm:.3g} > strategy.max-update-norm {rules.max_norm:g}"
         elif norm is not None and rules.max_norm_ratio and median > 0 and norm > rules.max_norm_ratio * median:
-            rejected.append((reply, f"update norm {norm:.3g} > {rules.max_norm_ratio:g} x the round's median {median:.3g}"))
-        else:
+            problem = f"update norm {norm:.3g} > {rules.max_norm_ratio:g} x the round's median {median:.3g}"
+        if problem is None:
             valid.append(reply)
+        elif rules.clip and median > 0:
+            target = min(median, rules.max_norm) if rules.max_norm else median
+            log.warning("update from node %d clipped to norm %.3g: %s", reply.metadata.src_node_id, target, problem)
+            clip_update(reply, reference, norm, target)
+            valid.append(reply)
+        else:
+            rejected.append((reply, problem))
     return valid, rejected
 
 

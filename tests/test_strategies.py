@@ -80,6 +80,23 @@ def test_an_update_scaled_by_100_is_left_out_by_the_norm_ratio(tmp_path, start_r
     assert metrics["rejected-updates"] == 1
 
 
+def test_with_clipping_an_oversized_update_is_kept_at_the_median_norm_in_its_own_direction(tmp_path, start_round):
+    _, strategy = setup(tmp_path, start_round, **{"strategy.clip-updates": True})
+    honest_replies = [honest(s) for s in range(4)]
+    direction = {"fc.weight": torch.full((4, 8), -2.0), "fc.bias": torch.full((4,), -2.0)}
+    scaled = reply(4, {k: 100 * v for k, v in direction.items()})  # a site whose update came out 100x too large
+    def norm_of(message: Message) -> float:
+        return float(np.sqrt(sum(np.sum(message.content["arrays"][k].numpy().astype(np.float64) ** 2) for k in GLOBAL)))
+
+    median = float(np.median([norm_of(m) for m in [*honest_replies, scaled]]))  # the global model is zero
+    arrays, metrics = strategy.aggregate_train(1, [*honest_replies, scaled])
+    assert metrics["rejected-updates"] == 0 and metrics["valid-updates"] == 5
+    kept = scaled.content["arrays"]  # clipped in place before averaging
+    assert norm_of(scaled) == pytest.approx(median, rel=1e-5)
+    assert np.all(kept["fc.bias"].numpy() < 0) and kept["fc.bias"].numpy().dtype == np.float32  # its direction
+    assert float(arrays["fc.bias"].numpy()[0]) == pytest.approx((4 * 1.0 + kept["fc.bias"].numpy()[0]) / 5)
+
+
 def test_an_absolute_norm_bound_applies_too(tmp_path, start_round):
     _, strategy = setup(tmp_path, start_round, sites=2, **{"strategy.max-update-norm": 3.0, "strategy.max-norm-ratio": 0.0})
     # site 0's update norm: sqrt(32 * 1 + 4 * 1) = 6 > 3; site 1's: sqrt(36 * 0.01) = 0.6
