@@ -32,7 +32,9 @@ class DinoSettings:
     hidden_dim: int = 1024
     bottleneck_dim: int = 128
     student_temp: float = 0.1
-    teacher_temp: float = 0.04  # lower than the student's: the teacher's targets are sharper
+    teacher_temp: float = 0.07  # lower than the student's: the teacher's targets are sharper
+    warmup_teacher_temp: float = 0.04  # DINO starts sharper and warms up to teacher_temp
+    warmup_fraction: float = 0.3  # of all steps: teacher-temperature warm-up (a third of it for the learning rate)
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # EMA at the start; it rises to 1 along a cosine
     crop_scale: tuple[float, float] = (0.32, 1.0)
@@ -63,14 +65,15 @@ class SelfDistillation(nn.Module):
             param.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, settings.out_dim))
 
-    def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+    def loss(self, views: list[torch.Tensor], teacher_temp: float | None = None) -> torch.Tensor:
         """Cross-entropy of the student's view against the teacher's other views, averaged over
         pairs; updates the centre with this batch's teacher outputs."""
         s = self.settings
+        temp = s.teacher_temp if teacher_temp is None else teacher_temp
         student = [self.student["head"](self.student["vit"](v)) / s.student_temp for v in views]
         with torch.no_grad():
             teacher_out = [self.teacher["head"](self.teacher["vit"](v)) for v in views]
-            targets = [torch.softmax((t - self.center) / s.teacher_temp, dim=-1) for t in teacher_out]
+            targets = [torch.softmax((t - self.center) / temp, dim=-1) for t in teacher_out]
         pairs = [(i, j) for i in range(len(views)) for j in range(len(views)) if i != j]
         total = sum(-(targets[i] * torch.log_softmax(student[j], dim=-1)).sum(dim=-1).mean() for i, j in pairs)
         self.update_center(torch.cat(teacher_out))
@@ -92,6 +95,20 @@ class SelfDistillation(nn.Module):
 def teacher_momentum(step: int, total_steps: int, start: float) -> float:
     """DINO's schedule: from ``start`` to 1 along a half cosine."""
     return 1 - (1 - start) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak``, then a half cosine down to a tenth of it."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * (0.1 + 0.9 * (math.cos(math.pi * progress) + 1) / 2)
+
+
+def teacher_temperature(step: int, total_steps: int, s: DinoSettings) -> float:
+    """From ``warmup_teacher_temp`` to ``teacher_temp`` over the warm-up, then constant."""
+    warmup = max(1, int(s.warmup_fraction * total_steps))
+    return s.teacher_temp if step >= warmup else s.warmup_teacher_temp + (s.teacher_temp - s.warmup_teacher_temp) * step / warmup
 
 
 class RadiologyViews:
@@ -129,7 +146,8 @@ def pretrain(encoder_name: str, images: np.ndarray, image_size: int, epochs: int
     model = SelfDistillation(vit, settings).train()
     optimizer = torch.optim.AdamW(model.student.parameters(), lr=lr, weight_decay=0.04)
     views = RadiologyViews(frozen.input_size, settings.crop_scale)
-    steps_per_epoch = math.ceil(len(images) / batch_size)
+    total_steps = epochs * math.ceil(len(images) / batch_size)
+    warmup_steps = max(1, int(settings.warmup_fraction * total_steps / 3))
     step, history = 0, []
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator).numpy()
@@ -137,13 +155,15 @@ def pretrain(encoder_name: str, images: np.ndarray, image_size: int, epochs: int
         for start in range(0, len(images), batch_size):
             batch = images[order[start : start + batch_size]]
             crops = [encoder_input(views(batch, generator), frozen.mean, frozen.std, frozen.input_size) for _ in range(2)]
-            loss = model.loss(crops)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, lr, warmup_steps)
+            loss = model.loss(crops, teacher_temperature(step, total_steps, settings))
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.student.parameters(), 3.0)
             optimizer.step()
             step += 1
-            model.update_teacher(teacher_momentum(step, epochs * steps_per_epoch, settings.teacher_momentum))
+            model.update_teacher(teacher_momentum(step, total_steps, settings.teacher_momentum))
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
     return {k: v.detach().clone().contiguous() for k, v in model.teacher["vit"].state_dict().items()}, history

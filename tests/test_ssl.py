@@ -8,7 +8,16 @@ from torch import nn
 
 from omnirad.data import synthetic
 from omnirad.encoders import create_encoder
-from omnirad.ssl import DinoSettings, RadiologyViews, SelfDistillation, pretrain, save_encoder, teacher_momentum
+from omnirad.ssl import (
+    DinoSettings,
+    RadiologyViews,
+    SelfDistillation,
+    learning_rate,
+    pretrain,
+    save_encoder,
+    teacher_momentum,
+    teacher_temperature,
+)
 
 SMALL = DinoSettings(out_dim=32, hidden_dim=32, bottleneck_dim=8)
 
@@ -36,6 +45,15 @@ def test_the_teacher_is_an_exponential_moving_average_of_the_student():
         torch.testing.assert_close(model.teacher.state_dict()[key], 0.9 * before[key] + 0.1 * student)
     assert not any(p.requires_grad for p in model.teacher.parameters())
     assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996) and teacher_momentum(100, 100, 0.996) == 1.0
+
+
+def test_schedules_warm_up_then_settle():
+    rates = [learning_rate(step, 100, 1e-3, 10) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and max(rates) == pytest.approx(1e-3) == rates[9]
+    assert rates[-1] == pytest.approx(1e-4, rel=0.01) and rates == sorted(rates[:10]) + sorted(rates[10:], reverse=True)
+    temps = [teacher_temperature(step, 100, SMALL) for step in range(100)]
+    assert temps[0] == SMALL.warmup_teacher_temp and temps[30:] == [SMALL.teacher_temp] * 70
+    assert SMALL.warmup_teacher_temp < SMALL.teacher_temp < SMALL.student_temp
 
 
 def test_the_centre_follows_the_teachers_mean_output_and_targets_are_sharper_than_the_student():
