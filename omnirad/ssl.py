@@ -48,6 +48,11 @@ class ProjectionHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, s.hidden_dim), nn.GELU(), nn.Linear(s.hidden_dim, s.hidden_dim),
                                  nn.GELU(), nn.Linear(s.hidden_dim, s.bottleneck_dim))
         self.prototypes = nn.utils.parametrizations.weight_norm(nn.Linear(s.bottleneck_dim, s.out_dim, bias=False))
+        # DINO fixes the prototypes' norms at 1, so logits are cosines in [-1, 1]: left at their
+        # initial ~0.2 the teacher's targets were near uniform (entropy 6.69 of ln 1024 = 6.93)
+        magnitude = self.prototypes.parametrizations.weight.original0
+        magnitude.data.fill_(1.0)
+        magnitude.requires_grad_(False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.prototypes(nn.functional.normalize(self.mlp(features), dim=-1))

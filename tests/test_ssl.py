@@ -74,6 +74,15 @@ def test_the_centre_follows_the_teachers_mean_output_and_targets_are_sharper_tha
     assert (entropy(sharp) < entropy(soft)).all()
 
 
+def test_prototype_norms_are_fixed_at_one_so_logits_are_cosines():
+    model = SelfDistillation(TinyBackbone(), SMALL)
+    prototypes = model.student["head"].prototypes
+    torch.testing.assert_close(prototypes.weight.norm(dim=1), torch.ones(SMALL.out_dim))
+    assert not prototypes.parametrizations.weight.original0.requires_grad
+    logits = model.student["head"](torch.randn(7, 6))
+    assert logits.abs().max() <= 1.0 + 1e-5
+
+
 def test_the_loss_trains_the_student_only_and_moves_the_centre():
     torch.manual_seed(0)
     model = SelfDistillation(TinyBackbone(), SMALL)
