@@ -41,15 +41,22 @@ def privacy_ledger(cfg: Config, context: Context) -> PrivacyLedger | None:
     return PrivacyLedger.from_record(record) if record is not None else PrivacyLedger()
 
 
+def wrong_encoder_reply(cfg: Config, msg: Message) -> Message | None:
+    """An error reply when the server's encoder weights are not this site's, else None."""
+    try:
+        check_encoder(cfg, msg.content["config"])
+    except EncoderMismatch as mismatch:
+        return Message(Error(code=WRONG_ENCODER, reason=str(mismatch)), reply_to=msg)
+    return None
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received adapter for the configured local epochs and send back its shared tensors."""
     cfg, site_id = site_of(context)
     config = msg.content["config"]
-    try:
-        check_encoder(cfg, config)
-    except EncoderMismatch as mismatch:
-        return Message(Error(code=WRONG_ENCODER, reason=str(mismatch)), reply_to=msg)
+    if (refusal := wrong_encoder_reply(cfg, msg)) is not None:
+        return refusal
     site = get_site(cfg, site_id)
     state = msg.content["arrays"].to_torch_state_dict()
     crash_if_due(cfg.faults, site.site_id, int(config["server-round"]))
@@ -77,10 +84,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     after the last round also the local fine-tuning baseline when configured."""
     cfg, site_id = site_of(context)
     config = msg.content["config"]
-    try:
-        check_encoder(cfg, config)
-    except EncoderMismatch as mismatch:
-        return Message(Error(code=WRONG_ENCODER, reason=str(mismatch)), reply_to=msg)
+    if (refusal := wrong_encoder_reply(cfg, msg)) is not None:
+        return refusal
     site = get_site(cfg, site_id)
     last_round = int(config.get("server-round", 0)) == cfg.num_server_rounds
     finetune_epochs = cfg.personalization.finetune_epochs if last_round else 0

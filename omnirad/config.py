@@ -29,7 +29,8 @@ ADAPTER_NAMES = ("linear", "mlp", "decoder", "lora", "full")  # decoder: segment
 HEAD_NAMES = ("linear", "mlp")
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 DEPLOYMENT = "deployment"  # each site reads its own file, named in its site configuration (omnirad-client)
-DATASET_SOURCES = ("embedded", "files", DEPLOYMENT)  # or a 2D MedMNIST flag, e.g. bloodmnist
+NATURAL_SPLITS = ("files", DEPLOYMENT)  # each site has its own data: nothing to partition
+DATASET_SOURCES = ("embedded", *NATURAL_SPLITS)  # or a 2D MedMNIST flag, e.g. bloodmnist
 MEDMNIST_SIZES = (28, 64, 128, 224)
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
@@ -247,6 +248,11 @@ def _build_config(flat: Mapping[str, Any]) -> Config:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Flat keys from a YAML file with flat (``data.alpha: 0.1``) or nested (``data: {alpha: 0.1}``) keys."""
+    return flatten_keys(read_config_tree(path))
+
+
+def read_config_tree(path: Path) -> dict[str, Any]:
+    """A YAML configuration file as it is written (a mapping), with the file named in any error."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
     try:
@@ -255,14 +261,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a readable YAML file: {err}") from err
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a mapping of configuration keys, found {type(content).__name__}")
-    return _flatten(content)
+    return content
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{data: {alpha: 0.1}}`` -> ``{"data.alpha": 0.1}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -333,7 +340,7 @@ def validate(cfg: Config) -> None:
         files = site_file_list(cfg)
         _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")
         _require(len(files) == d.num_sites, "data.num-sites", d.num_sites, f"{len(files)}, one site per file in data.site-files")
-    if d.dataset in ("files", DEPLOYMENT):
+    if d.dataset in NATURAL_SPLITS:
         _one_of("data.task", d.task, TASK_KINDS)
         _require(d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1),
                  "data.num-classes", d.num_classes, "the number of classes (labels) in the site files")

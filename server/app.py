@@ -11,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from omnirad.adapters import trainable_state
-from omnirad.config import DEPLOYMENT, SPECTRAL, Config, ConfigError, load_config
+from omnirad.config import DEPLOYMENT, NATURAL_SPLITS, SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
 from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
@@ -128,7 +128,7 @@ def main(grid: Grid, context: Context) -> None:
     else:
         folder = RunFolder.create(cfg)
         print(f"OmniRad-FL run folder: {folder.path}", flush=True)
-        if cfg.data.dataset not in ("files", DEPLOYMENT):  # a simulated split of a pool: the server can describe it
+        if cfg.data.dataset not in NATURAL_SPLITS:  # a simulated split of a pool: the server can describe it
             labels = partition_labels(pooled_train(cfg))
             folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     done_rounds = checkpoint.server_round if checkpoint is not None else 0

@@ -33,7 +33,8 @@ from omnirad.config import (
 )
 from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
 from server.checkpoint import MARK
-from server.processes import stop_process_tree
+from server.processes import stop_process_tree, wait_until_healthy
+from server.run_folder import newest_summary
 
 CONNECTION = "omnirad"  # the flwr CLI's name for this SuperLink in <state-dir>/flwr/config.toml
 PROJECT = Path(__file__).resolve().parents[1]  # the Flower app: this repository (pip install -e)
@@ -124,15 +125,7 @@ class SuperLink:
         with (self.state_dir / "superlink.out").open("ab") as output:  # what fails before the log file opens
             self.process = subprocess.Popen(self.command(), cwd=self.state_dir, env=self.env,
                                             stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}; see "
-                                   f"{self.state_dir / 'superlink.out'} and {self.log_file}")
-            if self.healthy():
-                return
-            time.sleep(0.25)
-        raise RuntimeError(f"flower-superlink did not answer in {timeout:.0f} s; see {self.log_file}")
+        wait_until_healthy(self.process, self.healthy, timeout, f"{self.state_dir / 'superlink.out'} and {self.log_file}")
 
     def healthy(self) -> bool:
         scheme = "http" if self.args.insecure else "https"
@@ -178,11 +171,10 @@ def finished_run(flat: dict[str, Any], started: float) -> Path | None:
     """The run folder whose summary.json was written since ``started`` (the resumed folder, or a
     new one), or None when the run did not finish."""
     if flat.get("run.resume-from"):
-        summaries = [Path(flat["run.resume-from"]) / "summary.json"]
-    else:
-        summaries = list(Path(str(flat["run.output-dir"])).glob("*/summary.json"))
-    fresh = [p for p in summaries if p.is_file() and p.stat().st_mtime >= started]
-    return max(fresh, key=lambda p: p.stat().st_mtime).parent if fresh else None
+        summary = Path(flat["run.resume-from"]) / "summary.json"
+        return summary.parent if summary.is_file() and summary.stat().st_mtime >= started else None
+    summary = newest_summary(Path(str(flat["run.output-dir"])), started)
+    return summary.parent if summary is not None else None
 
 
 def flower_command(name: str) -> str:

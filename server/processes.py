@@ -4,8 +4,23 @@ ServerApp, ClientApp processes, Ray) that a signal to one PID, or to its process
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import time
+from collections.abc import Callable
 
 import psutil
+
+
+def wait_until_healthy(process: subprocess.Popen, healthy: Callable[[], bool], timeout: float, logs: str) -> None:
+    """Wait for a started server to answer; raise, naming where to look, if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}; see {logs}")
+        if healthy():
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"{process.args[0]} did not answer in {timeout:.0f} s; see {logs}")
 
 
 def stop_process_tree(pid: int, grace: float = 10.0) -> list[int]:

@@ -185,6 +185,12 @@ class RunFolder:
         return summary
 
 
+def newest_summary(output_dir: Path, since: float) -> Path | None:
+    """The summary.json of the newest run folder written after ``since``."""
+    summaries = [p for p in output_dir.glob("*/summary.json") if p.stat().st_mtime >= since]
+    return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def best_round(rounds: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     """The round with the best federated-validation ``metric`` (never chosen on the test set)."""
     scored = [r for r in rounds if not math.isnan(r["federated-val"].get(metric, math.nan))]

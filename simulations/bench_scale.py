@@ -87,7 +87,7 @@ def profile_sites(overrides: str, sites: list[int], top: int) -> None:
 
     flat = parse_config_args([overrides])
     cfg = load_config(flat)
-    state = {k: v for k, v in trainable_state(new_model(cfg)).items()}
+    state = trainable_state(new_model(cfg))
     profiler = cProfile.Profile()
     started = time.perf_counter()
     for site in sites:

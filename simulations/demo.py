@@ -18,15 +18,10 @@ from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, load_config
 from omnirad.data.sites import task_info
+from server.run_folder import newest_summary
 from simulations.flower_local import DEFAULT_HTTP_PORT, LocalSuperLink, flwr_run, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def newest_summary(output_dir: Path, since: float) -> Path | None:
-    """The summary.json of the newest run folder written after ``since``."""
-    summaries = [p for p in output_dir.glob("*/summary.json") if p.stat().st_mtime >= since]
-    return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def local_superlink(http_port: int = DEFAULT_HTTP_PORT) -> LocalSuperLink:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flwr.app import Message, Metadata, RecordDict
 
-from server.processes import stop_process_tree
+from server.processes import stop_process_tree, wait_until_healthy
 
 DEFAULT_HTTP_PORT = 39091
 DEFAULT_NUM_SUPERNODES = 4  # keep equal to data.num-sites' default in omnirad.config
@@ -93,15 +93,12 @@ class LocalSuperLink:
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}; see {self.log_file}")
-            if self.healthy():
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f} s; see {self.log_file}")
+        try:
+            wait_until_healthy(self.process, self.healthy, timeout, str(self.log_file))
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         """Stop the SuperLink and every process it started (SuperExec, ServerApp, Ray), by PID."""

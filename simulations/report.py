@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix
 
-from omnirad.config import SPECTRAL, Config, load_config
+from omnirad.config import NATURAL_SPLITS, SPECTRAL, Config, load_config
 from omnirad.data.sites import task_info
 from omnirad.site import CentralEvaluator
 from server.plots import plot_confusion, plot_overlays, plot_site_bars
@@ -82,7 +82,7 @@ def write_run_report(folder: Path) -> Path:
     last = rounds[-1]
     d, m = cfg.data, cfg.model
     lines = [f"# Run report: {folder.name}", "",
-             f"{d.dataset} data, {d.partition if d.dataset not in ('files', 'deployment') else 'natural'} split over "
+             f"{d.dataset} data, {d.partition if d.dataset not in NATURAL_SPLITS else 'natural'} split over "
              f"{d.num_sites} sites, {summary['rounds']} rounds of {cfg.train.local_epochs} local epochs; "
              f"{m.encoder} ({summary.get('weights', m.weights or 'random init')}) with a {m.adapter} adapter; "
              f"strategy {cfg.strategy.name}, personalization {cfg.personalization.mode}, seed {cfg.run.seed}.", "",

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from omegaconf import OmegaConf
 
-from omnirad.config import ConfigError, load_config, parse_overrides, read_config_file, toml_literal
+from omnirad.config import ConfigError, flatten_keys, load_config, parse_overrides, read_config_tree, toml_literal
 from simulations.demo import run_simulation
 from simulations.flower_local import DEFAULT_HTTP_PORT
 from simulations.report import write_run_report
@@ -47,11 +46,9 @@ class SweepPlan:
 
 def load_experiment(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any], SweepPlan | None]:
     """The run keys (validated) and the sweep plan, if the file has one."""
-    flat = read_config_file(path)
-    raw = OmegaConf.to_container(OmegaConf.load(path))
-    sweep_section = raw.pop("sweep", None) if isinstance(raw, dict) else None
-    flat = {k: v for k, v in flat.items() if not k.startswith("sweep.")}
-    flat.update(parse_overrides(overrides))
+    tree = read_config_tree(path)
+    sweep_section = tree.pop("sweep", None)
+    flat = {**flatten_keys(tree), **parse_overrides(overrides)}
     cfg = load_config(flat)
     if sweep_section is None:
         return flat, None

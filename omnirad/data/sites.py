@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnirad.config import DEPLOYMENT, Config, site_file_list
+from omnirad.config import DEPLOYMENT, NATURAL_SPLITS, Config, site_file_list
 from omnirad.data import synthetic
 from omnirad.data.npz import load_medmnist, medmnist_task, read_classification_npz, read_segmentation_npz
 from omnirad.data.partition import partition_indices, split_train_val
@@ -58,7 +58,7 @@ def task_info(cfg: Config) -> TaskSpec:
         if d.task == SEGMENTATION:
             return TaskSpec(SEGMENTATION, tuple(synthetic.MASK_CLASSES))
         return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
-    if d.dataset in ("files", DEPLOYMENT):
+    if d.dataset in NATURAL_SPLITS:
         return file_task(d.task, d.num_classes)
     tasks = [medmnist_task(flag) for flag in d.dataset.split("+")]
     if len(tasks) == 1:
@@ -137,7 +137,7 @@ def pooled_train(cfg: Config) -> LabelledImages:
     d = cfg.data
     if d.dataset == "embedded":
         return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED, d.task == SEGMENTATION)
-    if d.dataset in ("files", DEPLOYMENT):
+    if d.dataset in NATURAL_SPLITS:
         raise ValueError(f"data.dataset={d.dataset} is a natural split: there is no pool to partition")
     return _medmnist(d.root, d.dataset, d.size, d.download)["train"]
 
@@ -147,7 +147,7 @@ def server_test_set(cfg: Config) -> LabelledImages | None:
     d = cfg.data
     if d.dataset == "embedded":
         return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED, d.task == SEGMENTATION)
-    if d.dataset in ("files", DEPLOYMENT):
+    if d.dataset in NATURAL_SPLITS:
         if not d.test_file:
             return None
         splits = _site_file(d.test_file, task_info(cfg), d.size)
