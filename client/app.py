@@ -11,10 +11,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.deployment import EncoderMismatch, check_encoder, site_of
+from client.deployment import EncoderMismatch, check_encoder, check_task, site_of
 from omnirad.config import Config
 from omnirad.faults import crash_if_due, misbehave
 from omnirad.logs import show_progress
+from omnirad.multitask import DECLARATION_KEY, TaskMismatch, declaration
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
 from omnirad.site import get_site
 from omnirad.spectral import bank_from_config
@@ -25,6 +26,7 @@ PERSONAL = "personal-adapter"  # context.state key of the site's local tensors
 LEDGER = "privacy-ledger"  # context.state key of the site's DP accountant history
 BUDGET_SPENT = 1001  # error code of a reply from a site whose privacy budget is spent
 WRONG_ENCODER = 1002  # error code of a reply from a site whose encoder weights differ from the server's
+WRONG_TASK = 1003  # error code of a reply from a site sent another task's adapter
 
 
 def personal_state(context: Context) -> dict[str, torch.Tensor] | None:
@@ -41,12 +43,16 @@ def privacy_ledger(cfg: Config, context: Context) -> PrivacyLedger | None:
     return PrivacyLedger.from_record(record) if record is not None else PrivacyLedger()
 
 
-def wrong_encoder_reply(cfg: Config, msg: Message) -> Message | None:
-    """An error reply when the server's encoder weights are not this site's, else None."""
+def refusal(cfg: Config, msg: Message) -> Message | None:
+    """An error reply when the server's encoder weights are not this site's, or the adapter is
+    another task's; else None."""
     try:
         check_encoder(cfg, msg.content["config"])
+        check_task(cfg, msg.content["config"])
     except EncoderMismatch as mismatch:
         return Message(Error(code=WRONG_ENCODER, reason=str(mismatch)), reply_to=msg)
+    except TaskMismatch as mismatch:
+        return Message(Error(code=WRONG_TASK, reason=str(mismatch)), reply_to=msg)
     return None
 
 
@@ -55,8 +61,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received adapter for the configured local epochs and send back its shared tensors."""
     cfg, site_id = site_of(context)
     config = msg.content["config"]
-    if (refusal := wrong_encoder_reply(cfg, msg)) is not None:
-        return refusal
+    if (refused := refusal(cfg, msg)) is not None:
+        return refused
     site = get_site(cfg, site_id)
     state = msg.content["arrays"].to_torch_state_dict()
     crash_if_due(cfg.faults, site.site_id, int(config["server-round"]))
@@ -84,8 +90,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     after the last round also the local fine-tuning baseline when configured."""
     cfg, site_id = site_of(context)
     config = msg.content["config"]
-    if (refusal := wrong_encoder_reply(cfg, msg)) is not None:
-        return refusal
+    if (refused := refusal(cfg, msg)) is not None:
+        return refused
     site = get_site(cfg, site_id)
     last_round = int(config.get("server-round", 0)) == cfg.num_server_rounds
     finetune_epochs = cfg.personalization.finetune_epochs if last_round else 0
@@ -100,3 +106,12 @@ def spectral_prototypes(msg: Message, context: Context) -> Message:
     site = get_site(*site_of(context))
     content = RecordDict({"arrays": ArrayRecord({"prototypes": site.spectral_prototypes()})})
     return Message(content=content, reply_to=msg)
+
+
+@app.query("task")
+def declare_task(msg: Message, context: Context) -> Message:
+    """What this site trains (task name, kind, label names), for the server's task groups."""
+    cfg, site_id = site_of(context)
+    found = declaration(cfg)
+    record = ConfigRecord({"site-id": site_id, **(found.to_record() if found is not None else {})})
+    return Message(content=RecordDict({DECLARATION_KEY: record}), reply_to=msg)

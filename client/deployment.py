@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Context
 
 from omnirad.config import DEPLOYMENT, Config, ConfigError, load_config, to_flat
 from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
+from omnirad.multitask import TASK_KEY, TaskMismatch, site_view
 
 # Node-config keys that omnirad-client sets on a deployed SuperNode.
 SITE_ID, SITE_NAME, DATA_FILE, WEIGHTS, CACHE_DIR = "site-id", "site-name", "data-file", "model-weights", "cache-dir"
@@ -26,13 +27,22 @@ def site_of(context: Context) -> tuple[Config, int]:
     cfg = load_config(context.run_config)
     node = context.node_config
     if DATA_FILE not in node:
-        return cfg, int(node["partition-id"])
+        site_id = int(node["partition-id"])
+        return site_view(cfg, site_id), site_id
     if cfg.data.dataset != DEPLOYMENT:
         raise ConfigError(f"this site was started by omnirad-client with its own data file, but the server's run has "
                           f"data.dataset={cfg.data.dataset!r}; a deployed federation needs data.dataset='deployment'")
     local = {"data.site-files": str(node[DATA_FILE]), "model.weights": str(node[WEIGHTS]),
              "model.cache-dir": str(node[CACHE_DIR])}
     return load_config({**to_flat(cfg), **local}), int(node[SITE_ID])
+
+
+def check_task(cfg: Config, instructions: ConfigRecord) -> None:
+    """Refuse an adapter meant for another task than this site's (multi-task runs)."""
+    sent = str(instructions.get(TASK_KEY, ""))
+    if sent != cfg.multitask.task:
+        raise TaskMismatch(f"the server sent the adapter of task '{sent or 'none'}', this site trains "
+                           f"'{cfg.multitask.task or 'the run task'}'")
 
 
 def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:

@@ -25,7 +25,8 @@ from omnirad.tasks import KINDS as TASK_KINDS
 from omnirad.tasks import MULTI_CLASS, SEGMENTATION
 
 ENCODER_NAMES = ("omnirad-small", "omnirad-base", "radiodino-s16", "vit-tiny")
-ADAPTER_NAMES = ("linear", "mlp", "decoder", "lora", "full")  # decoder: segmentation; the rest: classification
+SEGMENTATION_ADAPTERS = ("decoder", "lora-decoder")  # lora-decoder: LoRA on the encoder under the decoder
+ADAPTER_NAMES = ("linear", "mlp", "lora", "full", *SEGMENTATION_ADAPTERS)
 HEAD_NAMES = ("linear", "mlp")
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 DEPLOYMENT = "deployment"  # each site reads its own file, named in its site configuration (omnirad-client)
@@ -38,6 +39,9 @@ PERSONALIZED_STRATEGIES = ("fedper", "fedbn")
 SPECTRAL = "spectral"  # OmniFM-style spectral prompts and alignment (omnirad.spectral)  # shorthand: strategy.name=fedper is FedAvg + personalization.mode=fedper
 FAULT_KINDS = ("scale", "nan", "crash")
 PERSONALIZATION_MODES = ("none", "fedper", "fedbn")
+EMBEDDED_LABEL_SETS = ("region", "finding")
+EMBEDDED_TASK_NAMES = ("region", "finding", "lesions")  # body region, finding, lesion segmentation (omnirad.multitask)
+SITS_OUT = "-"  # multitask.site-tasks: a site without a task this run
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,7 @@ class DataConfig:
     site_files: str = ""  # files: comma-separated, one file per site (a natural split); deployment: set by the site
     test_file: str = ""  # files: the server's held-out test file; empty means no central test
     task: str = "multi-class"  # files: a MedMNIST kind or segmentation; embedded: multi-class or segmentation
+    label_set: str = "region"  # embedded multi-class: region (body region) or finding (normal, mass, nodules, diffuse)
     num_classes: int = 0  # files: classes (labels for multi-label; pixel classes with background for segmentation)
     size: int = 64  # the image size the encoder sees; segmentation masks are scored at this size
     partition: str = "dirichlet"
@@ -156,6 +161,15 @@ class FaultsConfig:
 
 
 @dataclass
+class MultitaskConfig:
+    """Different tasks at different sites on one encoder (omnirad.multitask)."""
+
+    site_tasks: str = ""  # simulation: one task per site, comma-separated (region, finding, lesions; '-' sits out)
+    shared: bool = True  # aggregate what every task's model has (LoRA on the encoder) across all sites
+    task: str = ""  # set by the framework: the task this participant trains
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
@@ -174,6 +188,7 @@ class Config:
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -336,6 +351,7 @@ def validate(cfg: Config) -> None:
                  "the default: a MedMNIST dataset's task comes with it (segmentation needs MedSegBench files)")
     if d.dataset == "embedded":
         _one_of("data.task", d.task, (MULTI_CLASS, SEGMENTATION))
+        _one_of("data.label-set", d.label_set, EMBEDDED_LABEL_SETS)
     if d.dataset == "files":
         files = site_file_list(cfg)
         _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")
@@ -357,8 +373,9 @@ def validate(cfg: Config) -> None:
     _one_of("model.encoder", m.encoder, ENCODER_NAMES)
     _one_of("model.adapter", m.adapter, ADAPTER_NAMES)
     segmentation = d.task == SEGMENTATION
-    _require((m.adapter == "decoder") == segmentation, "model.adapter", m.adapter,
-             "decoder for data.task=segmentation" if segmentation else "linear, mlp, lora or full for classification (decoder is for data.task=segmentation)")
+    _require((m.adapter in SEGMENTATION_ADAPTERS) == segmentation, "model.adapter", m.adapter,
+             "decoder or lora-decoder for data.task=segmentation" if segmentation
+             else "linear, mlp, lora or full for classification (decoder is for data.task=segmentation)")
     _require(m.hidden_dim >= 1, "model.hidden-dim", m.hidden_dim, ">= 1")
     _one_of("model.head", m.head, HEAD_NAMES)
     _require(m.lora_rank >= 1, "model.lora-rank", m.lora_rank, ">= 1")
@@ -420,6 +437,30 @@ def validate(cfg: Config) -> None:
     _require(-1 <= f.site < d.num_sites, "faults.site", f.site, f"-1 (none) or a site from 0 to {d.num_sites - 1}")
     _one_of("faults.kind", f.kind, FAULT_KINDS)
     _require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")
+    if cfg.multitask.site_tasks:
+        validate_multitask(cfg)
+
+
+def validate_multitask(cfg: Config) -> None:
+    """What a multi-task federation supports so far; everything else is refused by name."""
+    names = comma_list(cfg.multitask.site_tasks)
+    key = "multitask.site-tasks"
+    _require(cfg.data.dataset == "embedded", "data.dataset", cfg.data.dataset,
+             f"embedded with {key} (the embedded data carries every task's labels)")
+    _require(len(names) == cfg.data.num_sites, key, cfg.multitask.site_tasks,
+             f"{cfg.data.num_sites} task names, one per site (data.num-sites)")
+    _require(all(n in EMBEDDED_TASK_NAMES or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
+             f"names among {', '.join(EMBEDDED_TASK_NAMES)}, or '{SITS_OUT}' for a site that sits the run out")
+    _require(any(n != SITS_OUT for n in names), key, cfg.multitask.site_tasks, "at least one site with a task")
+    _require(cfg.model.adapter in ("linear", "mlp", "lora"), "model.adapter", cfg.model.adapter,
+             f"linear, mlp or lora with {key} (classification sites train it; segmentation sites a decoder, "
+             "under LoRA on the same encoder with lora)")
+    for setting, value, off in (("personalization.mode", cfg.personalization.mode, "none"),
+                                ("privacy.dp", cfg.privacy.dp, False),
+                                ("privacy.central-noise-multiplier", cfg.privacy.central_noise_multiplier, 0.0),
+                                ("run.resume-from", cfg.run.resume_from, "")):
+        _require(value == off, setting, value, f"{off!r}: not supported with {key} yet")
+    _require(cfg.strategy.name != SPECTRAL, "strategy.name", cfg.strategy.name, f"not spectral with {key}")
 
 
 def medmnist_flags() -> tuple[str, ...]:

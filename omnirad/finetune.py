@@ -37,17 +37,20 @@ class LoraSettings:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=pattern)
 
 
+def adapted_backbone(encoder: FrozenEncoder, lora: LoraSettings | None) -> nn.Module:
+    """A copy of the encoder's ViT, LoRA-wrapped or (without ``lora``) entirely trainable."""
+    backbone = copy.deepcopy(encoder.vit)
+    if lora is None:
+        return backbone.requires_grad_(True)
+    return get_peft_model(backbone, lora.peft_config())
+
+
 class ImageClassifier(nn.Module):
     """A trainable copy of the encoder (LoRA-wrapped, or entirely trainable) and a head, on images."""
 
     def __init__(self, encoder: FrozenEncoder, head: nn.Module, lora: LoraSettings | None) -> None:
         super().__init__()
-        backbone = copy.deepcopy(encoder.vit)
-        if lora is None:
-            backbone.requires_grad_(True)
-        else:
-            backbone = get_peft_model(backbone, lora.peft_config())
-        self.backbone, self.head, self.input_size = backbone, head, encoder.input_size
+        self.backbone, self.head, self.input_size = adapted_backbone(encoder, lora), head, encoder.input_size
         self.register_buffer("mean", encoder.mean.clone(), persistent=False)
         self.register_buffer("std", encoder.std.clone(), persistent=False)
 
@@ -70,3 +73,25 @@ class ImageClassifier(nn.Module):
         save_file({k: v.contiguous() for k, v in self.merged_encoder().state_dict().items()}, encoder_file)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, head_file)
         return encoder_file, head_file
+
+
+class ImageSegmenter(nn.Module):
+    """LoRA on the encoder under the segmentation decoder, on images (``model.adapter=lora-decoder``).
+
+    The LoRA tensors carry the same names as an ``ImageClassifier``'s (``backbone.*``), so a
+    multi-task federation can average them across classification and segmentation sites.
+    """
+
+    def __init__(self, encoder: FrozenEncoder, decoder: nn.Module, token_layers: list[int], lora: LoraSettings) -> None:
+        super().__init__()
+        self.backbone, self.decoder, self.input_size = adapted_backbone(encoder, lora), decoder, encoder.input_size
+        self.token_layers = list(token_layers)
+        self.register_buffer("mean", encoder.mean.clone(), persistent=False)
+        self.register_buffer("std", encoder.std.clone(), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_intermediates(
+            encoder_input(images, self.mean, self.std, self.input_size), indices=self.token_layers,
+            intermediates_only=True, output_fmt="NCHW",
+        )
+        return self.decoder(torch.cat(tokens, dim=1))

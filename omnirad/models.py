@@ -14,19 +14,19 @@ import torch
 from torch import nn
 
 from omnirad.adapters import create_adapter
-from omnirad.config import SPECTRAL, Config, ConfigError, comma_list
+from omnirad.config import SEGMENTATION_ADAPTERS, SPECTRAL, Config, ConfigError, comma_list
 from omnirad.data.sites import task_info
 from omnirad.decoder import SegmentationDecoder, default_token_layers
 from omnirad.encoders import FrozenEncoder
 from omnirad.feature_cache import cached_features
-from omnirad.finetune import ImageClassifier, LoraSettings
+from omnirad.finetune import ImageClassifier, ImageSegmenter, LoraSettings
 from omnirad.spectral import SpectralPromptClassifier
 from omnirad.training import encode
 
 log = logging.getLogger(__name__)
 
 POOLED, TOKENS, IMAGES = "pooled features", "patch tokens", "images"
-INPUTS = {"linear": POOLED, "mlp": POOLED, "decoder": TOKENS, "lora": IMAGES, "full": IMAGES}
+INPUTS = {"linear": POOLED, "mlp": POOLED, "decoder": TOKENS, "lora": IMAGES, "full": IMAGES, "lora-decoder": IMAGES}
 
 
 def model_reads(cfg: Config) -> str:
@@ -61,9 +61,10 @@ def build_model(cfg: Config, encoder: FrozenEncoder) -> nn.Module:
             s = cfg.spectral
             head = create_adapter(m.adapter, encoder.num_features, task.num_outputs, m.hidden_dim)
             return SpectralPromptClassifier(encoder, head, s.frequency_size, s.top_k, s.suffix_tokens)
-        if m.adapter == "decoder":
+        if m.adapter in SEGMENTATION_ADAPTERS:
             layers = token_layers(cfg, encoder)
-            return SegmentationDecoder(encoder.num_features, len(layers), task.num_outputs, cfg.data.size, m.decoder_width)
+            decoder = SegmentationDecoder(encoder.num_features, len(layers), task.num_outputs, cfg.data.size, m.decoder_width)
+            return decoder if m.adapter == "decoder" else ImageSegmenter(encoder, decoder, layers, lora_settings(cfg))
         if INPUTS[m.adapter] == IMAGES:
             head = create_adapter(m.head, encoder.num_features, task.num_outputs, m.hidden_dim)
             return ImageClassifier(encoder, head, lora_settings(cfg) if m.adapter == "lora" else None)

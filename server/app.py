@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,9 +17,11 @@ from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
 from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 from omnirad.logs import show_progress
+from omnirad.multitask import is_multitask
 from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
 from omnirad.spectral import bank_to_config
 from server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
+from server.multitask import MultiTaskEvaluator, multitask_strategy, start_groups, task_summary
 from server.run_folder import RunFolder, best_round
 from strategies import build_strategy
 from strategies.spectral_bank import collect_spectral_bank
@@ -68,12 +71,13 @@ def site_instructions(cfg: Config) -> dict[str, str]:
 
 class RoundEnd:
     """Flower's ``evaluate_fn``: called after every round, it scores and records the round, keeps
-    the best adapter and checkpoints the run. Flower counts rounds from 1 even in a resumed run:
-    ``done_rounds`` turns its numbers into the run's."""
+    the best adapter (by the run folder's selection metric) and checkpoints the run. Flower counts
+    rounds from 1 even in a resumed run: ``done_rounds`` turns its numbers into the run's."""
 
-    def __init__(self, cfg: Config, folder: RunFolder, bank: torch.Tensor | None = None, done_rounds: int = 0) -> None:
-        self.evaluator = CentralEvaluator(cfg, bank)
-        self.selection_metric = task_info(cfg).selection_metric
+    def __init__(self, evaluator: Callable[[dict[str, torch.Tensor]], dict[str, float]], folder: RunFolder,
+                 done_rounds: int = 0) -> None:
+        self.evaluator = evaluator
+        self.selection_metric = folder.selection_metric
         self.folder, self.done_rounds = folder, done_rounds
         best = best_round(folder.rounds, self.selection_metric)
         self.best_score = best["federated-val"][self.selection_metric] if best else float("-inf")
@@ -116,9 +120,9 @@ def main(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
     check_federation(grid, cfg)
     encoder = encoder_for(cfg)
-    model = new_model(cfg)
-    kept = kept_at_sites(cfg, model)
-    initial = {k: v for k, v in trainable_state(model).items() if k not in kept}
+    model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
+    kept = kept_at_sites(cfg, model) if model is not None else frozenset()
+    initial = {k: v for k, v in trainable_state(model).items() if k not in kept} if model is not None else {}
     checkpoint = None
     if cfg.run.resume_from:
         resume_folder, checkpoint = resumable(cfg, kept)
@@ -132,6 +136,9 @@ def main(grid: Grid, context: Context) -> None:
             labels = partition_labels(pooled_train(cfg))
             folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     done_rounds = checkpoint.server_round if checkpoint is not None else 0
+    groups = None
+    if is_multitask(cfg):
+        groups, initial = start_groups(grid, cfg, folder)
     if cfg.personalization.mode == "fedper":
         print("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
               "to score on the server's test set; the sites' validation metrics are the result", flush=True)
@@ -140,8 +147,12 @@ def main(grid: Grid, context: Context) -> None:
         bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
         print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
     instructions = ConfigRecord({**site_instructions(cfg), **(bank_to_config(bank) if bank is not None else {})})
-    round_end = RoundEnd(cfg, folder, bank, done_rounds)
-    strategy = build_strategy(cfg, folder, done_rounds)
+    if groups is not None:
+        round_end = RoundEnd(MultiTaskEvaluator(cfg, list(groups)), folder, done_rounds)
+        strategy = multitask_strategy(cfg, folder, groups)
+    else:
+        round_end = RoundEnd(CentralEvaluator(cfg, bank), folder, done_rounds)
+        strategy = build_strategy(cfg, folder, done_rounds)
     if checkpoint is not None:
         restore_strategy_state(aggregating_strategy(strategy), checkpoint.strategy_state)
     round_end.strategy = strategy
@@ -164,14 +175,17 @@ def main(grid: Grid, context: Context) -> None:
             "adapter": cfg.model.adapter,
             "personalization": cfg.personalization.mode,
             "adapter-parameter-bytes": sum(t.numel() * t.element_size() for t in initial.values()),
-            "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept),
+            "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept)
+            if model is not None else 0,
+            **(task_summary(groups, initial) if groups is not None else {}),
             "encoder-parameter-bytes": sum(p.numel() * p.element_size() for p in encoder.parameters()),
             "num-sites": cfg.data.num_sites,
             **({"spectral-bank-rows": len(bank)} if bank is not None else {}),
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")
-    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
+    names = folder.headline_metrics if groups is not None else task_info(cfg).headline_metrics
+    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in names)
     print(
         f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: {where} {scores} "
         f"({cfg.model.encoder}, weights: {cfg.model.weights or 'random init'}, {cfg.model.adapter}). "

@@ -58,7 +58,9 @@ class RunFolder:
 
     def __init__(self, cfg: Config, path: Path) -> None:
         self.cfg = cfg
-        self.task: TaskSpec = task_info(cfg)
+        task: TaskSpec = task_info(cfg)
+        self.headline_metrics, self.selection_metric = task.headline_metrics, task.selection_metric
+        self.task_members: dict[str, list[int]] = {}  # a multi-task run: each task's sites
         self.path = path
         self.started = time.perf_counter()
         self.rounds: list[dict[str, Any]] = []
@@ -101,6 +103,12 @@ class RunFolder:
         metrics.write_text("".join(json.dumps(line) + "\n" for line in folder.rounds))
         (path / "config.yaml").write_text(to_yaml(cfg))
         return folder
+
+    def track_tasks(self, selection: dict[str, str], score: str, members: dict[str, list[int]]) -> None:
+        """A multi-task run: print and plot each task's selection metric (``<task>/<metric>``), pick
+        the best round by ``score``, and name each task's worst site among its ``members``."""
+        self.headline_metrics = tuple(f"{task}/{metric}" for task, metric in selection.items())
+        self.selection_metric, self.task_members = score, members
 
     def save_best(self, state: dict[str, torch.Tensor]) -> None:
         """The adapter of the best round so far (by federated validation), kept as it happens."""
@@ -170,18 +178,18 @@ class RunFolder:
         self.rounds.append(line)
         with open(self.path / "metrics.jsonl", "a") as out:
             out.write(json.dumps(line) + "\n")
-        print_round(line, header=len(self.rounds) == 1, metrics=self.task.headline_metrics)
+        print_round(line, header=len(self.rounds) == 1, metrics=self.headline_metrics)
         return line
 
     def finish(self, final_state: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
         """Write summary.json, the final adapter and the curves plot."""
         save_file({k: v.contiguous() for k, v in final_state.items()}, self.path / "final_adapter.safetensors")
-        summary = summarise(self.rounds, extra, self.task.selection_metric)
+        summary = summarise(self.rounds, extra, self.selection_metric, self.task_members)
         summary["wall-seconds"] = round(time.perf_counter() - self.started, 3)
         summary["peak-rss-mb"] = {"server": round(peak_rss_mb(), 1), "clients": round(self.client_peak_rss_mb, 1)}
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.rounds:
-            plot_curves(self.rounds, self.path / "curves.png", self.task.headline_metrics)
+            plot_curves(self.rounds, self.path / "curves.png", self.headline_metrics)
         return summary
 
 
@@ -197,9 +205,16 @@ def best_round(rounds: list[dict[str, Any]], metric: str) -> dict[str, Any] | No
     return max(scored, key=lambda r: r["federated-val"][metric]) if scored else None
 
 
-def worst_site(line: dict[str, Any]) -> dict[str, float]:
-    """Each validation metric's lowest value over the sites in one round (loss: highest)."""
-    return worst_of([s["evaluate"] for s in line["sites"].values() if s.get("evaluate")])
+def worst_site(line: dict[str, Any], task_members: dict[str, list[int]] | None = None) -> dict[str, float]:
+    """Each validation metric's lowest value over the sites in one round (loss: highest); in a
+    multi-task run over each task's sites, as ``<task>/<metric>``."""
+    if not task_members:
+        return worst_of([s["evaluate"] for s in line["sites"].values() if s.get("evaluate")])
+    worst = {}
+    for task, sites in task_members.items():
+        found = [line["sites"][str(site)]["evaluate"] for site in sites if line["sites"].get(str(site), {}).get("evaluate")]
+        worst.update({f"{task}/{name}": value for name, value in worst_of(found).items()})
+    return worst
 
 
 def worst_of(per_site: list[dict[str, float]]) -> dict[str, float]:
@@ -209,7 +224,8 @@ def worst_of(per_site: list[dict[str, float]]) -> dict[str, float]:
     return {name: pick[name](m[name] for m in per_site if name in m) for name in sorted(names)}
 
 
-def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_metric: str) -> dict[str, Any]:
+def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_metric: str,
+              task_members: dict[str, list[int]] | None = None) -> dict[str, Any]:
     best = best_round(rounds, selection_metric)
     sites = sorted({site for r in rounds for site in r["sites"]}, key=int)
     up_per_site = [s["bytes-up"] for r in rounds for s in r["sites"].values() if "bytes-up" in s]
@@ -218,7 +234,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "rounds": len(rounds),
         "final": rounds[-1]["global"] if rounds else {},
         "final-federated-val": rounds[-1]["federated-val"] if rounds else {},
-        "final-worst-site": worst_site(rounds[-1]) if rounds else {},
+        "final-worst-site": worst_site(rounds[-1], task_members) if rounds else {},
         "best": {"round": best["round"], "selected-by": f"federated-val {selection_metric}", "global": best["global"]}
         if best
         else None,
@@ -246,7 +262,9 @@ def print_round(line: dict[str, Any], header: bool, metrics: tuple[str, ...]) ->
     and on the worst site's validation split, then training loss, traffic and time.
     """
     g, v, first = line["global"], line["federated-val"], metrics[0]
-    per_site = [s["evaluate"][first] for s in line["sites"].values() if first in s.get("evaluate", {})]
+    task, _, site_metric = first.rpartition("/")  # a multi-task run: the first task's, unprefixed at its sites
+    train_loss = line["train"].get(f"{task}/train-loss" if task else "train-loss", math.nan)
+    per_site = [s["evaluate"][site_metric] for s in line["sites"].values() if site_metric in s.get("evaluate", {})]
     worst = min(per_site) if per_site else math.nan
     if header:
         names = "".join(f" {'test ' + _short(m):>10}" for m in metrics)
@@ -254,9 +272,14 @@ def print_round(line: dict[str, Any], header: bool, metrics: tuple[str, ...]) ->
               f"{'train loss':>10} {'up KiB':>8} {'down KiB':>8} {'sec':>6}", flush=True)
     values = "".join(f" {g.get(m, math.nan):>10.3f}" for m in metrics)
     print(f"{line['round']:>5}{values} {v.get(first, math.nan):>10.3f} {worst:>10.3f} "
-          f"{line['train'].get('train-loss', math.nan):>10.4f} {line['bytes-up'] / 1024:>8.1f} "
+          f"{train_loss:>10.4f} {line['bytes-up'] / 1024:>8.1f} "
           f"{line['bytes-down'] / 1024:>8.1f} {line['seconds']:>6.1f}", flush=True)
 
 
 def _short(metric: str) -> str:
+    task, _, metric = metric.rpartition("/")
+    return (task[:5] + " " if task else "") + _short_name(metric)
+
+
+def _short_name(metric: str) -> str:
     return {"accuracy": "acc", "macro-f1": "F1", "auc": "AUC", "dice-with-background": "Dice+bg"}.get(metric, metric)

@@ -23,9 +23,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix
 
-from omnirad.config import NATURAL_SPLITS, SPECTRAL, Config, load_config
+from omnirad.config import NATURAL_SPLITS, SITS_OUT, SPECTRAL, Config, comma_list, load_config
 from omnirad.data.sites import task_info
+from omnirad.multitask import group_view, is_multitask, task_config
 from omnirad.site import CentralEvaluator
+from omnirad.tasks import TaskSpec
 from server.plots import plot_confusion, plot_overlays, plot_site_bars
 
 OVERLAY_IMAGES = 6
@@ -50,17 +52,17 @@ def metric_table(rows: dict[str, dict[str, float]], metrics: Sequence[str]) -> l
     return lines
 
 
-def model_plot(cfg: Config, folder: Path) -> tuple[str, str]:
-    """The confusion matrix or mask overlays of the final global model; (file, caption) or a reason."""
+def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix: str = "") -> tuple[str, str]:
+    """The confusion matrix or mask overlays of the ``final`` global model; (file, caption) or a reason."""
     if cfg.personalization.mode == "fedper" or cfg.strategy.name == SPECTRAL:
         return "", "no single global model to plot (FedPer keeps heads at the sites; spectral prompts need the bank)"
     evaluator = CentralEvaluator(cfg)
     if evaluator.test is None:
         return "", "no server test set (data.test-file is empty)"
     task = task_info(cfg)
-    test, outputs = evaluator.predictions(load_file(folder / "final_adapter.safetensors"))
+    test, outputs = evaluator.predictions(final)
     if task.segmentation:
-        path = folder / "overlays.png"
+        path = folder / f"{prefix}overlays.png"
         images = test.images[:OVERLAY_IMAGES]
         grey = images if images.ndim == 3 else images.mean(axis=-1)
         plot_overlays(grey, test.labels[:OVERLAY_IMAGES], outputs[:OVERLAY_IMAGES].argmax(dim=1).numpy(), path)
@@ -70,15 +72,23 @@ def model_plot(cfg: Config, folder: Path) -> tuple[str, str]:
     predicted = outputs.argmax(dim=1).numpy() if outputs.shape[1] > 1 else (torch.sigmoid(outputs[:, 0]) > 0.5).long().numpy()
     names = task.label_names if len(task.label_names) > 1 else ("negative", "positive")
     matrix = confusion_matrix(np.asarray(test.labels).reshape(-1), predicted, labels=range(len(names)))
-    path = folder / "confusion.png"
+    path = folder / f"{prefix}confusion.png"
     plot_confusion(matrix, names, path)
     return path.name, "final global model on the server's test set"
 
 
+def report_tasks(cfg: Config) -> dict[str, TaskSpec]:
+    """The run's task, or in a multi-task run each task (named as its metrics are prefixed)."""
+    if not is_multitask(cfg):
+        return {"": task_info(cfg)}
+    names = sorted({n for n in comma_list(cfg.multitask.site_tasks) if n != SITS_OUT})
+    return {f"{name}/": task_info(task_config(cfg, name)) for name in names}
+
+
 def write_run_report(folder: Path) -> Path:
     cfg, rounds, summary = read_run(folder)
-    task = task_info(cfg)
-    metrics = task.headline_metrics
+    tasks = report_tasks(cfg)
+    metrics = [prefix + m for prefix, task in tasks.items() for m in task.headline_metrics]
     last = rounds[-1]
     d, m = cfg.data, cfg.model
     lines = [f"# Run report: {folder.name}", "",
@@ -93,8 +103,11 @@ def write_run_report(folder: Path) -> Path:
              "worst site's validation": summary.get("final-worst-site", {})}
     lines += metric_table(views, metrics)
     peak = summary.get("peak-rss-mb", {})
+    per_task = summary.get("task-adapter-bytes", {})
+    adapter = (", ".join(f"{name} {size / 1e3:,.1f} kB" for name, size in per_task.items()) if per_task
+               else f"{summary.get('adapter-parameter-bytes', 0) / 1e3:,.1f} kB")
     lines += ["", f"Sent by a site per round: {summary['bytes-up-per-site-round'] / 1e3:,.1f} kB "
-              f"(adapter {summary.get('adapter-parameter-bytes', 0) / 1e3:,.1f} kB; the encoder, which never moves, "
+              f"(adapter {adapter}; the encoder, which never moves, "
               f"{summary.get('encoder-parameter-bytes', 0) / 1e6:,.1f} MB). Total up {summary['bytes-up'] / 1e6:,.2f} MB, "
               f"down {summary['bytes-down'] / 1e6:,.2f} MB. Wall time {summary['wall-seconds']:.0f} s; peak memory "
               f"server {peak.get('server', 0):.0f} MB, a site {peak.get('clients', 0):.0f} MB.", ""]
@@ -104,16 +117,23 @@ def write_run_report(folder: Path) -> Path:
         lines += [f"- round {r}: {reason}" for r, reasons in summary.get("rejected-updates", {}).items() for reason in reasons]
         lines.append("")
     per_site = {s: v.get("evaluate", {}) for s, v in last["sites"].items()}
-    lines += ["## Sites (last round)", ""]
-    lines += metric_table({f"site {s}": per_site[s] for s in sorted(per_site, key=int)}, ["num-examples", *metrics])
-    lines += ["", "## Plots", "", "![metrics per round](curves.png)", ""]
-    if any(per_site.values()):
-        plot_site_bars(per_site, folder / "sites.png", task.selection_metric)
-        lines += ["![each site](sites.png)", ""]
+    members = summary.get("tasks", {})
+    final = load_file(folder / "final_adapter.safetensors")
+    plots = ["", "## Plots", "", "![metrics per round](curves.png)", ""]
+    for prefix, task in tasks.items():
+        name = prefix.rstrip("/")
+        sites = [s for s in sorted(per_site, key=int) if not name or int(s) in members.get(name, [])]
+        lines += [f"## Sites (last round){': ' + name if name else ''}", ""]
+        lines += metric_table({f"site {s}": per_site[s] for s in sites}, ["num-examples", *task.headline_metrics]) + [""]
+        if any(per_site[s] for s in sites):
+            plot_site_bars({s: per_site[s] for s in sites}, folder / f"{name}{'-' if name else ''}sites.png", task.selection_metric)
+            plots += [f"![each site{' of ' + name if name else ''}]({name}{'-' if name else ''}sites.png)", ""]
+        task_cfg = task_config(cfg, name) if name else cfg
+        plot_file, caption = model_plot(task_cfg, folder, group_view(final, name) if name else final, f"{name}-" if name else "")
+        plots += [f"![{name + ': ' if name else ''}{caption}]({plot_file})" if plot_file else f"({caption})", ""]
     if (folder / "partition.png").exists():
-        lines += ["![partition](partition.png)", ""]
-    plot_file, caption = model_plot(cfg, folder)
-    lines += [f"![{caption}]({plot_file})" if plot_file else f"({caption})", ""]
+        plots += ["![partition](partition.png)", ""]
+    lines += plots
     report = folder / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -57,13 +57,18 @@ def strategy_parameters(s: StrategyConfig) -> dict[str, Any]:
     }.get(s.name, {})
 
 
-def build_strategy(cfg: Config, observer: RoundObserver, done_rounds: int = 0) -> Strategy:
+def build_strategy(cfg: Config, observer: RoundObserver, done_rounds: int = 0, num_sites: int = 0) -> Strategy:
     """The strategy named by ``strategy.name``, sampling among the connected sites once at least
     ``strategy.min-sites`` (default: all ``data.num-sites``) are there; a resumed run passes the
-    rounds it has done, so that its rounds are numbered on from there."""
-    num_sites = cfg.data.num_sites
+    rounds it has done, so that its rounds are numbered on from there. ``num_sites``: the sites
+    this strategy serves when not all of them (one task group: ``strategy.min-sites`` is then
+    scaled to the group's share)."""
     s = cfg.strategy
-    min_sites = s.min_sites or num_sites  # fewer: a round starts without the sites that are down
+    min_sites = s.min_sites or cfg.data.num_sites  # fewer: a round starts without the sites that are down
+    if num_sites:
+        min_sites = min(num_sites, -(-min_sites * num_sites // cfg.data.num_sites))
+    else:
+        num_sites = cfg.data.num_sites
     cls = keeps_dtypes(STRATEGIES[s.name])
     if s.validate_updates:
         cls = validated(cls)

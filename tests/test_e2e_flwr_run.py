@@ -163,3 +163,23 @@ def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(tmp_path):
     assert summary["rounds"] == 3 and {"accuracy", "macro-f1"} <= set(summary["final"])
     assert summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1"], "3": ["0", "1"]}
     assert any("site 2 crashes in round 2" in failure for failure in summary["failures"])
+
+
+def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites(tmp_path):
+    folder = run_federation(tmp_path, 5, "num-server-rounds=2 data.num-train=500 data.num-test=100 data.size=32 "
+                                         "train.local-epochs=1 model.adapter='linear' "
+                                         "multitask.site-tasks='region,region,lesions,lesions,-'")
+    tasks = json.loads((folder / "tasks.json").read_text())["groups"]
+    assert {name: g["sites"] for name, g in tasks.items()} == {"lesions": [2, 3], "region": [0, 1]}
+    summary = json.loads((folder / "summary.json").read_text())
+    sizes = summary["task-adapter-bytes"]
+    assert sizes["region"] == (192 * 4 + 4) * 4  # the linear head; the decoder is far larger
+    for line in (json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()):
+        assert set(line["sites"]) == {"0", "1", "2", "3"}  # site 4 sat the run out
+        assert {"region/macro-f1", "lesions/dice", "multitask-score"} <= set(line["global"]) & set(line["federated-val"])
+        for site, entry in line["sites"].items():
+            task = "region" if site in ("0", "1") else "lesions"
+            assert sizes[task] <= entry["bytes-up"] < sizes[task] + 4096  # only its own task's adapter
+            assert ("macro-f1" if task == "region" else "dice") in entry["evaluate"]
+    assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-worst-site"])
+    assert summary["best"]["selected-by"] == "federated-val multitask-score"

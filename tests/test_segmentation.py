@@ -117,3 +117,17 @@ def test_medsegbench_site_files_train_at_the_configured_size(tmp_path):
     start = {k: v.clone() for k, v in new_model(cfg).state_dict().items()}
     state, _ = site.fit(start, server_round=1)
     assert site.evaluate(state)["dice"] > site.evaluate(start)["dice"]
+
+
+def test_lora_decoder_trains_lora_on_the_encoder_and_the_decoder_on_images():
+    cfg = load_config({"data.task": "segmentation", "model.adapter": "lora-decoder", "data.size": 32, "model.lora-rank": 2})
+    model = new_model(cfg)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n or n.startswith("decoder.") for n in trainable)
+    assert any(".lora_" in n for n in trainable) and any(n.startswith("decoder.") for n in trainable)
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    logits = model(images)
+    assert logits.shape == (2, 3, 32, 32)
+    logits.sum().backward()
+    lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+    assert lora_b.grad is not None and lora_b.grad.abs().sum() > 0  # the decoder's loss reaches the encoder's LoRA

@@ -57,6 +57,8 @@ def task_info(cfg: Config) -> TaskSpec:
     if d.dataset == "embedded":
         if d.task == SEGMENTATION:
             return TaskSpec(SEGMENTATION, tuple(synthetic.MASK_CLASSES))
+        if d.label_set == "finding":
+            return TaskSpec(MULTI_CLASS, tuple(synthetic.FINDING_NAMES))
         return TaskSpec(MULTI_CLASS, tuple(synthetic.CLASS_NAMES))
     if d.dataset in NATURAL_SPLITS:
         return file_task(d.task, d.num_classes)
@@ -75,11 +77,20 @@ def file_task(kind: str, num_classes: int) -> TaskSpec:
 
 
 @lru_cache(maxsize=4)
-def _embedded(num_samples: int, size: int, seed: int, segmentation: bool = False) -> LabelledImages:
-    """The embedded dataset: body-region labels, or masks split by body region as well."""
-    split = synthetic.generate(num_samples, size=size, seed=seed)
+def _generated(num_samples: int, size: int, seed: int) -> synthetic.SyntheticSplit:
+    """One generation of the embedded images, shared by every label view of them (a multi-task
+    federation reads body regions, findings and masks of the same pool)."""
+    return synthetic.generate(num_samples, size=size, seed=seed)
+
+
+def _embedded(num_samples: int, size: int, seed: int, segmentation: bool = False, label_set: str = "region") -> LabelledImages:
+    """The embedded dataset: body-region or finding labels, or lesion masks. Every view is split
+    among sites by body region (``strata``), so a site holds the same images whatever it labels."""
+    split = _generated(num_samples, size, seed)
     if segmentation:
         return LabelledImages(split.images, split.masks.astype(np.int64), split.modalities, split.labels)
+    if label_set == "finding":
+        return LabelledImages(split.images, split.findings, split.modalities, split.labels)
     return LabelledImages(split.images, split.labels, split.modalities)
 
 
@@ -136,7 +147,7 @@ def pooled_train(cfg: Config) -> LabelledImages:
     """The training pool that a simulated split shares out among sites."""
     d = cfg.data
     if d.dataset == "embedded":
-        return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED, d.task == SEGMENTATION)
+        return _embedded(d.num_train, d.size, EMBEDDED_TRAIN_SEED, d.task == SEGMENTATION, d.label_set)
     if d.dataset in NATURAL_SPLITS:
         raise ValueError(f"data.dataset={d.dataset} is a natural split: there is no pool to partition")
     return _medmnist(d.root, d.dataset, d.size, d.download)["train"]
@@ -146,7 +157,7 @@ def server_test_set(cfg: Config) -> LabelledImages | None:
     """The server's held-out test set, never shared out among sites; None when there is none."""
     d = cfg.data
     if d.dataset == "embedded":
-        return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED, d.task == SEGMENTATION)
+        return _embedded(d.num_test, d.size, EMBEDDED_TEST_SEED, d.task == SEGMENTATION, d.label_set)
     if d.dataset in NATURAL_SPLITS:
         if not d.test_file:
             return None

@@ -1,0 +1,167 @@
+"""Different tasks at different sites on one encoder: task declarations, groups, shared tensors.
+
+Each site declares the task it trains (a name, a kind, a label set). Sites that declare the same
+name form a task group: the server keeps one adapter per group and averages it among the group's
+members only. Tensors that every group's model has under the same name and shape (LoRA on the
+encoder, with ``model.adapter=lora``) are shared: averaged across all sites when
+``multitask.shared`` is on. No Flower here: the strategy (``strategies.multitask``) moves the
+records, this module decides who belongs where and how a global record is laid out.
+
+The global record names a group's tensors ``<task>/<name>`` and the shared ones ``shared/<name>``;
+a site receives and returns its own model's names (``group_view``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from omnirad.config import SITS_OUT, Config, ConfigError, comma_list, load_config, to_flat
+from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
+
+# The embedded data's tasks: one pool of images, three ways to label it.
+EMBEDDED_TASKS: dict[str, dict[str, Any]] = {
+    "region": {"data.task": MULTI_CLASS, "data.label-set": "region"},
+    "finding": {"data.task": MULTI_CLASS, "data.label-set": "finding"},
+    "lesions": {"data.task": SEGMENTATION},
+}
+SHARED = "shared"  # prefix of the shared tensors in the global record; not a task name
+TASK_KEY = "task"  # instruction key: the task whose adapter a message carries
+DECLARATION_KEY = "declaration"  # the ConfigRecord of a site's reply to query.task
+
+
+class TaskMismatch(ValueError):
+    """Sites that claim one task disagree on what it is, or a site was sent another task's adapter."""
+
+
+@dataclass(frozen=True)
+class TaskDeclaration:
+    """What a site says it trains: the group's name, and the task's kind and labels."""
+
+    name: str
+    spec: TaskSpec
+
+    def to_record(self) -> dict[str, Any]:
+        return {"task": self.name, "kind": self.spec.kind, "labels": list(self.spec.label_names)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TaskDeclaration:
+        return cls(str(record["task"]), TaskSpec(str(record["kind"]), tuple(str(x) for x in record["labels"])))
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """The sites (Flower node ids and site numbers) that train one task."""
+
+    name: str
+    spec: TaskSpec
+    nodes: tuple[int, ...]
+    sites: tuple[int, ...]
+
+
+def is_multitask(cfg: Config) -> bool:
+    return bool(cfg.multitask.site_tasks)
+
+
+def site_task(cfg: Config, site_id: int) -> str:
+    """The task ``multitask.site-tasks`` gives this site (``-``: none this run)."""
+    return comma_list(cfg.multitask.site_tasks)[site_id]
+
+
+def task_config(cfg: Config, name: str) -> Config:
+    """The single-task configuration of task ``name``: its labels, and its adapter (classification
+    sites train ``model.adapter``; segmentation sites a decoder, under the same LoRA with ``lora``)."""
+    if name not in EMBEDDED_TASKS:
+        raise ConfigError(f"multitask.site-tasks: unknown task '{name}'; known: {', '.join(EMBEDDED_TASKS)}")
+    flat = {**to_flat(cfg), **EMBEDDED_TASKS[name], "multitask.site-tasks": "", "multitask.task": name}
+    if flat["data.task"] == SEGMENTATION:
+        flat["model.adapter"] = "lora-decoder" if cfg.model.adapter == "lora" else "decoder"
+    return load_config(flat)
+
+
+def site_view(cfg: Config, site_id: int) -> Config:
+    """The configuration a site trains with: its own task's in a multi-task run, else the run's."""
+    if not is_multitask(cfg) or site_task(cfg, site_id) == SITS_OUT:
+        return cfg
+    return task_config(cfg, site_task(cfg, site_id))
+
+
+def declaration(site_cfg: Config) -> TaskDeclaration | None:
+    """What a site declares (None: it has no task this run)."""
+    from omnirad.data.sites import task_info  # data.sites imports the configuration; keep this module light
+
+    return TaskDeclaration(site_cfg.multitask.task, task_info(site_cfg)) if site_cfg.multitask.task else None
+
+
+def group_sites(declared: dict[int, tuple[int, TaskDeclaration | None]], expected: dict[str, TaskSpec]) -> dict[str, TaskGroup]:
+    """Task groups from ``{node: (site, declaration)}``, in task-name order.
+
+    Raises ``TaskMismatch`` naming the sites when two sites give one task different kinds or label
+    sets, or when a declaration differs from what the server knows the task to be (``expected``).
+    """
+    members: dict[str, list[tuple[int, int, TaskDeclaration]]] = {}
+    for node, (site, found) in sorted(declared.items(), key=lambda item: item[1][0]):
+        if found is not None:
+            members.setdefault(found.name, []).append((node, site, found))
+    groups = {}
+    for name in sorted(members):
+        first_node, first_site, first = members[name][0]
+        for _, site, other in members[name][1:]:
+            if other.spec != first.spec:
+                raise TaskMismatch(f"task '{name}': site {first_site} declares {_describe(first.spec)} but site "
+                                   f"{site} declares {_describe(other.spec)}; one task needs one label set")
+        if name not in expected:
+            raise TaskMismatch(f"site {first_site} declares task '{name}', which this run does not train "
+                               f"(known: {', '.join(sorted(expected))})")
+        if expected[name] != first.spec:
+            raise TaskMismatch(f"task '{name}': site {first_site} declares {_describe(first.spec)}, the server "
+                               f"expects {_describe(expected[name])}")
+        nodes, sites = zip(*((node, site) for node, site, _ in members[name]), strict=True)
+        groups[name] = TaskGroup(name, first.spec, tuple(nodes), tuple(sites))
+    return groups
+
+
+def _describe(spec: TaskSpec) -> str:
+    return f"{spec.kind} [{', '.join(spec.label_names)}]"
+
+
+def shared_names(states: dict[str, dict[str, torch.Tensor]]) -> frozenset[str]:
+    """Tensor names that every task's model has with one shape: what the tasks can share."""
+    if len(states) < 2:
+        return frozenset()
+    first, *others = states.values()
+    return frozenset(k for k, v in first.items() if all(k in o and o[k].shape == v.shape for o in others))
+
+
+def global_record(states: dict[str, dict[str, torch.Tensor]], shared: frozenset[str]) -> dict[str, torch.Tensor]:
+    """Every task's tensors in one record: shared ones once (from the first task), the rest per task."""
+    record: dict[str, torch.Tensor] = {}
+    for task, state in states.items():
+        for key, value in state.items():
+            if key in shared:
+                record.setdefault(f"{SHARED}/{key}", value)
+            else:
+                record[f"{task}/{key}"] = value
+    return record
+
+
+def group_view(record: dict[str, Any], task: str) -> dict[str, Any]:
+    """What a site of ``task`` trains: its task's tensors and the shared ones, under its model's names."""
+    view = {}
+    for key, value in record.items():
+        owner, _, name = key.partition("/")
+        if owner in (task, SHARED):
+            view[name] = value
+    return view
+
+
+def task_report(groups: dict[str, TaskGroup], shared: frozenset[str], shared_on: bool) -> str:
+    """The groups as printed at the start of a run."""
+    lines = [f"  {g.name}: {_describe(g.spec)}, sites {', '.join(map(str, g.sites))}" for g in groups.values()]
+    if shared and shared_on:
+        lines.append(f"  shared by all {sum(len(g.sites) for g in groups.values())} sites: {len(shared)} tensors")
+    elif shared:
+        lines.append(f"  {len(shared)} tensors common to every task, averaged within each group (multitask.shared=false)")
+    return "Task groups:\n" + "\n".join(lines)

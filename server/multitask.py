@@ -1,0 +1,111 @@
+"""The server's side of a multi-task federation: ask the sites what they train, form the groups,
+build one adapter and one strategy per group, and score every group on its own test set."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from omnirad.adapters import trainable_state
+from omnirad.config import SITS_OUT, Config, comma_list
+from omnirad.data.sites import task_info
+from omnirad.multitask import (
+    DECLARATION_KEY,
+    TaskDeclaration,
+    TaskGroup,
+    global_record,
+    group_sites,
+    group_view,
+    shared_names,
+    task_config,
+    task_report,
+)
+from omnirad.site import CentralEvaluator, new_model
+from omnirad.tasks import TaskSpec
+from server.run_folder import RunFolder
+from strategies.factory import build_strategy
+from strategies.multitask import SCORE, MultiTaskStrategy, RejectedReplies, add_score
+from strategies.observed import observed
+
+
+def collect_declarations(grid: Grid, timeout: float = 600.0) -> dict[int, tuple[int, TaskDeclaration | None]]:
+    """``{node: (site, declaration)}`` from one ``query.task`` message per connected site; raises
+    ``RuntimeError`` naming the node when a site does not answer (the groups would be wrong)."""
+    nodes = sorted(grid.get_node_ids())
+    messages = [Message(content=RecordDict(), dst_node_id=node, message_type="query.task") for node in nodes]
+    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
+    declared = {}
+    for node in nodes:
+        reply = replies.get(node)
+        if reply is None or reply.has_error():
+            raise RuntimeError(f"task groups: node {node} did not say what it trains "
+                               f"({'no reply' if reply is None else reply.error.reason})")
+        record = reply.content[DECLARATION_KEY]
+        found = TaskDeclaration.from_record(dict(record)) if "task" in record else None
+        declared[node] = (int(record["site-id"]), found)
+    return declared
+
+
+def expected_tasks(cfg: Config) -> dict[str, TaskSpec]:
+    """The tasks this run's configuration names, and what each one is."""
+    names = sorted({name for name in comma_list(cfg.multitask.site_tasks) if name != SITS_OUT})
+    return {name: task_info(task_config(cfg, name)) for name in names}
+
+
+class MultiTaskEvaluator:
+    """Each task's global adapter on that task's held-out test set; metrics named ``<task>/<metric>``."""
+
+    def __init__(self, cfg: Config, tasks: list[str]) -> None:
+        self.evaluators = {name: CentralEvaluator(task_config(cfg, name)) for name in tasks}
+        self.selection = {name: task_info(e.cfg).selection_metric for name, e in self.evaluators.items()}
+
+    def __call__(self, record: dict[str, torch.Tensor]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, evaluator in self.evaluators.items():
+            metrics.update({f"{name}/{k}": v for k, v in evaluator(group_view(record, name)).items()})
+        add_score(metrics, self.selection)
+        return metrics
+
+
+def initial_record(cfg: Config, tasks: list[str]) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
+    """Every task's freshly initialised adapter in one record, and the names the tasks share."""
+    states = {name: trainable_state(new_model(task_config(cfg, name))) for name in tasks}
+    shared = shared_names(states) if cfg.multitask.shared else frozenset()
+    return global_record(states, shared), shared
+
+
+def multitask_strategy(cfg: Config, folder: RunFolder, groups: dict[str, TaskGroup]) -> MultiTaskStrategy:
+    """The configured strategy once per group, inside the observed multi-task strategy."""
+    rejections = {name: RejectedReplies(folder) for name in groups}
+    strategies = {name: build_strategy(task_config(cfg, name), rejections[name], num_sites=len(group.nodes))
+                  for name, group in groups.items()}
+    selection = {name: group.spec.selection_metric for name, group in groups.items()}
+    strategy = observed(MultiTaskStrategy)(groups, strategies, rejections, selection)
+    strategy.observer = folder
+    return strategy
+
+
+def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, TaskGroup], dict[str, torch.Tensor]]:
+    """Ask every site, check and report the groups, keep them in the run folder (tasks.json), and
+    return them with the initial global record."""
+    groups = group_sites(collect_declarations(grid), expected_tasks(cfg))
+    initial, shared = initial_record(cfg, list(groups))
+    print(task_report(groups, shared, cfg.multitask.shared), flush=True)
+    report = {name: {"kind": g.spec.kind, "labels": list(g.spec.label_names), "sites": list(g.sites)}
+              for name, g in groups.items()}
+    (folder.path / "tasks.json").write_text(json.dumps({"groups": report, "shared-tensors": len(shared)}, indent=1))
+    folder.track_tasks({name: g.spec.selection_metric for name, g in groups.items()}, SCORE,
+                       {name: list(g.sites) for name, g in groups.items()})
+    return groups, initial
+
+
+
+def task_summary(groups: dict[str, TaskGroup], record: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """summary.json's multi-task keys: each task's sites and the bytes of what its sites exchange."""
+    return {"tasks": {name: list(g.sites) for name, g in groups.items()},
+            "task-adapter-bytes": {name: sum(t.numel() * t.element_size() for t in group_view(record, name).values())
+                                   for name in groups}}

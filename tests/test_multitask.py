@@ -1,0 +1,189 @@
+"""Multi-task federation: task declarations and groups, their checks, and grouped aggregation driven
+with mock replies and no network."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.deployment import check_task
+from omnirad.adapters import trainable_state
+from omnirad.config import ConfigError, load_config
+from omnirad.data.sites import load_site, task_info
+from omnirad.multitask import (
+    TaskDeclaration,
+    TaskMismatch,
+    declaration,
+    global_record,
+    group_sites,
+    group_view,
+    shared_names,
+    site_view,
+    task_config,
+)
+from omnirad.site import new_model
+from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
+from server.multitask import MultiTaskEvaluator, expected_tasks, initial_record, multitask_strategy
+from server.run_folder import RunFolder
+from strategies.multitask import SCORE, TASK_KEY
+from tests.conftest import FakeGrid
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+SIX = {"data.num-sites": 6, "data.num-train": 240, "data.num-test": 40, "data.size": 32, "data.partition": "iid",
+       "multitask.site-tasks": "region,region,region,lesions,lesions,lesions", "model.adapter": "linear"}
+REGION = TaskSpec(MULTI_CLASS, ("head", "chest", "abdomen", "pelvis"))
+LESIONS = TaskSpec(SEGMENTATION, ("background", "organ", "lesion"))
+
+
+def test_each_site_trains_its_own_task_on_the_same_images():
+    cfg = load_config(SIX)
+    region, lesions = site_view(cfg, 0), site_view(cfg, 4)
+    assert task_info(region) == REGION and region.model.adapter == "linear"
+    assert task_info(lesions) == LESIONS and lesions.model.adapter == "decoder"
+    assert declaration(lesions) == TaskDeclaration("lesions", LESIONS)
+    # a site holds the same images whatever it labels: the split does not depend on the task
+    as_region, as_lesions = load_site(task_config(cfg, "region"), 4), load_site(lesions, 4)
+    assert np.array_equal(as_region.train.images, as_lesions.train.images)
+    assert as_lesions.train.labels.ndim == 3 and as_region.train.labels.ndim == 1
+    finding = task_config(cfg, "finding")
+    assert task_info(finding).label_names == ("normal", "mass", "nodules", "diffuse")
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"multitask.site-tasks": "region,lesions"}, "multitask.site-tasks"),  # 2 names for 6 sites
+    ({"multitask.site-tasks": "region,region,region,lesions,lesions,tumours"}, "multitask.site-tasks"),
+    ({"multitask.site-tasks": "-,-,-,-,-,-"}, "multitask.site-tasks"),
+    ({"model.adapter": "full"}, "model.adapter"),
+    ({"privacy.dp": True}, "privacy.dp"),
+    ({"personalization.mode": "fedper"}, "personalization.mode"),
+    ({"data.dataset": "files", "data.site-files": "a,b,c,d,e,f", "data.num-classes": 2}, "data.dataset"),
+])
+def test_a_multitask_configuration_that_cannot_run_is_refused_by_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config({**SIX, **overrides})
+
+
+def test_groups_come_from_the_declarations_and_must_agree():
+    expected = {"region": REGION, "lesions": LESIONS}
+    declared = {100 + s: (s, TaskDeclaration("region" if s < 3 else "lesions", REGION if s < 3 else LESIONS)) for s in range(6)}
+    declared[106] = (6, None)  # a site that sits the run out
+    groups = group_sites(declared, expected)
+    assert list(groups) == ["lesions", "region"]
+    assert groups["region"].nodes == (100, 101, 102) and groups["lesions"].sites == (3, 4, 5)
+    other_labels = TaskSpec(MULTI_CLASS, ("head", "chest", "abdomen", "pelvis", "limbs"))
+    with pytest.raises(TaskMismatch, match="site 0 declares .* but site 2 declares .*limbs"):
+        group_sites({**declared, 102: (2, TaskDeclaration("region", other_labels))}, expected)
+    with pytest.raises(TaskMismatch, match="site 5 declares task 'spine'"):
+        group_sites({**declared, 105: (5, TaskDeclaration("spine", REGION))}, expected)
+    with pytest.raises(TaskMismatch, match="the server expects"):
+        group_sites({n: (s, TaskDeclaration("region", other_labels)) for n, (s, _) in declared.items()}, expected)
+
+
+def test_lora_on_the_encoder_is_what_classification_and_segmentation_share():
+    cfg = load_config({**SIX, "model.adapter": "lora", "model.lora-rank": 2})
+    record, shared = initial_record(cfg, ["lesions", "region"])
+    assert shared and all(".lora_" in key for key in shared)
+    assert {k for k in record if k.startswith("shared/")} == {f"shared/{k}" for k in shared}
+    region = trainable_state(new_model(task_config(cfg, "region")))
+    assert set(group_view(record, "region")) == set(region)  # a site gets exactly its model's tensors
+    assert not any(k.startswith("region/") and ".lora_" in k for k in record)
+    unshared, none = initial_record(load_config({**SIX, "model.adapter": "lora", "model.lora-rank": 2,
+                                                 "multitask.shared": False}), ["lesions", "region"])
+    assert not none and any(k.startswith("region/") and ".lora_" in k for k in unshared)
+    # frozen encoder, separate heads: nothing in common
+    assert not shared_names({n: trainable_state(new_model(task_config(load_config(SIX), n))) for n in ("lesions", "region")})
+
+
+def states(head: float, shared: float) -> dict[str, dict[str, torch.Tensor]]:
+    return {"region": {"fc.weight": torch.full((4, 3), head), "lora.A": torch.full((2,), shared)},
+            "lesions": {"classify.weight": torch.full((3, 2), head), "lora.A": torch.full((2,), shared)}}
+
+
+def reply(node: int, site: int, state: dict[str, torch.Tensor], n: int) -> Message:
+    TaskIdentity.node_id = node  # a reply's sender is the process's node identity
+    metrics = MetricRecord({"num-examples": n, "site-id": site, "train-loss": 0.1})
+    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), dst_node_id=0, message_type="train")
+
+
+def grouped_strategy(tmp_path, **overrides):
+    cfg = load_config({**SIX, "run.output-dir": str(tmp_path), **overrides})
+    folder = RunFolder.create(cfg)
+    groups = group_sites({100 + s: (s, TaskDeclaration("region" if s < 3 else "lesions", REGION if s < 3 else LESIONS))
+                          for s in range(6)}, expected_tasks(cfg))
+    return multitask_strategy(cfg, folder, groups), folder
+
+
+def test_each_group_is_averaged_among_its_members_and_the_shared_part_among_all(tmp_path):
+    strategy, folder = grouped_strategy(tmp_path)
+    record = global_record(states(0.0, 0.0), frozenset({"lora.A"}))
+    messages = list(strategy.configure_train(1, ArrayRecord(record), ConfigRecord(), FakeGrid(6)))
+    assert sorted(m.metadata.dst_node_id for m in messages) == list(range(100, 106))
+    for message in messages:
+        task = "region" if message.metadata.dst_node_id < 103 else "lesions"
+        assert message.content["config"][TASK_KEY] == task
+        assert set(message.content["arrays"]) == set(states(0, 0)[task])  # its own model's names only
+    # region sites move their head to 1, 2, 3 and the shared tensor to 10; lesion sites to 30 and 50
+    replies = [reply(100 + s, s, {"fc.weight": torch.full((4, 3), s + 1.0), "lora.A": torch.full((2,), 10.0)}, 100)
+               for s in range(3)]
+    replies += [reply(103, 3, {"classify.weight": torch.full((3, 2), 30.0), "lora.A": torch.full((2,), 50.0)}, 100),
+                reply(104, 4, {"classify.weight": torch.full((3, 2), 50.0), "lora.A": torch.full((2,), 50.0)}, 300)]
+    arrays, metrics = strategy.aggregate_train(1, replies)  # site 5 did not answer
+    result = {k: v.numpy() for k, v in arrays.items()}
+    assert np.allclose(result["region/fc.weight"], 2.0)  # (1 + 2 + 3) / 3: region sites only
+    assert np.allclose(result["lesions/classify.weight"], 45.0)  # (30 * 100 + 50 * 300) / 400
+    assert np.allclose(result["shared/lora.A"], (10 * 300 + 50 * 400) / 700)  # every site, by examples
+    assert result["shared/lora.A"].dtype == np.float32
+    assert metrics["region/valid-updates"] == 3 and metrics["lesions/valid-updates"] == 2
+
+
+def test_a_rejected_update_counts_neither_in_its_group_nor_in_the_shared_part(tmp_path):
+    strategy, folder = grouped_strategy(tmp_path)
+    record = global_record(states(0.0, 0.0), frozenset({"lora.A"}))
+    list(strategy.configure_train(1, ArrayRecord(record), ConfigRecord(), FakeGrid(6)))
+    replies = [reply(100 + s, s, {"fc.weight": torch.full((4, 3), 1.0), "lora.A": torch.full((2,), 4.0)}, 100) for s in range(3)]
+    replies += [reply(103 + s, 3 + s, {"classify.weight": torch.full((3, 2), 1.0), "lora.A": torch.full((2,), 1.0)}, 100)
+                for s in range(2)]
+    replies.append(reply(105, 5, {"classify.weight": torch.full((3, 2), 1.0), "lora.A": torch.full((2,), np.nan)}, 1000))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert np.allclose(arrays["lesions/classify.weight"].numpy(), 1.0)
+    assert np.allclose(arrays["shared/lora.A"].numpy(), (4.0 * 300 + 1.0 * 200) / 500)  # not its 1,000 examples
+    assert folder.current.rejected and "site 5" in folder.current.rejected[0]
+
+
+def test_a_group_without_replies_keeps_its_adapter(tmp_path):
+    strategy, _ = grouped_strategy(tmp_path)
+    record = global_record(states(7.0, 0.0), frozenset({"lora.A"}))
+    list(strategy.configure_train(1, ArrayRecord(record), ConfigRecord(), FakeGrid(6)))
+    replies = [reply(100 + s, s, {"fc.weight": torch.full((4, 3), 1.0), "lora.A": torch.full((2,), 4.0)}, 100) for s in range(3)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert np.allclose(arrays["lesions/classify.weight"].numpy(), 7.0)
+    assert np.allclose(arrays["shared/lora.A"].numpy(), 4.0) and np.allclose(arrays["region/fc.weight"].numpy(), 1.0)
+
+
+def test_evaluation_is_per_task_with_a_mean_score(tmp_path):
+    strategy, _ = grouped_strategy(tmp_path)
+    replies = [reply_eval(100, {"num-examples": 10, "macro-f1": 0.4, "loss": 1.0}),
+               reply_eval(101, {"num-examples": 30, "macro-f1": 0.6, "loss": 1.0}),
+               reply_eval(103, {"num-examples": 10, "dice": 0.7, "loss": 1.0})]
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert metrics["region/macro-f1"] == pytest.approx(0.55) and metrics["lesions/dice"] == pytest.approx(0.7)
+    assert metrics[SCORE] == pytest.approx((0.55 + 0.7) / 2)
+    cfg = load_config(SIX)
+    record, _ = initial_record(cfg, ["lesions", "region"])
+    central = MultiTaskEvaluator(cfg, ["lesions", "region"])(record)
+    assert {"region/macro-f1", "region/accuracy", "lesions/dice", SCORE} <= set(central)
+
+
+def reply_eval(node: int, values: dict[str, float]) -> Message:
+    TaskIdentity.node_id = node
+    return Message(content=RecordDict({"metrics": MetricRecord(values)}), dst_node_id=0, message_type="evaluate")
+
+
+def test_a_site_refuses_another_tasks_adapter():
+    cfg = site_view(load_config(SIX), 0)
+    check_task(cfg, ConfigRecord({TASK_KEY: "region"}))
+    with pytest.raises(TaskMismatch, match="'lesions'.*'region'"):
+        check_task(cfg, ConfigRecord({TASK_KEY: "lesions"}))
+    with pytest.raises(TaskMismatch):
+        check_task(load_config(), ConfigRecord({TASK_KEY: "region"}))  # a single-task site
