@@ -124,3 +124,34 @@ def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
     text = write_run_report(folder.path).read_text()
     assert "](overlays.png)" in text and "| final global model, server test | 0.200 | 0.100 |" in text
     assert (folder.path / "overlays.png").stat().st_size > 0
+
+
+def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
+    from pathlib import Path
+
+    from omnirad.config import load_config, read_config_file
+    from omnirad.data.sites import task_info
+    from omnirad.multitask import TaskGroup, task_config
+    from server.multitask import initial_record, task_summary
+    from server.run_folder import RunFolder
+    from simulations.report import write_run_report
+    from strategies.multitask import SCORE
+
+    shipped = Path(__file__).resolve().parents[1] / "simulations" / "configs" / "multitask.yaml"
+    flat = {**read_config_file(shipped), "run.output-dir": str(tmp_path), "data.num-test": 8, "data.num-train": 120}
+    cfg = load_config(flat)
+    folder = RunFolder.create(cfg)
+    folder.track_tasks({"finding": "macro-f1", "lesions": "dice", "region": "macro-f1"}, SCORE,
+                       {"finding": [2, 3], "lesions": [4, 5], "region": [0, 1]})
+    folder.current.sites[0]["evaluate"] = {"num-examples": 10.0, "macro-f1": 0.3, "accuracy": 0.4, "auc": 0.6}
+    folder.current.sites[4]["evaluate"] = {"num-examples": 10.0, "dice": 0.5, "iou": 0.4}
+    folder.end_round(1, {"region/macro-f1": 0.25, "finding/macro-f1": 0.2, "lesions/dice": 0.5})
+    record, _ = initial_record(cfg, ["finding", "lesions", "region"])
+    groups = {name: TaskGroup(name, task_info(task_config(cfg, name)), sites, sites)
+              for name, sites in {"finding": (2, 3), "lesions": (4, 5), "region": (0, 1)}.items()}
+    summary = folder.finish(record, task_summary(groups, record))
+    assert summary["final-worst-site"]["region/macro-f1"] == 0.3 and summary["final-worst-site"]["lesions/dice"] == 0.5
+    text = write_run_report(folder.path).read_text()
+    assert "## Sites (last round): region" in text and "| site 4 | 10 | 0.500 | 0.400 |" in text
+    for image in ("region-confusion.png", "finding-confusion.png", "lesions-overlays.png", "region-sites.png"):
+        assert f"]({image})" in text and (folder.path / image).stat().st_size > 0
