@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Context
 
-from omnirad.config import DEPLOYMENT, Config, ConfigError, load_config, to_flat
+from omnirad.config import DECLARED, DEPLOYMENT, Config, ConfigError, load_config, to_flat
+from omnirad.data.sites import file_task
 from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
-from omnirad.multitask import TASK_KEY, TaskMismatch, site_view
+from omnirad.multitask import TASK_KEY, TaskMismatch, site_view, task_config
 
 # Node-config keys that omnirad-client sets on a deployed SuperNode.
 SITE_ID, SITE_NAME, DATA_FILE, WEIGHTS, CACHE_DIR = "site-id", "site-name", "data-file", "model-weights", "cache-dir"
+TASK_NAME, TASK_KIND, NUM_CLASSES = "task-name", "task-kind", "num-classes"  # a multi-task site's declaration
 
 
 class EncoderMismatch(RuntimeError):
@@ -34,7 +36,16 @@ def site_of(context: Context) -> tuple[Config, int]:
                           f"data.dataset={cfg.data.dataset!r}; a deployed federation needs data.dataset='deployment'")
     local = {"data.site-files": str(node[DATA_FILE]), "model.weights": str(node[WEIGHTS]),
              "model.cache-dir": str(node[CACHE_DIR])}
-    return load_config({**to_flat(cfg), **local}), int(node[SITE_ID])
+    site_cfg = load_config({**to_flat(cfg), **local})
+    declared = cfg.multitask.site_tasks == DECLARED
+    if declared != (TASK_NAME in node):
+        raise ConfigError("the server runs a multi-task federation: name this site's task in its site file "
+                          "(data.task-name)" if declared else
+                          f"this site declares task '{node[TASK_NAME]}' (data.task-name), but the server's run "
+                          "is single-task: remove data.task-name or run with multitask.site-tasks='declared'")
+    if declared:
+        site_cfg = task_config(site_cfg, str(node[TASK_NAME]), file_task(str(node[TASK_KIND]), int(node[NUM_CLASSES])))
+    return site_cfg, int(node[SITE_ID])
 
 
 def check_task(cfg: Config, instructions: ConfigRecord) -> None:

@@ -18,6 +18,7 @@ from omnirad.config import ENCODER_NAMES, ConfigError
 from omnirad.tasks import KINDS as TASK_KINDS
 
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+TASK_NAME = re.compile(r"^(?!shared$)[A-Za-z][A-Za-z0-9_-]{0,63}$")  # 'shared' names the tensors all tasks share
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SiteData:
     file: str = ""  # MedMNIST-format .npz (train_images/train_labels, optional val_*), or MedSegBench for segmentation
     task: str = "multi-class"  # what the file holds: a MedMNIST task kind, or segmentation
     num_classes: int = 0  # classes (labels for multi-label; pixel classes with background for segmentation)
+    task_name: str = ""  # a multi-task federation: the task this site trains, shared with the sites that train it
 
 
 @dataclass
@@ -111,6 +113,8 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
          f"{cfg.auth_key or 'missing'}: this site's private key from omnirad-certs (sites/NAME.key)")
     need(cfg.encoder.name in ENCODER_NAMES, "encoder.name", f"{cfg.encoder.name!r}: one of {', '.join(ENCODER_NAMES)}")
     need(cfg.data.task in TASK_KINDS, "data.task", f"{cfg.data.task!r}: one of {', '.join(TASK_KINDS)}")
+    need(not cfg.data.task_name or bool(TASK_NAME.match(cfg.data.task_name)), "data.task-name",
+         f"{cfg.data.task_name!r}: letters, digits, '-' and '_', starting with a letter (e.g. chest-findings)")
     need(bool(cfg.data.file), "data.file", "missing: the site's MedMNIST- or MedSegBench-format .npz file")
     need(1 <= cfg.runtime_port <= 65535, "runtime-port", f"{cfg.runtime_port}: a TCP port")
     for key, value in (("data.file", cfg.data.file), ("encoder.weights", cfg.encoder.weights),

@@ -42,6 +42,7 @@ PERSONALIZATION_MODES = ("none", "fedper", "fedbn")
 EMBEDDED_LABEL_SETS = ("region", "finding")
 EMBEDDED_TASK_NAMES = ("region", "finding", "lesions")  # body region, finding, lesion segmentation (omnirad.multitask)
 SITS_OUT = "-"  # multitask.site-tasks: a site without a task this run
+DECLARED = "declared"  # multitask.site-tasks in deployment: each site's file names its task
 
 
 class ConfigError(ValueError):
@@ -164,7 +165,7 @@ class FaultsConfig:
 class MultitaskConfig:
     """Different tasks at different sites on one encoder (omnirad.multitask)."""
 
-    site_tasks: str = ""  # simulation: one task per site, comma-separated (region, finding, lesions; '-' sits out)
+    site_tasks: str = ""  # simulation: one task per site (region, finding, lesions; '-' sits out); deployment: declared
     shared: bool = True  # aggregate what every task's model has (LoRA on the encoder) across all sites
     task: str = ""  # set by the framework: the task this participant trains
 
@@ -356,7 +357,7 @@ def validate(cfg: Config) -> None:
         files = site_file_list(cfg)
         _require(len(files) >= 1, "data.site-files", d.site_files, "comma-separated files, one per site")
         _require(len(files) == d.num_sites, "data.num-sites", d.num_sites, f"{len(files)}, one site per file in data.site-files")
-    if d.dataset in NATURAL_SPLITS:
+    if d.dataset in NATURAL_SPLITS and not cfg.multitask.site_tasks:  # multi-task: each task has its own
         _one_of("data.task", d.task, TASK_KINDS)
         _require(d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1),
                  "data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
@@ -445,13 +446,13 @@ def validate_multitask(cfg: Config) -> None:
     """What a multi-task federation supports so far; everything else is refused by name."""
     names = comma_list(cfg.multitask.site_tasks)
     key = "multitask.site-tasks"
-    _require(cfg.data.dataset == "embedded", "data.dataset", cfg.data.dataset,
-             f"embedded with {key} (the embedded data carries every task's labels)")
-    _require(len(names) == cfg.data.num_sites, key, cfg.multitask.site_tasks,
-             f"{cfg.data.num_sites} task names, one per site (data.num-sites)")
-    _require(all(n in EMBEDDED_TASK_NAMES or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
-             f"names among {', '.join(EMBEDDED_TASK_NAMES)}, or '{SITS_OUT}' for a site that sits the run out")
-    _require(any(n != SITS_OUT for n in names), key, cfg.multitask.site_tasks, "at least one site with a task")
+    if cfg.data.dataset == DEPLOYMENT:
+        _require(names == [DECLARED], key, cfg.multitask.site_tasks,
+                 f"'{DECLARED}' in deployment: each site names its task in its site file (data.task-name)")
+    else:
+        _require(cfg.data.dataset == "embedded", "data.dataset", cfg.data.dataset,
+                 f"embedded or deployment with {key} (the embedded data carries every task's labels)")
+        _validate_site_tasks(cfg, names, key)
     _require(cfg.model.adapter in ("linear", "mlp", "lora"), "model.adapter", cfg.model.adapter,
              f"linear, mlp or lora with {key} (classification sites train it; segmentation sites a decoder, "
              "under LoRA on the same encoder with lora)")
@@ -461,6 +462,14 @@ def validate_multitask(cfg: Config) -> None:
                                 ("run.resume-from", cfg.run.resume_from, "")):
         _require(value == off, setting, value, f"{off!r}: not supported with {key} yet")
     _require(cfg.strategy.name != SPECTRAL, "strategy.name", cfg.strategy.name, f"not spectral with {key}")
+
+
+def _validate_site_tasks(cfg: Config, names: list[str], key: str) -> None:
+    _require(len(names) == cfg.data.num_sites, key, cfg.multitask.site_tasks,
+             f"{cfg.data.num_sites} task names, one per site (data.num-sites)")
+    _require(all(n in EMBEDDED_TASK_NAMES or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
+             f"names among {', '.join(EMBEDDED_TASK_NAMES)}, or '{SITS_OUT}' for a site that sits the run out")
+    _require(any(n != SITS_OUT for n in names), key, cfg.multitask.site_tasks, "at least one site with a task")
 
 
 def medmnist_flags() -> tuple[str, ...]:

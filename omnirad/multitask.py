@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from omnirad.config import SITS_OUT, Config, ConfigError, comma_list, load_config, to_flat
+from omnirad.config import DEPLOYMENT, SITS_OUT, Config, ConfigError, comma_list, load_config, to_flat
+from omnirad.data.sites import task_info
 from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
 
 # The embedded data's tasks: one pool of images, three ways to label it.
@@ -70,12 +71,20 @@ def site_task(cfg: Config, site_id: int) -> str:
     return comma_list(cfg.multitask.site_tasks)[site_id]
 
 
-def task_config(cfg: Config, name: str) -> Config:
+def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
     """The single-task configuration of task ``name``: its labels, and its adapter (classification
-    sites train ``model.adapter``; segmentation sites a decoder, under the same LoRA with ``lora``)."""
-    if name not in EMBEDDED_TASKS:
+    sites train ``model.adapter``; segmentation sites a decoder, under the same LoRA with ``lora``).
+    On the embedded data the name says what the task is; in deployment the site's declaration
+    (``spec``: kind and classes) does."""
+    if cfg.data.dataset == DEPLOYMENT:
+        if spec is None:
+            raise ConfigError(f"task '{name}': a deployed task is what its sites declare; no declaration given")
+        overrides: dict[str, Any] = {"data.task": spec.kind, "data.num-classes": spec.num_outputs}
+    elif name in EMBEDDED_TASKS:
+        overrides = EMBEDDED_TASKS[name]
+    else:
         raise ConfigError(f"multitask.site-tasks: unknown task '{name}'; known: {', '.join(EMBEDDED_TASKS)}")
-    flat = {**to_flat(cfg), **EMBEDDED_TASKS[name], "multitask.site-tasks": "", "multitask.task": name}
+    flat = {**to_flat(cfg), **overrides, "multitask.site-tasks": "", "multitask.task": name}
     if flat["data.task"] == SEGMENTATION:
         flat["model.adapter"] = "lora-decoder" if cfg.model.adapter == "lora" else "decoder"
     return load_config(flat)
@@ -90,16 +99,16 @@ def site_view(cfg: Config, site_id: int) -> Config:
 
 def declaration(site_cfg: Config) -> TaskDeclaration | None:
     """What a site declares (None: it has no task this run)."""
-    from omnirad.data.sites import task_info  # data.sites imports the configuration; keep this module light
-
     return TaskDeclaration(site_cfg.multitask.task, task_info(site_cfg)) if site_cfg.multitask.task else None
 
 
-def group_sites(declared: dict[int, tuple[int, TaskDeclaration | None]], expected: dict[str, TaskSpec]) -> dict[str, TaskGroup]:
+def group_sites(declared: dict[int, tuple[int, TaskDeclaration | None]],
+                expected: dict[str, TaskSpec] | None) -> dict[str, TaskGroup]:
     """Task groups from ``{node: (site, declaration)}``, in task-name order.
 
     Raises ``TaskMismatch`` naming the sites when two sites give one task different kinds or label
-    sets, or when a declaration differs from what the server knows the task to be (``expected``).
+    sets, or when a declaration differs from what the server knows the task to be (``expected``;
+    None in deployment, where the sites' declarations define the tasks).
     """
     members: dict[str, list[tuple[int, int, TaskDeclaration]]] = {}
     for node, (site, found) in sorted(declared.items(), key=lambda item: item[1][0]):
@@ -107,20 +116,25 @@ def group_sites(declared: dict[int, tuple[int, TaskDeclaration | None]], expecte
             members.setdefault(found.name, []).append((node, site, found))
     groups = {}
     for name in sorted(members):
-        first_node, first_site, first = members[name][0]
+        _, first_site, first = members[name][0]
         for _, site, other in members[name][1:]:
             if other.spec != first.spec:
                 raise TaskMismatch(f"task '{name}': site {first_site} declares {_describe(first.spec)} but site "
                                    f"{site} declares {_describe(other.spec)}; one task needs one label set")
-        if name not in expected:
-            raise TaskMismatch(f"site {first_site} declares task '{name}', which this run does not train "
-                               f"(known: {', '.join(sorted(expected))})")
-        if expected[name] != first.spec:
-            raise TaskMismatch(f"task '{name}': site {first_site} declares {_describe(first.spec)}, the server "
-                               f"expects {_describe(expected[name])}")
+        if expected is not None:
+            _check_expected(name, first_site, first.spec, expected)
         nodes, sites = zip(*((node, site) for node, site, _ in members[name]), strict=True)
         groups[name] = TaskGroup(name, first.spec, tuple(nodes), tuple(sites))
     return groups
+
+
+def _check_expected(name: str, site: int, declared: TaskSpec, expected: dict[str, TaskSpec]) -> None:
+    if name not in expected:
+        raise TaskMismatch(f"site {site} declares task '{name}', which this run does not train "
+                           f"(known: {', '.join(sorted(expected))})")
+    if expected[name] != declared:
+        raise TaskMismatch(f"task '{name}': site {site} declares {_describe(declared)}, the server "
+                           f"expects {_describe(expected[name])}")
 
 
 def _describe(spec: TaskSpec) -> str:

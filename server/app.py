@@ -148,7 +148,7 @@ def main(grid: Grid, context: Context) -> None:
         print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
     instructions = ConfigRecord({**site_instructions(cfg), **(bank_to_config(bank) if bank is not None else {})})
     if groups is not None:
-        round_end = RoundEnd(MultiTaskEvaluator(cfg, list(groups)), folder, done_rounds)
+        round_end = RoundEnd(MultiTaskEvaluator(cfg, groups), folder, done_rounds)
         strategy = multitask_strategy(cfg, folder, groups)
     else:
         round_end = RoundEnd(CentralEvaluator(cfg, bank), folder, done_rounds)

@@ -11,7 +11,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from omnirad.adapters import trainable_state
-from omnirad.config import SITS_OUT, Config, comma_list
+from omnirad.config import DECLARED, SITS_OUT, Config, comma_list
 from omnirad.data.sites import task_info
 from omnirad.multitask import (
     DECLARATION_KEY,
@@ -50,8 +50,11 @@ def collect_declarations(grid: Grid, timeout: float = 600.0) -> dict[int, tuple[
     return declared
 
 
-def expected_tasks(cfg: Config) -> dict[str, TaskSpec]:
-    """The tasks this run's configuration names, and what each one is."""
+def expected_tasks(cfg: Config) -> dict[str, TaskSpec] | None:
+    """The tasks this run's configuration names, and what each one is; None in deployment, where
+    the sites' declarations say."""
+    if cfg.multitask.site_tasks == DECLARED:
+        return None
     names = sorted({name for name in comma_list(cfg.multitask.site_tasks) if name != SITS_OUT})
     return {name: task_info(task_config(cfg, name)) for name in names}
 
@@ -59,8 +62,8 @@ def expected_tasks(cfg: Config) -> dict[str, TaskSpec]:
 class MultiTaskEvaluator:
     """Each task's global adapter on that task's held-out test set; metrics named ``<task>/<metric>``."""
 
-    def __init__(self, cfg: Config, tasks: list[str]) -> None:
-        self.evaluators = {name: CentralEvaluator(task_config(cfg, name)) for name in tasks}
+    def __init__(self, cfg: Config, groups: dict[str, TaskGroup]) -> None:
+        self.evaluators = {name: CentralEvaluator(task_config(cfg, name, g.spec)) for name, g in groups.items()}
         self.selection = {name: task_info(e.cfg).selection_metric for name, e in self.evaluators.items()}
 
     def __call__(self, record: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -71,9 +74,9 @@ class MultiTaskEvaluator:
         return metrics
 
 
-def initial_record(cfg: Config, tasks: list[str]) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
+def initial_record(cfg: Config, groups: dict[str, TaskGroup]) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
     """Every task's freshly initialised adapter in one record, and the names the tasks share."""
-    states = {name: trainable_state(new_model(task_config(cfg, name))) for name in tasks}
+    states = {name: trainable_state(new_model(task_config(cfg, name, g.spec))) for name, g in groups.items()}
     shared = shared_names(states) if cfg.multitask.shared else frozenset()
     return global_record(states, shared), shared
 
@@ -81,7 +84,7 @@ def initial_record(cfg: Config, tasks: list[str]) -> tuple[dict[str, torch.Tenso
 def multitask_strategy(cfg: Config, folder: RunFolder, groups: dict[str, TaskGroup]) -> MultiTaskStrategy:
     """The configured strategy once per group, inside the observed multi-task strategy."""
     rejections = {name: RejectedReplies(folder) for name in groups}
-    strategies = {name: build_strategy(task_config(cfg, name), rejections[name], num_sites=len(group.nodes))
+    strategies = {name: build_strategy(task_config(cfg, name, group.spec), rejections[name], num_sites=len(group.nodes))
                   for name, group in groups.items()}
     selection = {name: group.spec.selection_metric for name, group in groups.items()}
     strategy = observed(MultiTaskStrategy)(groups, strategies, rejections, selection)
@@ -93,7 +96,9 @@ def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, 
     """Ask every site, check and report the groups, keep them in the run folder (tasks.json), and
     return them with the initial global record."""
     groups = group_sites(collect_declarations(grid), expected_tasks(cfg))
-    initial, shared = initial_record(cfg, list(groups))
+    if not groups:
+        raise RuntimeError("task groups: no site declared a task (data.task-name in each site's file)")
+    initial, shared = initial_record(cfg, groups)
     print(task_report(groups, shared, cfg.multitask.shared), flush=True)
     report = {name: {"kind": g.spec.kind, "labels": list(g.spec.label_names), "sites": list(g.sites)}
               for name, g in groups.items()}

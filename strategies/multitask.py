@@ -74,6 +74,7 @@ class MultiTaskStrategy(Strategy):
         self.groups, self.strategies, self.rejections, self.selection = groups, strategies, rejections, selection
         self.task_of_node = {node: name for name, group in groups.items() for node in group.nodes}
         self._global: dict[str, Any] = {}
+        self.sat_out: set[str] = set()  # tasks with too few sites connected in the phase being configured
 
     def summary(self) -> None:
         for name, group in self.groups.items():
@@ -81,19 +82,27 @@ class MultiTaskStrategy(Strategy):
 
     def _per_group(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
                    configure: Callable[[Strategy], Callable[..., Iterable[Message]]]) -> list[Message]:
-        messages = []
+        messages, self.sat_out = [], set()
         for name, group in self.groups.items():
+            group_grid, strategy = GroupGrid(grid, group.nodes), self.strategies[name]
+            connected, needed = len(group_grid.get_node_ids()), getattr(strategy, "min_available_nodes", 1)
+            if connected < needed:  # Flower would wait for them, and hold up every other task
+                log.warning("round %d: task %s has %d of the %d sites it needs connected: it sits this round out",
+                            server_round, name, connected, needed)
+                self.sat_out.add(name)
+                continue
             view = ArrayRecord(group_view(dict(arrays.items()), name))
             instructions = ConfigRecord({**config, TASK_KEY: name})
-            messages += configure(self.strategies[name])(server_round, view, instructions, GroupGrid(grid, group.nodes))
+            messages += configure(strategy)(server_round, view, instructions, group_grid)
         return messages
 
     def _by_group(self, replies: Iterable[Message]) -> dict[str, list[Message]]:
-        split: dict[str, list[Message]] = {name: [] for name in self.groups}
+        split: dict[str, list[Message]] = {name: [] for name in self.groups if name not in self.sat_out}
         for reply in replies:
             name = self.task_of_node.get(reply.metadata.src_node_id)
-            if name is None:
-                log.warning("reply from node %d, which is in no task group: ignored", reply.metadata.src_node_id)
+            if name not in split:
+                log.warning("reply from node %d, which is in no task group trained this round: ignored",
+                            reply.metadata.src_node_id)
             else:
                 split[name].append(reply)
         return split
@@ -103,7 +112,7 @@ class MultiTaskStrategy(Strategy):
         return self._per_group(server_round, arrays, config, grid, lambda s: s.configure_train)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        record, metrics = dict(self._global), MetricRecord()
+        record, metrics = dict(self._global), MetricRecord({f"{name}/sat-out": 1.0 for name in self.sat_out})
         shared_parts: list[RecordDict] = []
         for name, group_replies in self._by_group(replies).items():
             self.rejections[name].ids.clear()

@@ -36,6 +36,12 @@ REGION = TaskSpec(MULTI_CLASS, ("head", "chest", "abdomen", "pelvis"))
 LESIONS = TaskSpec(SEGMENTATION, ("background", "organ", "lesion"))
 
 
+def six_groups(cfg):
+    """Sites 0-2 declare region, 3-5 lesions (nodes 100-105)."""
+    return group_sites({100 + s: (s, TaskDeclaration("region" if s < 3 else "lesions", REGION if s < 3 else LESIONS))
+                        for s in range(6)}, expected_tasks(cfg))
+
+
 def test_each_site_trains_its_own_task_on_the_same_images():
     cfg = load_config(SIX)
     region, lesions = site_view(cfg, 0), site_view(cfg, 4)
@@ -58,10 +64,24 @@ def test_each_site_trains_its_own_task_on_the_same_images():
     ({"privacy.dp": True}, "privacy.dp"),
     ({"personalization.mode": "fedper"}, "personalization.mode"),
     ({"data.dataset": "files", "data.site-files": "a,b,c,d,e,f", "data.num-classes": 2}, "data.dataset"),
+    ({"data.dataset": "deployment"}, "declared"),  # deployed sites name their own tasks
 ])
 def test_a_multitask_configuration_that_cannot_run_is_refused_by_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
         load_config({**SIX, **overrides})
+
+
+def test_deployed_tasks_are_what_their_sites_declare():
+    cfg = load_config({"data.dataset": "deployment", "multitask.site-tasks": "declared", "data.num-sites": 3})
+    declared = {100: (0, TaskDeclaration("chest", TaskSpec(MULTI_CLASS, ("0", "1")))),
+                101: (1, TaskDeclaration("organs", TaskSpec(SEGMENTATION, ("background", "class 1", "class 2")))),
+                102: (2, TaskDeclaration("chest", TaskSpec(MULTI_CLASS, ("0", "1"))))}
+    groups = group_sites(declared, expected_tasks(cfg))
+    assert {n: g.sites for n, g in groups.items()} == {"chest": (0, 2), "organs": (1,)}
+    organs = task_config(cfg, "organs", groups["organs"].spec)
+    assert organs.model.adapter == "decoder" and organs.data.num_classes == 3
+    with pytest.raises(TaskMismatch, match="site 0 declares .* but site 2 declares"):
+        group_sites({**declared, 102: (2, TaskDeclaration("chest", TaskSpec(MULTI_CLASS, ("0", "1", "2"))))}, None)
 
 
 def test_groups_come_from_the_declarations_and_must_agree():
@@ -82,14 +102,14 @@ def test_groups_come_from_the_declarations_and_must_agree():
 
 def test_lora_on_the_encoder_is_what_classification_and_segmentation_share():
     cfg = load_config({**SIX, "model.adapter": "lora", "model.lora-rank": 2})
-    record, shared = initial_record(cfg, ["lesions", "region"])
+    record, shared = initial_record(cfg, six_groups(cfg))
     assert shared and all(".lora_" in key for key in shared)
     assert {k for k in record if k.startswith("shared/")} == {f"shared/{k}" for k in shared}
     region = trainable_state(new_model(task_config(cfg, "region")))
     assert set(group_view(record, "region")) == set(region)  # a site gets exactly its model's tensors
     assert not any(k.startswith("region/") and ".lora_" in k for k in record)
-    unshared, none = initial_record(load_config({**SIX, "model.adapter": "lora", "model.lora-rank": 2,
-                                                 "multitask.shared": False}), ["lesions", "region"])
+    cfg = load_config({**SIX, "model.adapter": "lora", "model.lora-rank": 2, "multitask.shared": False})
+    unshared, none = initial_record(cfg, six_groups(cfg))
     assert not none and any(k.startswith("region/") and ".lora_" in k for k in unshared)
     # frozen encoder, separate heads: nothing in common
     assert not shared_names({n: trainable_state(new_model(task_config(load_config(SIX), n))) for n in ("lesions", "region")})
@@ -109,9 +129,7 @@ def reply(node: int, site: int, state: dict[str, torch.Tensor], n: int) -> Messa
 def grouped_strategy(tmp_path, **overrides):
     cfg = load_config({**SIX, "run.output-dir": str(tmp_path), **overrides})
     folder = RunFolder.create(cfg)
-    groups = group_sites({100 + s: (s, TaskDeclaration("region" if s < 3 else "lesions", REGION if s < 3 else LESIONS))
-                          for s in range(6)}, expected_tasks(cfg))
-    return multitask_strategy(cfg, folder, groups), folder
+    return multitask_strategy(cfg, folder, six_groups(cfg)), folder
 
 
 def test_each_group_is_averaged_among_its_members_and_the_shared_part_among_all(tmp_path):
@@ -170,8 +188,8 @@ def test_evaluation_is_per_task_with_a_mean_score(tmp_path):
     assert metrics["region/macro-f1"] == pytest.approx(0.55) and metrics["lesions/dice"] == pytest.approx(0.7)
     assert metrics[SCORE] == pytest.approx((0.55 + 0.7) / 2)
     cfg = load_config(SIX)
-    record, _ = initial_record(cfg, ["lesions", "region"])
-    central = MultiTaskEvaluator(cfg, ["lesions", "region"])(record)
+    record, _ = initial_record(cfg, six_groups(cfg))
+    central = MultiTaskEvaluator(cfg, six_groups(cfg))(record)
     assert {"region/macro-f1", "region/accuracy", "lesions/dice", SCORE} <= set(central)
 
 
@@ -187,3 +205,20 @@ def test_a_site_refuses_another_tasks_adapter():
         check_task(cfg, ConfigRecord({TASK_KEY: "lesions"}))
     with pytest.raises(TaskMismatch):
         check_task(load_config(), ConfigRecord({TASK_KEY: "region"}))  # a single-task site
+
+
+class PartlyConnected(FakeGrid):
+    """Nodes 100-102 (region) are connected; of lesions only node 103."""
+
+    def get_node_ids(self):
+        return [100, 101, 102, 103]
+
+
+def test_a_task_without_enough_sites_sits_the_round_out_instead_of_holding_up_the_others(tmp_path):
+    strategy, _ = grouped_strategy(tmp_path)
+    record = global_record(states(0.0, 0.0), frozenset({"lora.A"}))
+    messages = list(strategy.configure_train(1, ArrayRecord(record), ConfigRecord(), PartlyConnected(6)))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102]
+    replies = [reply(100 + s, s, {"fc.weight": torch.full((4, 3), 1.0), "lora.A": torch.full((2,), 4.0)}, 100) for s in range(3)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["lesions/sat-out"] == 1.0 and np.allclose(arrays["region/fc.weight"].numpy(), 1.0)

@@ -146,9 +146,9 @@ def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     folder.current.sites[0]["evaluate"] = {"num-examples": 10.0, "macro-f1": 0.3, "accuracy": 0.4, "auc": 0.6}
     folder.current.sites[4]["evaluate"] = {"num-examples": 10.0, "dice": 0.5, "iou": 0.4}
     folder.end_round(1, {"region/macro-f1": 0.25, "finding/macro-f1": 0.2, "lesions/dice": 0.5})
-    record, _ = initial_record(cfg, ["finding", "lesions", "region"])
     groups = {name: TaskGroup(name, task_info(task_config(cfg, name)), sites, sites)
               for name, sites in {"finding": (2, 3), "lesions": (4, 5), "region": (0, 1)}.items()}
+    record, _ = initial_record(cfg, groups)
     summary = folder.finish(record, task_summary(groups, record))
     assert summary["final-worst-site"]["region/macro-f1"] == 0.3 and summary["final-worst-site"]["lesions/dice"] == 0.5
     text = write_run_report(folder.path).read_text()

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from client.app import WRONG_ENCODER, train
+from client.app import WRONG_ENCODER, declare_task, train
 from client.cli import main, preflight, supernode_command
 from client.deployment import site_of
 from client.site_config import load_site_config
@@ -68,6 +68,7 @@ def test_a_complete_site_passes_every_check(tmp_path, weights):
     ({"encoder.name": "vit-huge"}, "encoder.name"),
     ({"site.id": -1}, "site.id"),
     ({"site.colour": "red"}, "colour"),
+    ({"data.task-name": "shared"}, "data.task-name"),  # the name of what all tasks share
 ])
 def test_each_problem_is_named_before_anything_connects(tmp_path, weights, capsys, change, named):
     path = write_site(tmp_path, weights, **change)
@@ -128,3 +129,29 @@ def test_a_site_with_other_encoder_weights_refuses_to_train(tmp_path, weights, s
     reply = train(instruction("train", content, node_id=7), context)
     assert reply.has_error() and reply.error.code == WRONG_ENCODER
     assert server_weights[:24] in reply.error.reason and str(weights) in reply.error.reason
+
+
+MULTITASK_SERVER = {**SERVER, "multitask.site-tasks": "declared", "data.num-classes": 0}
+
+
+def test_a_deployed_site_declares_the_task_named_in_its_site_file(tmp_path, weights):
+    path = write_site(tmp_path, weights, **{"data.task-name": "body-region"})
+    command = supernode_command(load_site_config(path))
+    node_config = command[command.index("--node-config") + 1]
+    assert 'task-name="body-region" task-kind="multi-class" num-classes=3' in node_config
+    context = deployed_context(tmp_path, weights, MULTITASK_SERVER)
+    context.node_config.update({"task-name": "body-region", "task-kind": "multi-class", "num-classes": 3})
+    cfg, _ = site_of(context)
+    assert cfg.multitask.task == "body-region" and cfg.data.num_classes == 3 and cfg.model.adapter == "linear"
+    reply = declare_task(instruction("query.task", RecordDict(), node_id=7), context)
+    assert dict(reply.content["declaration"]) == {"site-id": 1, "task": "body-region", "kind": "multi-class",
+                                                  "labels": ["0", "1", "2"]}
+
+
+def test_a_task_declaration_and_a_single_task_run_do_not_mix(tmp_path, weights):
+    with pytest.raises(ConfigError, match="data.task-name"):
+        site_of(deployed_context(tmp_path, weights, MULTITASK_SERVER))  # the site names no task
+    context = deployed_context(tmp_path, weights, SERVER)
+    context.node_config.update({"task-name": "body-region", "task-kind": "multi-class", "num-classes": 3})
+    with pytest.raises(ConfigError, match="single-task"):
+        site_of(context)
