@@ -5,6 +5,11 @@ and fingerprint checks run on it), a site file per site and the run's configurat
 
     omnirad-certs demo/certs --sites A B C
     python -m simulations.deploy_demo demo --sites A B C
+    python -m simulations.deploy_demo demo --sites A B C --tasks region region lesions   # multi-task
+
+With ``--tasks`` each site holds one task of the embedded data (body region, finding, or lesion
+masks in MedSegBench's layout) and names it in its site file (``data.task-name``); the run has
+``multitask.site-tasks: declared`` and no server test file (each task is scored at its sites).
 """
 
 from __future__ import annotations
@@ -17,18 +22,23 @@ import numpy as np
 import yaml
 from safetensors.torch import save_file
 
-from omnirad.config import load_config
+from omnirad.config import DECLARED, Config, load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import create_encoder, weights_fingerprint
+from omnirad.multitask import site_view
 from server.certs import CA_CERT, site_key_paths
 
 ENCODER = "vit-tiny"
 
 
 def write_npz(path: Path, data: LabelledImages) -> Path:
-    """MedMNIST's layout: uint8 images and (N, 1) integer labels under ``train_*``."""
+    """MedMNIST's layout: uint8 images and (N, 1) integer labels under ``train_*``; masks as
+    MedSegBench has them (``train_label``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, train_images=data.images, train_labels=data.labels.reshape(-1, 1))
+    if data.labels.ndim == 3:
+        np.savez_compressed(path, train_images=data.images, train_label=data.labels.astype(np.uint8))
+    else:
+        np.savez_compressed(path, train_images=data.images, train_labels=data.labels.reshape(-1, 1))
     return path
 
 
@@ -41,14 +51,16 @@ def write_encoder_weights(path: Path) -> Path:
 
 
 def write_demo(folder: Path, sites: Sequence[str], server: str, size: int = 32, alpha: float = 0.5, rounds: int = 5,
-               num_train: int = 600, runtime_port: int = 9094) -> list[Path]:
+               num_train: int = 600, runtime_port: int = 9094, tasks: Sequence[str] = ()) -> list[Path]:
     folder = folder.resolve()
+    if tasks and len(tasks) != len(sites):
+        raise ValueError(f"--tasks: {len(tasks)} tasks for {len(sites)} sites; give one per site")
     simulated = load_config({"data.num-sites": len(sites), "data.size": size, "data.alpha": alpha,
                              "data.num-train": num_train, "data.num-test": max(40, num_train // 4),
-                             "data.min-site-samples": 10})
+                             "data.min-site-samples": 10, "multitask.site-tasks": ",".join(tasks)})
     written = []
     for index, name in enumerate(sites):
-        share = load_site(simulated, index)
+        share = load_site(site_view(simulated, index), index)
         pooled = LabelledImages(np.concatenate([share.train.images, share.val.images]),
                                 np.concatenate([share.train.labels, share.val.labels]))
         written.append(write_npz(folder / "data" / f"site-{name}.npz", pooled))
@@ -62,8 +74,7 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, size: int = 32, 
             "site": {"name": name, "id": index},
             "server": {"address": f"{host}:{port}", "ca-certificate": f"../certs/{CA_CERT}"},
             "auth-key": f"../{private_key.relative_to(folder).as_posix()}",
-            "data": {"file": f"../data/site-{name}.npz", "task": "multi-class",
-                     "num-classes": len(task_info(simulated).label_names)},
+            "data": site_data(site_view(simulated, index), name),
             "encoder": {"name": ENCODER, "weights": f"../weights/{weights.name}", "sha256": sha256},
             "cache-dir": f"../cache/site-{name}",
             "state-dir": f"../state/site-{name}",
@@ -73,17 +84,28 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, size: int = 32, 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(site, sort_keys=False))
         written.append(path)
+    data = {"dataset": "deployment", "task": "multi-class", "num-classes": len(task_info(simulated).label_names),
+            "size": size, "num-sites": len(sites), "test-file": str(test_file)}
+    if tasks:  # each site says what it trains; each task is scored at its sites
+        data = {"dataset": "deployment", "size": size, "num-sites": len(sites)}
     federation = {
         "num-server-rounds": rounds,
-        "data": {"dataset": "deployment", "task": "multi-class", "num-classes": len(task_info(simulated).label_names),
-                 "size": size, "num-sites": len(sites), "test-file": str(test_file)},
+        "data": data,
         "model": {"encoder": ENCODER, "weights": str(weights), "adapter": "mlp", "feature-cache": True,
                   "cache-dir": str(folder / "cache" / "server")},
         "train": {"local-epochs": 2},
         "strategy": {"name": "fedavg", "min-sites": max(1, len(sites) - 1), "round-timeout": 600.0},
+        **({"multitask": {"site-tasks": DECLARED}} if tasks else {}),
     }
     (folder / "federation.yaml").write_text(yaml.safe_dump(federation, sort_keys=False))
     return [*written, test_file, weights, folder / "federation.yaml"]
+
+
+def site_data(site_cfg: Config, name: str) -> dict[str, object]:
+    """The ``data`` section of a site file: its file, and what it holds."""
+    task = task_info(site_cfg)
+    data: dict[str, object] = {"file": f"../data/site-{name}.npz", "task": task.kind, "num-classes": task.num_outputs}
+    return {**data, "task-name": site_cfg.multitask.task} if site_cfg.multitask.task else data
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,9 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=600, help="images shared out among the sites")
     parser.add_argument("--runtime-port", type=int, default=9094,
                         help="local ClientApp API port of the first site's SuperNode; the next sites take the next ports")
+    parser.add_argument("--tasks", nargs="+", default=[], metavar="TASK",
+                        help="a multi-task federation: one embedded task per site (region, finding, lesions)")
     args = parser.parse_args(argv)
     for path in write_demo(args.folder, args.sites, args.server, args.size, args.alpha, args.rounds, args.num_train,
-                           args.runtime_port):
+                           args.runtime_port, args.tasks):
         print(f"wrote {path}")
     return 0
 

@@ -47,10 +47,10 @@ def wait_for(condition, timeout: float, what: str, poll: float = 1.0):
 class Federation:
     """A demo federation in ``folder``: certificates, site files, data, and the processes it runs."""
 
-    def __init__(self, folder: Path, sites: list[str], rounds: int, **overrides: object) -> None:
+    def __init__(self, folder: Path, sites: list[str], rounds: int, tasks: tuple[str, ...] = (), **overrides: object) -> None:
         self.folder, self.port = folder, free_port()
         write_federation(folder / "certs", ["localhost", "127.0.0.1"], sites)
-        write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=300)
+        write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=300, tasks=tasks)
         for name in sites:  # a free local port for each SuperNode's ClientApp API
             path = folder / "sites" / f"{name}.yaml"
             site = yaml.safe_load(path.read_text())
@@ -126,8 +126,8 @@ class Federation:
 def federation_in(tmp_path):
     made: list[Federation] = []
 
-    def make(sites: list[str], rounds: int, **overrides: object) -> Federation:
-        made.append(Federation(tmp_path, sites, rounds, **overrides))
+    def make(sites: list[str], rounds: int, tasks: tuple[str, ...] = (), **overrides: object) -> Federation:
+        made.append(Federation(tmp_path, sites, rounds, tasks, **overrides))
         return made[-1]
 
     yield make
@@ -196,3 +196,16 @@ def test_a_server_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(fede
     expected = final_metrics(straight)
     for name, value in final_metrics(resumed).items():
         assert value == pytest.approx(expected[name], abs=1e-4), name
+
+
+def test_deployed_sites_with_different_tasks_train_each_their_own(federation_in):
+    fed = federation_in(["A", "B"], rounds=1, tasks=("region", "lesions"))
+    fed.start_server()
+    for name in "AB":
+        fed.start_site(name)
+    assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
+    assert "region: multi-class [0, 1, 2, 3], sites 0" in fed.log("server")
+    assert "lesions: segmentation [background, class 1, class 2], sites 1" in fed.log("server")
+    summary = json.loads((fed.run_folder() / "summary.json").read_text())
+    assert summary["tasks"] == {"lesions": [1], "region": [0]} and not summary["failures"]
+    assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-federated-val"])
