@@ -10,7 +10,8 @@ from matplotlib.ticker import MaxNLocator
 
 
 def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ...]) -> None:
-    """The task's headline metrics on the test set, and the first one on each site's validation split, per round."""
+    """The task's headline metrics on the test set, and the first one on each site's validation split,
+    per round; in a multi-task run each site shows its own task's metric."""
     x = [r["round"] for r in rounds]
     fig = Figure(figsize=(11, 4))
     ax_global, ax_sites = fig.subplots(1, 2)
@@ -19,10 +20,16 @@ def plot_curves(rounds: list[dict[str, Any]], path: Path, metrics: tuple[str, ..
     ax_global.set(title="Global model on the held-out test set", xlabel="round", ylim=(0, 1))
     ax_global.legend()
     sites = sorted({s for r in rounds for s in r["sites"]}, key=int)
+    names = list(dict.fromkeys(key.rpartition("/")[2] for key in metrics))  # a multi-task run's: unprefixed at sites
+    shown = set()
     for site in sites:
-        values = [r["sites"].get(site, {}).get("evaluate", {}).get(metrics[0]) for r in rounds]
-        ax_sites.plot(x, values, marker=".", label=f"site {site}")
-    ax_sites.set(title="Global model on each site's validation split", xlabel="round", ylabel=metrics[0], ylim=(0, 1))
+        reported = {k for r in rounds for k in r["sites"].get(site, {}).get("evaluate", {})}
+        name = next((n for n in names if n in reported), names[0])
+        shown.add(name)
+        values = [r["sites"].get(site, {}).get("evaluate", {}).get(name) for r in rounds]
+        ax_sites.plot(x, values, marker=".", label=f"site {site}" if len(names) == 1 else f"site {site} ({name})")
+    ylabel = ", ".join(n for n in names if n in shown) or names[0]
+    ax_sites.set(title="Global model on each site's validation split", xlabel="round", ylabel=ylabel, ylim=(0, 1))
     if sites:
         ax_sites.legend(fontsize="small", ncol=2)
     for ax in (ax_global, ax_sites):
