@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from omnirad.adapters import trainable_state
 from omnirad.config import DEPLOYMENT, NATURAL_SPLITS, SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
-from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions, task_info
+from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
 from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 from omnirad.logs import show_progress
 from omnirad.multitask import is_multitask
@@ -184,8 +184,7 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")
-    names = folder.headline_metrics if groups is not None else task_info(cfg).headline_metrics
-    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in names)
+    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in folder.headline_metrics)
     print(
         f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: {where} {scores} "
         f"({cfg.model.encoder}, weights: {cfg.model.weights or 'random init'}, {cfg.model.adapter}). "
