@@ -8,6 +8,9 @@ appends one JSON line per run and task to ``--out``:
 
     python -m simulations.multitask_compare region,region,region,lesions,lesions,lesions \\
         --shared "data.size=48 num-server-rounds=10" --out docs/results/multitask.jsonl
+
+``--summarise FILE.jsonl --plot FILE.png`` turns such rows (several seeds) into a table of means
+and standard deviations per variant and task, and a bar chart.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
 
 from omnirad.config import SITS_OUT, comma_list
 from simulations.demo import run_simulation
@@ -40,23 +47,63 @@ def rows_of(label: str, summary: dict[str, Any], seed: str) -> list[dict[str, An
     rows = []
     for task in summary["tasks"]:
         final = {k.partition("/")[2]: v for k, v in summary["final"].items() if k.startswith(f"{task}/")}
-        rows.append({"variant": label, "task": task, "seed": seed, **final,
+        rows.append({"variant": label, "adapter": summary["adapter"], "task": task, "seed": seed, **final,
                      "task-adapter-bytes": summary["task-adapter-bytes"][task], "bytes-up": summary["bytes-up"],
                      "bytes-down": summary["bytes-down"], "wall-seconds": summary["wall-seconds"],
                      "run-folder": summary["run-folder"]})
     return rows
 
 
+def score(row: dict[str, Any]) -> float:
+    """A row's selection metric: macro-F1 (classification) or Dice (segmentation)."""
+    return float(row["macro-f1"] if "macro-f1" in row else row["dice"])
+
+
+def summarise(rows: list[dict[str, Any]], plot: Path | None) -> str:
+    """Mean and standard deviation over seeds of each variant's score per task (a Markdown table),
+    and with ``plot`` a bar chart of them."""
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        scores[row["task"]][f"{row['variant']} ({row['adapter']})"].append(score(row))
+    lines = ["| task | variant | test macro-F1 / Dice, mean ± sd | seeds |", "|---|---|---|---|"]
+    for task, variants in scores.items():
+        lines += [f"| {task} | {v} | {np.mean(x):.3f} ± {np.std(x):.3f} | {len(x)} |" for v, x in variants.items()]
+    if plot is not None:
+        fig = Figure(figsize=(7, 3.6))
+        ax = fig.subplots()
+        tasks = list(scores)
+        variants = sorted({v for t in tasks for v in scores[t]})
+        width = 0.8 / len(variants)
+        for i, variant in enumerate(variants):
+            values = [scores[t].get(variant, [np.nan]) for t in tasks]
+            ax.bar([k + (i - (len(variants) - 1) / 2) * width for k in range(len(tasks))], [np.mean(v) for v in values],
+                   width, yerr=[np.std(v) for v in values], capsize=3, label=variant)
+        ax.set_xticks(range(len(tasks)), [f"{t} ({'Dice' if t == 'lesions' else 'macro-F1'})" for t in tasks])
+        ax.set(ylabel="test score, mean ± sd over seeds", ylim=(0, 1))
+        ax.legend(fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=110)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.multitask_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("site_tasks", help="one task per site, comma-separated (region, finding, lesions)")
+    parser.add_argument("site_tasks", nargs="?", help="one task per site, comma-separated (region, finding, lesions)")
     parser.add_argument("--shared", default="", help="overrides for every run, as for make demo")
     parser.add_argument("--unshared", action="store_true", help="also the multi-task run with multitask.shared=false")
     parser.add_argument("--no-alone", action="store_true", help="skip the single-task federations")
     parser.add_argument("--out", type=Path, help="append the rows to this JSONL file")
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="the local SuperLink's HTTP port")
+    parser.add_argument("--summarise", type=Path, help="summarise the rows of this JSONL file instead of running")
+    parser.add_argument("--plot", type=Path, help="with --summarise: write a bar chart here")
     args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise([json.loads(line) for line in args.summarise.read_text().splitlines() if line], args.plot))
+        return 0
+    if not args.site_tasks:
+        parser.error("give the sites' tasks (or --summarise FILE)")
     site_tasks = comma_list(args.site_tasks)
     shared = f"{args.shared} data.num-sites={len(site_tasks)}".strip()
     seed = next((part.split("=")[1] for part in shared.split() if part.startswith("run.seed=")), "0")
