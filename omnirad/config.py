@@ -38,6 +38,7 @@ PERSONALIZED_STRATEGIES = ("fedper", "fedbn")
 SPECTRAL = "spectral"  # OmniFM-style spectral prompts and alignment (omnirad.spectral)  # shorthand: strategy.name=fedper is FedAvg + personalization.mode=fedper
 FAULT_KINDS = ("scale", "nan", "crash")
 PERSONALIZATION_MODES = ("none", "fedper", "fedbn")
+SSL_OBJECTIVES = ("mae", "dino")
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,19 @@ class FaultsConfig:
 
 
 @dataclass
+class SslConfig:
+    """Federated self-supervised pretraining of the encoder before the adapter rounds (issue 7)."""
+
+    rounds: int = 0  # 0: off; > 0: pretrain the encoder for this many rounds first
+    local_epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 64
+    objective: str = "mae"  # mae (masked image modelling) or dino (self-distillation)
+    half_precision: bool = False  # send tensors as float16 both ways
+    save_encoder: str = ""  # where the pretrained ViT goes (.safetensors); empty: the run output folder
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
@@ -174,6 +188,7 @@ class Config:
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    ssl: SslConfig = field(default_factory=SslConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -320,7 +335,9 @@ def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that the types alone do not express."""
-    _require(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
+    _require(cfg.num_server_rounds >= (0 if cfg.ssl.rounds > 0 else 1), "num-server-rounds", cfg.num_server_rounds,
+             ">= 1 (0 only to pretrain alone, with ssl.rounds > 0)")
+    _validate_ssl(cfg.ssl)
     d = cfg.data
     flags = medmnist_flags()
     is_medmnist = all(part in flags for part in d.dataset.split("+"))
@@ -420,6 +437,16 @@ def validate(cfg: Config) -> None:
     _require(-1 <= f.site < d.num_sites, "faults.site", f.site, f"-1 (none) or a site from 0 to {d.num_sites - 1}")
     _one_of("faults.kind", f.kind, FAULT_KINDS)
     _require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")
+
+
+def _validate_ssl(s: SslConfig) -> None:
+    _require(s.rounds >= 0, "ssl.rounds", s.rounds, ">= 0 (0: no pretraining)")
+    _require(s.local_epochs >= 1, "ssl.local-epochs", s.local_epochs, ">= 1")
+    _require(s.lr > 0, "ssl.lr", s.lr, "> 0")
+    _require(s.batch_size >= 2, "ssl.batch-size", s.batch_size, ">= 2")
+    _one_of("ssl.objective", s.objective, SSL_OBJECTIVES)
+    _require(not s.save_encoder or s.save_encoder.endswith(".safetensors"), "ssl.save-encoder", s.save_encoder,
+             "empty or a path ending in .safetensors")
 
 
 def medmnist_flags() -> tuple[str, ...]:
