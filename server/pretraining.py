@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from omnirad.config import Config, load_config, to_flat
+from omnirad.config import Config, ConfigError, load_config, to_flat
 from omnirad.encoders import weights_fingerprint
 from omnirad.ssl import (
     DinoSettings,
@@ -68,6 +68,9 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
     s = cfg.ssl
     if s.rounds == 0:
         return cfg
+    if cfg.run.resume_from:
+        raise ConfigError("run.resume-from with ssl.rounds > 0: the pretraining is not checkpointed; resume the "
+                          "adapter phase with ssl.rounds=0 and model.weights set to the pretrained encoder file")
     student, teacher = initial_states(s.objective, cfg.model.encoder, cfg.model.weights, cfg.data.size, cfg.run.seed)
     path = Path(s.save_encoder).expanduser() if s.save_encoder else default_encoder_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
