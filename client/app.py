@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.deployment import EncoderMismatch, check_encoder, check_task, site_of
+from client.deployment import EncoderMismatch, check_encoder, check_task, site_of, with_pretrained_encoder
 from omnirad.config import Config
 from omnirad.faults import crash_if_due, misbehave
 from omnirad.logs import show_progress
@@ -19,6 +19,7 @@ from omnirad.multitask import DECLARATION_KEY, TaskMismatch, declaration
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
 from omnirad.site import get_site
 from omnirad.spectral import bank_from_config
+from omnirad.ssl import from_wire, site_round, to_wire
 
 app = ClientApp()
 show_progress()
@@ -61,6 +62,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received adapter for the configured local epochs and send back its shared tensors."""
     cfg, site_id = site_of(context)
     config = msg.content["config"]
+    cfg = with_pretrained_encoder(cfg, config)
     if (refused := refusal(cfg, msg)) is not None:
         return refused
     site = get_site(cfg, site_id)
@@ -90,6 +92,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     after the last round also the local fine-tuning baseline when configured."""
     cfg, site_id = site_of(context)
     config = msg.content["config"]
+    cfg = with_pretrained_encoder(cfg, config)
     if (refused := refusal(cfg, msg)) is not None:
         return refused
     site = get_site(cfg, site_id)
@@ -115,3 +118,21 @@ def declare_task(msg: Message, context: Context) -> Message:
     found = declaration(cfg)
     record = ConfigRecord({"site-id": site_id, **(found.to_record() if found is not None else {})})
     return Message(content=RecordDict({DECLARATION_KEY: record}), reply_to=msg)
+
+
+@app.train("ssl")
+def pretrain_round(msg: Message, context: Context) -> Message:
+    """One round of self-supervised pretraining on this site's unlabelled training images: the
+    student goes back (float16 when ``ssl.half-precision``), with the images count and loss."""
+    cfg, site_id = site_of(context)
+    config, s = msg.content["config"], cfg.ssl
+    site = get_site(cfg, site_id)
+    teacher = msg.content["teacher"].to_torch_state_dict() if "teacher" in msg.content else {}
+    student, metrics = site_round(
+        s.objective, cfg.model.encoder, cfg.data.size, from_wire(msg.content["arrays"].to_torch_state_dict()),
+        from_wire(teacher), site.train_set.data.images, s.local_epochs, s.lr, s.batch_size,
+        int(config["server-round"]), int(config["ssl-rounds"]), cfg.run.seed * 1000 + site.site_id,
+    )
+    metrics = {**metrics, "num-examples": len(site.train_set.data.images)}
+    content = RecordDict({"arrays": ArrayRecord(to_wire(student, s.half_precision)), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

@@ -68,3 +68,14 @@ def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:
             f"the server's encoder weights are {expected[:24]}, this site's ({cfg.model.weights or 'random init'}) "
             f"{local[:24]}: install the federation's weights file and set encoder.weights in the site configuration"
         )
+
+
+def with_pretrained_encoder(cfg: Config, instructions: ConfigRecord) -> Config:
+    """In simulation, after federated SSL pretraining (``ssl.rounds``), the server's messages name
+    the pretrained encoder file, on the same disk: the site loads it instead of ``model.weights``.
+    A deployed site keeps the file its operator configured; the fingerprint check refuses it
+    until that is the federation's pretrained file."""
+    path = str(instructions.get("ssl-encoder", ""))
+    if not path or cfg.data.dataset == DEPLOYMENT or path == cfg.model.weights:
+        return cfg
+    return load_config({**to_flat(cfg), "model.weights": path})

@@ -43,6 +43,7 @@ EMBEDDED_LABEL_SETS = ("region", "finding")
 EMBEDDED_TASK_NAMES = ("region", "finding", "lesions")  # body region, finding, lesion segmentation (omnirad.multitask)
 SITS_OUT = "-"  # multitask.site-tasks: a site without a task this run
 DECLARED = "declared"  # multitask.site-tasks in deployment: each site's file names its task
+SSL_OBJECTIVES = ("mae", "dino")
 
 
 class ConfigError(ValueError):
@@ -171,6 +172,19 @@ class MultitaskConfig:
 
 
 @dataclass
+class SslConfig:
+    """Federated self-supervised pretraining of the encoder before the adapter rounds (issue 7)."""
+
+    rounds: int = 0  # 0: off; > 0: pretrain the encoder for this many rounds first
+    local_epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 64
+    objective: str = "mae"  # mae (masked image modelling) or dino (self-distillation)
+    half_precision: bool = False  # send tensors as float16 both ways
+    save_encoder: str = ""  # where the pretrained ViT goes (.safetensors); empty: the run output folder
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
@@ -190,6 +204,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    ssl: SslConfig = field(default_factory=SslConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -336,7 +351,9 @@ def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and choice checks that the types alone do not express."""
-    _require(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
+    _require(cfg.num_server_rounds >= (0 if cfg.ssl.rounds > 0 else 1), "num-server-rounds", cfg.num_server_rounds,
+             ">= 1 (0 only to pretrain alone, with ssl.rounds > 0)")
+    _validate_ssl(cfg.ssl)
     d = cfg.data
     flags = medmnist_flags()
     is_medmnist = all(part in flags for part in d.dataset.split("+"))
@@ -459,7 +476,8 @@ def validate_multitask(cfg: Config) -> None:
     for setting, value, off in (("personalization.mode", cfg.personalization.mode, "none"),
                                 ("privacy.dp", cfg.privacy.dp, False),
                                 ("privacy.central-noise-multiplier", cfg.privacy.central_noise_multiplier, 0.0),
-                                ("run.resume-from", cfg.run.resume_from, "")):
+                                ("run.resume-from", cfg.run.resume_from, ""),
+                                ("ssl.rounds", cfg.ssl.rounds, 0)):
         _require(value == off, setting, value, f"{off!r}: not supported with {key} yet")
     _require(cfg.strategy.name != SPECTRAL, "strategy.name", cfg.strategy.name, f"not spectral with {key}")
 
@@ -470,6 +488,16 @@ def _validate_site_tasks(cfg: Config, names: list[str], key: str) -> None:
     _require(all(n in EMBEDDED_TASK_NAMES or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
              f"names among {', '.join(EMBEDDED_TASK_NAMES)}, or '{SITS_OUT}' for a site that sits the run out")
     _require(any(n != SITS_OUT for n in names), key, cfg.multitask.site_tasks, "at least one site with a task")
+
+
+def _validate_ssl(s: SslConfig) -> None:
+    _require(s.rounds >= 0, "ssl.rounds", s.rounds, ">= 0 (0: no pretraining)")
+    _require(s.local_epochs >= 1, "ssl.local-epochs", s.local_epochs, ">= 1")
+    _require(s.lr > 0, "ssl.lr", s.lr, "> 0")
+    _require(s.batch_size >= 2, "ssl.batch-size", s.batch_size, ">= 2")
+    _one_of("ssl.objective", s.objective, SSL_OBJECTIVES)
+    _require(not s.save_encoder or s.save_encoder.endswith(".safetensors"), "ssl.save-encoder", s.save_encoder,
+             "empty or a path ending in .safetensors")
 
 
 def medmnist_flags() -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
 from omnirad.spectral import bank_to_config
 from server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
 from server.multitask import MultiTaskEvaluator, multitask_strategy, start_groups, task_summary
+from server.pretraining import pretrain_encoder, pretrained_instructions
 from server.run_folder import RunFolder, best_round
 from strategies import build_strategy
 from strategies.spectral_bank import collect_spectral_bank
@@ -66,7 +67,7 @@ def site_instructions(cfg: Config) -> dict[str, str]:
     """What every train and evaluate message carries besides the adapter: the fingerprint of the
     server's encoder weights (SHA-256 of the file, or random-init), which a deployed site compares
     with its own before it trains."""
-    return {ENCODER_FINGERPRINT_KEY: weights_fingerprint(cfg.model.weights)}
+    return {ENCODER_FINGERPRINT_KEY: weights_fingerprint(cfg.model.weights), **pretrained_instructions(cfg)}
 
 
 class RoundEnd:
@@ -119,6 +120,9 @@ def resumable(cfg: Config, kept: frozenset[str]) -> tuple[Path, Checkpoint]:
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
     check_federation(grid, cfg)
+    cfg = pretrain_encoder(grid, cfg)  # ssl.rounds > 0: model.weights is now the pretrained encoder
+    if cfg.num_server_rounds == 0:
+        return
     encoder = encoder_for(cfg)
     model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
     kept = kept_at_sites(cfg, model) if model is not None else frozenset()

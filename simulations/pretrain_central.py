@@ -1,7 +1,7 @@
 """Central self-supervised pretraining on the pooled embedded images (no labels used): the
 reference a federated pretraining is measured against, and a way to make an encoder file.
 
-    python -m simulations.pretrain_central weights/ssl-vit-tiny-32.safetensors --epochs 5 data.size=32
+    python -m simulations.pretrain_central weights/ssl-vit-tiny-32.safetensors --epochs 12 --batch-size 64 data.size=32
     python -m simulations.central_baselines --models linear model.weights=weights/ssl-vit-tiny-32.safetensors data.size=32
 
 Configuration keys choose the images and encoder as in a run (``data.*``, ``model.encoder``,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omnirad.config import load_config, parse_overrides
 from omnirad.data.sites import pooled_train
-from omnirad.ssl import pretrain, save_encoder
+from omnirad.ssl import OBJECTIVES, pretrain, save_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,18 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--objective", choices=OBJECTIVES, default="mae")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_intermixed_args(argv)
     cfg = load_config(parse_overrides(args.overrides))
     images = pooled_train(cfg).images
     started = time.perf_counter()
     state, history = pretrain(cfg.model.encoder, images, cfg.data.size, args.epochs, args.batch_size, args.lr,
-                              args.seed, cfg.model.weights)
+                              args.seed, cfg.model.weights, objective=args.objective)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_encoder(state, str(args.out))
     losses = ", ".join(f"{loss:.3f}" for loss in history)
-    print(f"pretrained {cfg.model.encoder} on {len(images)} images for {args.epochs} epochs in "
+    print(f"pretrained {cfg.model.encoder} ({args.objective}) on {len(images)} images for {args.epochs} epochs in "
           f"{time.perf_counter() - started:.0f} s (loss per epoch: {losses}); wrote {args.out}")
     return 0
 

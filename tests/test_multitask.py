@@ -63,6 +63,7 @@ def test_each_site_trains_its_own_task_on_the_same_images():
     ({"model.adapter": "full"}, "model.adapter"),
     ({"privacy.dp": True}, "privacy.dp"),
     ({"personalization.mode": "fedper"}, "personalization.mode"),
+    ({"ssl.rounds": 2}, "ssl.rounds"),
     ({"data.dataset": "files", "data.site-files": "a,b,c,d,e,f", "data.num-classes": 2}, "data.dataset"),
     ({"data.dataset": "deployment"}, "declared"),  # deployed sites name their own tasks
 ])

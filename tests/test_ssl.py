@@ -115,3 +115,94 @@ def test_a_pretrained_encoder_loads_through_the_factory_with_identical_features(
     reference.vit.load_state_dict(state)
     batch = torch.from_numpy(images[:8]).unsqueeze(1)
     torch.testing.assert_close(loaded(batch), reference(batch))
+
+
+# --- masked image modelling and the federated pieces ----------------------------------------------
+
+from omnirad.config import ConfigError, load_config  # noqa: E402
+from omnirad.ssl import (  # noqa: E402
+    CENTER_KEY,
+    MaeSettings,
+    MaskedAutoencoder,
+    from_wire,
+    initial_states,
+    new_learner,
+    round_momentum,
+    site_round,
+    state_bytes,
+    teacher_encoder,
+    to_wire,
+    update_server_teacher,
+)
+
+TINY_MAE = MaeSettings(decoder_dim=16, decoder_depth=1, decoder_heads=2)
+
+
+def test_patchify_follows_the_vits_token_order():
+    vit = create_encoder("vit-tiny", "", 32).vit
+    mae = MaskedAutoencoder(vit, 32, TINY_MAE)
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    patches = mae.patchify(images)
+    assert patches.shape == (2, 16, 3 * 8 * 8)
+    torch.testing.assert_close(patches[1, 5].reshape(3, 8, 8), images[1, :, 8:16, 8:16])  # row 1, column 1
+
+
+def test_mae_loss_is_scored_on_hidden_patches_only_and_trains_encoder_and_decoder():
+    torch.manual_seed(0)
+    mae = new_learner("mae", create_encoder("vit-tiny", "", 32).vit, 32, mae=TINY_MAE)
+    images = torch.randn(4, 3, 32, 32)
+    loss = mae.loss([images], torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0.5  # normalised pixels: predicting 0 scores about 1
+    assert mae.student["vit"].patch_embed.proj.weight.grad is not None
+    assert mae.student["decoder"].pred.weight.grad is not None
+    with pytest.raises(ValueError, match="ssl.objective"):
+        new_learner("simclr", create_encoder("vit-tiny", "", 32).vit, 32)
+
+
+def test_the_server_teacher_is_an_ema_of_the_aggregated_student():
+    teacher = {"w": torch.zeros(3), "n": torch.tensor(1)}
+    student = {"w": torch.ones(3), "n": torch.tensor(5), CENTER_KEY: torch.ones(2)}
+    updated = update_server_teacher(teacher, student, 0.75)
+    torch.testing.assert_close(updated["w"], torch.full((3,), 0.25))
+    assert updated["n"].item() == 5 and CENTER_KEY not in updated
+    # per-step momentum compounded over a round's local steps; 1 at the end of the schedule
+    assert round_momentum(1, 10, 75, 0.996) == pytest.approx(0.996**75)
+    assert round_momentum(1, 10, 75, 0.996) < round_momentum(5, 10, 75, 0.996) < 1.0
+    assert round_momentum(11, 10, 75, 0.996) == 1.0
+
+
+def test_half_precision_transfer_halves_the_bytes_and_comes_back_as_float32():
+    state = {"w": torch.randn(10, 10), "i": torch.arange(3)}
+    wire = to_wire(state, half=True)
+    assert wire["w"].dtype == torch.float16 and wire["i"].dtype == torch.int64
+    assert state_bytes(wire) == 10 * 10 * 2 + 3 * 8 and to_wire(state, half=False) is state
+    back = from_wire(wire)
+    assert back["w"].dtype == torch.float32 and torch.allclose(back["w"], state["w"], atol=1e-2)
+
+
+@pytest.mark.parametrize("objective", ["dino", "mae"])
+def test_a_site_round_trains_the_student_and_moves_the_centre(objective):
+    images = synthetic.generate(24, size=32, seed=1).images
+    student, teacher = initial_states(objective, "vit-tiny", "", 32, seed=0, dino=SMALL, mae=TINY_MAE)
+    assert (CENTER_KEY in student) == (objective == "dino") and bool(teacher) == (objective == "dino")
+    new, metrics = site_round(objective, "vit-tiny", 32, student, teacher, images, epochs=1, lr=1e-4, batch_size=12,
+                              server_round=1, rounds=2, seed=0, dino=SMALL, mae=TINY_MAE)
+    assert set(new) == set(student) and metrics["steps"] == 2 and metrics["images"] == 24
+    assert np.isfinite(metrics["loss"])
+    assert not torch.equal(new["vit.cls_token"], student["vit.cls_token"])
+    if objective == "dino":
+        assert not torch.equal(new[CENTER_KEY], student[CENTER_KEY])
+        assert all(torch.equal(v, teacher[k]) for k, v in teacher.items())  # the received teacher is not changed
+    encoder = teacher_encoder(teacher, new, objective)
+    create_encoder("vit-tiny", "", 32).vit.load_state_dict(encoder)  # timm names, nothing missing or extra
+
+
+def test_ssl_keys_are_validated_by_name():
+    cfg = load_config({"ssl.rounds": 2, "num-server-rounds": 0, "ssl.objective": "dino"})
+    assert cfg.ssl.rounds == 2 and cfg.num_server_rounds == 0
+    for bad, key in ((({"ssl.objective": "byol"}), "ssl.objective"), ({"ssl.rounds": -1}, "ssl.rounds"),
+                     ({"num-server-rounds": 0}, "num-server-rounds"), ({"ssl.save-encoder": "x.pt"}, "ssl.save-encoder"),
+                     ({"ssl.lr": 0.0}, "ssl.lr")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(bad)

@@ -1,0 +1,123 @@
+"""The federated self-supervised pretraining phase (``ssl.rounds`` > 0), before the adapter rounds.
+
+Each round the server sends the student (ViT + projection head or pixel decoder, with the DINO
+centre) and, for DINO, the teacher in a ``train.ssl`` message; every site trains the student on
+its own unlabelled images (``omnirad.ssl.site_round``) and sends it back. Flower's FedAvg samples
+the sites and averages the students (and centres) weighted by images; the server then moves its
+teacher towards the average by EMA (``omnirad.ssl.update_server_teacher``). At the end the
+pretrained ViT is written as a plain timm safetensors file, and the run's configuration points
+``model.weights`` at it, so the adapter phase in the same run (and its encoder fingerprint check)
+uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from omnirad.config import Config, ConfigError, load_config, to_flat
+from omnirad.encoders import weights_fingerprint
+from omnirad.ssl import (
+    DinoSettings,
+    from_wire,
+    initial_states,
+    round_momentum,
+    save_encoder,
+    state_bytes,
+    teacher_encoder,
+    to_wire,
+    update_server_teacher,
+)
+
+SSL_ACTION = "train.ssl"  # the ClientApp's @app.train("ssl") handler
+TEACHER_KEY = "teacher"  # the RecordDict entry holding the teacher's tensors
+PRETRAINED_KEY = "ssl-encoder"  # simulation: the pretrained file's path, in the adapter phase's instructions
+
+
+class SslFedAvg(FedAvg):
+    """FedAvg whose train messages are ``train.ssl`` and carry the current teacher as well."""
+
+    def __init__(self, teacher: ArrayRecord, **kwargs) -> None:
+        super().__init__(fraction_evaluate=0.0, **kwargs)
+        self.teacher = teacher
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        messages = []
+        for message in super().configure_train(server_round, arrays, config, grid):
+            content = RecordDict({**message.content, TEACHER_KEY: self.teacher})
+            messages.append(Message(content=content, message_type=SSL_ACTION, dst_node_id=message.metadata.dst_node_id))
+        return messages
+
+
+def default_encoder_path(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.run.output_dir).expanduser() / f"ssl-encoder-{cfg.model.encoder}-{stamp}.safetensors"
+
+
+def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
+    """Run ``ssl.rounds`` of federated pretraining; returns the configuration with
+    ``model.weights`` set to the pretrained encoder file (unchanged when ``ssl.rounds`` is 0)."""
+    s = cfg.ssl
+    if s.rounds == 0:
+        return cfg
+    if cfg.run.resume_from:
+        raise ConfigError("run.resume-from with ssl.rounds > 0: the pretraining is not checkpointed; resume the "
+                          "adapter phase with ssl.rounds=0 and model.weights set to the pretrained encoder file")
+    student, teacher = initial_states(s.objective, cfg.model.encoder, cfg.model.weights, cfg.data.size, cfg.run.seed)
+    path = Path(s.save_encoder).expanduser() if s.save_encoder else default_encoder_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = path.with_suffix(".jsonl")
+    min_sites = cfg.strategy.min_sites or cfg.data.num_sites
+    strategy = SslFedAvg(ArrayRecord(to_wire(teacher, s.half_precision)), fraction_train=cfg.strategy.fraction_train,
+                         min_train_nodes=min(min_sites, cfg.data.num_sites), min_available_nodes=min_sites)
+    config = ConfigRecord({"ssl-rounds": s.rounds})
+    print(f"SSL pretraining: {s.rounds} rounds of {s.objective} on the sites' images "
+          f"({'float16' if s.half_precision else 'float32'} transfer); log {log_path}", flush=True)
+    with log_path.open("w") as log:
+        for server_round in range(1, s.rounds + 1):
+            started = time.perf_counter()
+            sent_student = to_wire(student, s.half_precision)
+            messages = list(strategy.configure_train(server_round, ArrayRecord(sent_student), config, grid))
+            replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
+            aggregated, metrics = strategy.aggregate_train(server_round, replies)
+            if aggregated is None:
+                raise RuntimeError(f"SSL round {server_round}: no site sent a valid reply; see the sites' logs")
+            student = from_wire(aggregated.to_torch_state_dict())
+            local_steps = float(metrics.get("steps", 1.0)) if metrics is not None else 1.0
+            momentum = round_momentum(server_round, s.rounds, local_steps, DinoSettings().teacher_momentum)
+            if teacher:
+                teacher = update_server_teacher(teacher, student, momentum)
+                strategy.teacher = ArrayRecord(to_wire(teacher, s.half_precision))
+            answered = sum(1 for reply in replies if not reply.has_error())
+            line = {
+                "round": server_round, "sites": answered,
+                **{k: float(v) for k, v in (metrics or {}).items()},
+                "teacher-momentum": momentum if teacher else None,
+                "bytes-down": len(messages) * (state_bytes(sent_student) + state_bytes(to_wire(teacher, s.half_precision))),
+                "bytes-up": answered * state_bytes(sent_student),
+                "bytes-down-float32": len(messages) * (state_bytes(student) + state_bytes(teacher)),
+                "bytes-up-float32": answered * state_bytes(student),
+                "seconds": time.perf_counter() - started,
+            }
+            log.write(json.dumps(line) + "\n")
+            log.flush()
+            print(f"SSL round {server_round}/{s.rounds}: loss {line.get('loss', float('nan')):.4f}, "
+                  f"{line['bytes-down'] / 1e6:.1f} MB down, {line['bytes-up'] / 1e6:.1f} MB up, "
+                  f"{line['seconds']:.0f} s", flush=True)
+    save_encoder(teacher_encoder(teacher, student, s.objective), str(path))
+    print(f"SSL pretraining done: encoder {path} (sha256 {weights_fingerprint(str(path))[:16]})", flush=True)
+    return load_config({**to_flat(cfg), "model.weights": str(path)})
+
+
+def pretrained_instructions(cfg: Config) -> dict[str, str]:
+    """Simulation: the adapter phase's messages name the pretrained file, which sites on the same
+    disk load instead of their configured weights; deployed sites keep their own file (see docs)."""
+    return {PRETRAINED_KEY: cfg.model.weights} if cfg.ssl.rounds > 0 else {}

@@ -1,0 +1,79 @@
+"""t-SNE of the encoder's features of every site's training images, coloured by site and by class,
+for one or more encoders side by side (as the OmniRad paper shows its latent space):
+
+    python -m simulations.plot_ssl_embedding docs/ssl-embedding.png "random init=" \\
+        "federated MAE=weights/fedssl-modality.safetensors" data.size=32 data.partition=modality
+
+Each encoder is ``LABEL=WEIGHTS`` (empty weights: the seeded random init). Configuration keys pick
+the data and the split, as in a run; every site's images are drawn, up to ``--per-site`` each.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend
+from sklearn.manifold import TSNE
+
+from omnirad.config import Config, load_config, parse_overrides
+from omnirad.data.sites import partition_class_names, pooled_train, site_partitions
+from omnirad.encoders import create_encoder
+from omnirad.training import encode
+
+
+def site_sample(cfg: Config, per_site: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, their site and their class: up to ``per_site`` of each site's pooled images."""
+    pool, rng = pooled_train(cfg), np.random.default_rng(cfg.run.seed)
+    chosen = [rng.permutation(part)[:per_site] for part in site_partitions(cfg)]
+    index = np.concatenate(chosen)
+    sites = np.concatenate([np.full(len(c), s) for s, c in enumerate(chosen)])
+    return pool.images[index], sites, pool.labels[index]
+
+
+def plot(path: Path, cfg: Config, encoders: list[tuple[str, str]], per_site: int) -> None:
+    images, sites, labels = site_sample(cfg, per_site)
+    classes = partition_class_names(cfg)
+    fig = Figure(figsize=(4.2 * len(encoders), 8.4))
+    axes = fig.subplots(2, len(encoders), squeeze=False)
+    for col, (label, weights) in enumerate(encoders):
+        features = encode(create_encoder(cfg.model.encoder, weights, cfg.data.size), images).numpy()
+        features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+        points = TSNE(n_components=2, perplexity=30, init="pca", random_state=cfg.run.seed).fit_transform(features)
+        for row, (colour_by, names, title) in enumerate(((sites, [f"site {s}" for s in range(cfg.data.num_sites)], "site"),
+                                                         (labels, list(classes), "class"))):
+            ax = axes[row, col]
+            for value, name in enumerate(names):
+                keep = colour_by == value
+                ax.scatter(points[keep, 0], points[keep, 1], s=5, label=name)
+            ax.set_title(f"{label}: coloured by {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.suptitle(f"t-SNE of {cfg.model.encoder} features ({cfg.data.size} px, data.partition={cfg.data.partition}, "
+                 f"{per_site} images per site)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.plot_ssl_embedding", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path)
+    parser.add_argument("items", nargs="+", metavar="LABEL=WEIGHTS or KEY=VALUE",
+                        help="encoders (LABEL=WEIGHTS, the label without dots) and configuration keys (with dots)")
+    parser.add_argument("--per-site", type=int, default=250)
+    args = parser.parse_args(argv)
+    keys = [item for item in args.items if "." in item.split("=", 1)[0]]
+    encoders = [tuple(item.split("=", 1)) for item in args.items if item not in keys]
+    if not encoders or any(len(e) != 2 for e in encoders):
+        parser.error("name at least one encoder as LABEL=WEIGHTS (empty weights: random init)")
+    plot(args.path, load_config(parse_overrides(keys)), encoders, args.per_site)
+    print(f"wrote {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""End to end: federated self-supervised pretraining through `flwr run .`, then adapters on the result."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnirad.encoders import create_encoder, weights_fingerprint
+from tests.test_e2e_flwr_run import run_federation
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_tiny_pretraining_round_then_adapters_on_the_pretrained_encoder(tmp_path):
+    encoder_file = tmp_path / "ssl-encoder.safetensors"
+    folder = run_federation(tmp_path, 2, f"ssl.rounds=1 ssl.objective='dino' ssl.half-precision=true "
+                                         f"ssl.batch-size=16 ssl.save-encoder='{encoder_file}' num-server-rounds=1 "
+                                         "data.num-train=64 data.num-test=32 data.size=32 model.adapter='linear' "
+                                         "train.local-epochs=1")
+    (line,) = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
+    assert line["round"] == 1 and line["sites"] == 2 and line["loss"] > 0 and line["images"] > 0
+    # float16 both ways: half the float32 bytes (the integer-free ViT and heads), student and teacher down
+    assert line["bytes-up"] == pytest.approx(line["bytes-up-float32"] / 2, rel=1e-3)
+    assert line["bytes-down"] == pytest.approx(2 * line["bytes-up"], rel=1e-3)
+    pretrained = create_encoder("vit-tiny", str(encoder_file), 32)
+    random_init = create_encoder("vit-tiny", "", 32)
+    assert not torch.equal(pretrained.vit.cls_token, random_init.vit.cls_token)
+    # the adapter phase ran on the pretrained encoder: its configuration and the sites' checks agree
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["weights"] == str(encoder_file) and summary["rounds"] == 1
+    assert set(summary["sites-per-round"]["1"]) == {"0", "1"} and not summary.get("failures")
+    assert f"model.weights: {encoder_file}" in (folder / "config.yaml").read_text()
+    assert weights_fingerprint(str(encoder_file)) != "random-init"
+
+
+def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path):
+    encoder_file = Path(tmp_path) / "mae.safetensors"
+    flwr_runs = tmp_path / "runs"
+    from simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
+    from tests.test_e2e_flwr_run import PROJECT, free_port
+
+    write_flower_config(tmp_path / "flwr", num_supernodes=2)
+    with LocalSuperLink(tmp_path / "flwr", PROJECT, http_port=free_port()) as link:
+        completed = flwr_run(PROJECT, link.env, f"ssl.rounds=2 ssl.objective='mae' ssl.save-encoder='{encoder_file}' "
+                                                f"num-server-rounds=0 data.num-sites=2 data.num-train=48 data.size=32 "
+                                                f"run.output-dir='{flwr_runs}'", timeout=600)
+    assert completed.returncode == 0
+    lines = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [1, 2] and lines[0]["bytes-up"] == lines[0]["bytes-up-float32"]
+    assert lines[0]["bytes-down"] == lines[0]["bytes-up"]  # MAE has no teacher to send
+    create_encoder("vit-tiny", str(encoder_file), 32)
+    assert not flwr_runs.exists() or not any(flwr_runs.iterdir())
