@@ -14,6 +14,7 @@ from omnirad.config import DECLARED, DEPLOYMENT, Config, ConfigError, load_confi
 from omnirad.data.sites import file_task
 from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 from omnirad.multitask import TASK_KEY, TaskMismatch, site_view, task_config
+from omnirad.ssl import PRETRAINED_KEY
 
 # Node-config keys that omnirad-client sets on a deployed SuperNode.
 SITE_ID, SITE_NAME, DATA_FILE, WEIGHTS, CACHE_DIR = "site-id", "site-name", "data-file", "model-weights", "cache-dir"
@@ -75,7 +76,7 @@ def with_pretrained_encoder(cfg: Config, instructions: ConfigRecord) -> Config:
     the pretrained encoder file, on the same disk: the site loads it instead of ``model.weights``.
     A deployed site keeps the file its operator configured; the fingerprint check refuses it
     until that is the federation's pretrained file."""
-    path = str(instructions.get("ssl-encoder", ""))
+    path = str(instructions.get(PRETRAINED_KEY, ""))
     if not path or cfg.data.dataset == DEPLOYMENT or path == cfg.model.weights:
         return cfg
     return load_config({**to_flat(cfg), "model.weights": path})

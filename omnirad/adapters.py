@@ -7,6 +7,7 @@ Normalisation layers are LayerNorm, not BatchNorm, so that DP-SGD (opacus) can t
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -54,6 +55,11 @@ def trainable_state(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict(
         (name, param.detach().cpu().clone()) for name, param in module.named_parameters() if param.requires_grad
     )
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """What tensors weigh in memory and on the wire: elements x element size."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor], optional: frozenset[str] = frozenset()) -> None:

@@ -305,6 +305,7 @@ def save_encoder(state: dict[str, torch.Tensor], path: str) -> None:
 # --- the federated version: what a site runs in one round, and what the server keeps -------------
 
 CENTER_KEY = "center"  # the DINO centre travels with the student's tensors and is averaged with them
+PRETRAINED_KEY = "ssl-encoder"  # simulation: the pretrained file's path, in the adapter phase's instructions
 
 
 def initial_states(objective: str, encoder_name: str, weights: str, image_size: int, seed: int,
@@ -384,10 +385,6 @@ def to_wire(state: dict[str, torch.Tensor], half: bool) -> dict[str, torch.Tenso
 def from_wire(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Received tensors back in float32 for training and averaging."""
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
-
-
-def state_bytes(state: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() * v.element_size() for v in state.values())
 
 
 def teacher_encoder(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor], objective: str

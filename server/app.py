@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from omnirad.adapters import trainable_state
+from omnirad.adapters import tensor_bytes, trainable_state
 from omnirad.config import DEPLOYMENT, NATURAL_SPLITS, SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
@@ -178,11 +178,11 @@ def main(grid: Grid, context: Context) -> None:
             "weights": cfg.model.weights or "random init",
             "adapter": cfg.model.adapter,
             "personalization": cfg.personalization.mode,
-            "adapter-parameter-bytes": sum(t.numel() * t.element_size() for t in initial.values()),
-            "local-parameter-bytes": sum(t.numel() * t.element_size() for k, t in model.named_parameters() if k in kept)
+            "adapter-parameter-bytes": tensor_bytes(initial.values()),
+            "local-parameter-bytes": tensor_bytes(t for k, t in model.named_parameters() if k in kept)
             if model is not None else 0,
             **(task_summary(groups, initial) if groups is not None else {}),
-            "encoder-parameter-bytes": sum(p.numel() * p.element_size() for p in encoder.parameters()),
+            "encoder-parameter-bytes": tensor_bytes(encoder.parameters()),
             "num-sites": cfg.data.num_sites,
             **({"spectral-bank-rows": len(bank)} if bank is not None else {}),
         },

@@ -4,13 +4,14 @@ build one adapter and one strategy per group, and score every group on its own t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from omnirad.adapters import trainable_state
+from omnirad.adapters import tensor_bytes, trainable_state
 from omnirad.config import DECLARED, SITS_OUT, Config, comma_list
 from omnirad.data.sites import task_info
 from omnirad.multitask import (
@@ -30,6 +31,8 @@ from server.run_folder import RunFolder
 from strategies.factory import build_strategy
 from strategies.multitask import SCORE, MultiTaskStrategy, RejectedReplies, add_score
 from strategies.observed import observed
+
+TASKS_FILE = "tasks.json"
 
 
 def collect_declarations(grid: Grid, timeout: float = 600.0) -> dict[int, tuple[int, TaskDeclaration | None]]:
@@ -92,6 +95,20 @@ def multitask_strategy(cfg: Config, folder: RunFolder, groups: dict[str, TaskGro
     return strategy
 
 
+def write_tasks(folder: Path, groups: dict[str, TaskGroup], shared_tensors: int) -> None:
+    """The run's task groups as ``tasks.json``: what each task is and which sites train it."""
+    report = {name: {"kind": g.spec.kind, "labels": list(g.spec.label_names), "sites": list(g.sites)}
+              for name, g in groups.items()}
+    (folder / TASKS_FILE).write_text(json.dumps({"groups": report, "shared-tensors": shared_tensors}, indent=1))
+
+
+def read_tasks(folder: Path) -> dict[str, TaskGroup]:
+    """A multi-task run folder's groups, as ``write_tasks`` kept them (node ids are not kept)."""
+    groups = json.loads((folder / TASKS_FILE).read_text())["groups"]
+    return {name: TaskGroup(name, TaskSpec(g["kind"], tuple(g["labels"])), (), tuple(g["sites"]))
+            for name, g in groups.items()}
+
+
 def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, TaskGroup], dict[str, torch.Tensor]]:
     """Ask every site, check and report the groups, keep them in the run folder (tasks.json), and
     return them with the initial global record."""
@@ -100,9 +117,7 @@ def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, 
         raise RuntimeError("task groups: no site declared a task (data.task-name in each site's file)")
     initial, shared = initial_record(cfg, groups)
     print(task_report(groups, shared, cfg.multitask.shared), flush=True)
-    report = {name: {"kind": g.spec.kind, "labels": list(g.spec.label_names), "sites": list(g.sites)}
-              for name, g in groups.items()}
-    (folder.path / "tasks.json").write_text(json.dumps({"groups": report, "shared-tensors": len(shared)}, indent=1))
+    write_tasks(folder.path, groups, len(shared))
     folder.track_tasks({name: g.spec.selection_metric for name, g in groups.items()}, SCORE,
                        {name: list(g.sites) for name, g in groups.items()})
     return groups, initial
@@ -112,5 +127,4 @@ def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, 
 def task_summary(groups: dict[str, TaskGroup], record: dict[str, torch.Tensor]) -> dict[str, Any]:
     """summary.json's multi-task keys: each task's sites and the bytes of what its sites exchange."""
     return {"tasks": {name: list(g.sites) for name, g in groups.items()},
-            "task-adapter-bytes": {name: sum(t.numel() * t.element_size() for t in group_view(record, name).values())
-                                   for name in groups}}
+            "task-adapter-bytes": {name: tensor_bytes(group_view(record, name).values()) for name in groups}}

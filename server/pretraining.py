@@ -22,15 +22,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from omnirad.adapters import tensor_bytes
 from omnirad.config import Config, ConfigError, load_config, to_flat
 from omnirad.encoders import weights_fingerprint
 from omnirad.ssl import (
+    PRETRAINED_KEY,
     DinoSettings,
     from_wire,
     initial_states,
     round_momentum,
     save_encoder,
-    state_bytes,
     teacher_encoder,
     to_wire,
     update_server_teacher,
@@ -38,7 +39,6 @@ from omnirad.ssl import (
 
 SSL_ACTION = "train.ssl"  # the ClientApp's @app.train("ssl") handler
 TEACHER_KEY = "teacher"  # the RecordDict entry holding the teacher's tensors
-PRETRAINED_KEY = "ssl-encoder"  # simulation: the pretrained file's path, in the adapter phase's instructions
 
 
 class SslFedAvg(FedAvg):
@@ -76,15 +76,16 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
     path.parent.mkdir(parents=True, exist_ok=True)
     log_path = path.with_suffix(".jsonl")
     min_sites = cfg.strategy.min_sites or cfg.data.num_sites
-    strategy = SslFedAvg(ArrayRecord(to_wire(teacher, s.half_precision)), fraction_train=cfg.strategy.fraction_train,
-                         min_train_nodes=min(min_sites, cfg.data.num_sites), min_available_nodes=min_sites)
+    strategy = SslFedAvg(ArrayRecord(), fraction_train=cfg.strategy.fraction_train, min_train_nodes=min_sites,
+                         min_available_nodes=min_sites)
     config = ConfigRecord({"ssl-rounds": s.rounds})
     print(f"SSL pretraining: {s.rounds} rounds of {s.objective} on the sites' images "
           f"({'float16' if s.half_precision else 'float32'} transfer); log {log_path}", flush=True)
     with log_path.open("w") as log:
         for server_round in range(1, s.rounds + 1):
             started = time.perf_counter()
-            sent_student = to_wire(student, s.half_precision)
+            sent_student, sent_teacher = to_wire(student, s.half_precision), to_wire(teacher, s.half_precision)
+            strategy.teacher = ArrayRecord(sent_teacher)
             messages = list(strategy.configure_train(server_round, ArrayRecord(sent_student), config, grid))
             replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
             aggregated, metrics = strategy.aggregate_train(server_round, replies)
@@ -95,16 +96,15 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
             momentum = round_momentum(server_round, s.rounds, local_steps, DinoSettings().teacher_momentum)
             if teacher:
                 teacher = update_server_teacher(teacher, student, momentum)
-                strategy.teacher = ArrayRecord(to_wire(teacher, s.half_precision))
             answered = sum(1 for reply in replies if not reply.has_error())
             line = {
                 "round": server_round, "sites": answered,
                 **{k: float(v) for k, v in (metrics or {}).items()},
                 "teacher-momentum": momentum if teacher else None,
-                "bytes-down": len(messages) * (state_bytes(sent_student) + state_bytes(to_wire(teacher, s.half_precision))),
-                "bytes-up": answered * state_bytes(sent_student),
-                "bytes-down-float32": len(messages) * (state_bytes(student) + state_bytes(teacher)),
-                "bytes-up-float32": answered * state_bytes(student),
+                "bytes-down": len(messages) * tensor_bytes([*sent_student.values(), *sent_teacher.values()]),
+                "bytes-up": answered * tensor_bytes(sent_student.values()),
+                "bytes-down-float32": len(messages) * tensor_bytes([*student.values(), *teacher.values()]),
+                "bytes-up-float32": answered * tensor_bytes(student.values()),
                 "seconds": time.perf_counter() - started,
             }
             log.write(json.dumps(line) + "\n")

@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix
 
-from omnirad.config import NATURAL_SPLITS, SITS_OUT, SPECTRAL, Config, comma_list, load_config
+from omnirad.config import NATURAL_SPLITS, SPECTRAL, Config, load_config
 from omnirad.data.sites import task_info
-from omnirad.multitask import group_view, is_multitask, task_config
+from omnirad.multitask import TaskGroup, group_view, is_multitask, task_config
 from omnirad.site import CentralEvaluator
-from omnirad.tasks import TaskSpec
+from server.multitask import read_tasks
 from server.plots import plot_confusion, plot_overlays, plot_site_bars
 
 OVERLAY_IMAGES = 6
@@ -77,18 +77,17 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
     return path.name, "final global model on the server's test set"
 
 
-def report_tasks(cfg: Config) -> dict[str, TaskSpec]:
-    """The run's task, or in a multi-task run each task (named as its metrics are prefixed)."""
+def report_tasks(cfg: Config, folder: Path) -> dict[str, TaskGroup]:
+    """The run's task (under the name ""), or in a multi-task run the groups the server formed."""
     if not is_multitask(cfg):
-        return {"": task_info(cfg)}
-    names = sorted({n for n in comma_list(cfg.multitask.site_tasks) if n != SITS_OUT})
-    return {f"{name}/": task_info(task_config(cfg, name)) for name in names}
+        return {"": TaskGroup("", task_info(cfg), (), ())}
+    return read_tasks(folder)
 
 
 def write_run_report(folder: Path) -> Path:
     cfg, rounds, summary = read_run(folder)
-    tasks = report_tasks(cfg)
-    metrics = [prefix + m for prefix, task in tasks.items() for m in task.headline_metrics]
+    tasks = report_tasks(cfg, folder)
+    metrics = [(f"{name}/" if name else "") + m for name, group in tasks.items() for m in group.spec.headline_metrics]
     last = rounds[-1]
     d, m = cfg.data, cfg.model
     lines = [f"# Run report: {folder.name}", "",
@@ -117,18 +116,17 @@ def write_run_report(folder: Path) -> Path:
         lines += [f"- round {r}: {reason}" for r, reasons in summary.get("rejected-updates", {}).items() for reason in reasons]
         lines.append("")
     per_site = {s: v.get("evaluate", {}) for s, v in last["sites"].items()}
-    members = summary.get("tasks", {})
     final = load_file(folder / "final_adapter.safetensors")
     plots = ["", "## Plots", "", "![metrics per round](curves.png)", ""]
-    for prefix, task in tasks.items():
-        name = prefix.rstrip("/")
-        sites = [s for s in sorted(per_site, key=int) if not name or int(s) in members.get(name, [])]
+    for name, group in tasks.items():
+        task = group.spec
+        sites = [s for s in sorted(per_site, key=int) if not name or int(s) in group.sites]
         lines += [f"## Sites (last round){': ' + name if name else ''}", ""]
         lines += metric_table({f"site {s}": per_site[s] for s in sites}, ["num-examples", *task.headline_metrics]) + [""]
         if any(per_site[s] for s in sites):
             plot_site_bars({s: per_site[s] for s in sites}, folder / f"{name}{'-' if name else ''}sites.png", task.selection_metric)
             plots += [f"![each site{' of ' + name if name else ''}]({name}{'-' if name else ''}sites.png)", ""]
-        task_cfg = task_config(cfg, name) if name else cfg
+        task_cfg = task_config(cfg, name, task) if name else cfg
         plot_file, caption = model_plot(task_cfg, folder, group_view(final, name) if name else final, f"{name}-" if name else "")
         plots += [f"![{name + ': ' if name else ''}{caption}]({plot_file})" if plot_file else f"({caption})", ""]
     if (folder / "partition.png").exists():

@@ -85,7 +85,7 @@ class MultiTaskStrategy(Strategy):
         messages, self.sat_out = [], set()
         for name, group in self.groups.items():
             group_grid, strategy = GroupGrid(grid, group.nodes), self.strategies[name]
-            connected, needed = len(group_grid.get_node_ids()), getattr(strategy, "min_available_nodes", 1)
+            connected, needed = len(group_grid.get_node_ids()), strategy.min_available_nodes
             if connected < needed:  # Flower would wait for them, and hold up every other task
                 log.warning("round %d: task %s has %d of the %d sites it needs connected: it sits this round out",
                             server_round, name, connected, needed)

@@ -132,7 +132,7 @@ def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     from omnirad.config import load_config, read_config_file
     from omnirad.data.sites import task_info
     from omnirad.multitask import TaskGroup, task_config
-    from server.multitask import initial_record, task_summary
+    from server.multitask import initial_record, task_summary, write_tasks
     from server.run_folder import RunFolder
     from simulations.report import write_run_report
     from strategies.multitask import SCORE
@@ -148,7 +148,8 @@ def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     folder.end_round(1, {"region/macro-f1": 0.25, "finding/macro-f1": 0.2, "lesions/dice": 0.5})
     groups = {name: TaskGroup(name, task_info(task_config(cfg, name)), sites, sites)
               for name, sites in {"finding": (2, 3), "lesions": (4, 5), "region": (0, 1)}.items()}
-    record, _ = initial_record(cfg, groups)
+    record, shared = initial_record(cfg, groups)
+    write_tasks(folder.path, groups, len(shared))
     summary = folder.finish(record, task_summary(groups, record))
     assert summary["final-worst-site"]["region/macro-f1"] == 0.3 and summary["final-worst-site"]["lesions/dice"] == 0.5
     text = write_run_report(folder.path).read_text()

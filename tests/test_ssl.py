@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from omnirad.adapters import tensor_bytes
 from omnirad.data import synthetic
 from omnirad.encoders import create_encoder
 from omnirad.ssl import (
@@ -129,7 +130,6 @@ from omnirad.ssl import (  # noqa: E402
     new_learner,
     round_momentum,
     site_round,
-    state_bytes,
     teacher_encoder,
     to_wire,
     update_server_teacher,
@@ -176,7 +176,7 @@ def test_half_precision_transfer_halves_the_bytes_and_comes_back_as_float32():
     state = {"w": torch.randn(10, 10), "i": torch.arange(3)}
     wire = to_wire(state, half=True)
     assert wire["w"].dtype == torch.float16 and wire["i"].dtype == torch.int64
-    assert state_bytes(wire) == 10 * 10 * 2 + 3 * 8 and to_wire(state, half=False) is state
+    assert tensor_bytes(wire.values()) == 10 * 10 * 2 + 3 * 8 and to_wire(state, half=False) is state
     back = from_wire(wire)
     assert back["w"].dtype == torch.float32 and torch.allclose(back["w"], state["w"], atol=1e-2)
 
