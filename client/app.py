@@ -12,13 +12,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.deployment import EncoderMismatch, check_encoder, check_task, site_of, with_pretrained_encoder
+from omnirad.broadcast import Broadcast
 from omnirad.config import Config
 from omnirad.faults import crash_if_due, misbehave
 from omnirad.logs import show_progress
 from omnirad.multitask import DECLARATION_KEY, TaskMismatch, declaration
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger
 from omnirad.site import get_site
-from omnirad.spectral import bank_from_config
 from omnirad.ssl import from_wire, site_round, to_wire
 
 app = ClientApp()
@@ -72,7 +72,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         new_state, metrics = site.fit(
             state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)), personal_state(context),
-            bank_from_config(config), ledger,
+            Broadcast.from_config(config), ledger,
         )
     except PrivacyBudgetSpent as spent:  # the strategy counts the error reply as a failure and goes on
         return Message(Error(code=BUDGET_SPENT, reason=str(spent)), reply_to=msg)
@@ -99,7 +99,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     last_round = int(config.get("server-round", 0)) == cfg.num_server_rounds
     finetune_epochs = cfg.personalization.finetune_epochs if last_round else 0
     metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), personal_state(context), finetune_epochs,
-                            bank_from_config(config))
+                            Broadcast.from_config(config))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -108,6 +108,15 @@ def spectral_prototypes(msg: Message, context: Context) -> Message:
     """This site's contribution to the spectral knowledge bank: a few centroids, never images."""
     site = get_site(*site_of(context))
     content = RecordDict({"arrays": ArrayRecord({"prototypes": site.spectral_prototypes()})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query("feature_moments")
+def feature_moments(msg: Message, context: Context) -> Message:
+    """Count, sum and sum of squares of this site's training features, for the pooled feature
+    standardisation (``model.standardise-features``); no single image's features leave."""
+    site = get_site(*site_of(context))
+    content = RecordDict({"arrays": ArrayRecord(site.feature_moments().to_arrays())})
     return Message(content=content, reply_to=msg)
 
 

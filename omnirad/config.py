@@ -86,6 +86,7 @@ class ModelConfig:
     decoder_width: int = 64  # decoder: channels after fusing the token layers
     decoder_layers: str = ""  # decoder: 1-based encoder blocks, e.g. "4,8,12"; empty: a third, two thirds, last
     feature_cache: bool = False  # keep encoded features on the site's disk across rounds and processes
+    standardise_features: bool = False  # linear/mlp: heads read features standardised with statistics pooled over all sites
     cache_dir: str = "~/.cache/omnirad-fl/features"
 
 
@@ -406,6 +407,8 @@ def validate(cfg: Config) -> None:
     layers = comma_list(m.decoder_layers)
     _require(all(x.isdigit() and int(x) >= 1 for x in layers), "model.decoder-layers", m.decoder_layers,
              "comma-separated 1-based encoder block numbers, e.g. 4,8,12, or empty")
+    if m.standardise_features:
+        _validate_standardisation(cfg)
     t = cfg.train
     _require(t.local_epochs >= 1, "train.local-epochs", t.local_epochs, ">= 1")
     _require(t.lr > 0, "train.lr", t.lr, "> 0")
@@ -488,6 +491,18 @@ def _validate_site_tasks(cfg: Config, names: list[str], key: str) -> None:
     _require(all(n in EMBEDDED_TASK_NAMES or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
              f"names among {', '.join(EMBEDDED_TASK_NAMES)}, or '{SITS_OUT}' for a site that sits the run out")
     _require(any(n != SITS_OUT for n in names), key, cfg.multitask.site_tasks, "at least one site with a task")
+
+
+def _validate_standardisation(cfg: Config) -> None:
+    key = "model.standardise-features"
+    _require(cfg.model.adapter in HEAD_NAMES, "model.adapter", cfg.model.adapter,
+             f"linear or mlp with {key}=true (the heads that read pooled features)")
+    _require(cfg.strategy.name != SPECTRAL, "strategy.name", cfg.strategy.name,
+             f"not spectral with {key}=true (spectral prompts change the features every step)")
+    _require(not cfg.privacy.dp, "privacy.dp", cfg.privacy.dp,
+             f"false with {key}=true: the feature moments a site sends are not differentially private")
+    _require(not cfg.multitask.site_tasks, "multitask.site-tasks", cfg.multitask.site_tasks,
+             f"empty with {key}=true (not supported in a multi-task run yet)")
 
 
 def _validate_ssl(s: SslConfig) -> None:

@@ -21,6 +21,7 @@ from omnirad.encoders import FrozenEncoder
 from omnirad.feature_cache import cached_features
 from omnirad.finetune import ImageClassifier, ImageSegmenter, LoraSettings
 from omnirad.spectral import SpectralPromptClassifier
+from omnirad.standardise import StandardisedHead
 from omnirad.training import encode
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ def build_model(cfg: Config, encoder: FrozenEncoder) -> nn.Module:
         if INPUTS[m.adapter] == IMAGES:
             head = create_adapter(m.head, encoder.num_features, task.num_outputs, m.hidden_dim)
             return ImageClassifier(encoder, head, lora_settings(cfg) if m.adapter == "lora" else None)
-        return create_adapter(m.adapter, encoder.num_features, task.num_outputs, m.hidden_dim)
+        head = create_adapter(m.adapter, encoder.num_features, task.num_outputs, m.hidden_dim)
+        return StandardisedHead(head, encoder.num_features) if m.standardise_features else head
 
 
 def model_inputs(cfg: Config, encoder: FrozenEncoder, images: np.ndarray, desc: str, use_cache: bool = True) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from omnirad.adapters import load_trainable_state, trainable_state
+from omnirad.broadcast import Broadcast
 from omnirad.config import Config, to_yaml
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import FrozenEncoder, create_encoder
@@ -24,6 +25,7 @@ from omnirad.models import build_model, model_inputs
 from omnirad.personalization import local_keys
 from omnirad.privacy import PrivacyLedger, check_budget, round_plan, train_private
 from omnirad.spectral import alignment_weight, site_prototypes
+from omnirad.standardise import FeatureMoments
 from omnirad.training import evaluate_model, predict, train_model
 
 
@@ -37,13 +39,11 @@ def encoder_for(cfg: Config) -> FrozenEncoder:
     return shared_encoder(cfg.model.encoder, cfg.model.weights, cfg.data.size)
 
 
-def new_model(cfg: Config, bank: torch.Tensor | None = None) -> nn.Module:
-    """The configured model, freshly initialised and identical in every participant; with the
-    spectral knowledge bank when ``strategy.name=spectral``."""
+def new_model(cfg: Config, broadcast: Broadcast | None = None) -> nn.Module:
+    """The configured model, freshly initialised and identical in every participant; with what the
+    server broadcasts (the spectral bank, the feature standardisation) set on it."""
     model = build_model(cfg, encoder_for(cfg))
-    if bank is not None:
-        model.set_bank(bank)
-    return model
+    return broadcast.apply(model) if broadcast is not None else model
 
 
 def kept_at_sites(cfg: Config, model: nn.Module | None = None) -> frozenset[str]:
@@ -92,15 +92,19 @@ class LocalSite:
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
         self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
 
+    def feature_moments(self) -> FeatureMoments:
+        """What this site contributes to the feature standardisation: moments of its training features."""
+        return FeatureMoments.of(self.train_set.inputs)
+
     def spectral_prototypes(self) -> torch.Tensor:
-        """What this site contributes to the spectral knowledge bank (its only non-adapter upload)."""
+        """What this site contributes to the spectral knowledge bank: a few centroids of its images' spectra."""
         s = self.cfg.spectral
         return site_prototypes(self.train_set.data.images, s.frequency_size, s.prototypes, self.cfg.run.seed)
 
     def model_from(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None,
-                   bank: torch.Tensor | None = None) -> nn.Module:
+                   broadcast: Broadcast | None = None) -> nn.Module:
         """The configured model holding ``state`` and this site's ``personal`` tensors."""
-        model = new_model(self.cfg, bank)
+        model = new_model(self.cfg, broadcast)
         load_trainable_state(model, {**state, **(personal or {})}, optional=self.local_keys)
         return model
 
@@ -116,14 +120,15 @@ class LocalSite:
         )
 
     def fit(self, state: dict[str, torch.Tensor], server_round: int, proximal_mu: float = 0.0,
-            personal: dict[str, torch.Tensor] | None = None, bank: torch.Tensor | None = None,
+            personal: dict[str, torch.Tensor] | None = None, broadcast: Broadcast | None = None,
             ledger: PrivacyLedger | None = None) -> tuple[OrderedDict, dict[str, float]]:
         """Local epochs from the given state (with FedProx's term when ``proximal_mu`` > 0, scaled by
-        the site's spectral distance from the ``bank`` under spectral alignment; with DP-SGD under
+        the site's spectral distance from the broadcast bank under spectral alignment; with DP-SGD under
         ``privacy.dp``, accounted in ``ledger``); returns the new trainable state, local tensors
         included, and training metrics. Raises ``PrivacyBudgetSpent`` before training when the
         round would exceed the site's budget."""
-        model = self.model_from(state, personal, bank)
+        model = self.model_from(state, personal, broadcast)
+        bank = broadcast.bank if broadcast is not None else None
         extra: dict[str, float] = {}
         if self.cfg.privacy.dp:
             ledger = ledger if ledger is not None else PrivacyLedger()
@@ -146,11 +151,11 @@ class LocalSite:
         return trainable_state(model), metrics
 
     def evaluate(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None,
-                 finetune_epochs: int = 0, bank: torch.Tensor | None = None) -> dict[str, float]:
+                 finetune_epochs: int = 0, broadcast: Broadcast | None = None) -> dict[str, float]:
         """Metrics on this site's validation split of the given state (with the site's own local
         tensors under personalization) and, with ``finetune_epochs``, of a copy fine-tuned on the
         site's training split first (``finetuned-*``: the local fine-tuning baseline)."""
-        model = self.model_from(state, personal, bank)
+        model = self.model_from(state, personal, broadcast)
         metrics = wire_keys(evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task))
         if finetune_epochs > 0:
             self.train(model, finetune_epochs, server_round=self.cfg.num_server_rounds + 1)
@@ -195,8 +200,8 @@ class CentralEvaluator:
     relies on federated validation. Under FedBN the global model has the initial normalisation.
     """
 
-    def __init__(self, cfg: Config, bank: torch.Tensor | None = None) -> None:
-        self.cfg, self.bank = cfg, bank
+    def __init__(self, cfg: Config, broadcast: Broadcast | None = None) -> None:
+        self.cfg, self.broadcast = cfg, broadcast
         test = None if cfg.personalization.mode == "fedper" else server_test_set(cfg)
         self.test = None if test is None else ModelInputs(cfg, test, "server test set")
         self.local_keys = kept_at_sites(cfg)
@@ -207,7 +212,7 @@ class CentralEvaluator:
         return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg)))
 
     def model(self, state: dict[str, torch.Tensor]) -> nn.Module:
-        model = new_model(self.cfg, self.bank)
+        model = new_model(self.cfg, self.broadcast)
         load_trainable_state(model, state, optional=self.local_keys)
         return model
 

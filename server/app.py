@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from omnirad.adapters import tensor_bytes, trainable_state
+from omnirad.broadcast import Broadcast
 from omnirad.config import DEPLOYMENT, NATURAL_SPLITS, SPECTRAL, Config, ConfigError, load_config
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
@@ -19,12 +20,12 @@ from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
 from omnirad.logs import show_progress
 from omnirad.multitask import is_multitask
 from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
-from omnirad.spectral import bank_to_config
 from server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
 from server.multitask import MultiTaskEvaluator, multitask_strategy, start_groups, task_summary
 from server.pretraining import pretrain_encoder, pretrained_instructions
 from server.run_folder import RunFolder, best_round
 from strategies import build_strategy
+from strategies.site_queries import collect_standardisation
 from strategies.spectral_bank import collect_spectral_bank
 
 app = ServerApp()
@@ -116,6 +117,21 @@ def resumable(cfg: Config, kept: frozenset[str]) -> tuple[Path, Checkpoint]:
     return folder, load_checkpoint(folder)
 
 
+def gather_broadcast(grid: Grid, cfg: Config, folder: RunFolder) -> Broadcast:
+    """What the configured model needs from every site before round 1: the spectral bank, the
+    pooled feature standardisation (written to the run folder: the final head needs it)."""
+    bank = standardisation = None
+    if cfg.strategy.name == SPECTRAL:
+        bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
+        print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
+    if cfg.model.standardise_features:
+        standardisation, images = collect_standardisation(grid)
+        folder.write_standardisation(standardisation)
+        print(f"Feature standardisation: mean and std of {standardisation.mean.numel()} feature dimensions pooled "
+              f"over {images} training images of {len(grid.get_node_ids())} sites", flush=True)
+    return Broadcast(bank, standardisation)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
@@ -146,16 +162,13 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.personalization.mode == "fedper":
         print("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
               "to score on the server's test set; the sites' validation metrics are the result", flush=True)
-    bank = None
-    if cfg.strategy.name == SPECTRAL:
-        bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
-        print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
-    instructions = ConfigRecord({**site_instructions(cfg), **(bank_to_config(bank) if bank is not None else {})})
+    broadcast = gather_broadcast(grid, cfg, folder)
+    instructions = ConfigRecord({**site_instructions(cfg), **broadcast.to_config()})
     if groups is not None:
         round_end = RoundEnd(MultiTaskEvaluator(cfg, groups), folder, done_rounds)
         strategy = multitask_strategy(cfg, folder, groups)
     else:
-        round_end = RoundEnd(CentralEvaluator(cfg, bank), folder, done_rounds)
+        round_end = RoundEnd(CentralEvaluator(cfg, broadcast), folder, done_rounds)
         strategy = build_strategy(cfg, folder, done_rounds)
     if checkpoint is not None:
         restore_strategy_state(aggregating_strategy(strategy), checkpoint.strategy_state)
@@ -184,7 +197,8 @@ def main(grid: Grid, context: Context) -> None:
             **(task_summary(groups, initial) if groups is not None else {}),
             "encoder-parameter-bytes": tensor_bytes(encoder.parameters()),
             "num-sites": cfg.data.num_sites,
-            **({"spectral-bank-rows": len(bank)} if bank is not None else {}),
+            **({"spectral-bank-rows": len(broadcast.bank)} if broadcast.bank is not None else {}),
+            "standardise-features": broadcast.standardisation is not None,
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from omnirad.adapters import tensor_bytes, trainable_state
@@ -31,6 +30,7 @@ from server.run_folder import RunFolder
 from strategies.factory import build_strategy
 from strategies.multitask import SCORE, MultiTaskStrategy, RejectedReplies, add_score
 from strategies.observed import observed
+from strategies.site_queries import ask_every_site
 
 TASKS_FILE = "tasks.json"
 
@@ -38,16 +38,9 @@ TASKS_FILE = "tasks.json"
 def collect_declarations(grid: Grid, timeout: float = 600.0) -> dict[int, tuple[int, TaskDeclaration | None]]:
     """``{node: (site, declaration)}`` from one ``query.task`` message per connected site; raises
     ``RuntimeError`` naming the node when a site does not answer (the groups would be wrong)."""
-    nodes = sorted(grid.get_node_ids())
-    messages = [Message(content=RecordDict(), dst_node_id=node, message_type="query.task") for node in nodes]
-    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
     declared = {}
-    for node in nodes:
-        reply = replies.get(node)
-        if reply is None or reply.has_error():
-            raise RuntimeError(f"task groups: node {node} did not say what it trains "
-                               f"({'no reply' if reply is None else reply.error.reason})")
-        record = reply.content[DECLARATION_KEY]
+    for node, content in ask_every_site(grid, "task", "task groups", timeout).items():
+        record = content[DECLARATION_KEY]
         found = TaskDeclaration.from_record(dict(record)) if "task" in record else None
         declared[node] = (int(record["site-id"]), found)
     return declared

@@ -7,6 +7,7 @@
                                   per-site metrics, bytes up and down, seconds
         summary.json              final and best metrics, totals, peak memory
         final_adapter.safetensors best_adapter.safetensors   adapter checkpoints
+        feature-standardisation.safetensors   model.standardise-features: the mean and std the heads read with
         partition.json, .png      each site's sample count and label histogram
         curves.png                metrics per round
 """
@@ -25,12 +26,14 @@ from typing import Any
 import torch
 from flwr.app import Message, MetricRecord
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from omnirad.broadcast import Broadcast
 from omnirad.config import Config, ConfigError, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
 from omnirad.site import peak_rss_mb
+from omnirad.standardise import Standardisation
 from omnirad.tasks import TaskSpec
 from server.plots import plot_curves
 
@@ -47,6 +50,16 @@ class RoundRecord:
     failures: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     aggregated: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+STANDARDISATION_FILE = "feature-standardisation.safetensors"
+
+
+def read_broadcast(folder: Path) -> Broadcast:
+    """What a finished run's global model needs besides its adapter tensors (the feature
+    standardisation when the run used it; a spectral run's bank is not kept)."""
+    path = folder / STANDARDISATION_FILE
+    return Broadcast(standardisation=Standardisation.from_arrays(load_file(path)) if path.exists() else None)
 
 
 def _metrics(record: MetricRecord | None) -> dict[str, float]:
@@ -113,6 +126,10 @@ class RunFolder:
     def save_best(self, state: dict[str, torch.Tensor]) -> None:
         """The adapter of the best round so far (by federated validation), kept as it happens."""
         save_file({k: v.contiguous() for k, v in state.items()}, self.path / "best_adapter.safetensors")
+
+    def write_standardisation(self, standardisation: Standardisation) -> None:
+        """The pooled feature statistics: with them, and only with them, the saved heads can be used."""
+        save_file(standardisation.to_arrays(), self.path / STANDARDISATION_FILE)
 
     def write_partition(self, report: dict[str, Any]) -> None:
         """Print who holds what and keep it as partition.json and partition.png."""

@@ -10,7 +10,9 @@ same initialisation and recipe as in a federated run. Usage:
         [--seeds 0 1 2] [--epochs 30] [key=value ...]
     python -m simulations.central_baselines data.task=segmentation model.adapter=decoder --epochs 20 --seeds 0
 
-Config keys (``data.size=64 model.encoder='vit-tiny'``) select data and encoder as in a run.
+Config keys (``data.size=64 model.encoder='vit-tiny'``) select data and encoder as in a run;
+``model.standardise-features=true`` standardises the heads' features with the pooled training
+images' statistics, as a federated run does with every site's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.metrics import classification_metrics
 from omnirad.models import model_inputs
 from omnirad.site import encoder_for, new_model, wire_keys
+from omnirad.standardise import FeatureMoments, Standardisation, StandardisedHead
 from omnirad.training import encode, evaluate_model, images_to_tensor, train_model
 
 
@@ -93,6 +96,9 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed:
     torch.manual_seed(seed)
     task = task_info(cfg)
     head = create_adapter(adapter, train_x.shape[1], task.num_outputs, cfg.model.hidden_dim)
+    if cfg.model.standardise_features:  # as in a federated run, with the pooled images' statistics
+        head = StandardisedHead(head, train_x.shape[1])
+        head.set_standardisation(Standardisation.from_moments(FeatureMoments.of(train_x)))
     train_model(head, train_x, train_y, task, epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, seed)
     metrics = evaluate_model(head, test_x, test_y, task)
     metrics.pop("loss")

@@ -29,6 +29,7 @@ from omnirad.multitask import TaskGroup, group_view, is_multitask, task_config
 from omnirad.site import CentralEvaluator
 from server.multitask import read_tasks
 from server.plots import plot_confusion, plot_overlays, plot_site_bars
+from server.run_folder import read_broadcast
 
 OVERLAY_IMAGES = 6
 
@@ -56,7 +57,7 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
     """The confusion matrix or mask overlays of the ``final`` global model; (file, caption) or a reason."""
     if cfg.personalization.mode == "fedper" or cfg.strategy.name == SPECTRAL:
         return "", "no single global model to plot (FedPer keeps heads at the sites; spectral prompts need the bank)"
-    evaluator = CentralEvaluator(cfg)
+    evaluator = CentralEvaluator(cfg, read_broadcast(folder))
     if evaluator.test is None:
         return "", "no server test set (data.test-file is empty)"
     task = task_info(cfg)

@@ -8,8 +8,9 @@ message per site before the first round and then rides on every round's instruct
 from __future__ import annotations
 
 import torch
-from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+
+from strategies.site_queries import ask_every_site
 
 
 def collect_spectral_bank(grid: Grid, embedding_size: int, timeout: float = 600.0) -> torch.Tensor:
@@ -18,16 +19,9 @@ def collect_spectral_bank(grid: Grid, embedding_size: int, timeout: float = 600.
     Raises ``RuntimeError`` naming the site when a reply is missing, failed, or is not a finite
     (rows, ``embedding_size``) array: a bad bank would silently steer every site's prompts.
     """
-    nodes = sorted(grid.get_node_ids())
-    messages = [Message(content=RecordDict(), dst_node_id=node, message_type="query.spectral") for node in nodes]
-    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
     parts = []
-    for node in nodes:
-        reply = replies.get(node)
-        if reply is None or reply.has_error():
-            reason = "no reply" if reply is None else reply.error.reason
-            raise RuntimeError(f"spectral bank: node {node} sent no centroids ({reason})")
-        arrays = reply.content.get("arrays")
+    for node, content in ask_every_site(grid, "spectral", "spectral bank", timeout).items():
+        arrays = content.get("arrays")
         if arrays is None or "prototypes" not in arrays:
             raise RuntimeError(f"spectral bank: node {node} replied without 'prototypes'")
         centroids = torch.from_numpy(arrays["prototypes"].numpy())

@@ -5,19 +5,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from omnirad.encoders import create_encoder, weights_fingerprint
+from simulations.report import write_run_report
 from tests.test_e2e_flwr_run import run_federation
 
 pytestmark = pytest.mark.slow
 
 
-def test_one_tiny_pretraining_round_then_adapters_on_the_pretrained_encoder(tmp_path):
+def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_encoder(tmp_path):
     encoder_file = tmp_path / "ssl-encoder.safetensors"
     folder = run_federation(tmp_path, 2, f"ssl.rounds=1 ssl.objective='dino' ssl.half-precision=true "
                                          f"ssl.batch-size=16 ssl.save-encoder='{encoder_file}' num-server-rounds=1 "
                                          "data.num-train=64 data.num-test=32 data.size=32 model.adapter='linear' "
-                                         "train.local-epochs=1")
+                                         "model.standardise-features=true train.local-epochs=1")
     (line,) = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
     assert line["round"] == 1 and line["sites"] == 2 and line["loss"] > 0 and line["images"] > 0
     # float16 both ways: half the float32 bytes (the integer-free ViT and heads), student and teacher down
@@ -32,6 +34,11 @@ def test_one_tiny_pretraining_round_then_adapters_on_the_pretrained_encoder(tmp_
     assert set(summary["sites-per-round"]["1"]) == {"0", "1"} and not summary.get("failures")
     assert f"model.weights: {encoder_file}" in (folder / "config.yaml").read_text()
     assert weights_fingerprint(str(encoder_file)) != "random-init"
+    # the probe read features standardised with statistics pooled from both sites, kept for the final head
+    assert summary["standardise-features"] is True
+    pooled = load_file(folder / "feature-standardisation.safetensors")
+    assert pooled["mean"].shape == pooled["std"].shape == (pretrained.num_features,) and (pooled["std"] > 0).all()
+    assert "confusion.png" in write_run_report(folder).read_text()  # the final head scores again from the folder
 
 
 def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path):

@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, Error, Message, RecordDict
 
 from omnirad.adapters import trainable_state
+from omnirad.broadcast import Broadcast
 from omnirad.config import ConfigError, load_config
 from omnirad.data.sites import pooled_train
 from omnirad.personalization import local_keys
@@ -63,7 +64,7 @@ def test_prompted_model_trains_prompts_and_head_only_and_keeps_the_suffix_local(
     site = get_site(cfg, 0)
     bank = site.spectral_prototypes()
     bank = torch.cat([bank, get_site(cfg, 1).spectral_prototypes()])
-    model = new_model(cfg, bank)
+    model = new_model(cfg, Broadcast(bank))
     state = trainable_state(model)
     assert {k.split(".")[0] for k in state} == {"prior_to_tokens", "suffix", "head"}  # the encoder stays frozen
     assert local_keys(model, "none", "mlp") == {"suffix"}
@@ -74,18 +75,18 @@ def test_prompted_model_trains_prompts_and_head_only_and_keeps_the_suffix_local(
     assert model.prior_to_tokens.weight.grad.abs().sum() > 0 and model.suffix.grad.abs().sum() > 0
 
     shared = {k: v for k, v in state.items() if k not in site.local_keys}
-    new_state, metrics = site.fit(shared, server_round=1, proximal_mu=0.1, bank=bank)
+    new_state, metrics = site.fit(shared, server_round=1, proximal_mu=0.1, broadcast=Broadcast(bank))
     assert metrics["alignment-weight"] == pytest.approx(alignment_weight(site.train_set.data.images, bank, 8))
     assert 1.0 <= metrics["alignment-weight"] <= 2.0
     assert not torch.equal(new_state["prior_to_tokens.weight"], state["prior_to_tokens.weight"])
-    assert "accuracy" in site.evaluate(shared, {"suffix": new_state["suffix"]}, bank=bank)
+    assert "accuracy" in site.evaluate(shared, {"suffix": new_state["suffix"]}, broadcast=Broadcast(bank))
 
 
 def test_retrieval_finds_an_images_own_spectrum_first():
     cfg = load_config(SPECTRAL)
     images = get_site(cfg, 0).train_set.inputs[:8]
     bank = spectral_embeddings(images, 8)
-    model = new_model(cfg, torch.cat([bank, -bank]))
+    model = new_model(cfg, Broadcast(torch.cat([bank, -bank])))
     prefix = model.prefix_tokens(images)
     assert torch.allclose(prefix[:, 0], model.prior_to_tokens(bank), atol=1e-5)
 

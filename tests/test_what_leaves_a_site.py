@@ -16,6 +16,7 @@ from omnirad.adapters import trainable_state
 from omnirad.config import load_config
 from omnirad.site import get_site, new_model
 from omnirad.spectral import bank_to_config
+from omnirad.standardise import FeatureMoments, Standardisation
 
 SMALL = {"data.num-train": 160, "data.num-test": 40, "data.size": 32, "data.num-sites": 2,
          "train.local-epochs": 1, "num-server-rounds": 1}
@@ -27,6 +28,7 @@ SETUPS = {
     "fedbn": {"strategy.name": "fedbn"},
     "fedper, fine-tuning": {"strategy.name": "fedper", "personalization.finetune-epochs": 1},
     "spectral": {"strategy.name": "spectral", "data.partition": "modality"},
+    "standardised linear head": {"model.adapter": "linear", "model.standardise-features": True},
 }
 
 
@@ -57,6 +59,14 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup):
         assert prototypes.shape[1] == cfg.spectral.frequency_size ** 2 and prototypes.shape[0] <= cfg.spectral.prototypes
         bank = torch.from_numpy(prototypes.numpy())
         config = ConfigRecord({**config, **bank_to_config(torch.cat([bank, bank]))})
+    if cfg.model.standardise_features:  # moments, not features: a count and two vectors of the feature width
+        query = client_app.feature_moments(instruction("query.feature_moments", RecordDict()), context)
+        assert set(query.content) == {"arrays"}
+        arrays = {k: torch.from_numpy(v.numpy()) for k, v in query.content["arrays"].items()}
+        width = site.train_set.inputs.shape[1]
+        assert {k: tuple(v.shape) for k, v in arrays.items()} == {"count": (1,), "total": (width,), "squares": (width,)}
+        standardisation = Standardisation.from_moments(FeatureMoments.from_arrays(arrays, "site 0"))
+        config = ConfigRecord({**config, **standardisation.to_config()})
 
     reply = client_app.train(instruction("train", RecordDict({"arrays": ArrayRecord(shared), "config": config})), context)
     assert set(reply.content) == {"arrays", "metrics"}
