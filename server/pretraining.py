@@ -109,7 +109,9 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
             }
             log.write(json.dumps(line) + "\n")
             log.flush()
+            # sequential steps per site decide what the averaged encoder learns (docs/ssl.md): say them
             print(f"SSL round {server_round}/{s.rounds}: loss {line.get('loss', float('nan')):.4f}, "
+                  f"{local_steps:.0f} steps per site (about {local_steps * s.rounds:.0f} in all at this pace), "
                   f"{line['bytes-down'] / 1e6:.1f} MB down, {line['bytes-up'] / 1e6:.1f} MB up, "
                   f"{line['seconds']:.0f} s", flush=True)
     save_encoder(teacher_encoder(teacher, student, s.objective), str(path))
