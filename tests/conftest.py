@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 # Before anything imports huggingface_hub (it reads these once): never touch the network.
@@ -20,6 +20,26 @@ class FakeGrid:
 
     def get_node_ids(self):
         return list(range(100, 100 + self.num_nodes))
+
+
+class QueryGrid:
+    """A grid whose sites answer one ``query.<action>`` message each: with the given content, or
+    (``None``) with an error, as a crashed site would."""
+
+    def __init__(self, action: str, answers: dict[int, RecordDict | None]) -> None:
+        self.action, self.answers = action, answers
+
+    def get_node_ids(self):
+        return list(self.answers)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            assert msg.metadata.message_type == f"query.{self.action}"
+            answer = self.answers[msg.metadata.dst_node_id]
+            replies.append(Message(Error(code=0, reason="site crashed"), reply_to=msg) if answer is None
+                           else Message(answer, reply_to=msg))
+        return replies
 
 
 @pytest.fixture

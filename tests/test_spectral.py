@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, Message, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
@@ -21,6 +21,7 @@ from omnirad.spectral import (
 )
 from omnirad.training import images_to_tensor
 from strategies.spectral_bank import collect_spectral_bank
+from tests.conftest import QueryGrid
 
 SPECTRAL = {"strategy.name": "spectral", "data.size": 32, "data.num-train": 240, "data.num-test": 60,
             "data.num-sites": 2, "data.partition": "modality", "train.local-epochs": 1}
@@ -101,34 +102,19 @@ def test_spectral_needs_a_head_adapter_and_a_feasible_top_k():
     assert load_config({"data.num-sites": 1}).spectral.top_k == 2  # unused without strategy.name=spectral
 
 
-class ReplyingGrid:
-    """A grid whose sites answer the bank query with the given arrays (or an error)."""
-
-    def __init__(self, answers: dict[int, torch.Tensor | None]) -> None:
-        self.answers = answers
-
-    def get_node_ids(self):
-        return list(self.answers)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            answer = self.answers[msg.metadata.dst_node_id]
-            assert msg.metadata.message_type == "query.spectral"
-            if answer is None:
-                replies.append(Message(Error(code=0, reason="site crashed"), reply_to=msg))
-            else:
-                replies.append(Message(RecordDict({"arrays": ArrayRecord({"prototypes": answer})}), reply_to=msg))
-        return replies
+def bank_grid(answers: dict[int, torch.Tensor | None]) -> QueryGrid:
+    """Sites that answer the bank query with these centroids (None: an error)."""
+    return QueryGrid("spectral", {node: None if t is None else RecordDict({"arrays": ArrayRecord({"prototypes": t})})
+                                  for node, t in answers.items()})
 
 
 @pytest.mark.usefixtures("task_identity")
 def test_the_server_stacks_every_sites_centroids_and_refuses_a_bad_one():
     good = {1: torch.ones(2, 4), 2: torch.zeros(3, 4)}
-    assert collect_spectral_bank(ReplyingGrid(good), 4).shape == (5, 4)
+    assert collect_spectral_bank(bank_grid(good), 4).shape == (5, 4)
     with pytest.raises(RuntimeError, match="node 2 sent centroids of shape"):
-        collect_spectral_bank(ReplyingGrid({1: torch.ones(2, 4), 2: torch.ones(2, 5)}), 4)
+        collect_spectral_bank(bank_grid({1: torch.ones(2, 4), 2: torch.ones(2, 5)}), 4)
     with pytest.raises(RuntimeError, match="node 2 .*site crashed"):
-        collect_spectral_bank(ReplyingGrid({1: torch.ones(2, 4), 2: None}), 4)
+        collect_spectral_bank(bank_grid({1: torch.ones(2, 4), 2: None}), 4)
     with pytest.raises(RuntimeError, match="node 1"):
-        collect_spectral_bank(ReplyingGrid({1: torch.full((2, 4), float("nan"))}), 4)
+        collect_spectral_bank(bank_grid({1: torch.full((2, 4), float("nan"))}), 4)

@@ -3,7 +3,7 @@ query, and the configuration checks."""
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
@@ -11,6 +11,7 @@ from omnirad.config import ConfigError, load_config
 from omnirad.site import new_model
 from omnirad.standardise import FeatureMoments, Standardisation, StandardisedHead
 from strategies.site_queries import collect_standardisation
+from tests.conftest import QueryGrid
 
 
 def test_pooled_moments_give_the_mean_and_std_of_all_sites_features_together():
@@ -67,37 +68,22 @@ def test_the_standardisation_survives_a_flower_config_record_with_the_bank():
     assert Broadcast.from_config({}) == Broadcast()
 
 
-class MomentsGrid:
-    """A grid whose sites answer the feature-moments query with the given features' moments (or an error)."""
-
-    def __init__(self, answers: dict[int, torch.Tensor | None]) -> None:
-        self.answers = answers
-
-    def get_node_ids(self):
-        return list(self.answers)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            assert msg.metadata.message_type == "query.feature_moments"
-            features = self.answers[msg.metadata.dst_node_id]
-            if features is None:
-                replies.append(Message(Error(code=0, reason="site crashed"), reply_to=msg))
-            else:
-                arrays = ArrayRecord(FeatureMoments.of(features).to_arrays())
-                replies.append(Message(RecordDict({"arrays": arrays}), reply_to=msg))
-        return replies
+def moments_grid(answers: dict[int, torch.Tensor | None]) -> QueryGrid:
+    """Sites that answer the feature-moments query with these features' moments (None: an error)."""
+    return QueryGrid("feature_moments", {
+        node: None if f is None else RecordDict({"arrays": ArrayRecord(FeatureMoments.of(f).to_arrays())})
+        for node, f in answers.items()})
 
 
 @pytest.mark.usefixtures("task_identity")
 def test_the_server_pools_every_sites_moments_and_names_a_site_that_fails():
     a, b = torch.randn(30, 4) + 1, torch.randn(10, 4) * 2
-    stats, images = collect_standardisation(MomentsGrid({1: a, 2: b}))
+    stats, images = collect_standardisation(moments_grid({1: a, 2: b}))
     assert images == 40 and torch.allclose(stats.mean, torch.cat([a, b]).mean(0), atol=1e-5)
     with pytest.raises(RuntimeError, match="feature standardisation: node 2 did not answer.*site crashed"):
-        collect_standardisation(MomentsGrid({1: a, 2: None}))
+        collect_standardisation(moments_grid({1: a, 2: None}))
     with pytest.raises(RuntimeError, match="node 2.*2 and 4 dimensions|node 2"):
-        collect_standardisation(MomentsGrid({1: a, 2: torch.randn(5, 2)}))
+        collect_standardisation(moments_grid({1: a, 2: torch.randn(5, 2)}))
 
 
 @pytest.mark.parametrize("setting, named", [
