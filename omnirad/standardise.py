@@ -2,9 +2,9 @@
 
 A frozen ViT's pooled features have per-dimension offsets and scales that differ by encoder; a
 head trained on them for a few federated rounds converges slowly and ranks encoders by how well
-conditioned their features are, not by what they separate. SSL papers therefore probe on
-standardised features (MAE and DINO put a BatchNorm without affine parameters before the linear
-probe). A BatchNorm's running statistics would stay at each site (they are not parameters), so
+conditioned their features are, not by what they separate. SSL evaluations therefore probe
+standardised features (MAE puts a BatchNorm without affine parameters before its linear probe;
+scikit-learn probes z-score first). A BatchNorm's running statistics would stay at each site (they are not parameters), so
 here the statistics are computed once, before round 1: each site sends the count, sum and sum of
 squares of its training features (``FeatureMoments``), the server pools them exactly into one mean
 and standard deviation (``Standardisation``), and these ride on every round's instructions, like
