@@ -11,6 +11,9 @@ Both train for as many epochs as a site does in the federated run (rounds x loca
 same recipe, and report the rows ``simulations.sweep`` tabulates: ``global`` (server test set),
 ``worst-site`` (the lowest site-validation value) and ``personalized`` (site-validation mean,
 weighted by validation images, as Flower weights the federated one).
+
+Under ``model.standardise-features`` the pooled model reads features standardised with every
+site's statistics (what the federation broadcasts), a site alone with its own.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import numpy as np
 import torch
 
 from omnirad.adapters import trainable_state
+from omnirad.broadcast import Broadcast
 from omnirad.config import Config
-from omnirad.site import CentralEvaluator, get_site, new_model
+from omnirad.site import CentralEvaluator, LocalSite, get_site, new_model
+from omnirad.standardise import Standardisation
 from omnirad.training import train_model
 from server.run_folder import worst_of
 
@@ -36,28 +41,39 @@ def weighted_mean(per_site: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.average([m[k] for m in per_site], weights=weights)) for k in names}
 
 
+def standardised_by(cfg: Config, sites: list[LocalSite]) -> Broadcast | None:
+    """The feature standardisation these sites' statistics give, when the configuration asks for it."""
+    if not cfg.model.standardise_features:
+        return None
+    moments = [site.feature_moments() for site in sites]
+    return Broadcast(standardisation=Standardisation.from_moments(sum(moments[1:], moments[0])))
+
+
 def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     """The configured model trained centrally on every site's training split together."""
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
     inputs = torch.cat([s.train_set.inputs for s in sites])
     labels = np.concatenate([s.train_set.labels for s in sites])
-    model, t = new_model(cfg), cfg.train
+    broadcast, t = standardised_by(cfg, sites), cfg.train
+    model = new_model(cfg, broadcast)
     train_model(model, inputs, labels, sites[0].task, federated_epochs(cfg), t.lr, t.batch_size, t.weight_decay, cfg.run.seed)
     state = trainable_state(model)
-    return {"global": CentralEvaluator(cfg)(state), "worst-site": worst_of([s.evaluate(state) for s in sites]),
+    return {"global": CentralEvaluator(cfg, broadcast)(state),
+            "worst-site": worst_of([s.evaluate(state, broadcast=broadcast) for s in sites]),
             "personalized": {}}  # one model for all: nothing is personal
 
 
 def local_only(cfg: Config) -> dict[str, dict[str, float]]:
     """Every site trains alone; test metrics are averaged over sites, as each would deploy its own."""
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
-    evaluator, tests, per_site = CentralEvaluator(cfg), [], []
+    tests, per_site = [], []
     for site in sites:
-        model = new_model(cfg)
+        broadcast = standardised_by(cfg, [site])
+        model = new_model(cfg, broadcast)
         site.train(model, federated_epochs(cfg), server_round=0)
         state = trainable_state(model)
-        tests.append(evaluator(state))
-        per_site.append(site.evaluate(state))
+        tests.append(CentralEvaluator(cfg, broadcast)(state))
+        per_site.append(site.evaluate(state, broadcast=broadcast))
     global_mean = {k: float(np.mean([t[k] for t in tests])) for k in tests[0]} if tests[0] else {}
     return {"global": global_mean, "worst-site": worst_of(per_site), "personalized": weighted_mean(per_site)}
 

@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.config import ConfigError, load_config
-from omnirad.site import new_model
+from omnirad.site import get_site, new_model
 from omnirad.standardise import FeatureMoments, Standardisation, StandardisedHead
 from strategies.site_queries import collect_standardisation
 from tests.conftest import QueryGrid
@@ -96,3 +96,19 @@ def test_the_server_pools_every_sites_moments_and_names_a_site_that_fails():
 def test_settings_it_does_not_support_are_refused_by_name(setting, named):
     with pytest.raises(ConfigError, match=named):
         load_config({"model.standardise-features": True, **setting})
+
+
+def test_pooled_and_local_only_references_standardise_as_the_federation_would():
+    from simulations.references import local_only, pooled, standardised_by
+
+    cfg = load_config({"data.size": 32, "data.num-sites": 2, "data.num-train": 120, "data.num-test": 40,
+                       "model.adapter": "linear", "model.standardise-features": True, "num-server-rounds": 1,
+                       "train.local-epochs": 1})
+    sites = [get_site(cfg, 0), get_site(cfg, 1)]
+    together = standardised_by(cfg, sites).standardisation
+    features = torch.cat([s.train_set.inputs for s in sites])
+    assert torch.allclose(together.mean, features.mean(0), atol=1e-4)
+    assert not torch.allclose(standardised_by(cfg, sites[:1]).standardisation.mean, together.mean)
+    for reference in (pooled(cfg), local_only(cfg)):
+        assert 0.0 <= reference["global"]["macro-f1"] <= 1.0
+    assert standardised_by(load_config({"data.size": 32}), sites) is None
