@@ -8,6 +8,7 @@ process per message, which is what the on-disk feature cache is for).
 
 from __future__ import annotations
 
+import copy
 import resource
 from collections import OrderedDict
 from functools import cached_property, lru_cache
@@ -210,6 +211,13 @@ class CentralEvaluator:
         if self.test is None:
             return {}
         return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg)))
+
+    def with_broadcast(self, broadcast: Broadcast | None) -> CentralEvaluator:
+        """This evaluator with another broadcast (a site alone's own standardisation), sharing the
+        test set and so its encoded inputs."""
+        other = copy.copy(self)
+        other.broadcast = broadcast
+        return other
 
     def model(self, state: dict[str, torch.Tensor]) -> nn.Module:
         model = new_model(self.cfg, self.broadcast)

@@ -21,6 +21,7 @@ from omnirad.config import Config, load_config, parse_overrides
 from omnirad.data.sites import partition_class_names, pooled_train, site_partitions
 from omnirad.encoders import create_encoder
 from omnirad.training import encode
+from simulations.probe_encoders import encoders_and_keys
 
 
 def site_sample(cfg: Config, per_site: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="encoders (LABEL=WEIGHTS, the label without dots) and configuration keys (with dots)")
     parser.add_argument("--per-site", type=int, default=250)
     args = parser.parse_args(argv)
-    keys = [item for item in args.items if "." in item.split("=", 1)[0]]
-    encoders = [tuple(item.split("=", 1)) for item in args.items if item not in keys]
-    if not encoders or any(len(e) != 2 for e in encoders):
-        parser.error("name at least one encoder as LABEL=WEIGHTS (empty weights: random init)")
+    encoders, keys = encoders_and_keys(parser, args.items)
     plot(args.path, load_config(parse_overrides(keys)), encoders, args.per_site)
     print(f"wrote {args.path}")
     return 0

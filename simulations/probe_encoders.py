@@ -28,7 +28,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from omnirad.config import Config, load_config, parse_overrides
-from omnirad.data.sites import pooled_train, server_test_set
+from omnirad.data.sites import LabelledImages, pooled_train, server_test_set
 from omnirad.encoders import create_encoder
 from omnirad.training import encode
 
@@ -43,9 +43,8 @@ def probe(train_x: np.ndarray, test_x: np.ndarray, train_y: np.ndarray, test_y: 
     return macro_f1(test_y, clf.predict(scaler.transform(test_x)))
 
 
-def probe_encoder(cfg: Config, weights: str) -> dict[str, float]:
+def probe_encoder(cfg: Config, weights: str, train: LabelledImages, test: LabelledImages) -> dict[str, float]:
     """The three probes of one encoder (see the module docstring)."""
-    train, test = pooled_train(cfg), server_test_set(cfg)
     encoder = create_encoder(cfg.model.encoder, weights, cfg.data.size)
     train_x, test_x = encode(encoder, train.images).numpy(), encode(encoder, test.images).numpy()
     knn = KNeighborsClassifier(n_neighbors=20, metric="cosine").fit(train_x, train.labels)
@@ -56,6 +55,16 @@ def probe_encoder(cfg: Config, weights: str) -> dict[str, float]:
     return results
 
 
+def encoders_and_keys(parser: argparse.ArgumentParser, items: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Command-line items split into encoders (``LABEL=WEIGHTS``, no dot before ``=``) and
+    configuration keys (``data.size=32``); a parser error when no encoder is named."""
+    keys = [item for item in items if "." in item.split("=", 1)[0]]
+    encoders = [tuple(item.split("=", 1)) for item in items if item not in keys]
+    if not encoders or any(len(e) != 2 for e in encoders):
+        parser.error("name at least one encoder as LABEL=WEIGHTS (empty weights: random init)")
+    return encoders, keys
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.probe_encoders", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,15 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="encoders (LABEL=WEIGHTS, the label without dots) and configuration keys (with dots)")
     parser.add_argument("--json", type=Path, help="append one JSON line per encoder to this file")
     args = parser.parse_args(argv)
-    keys = [item for item in args.items if "." in item.split("=", 1)[0]]
-    encoders = [item.split("=", 1) for item in args.items if item not in keys]
-    if not encoders or any(len(e) != 2 for e in encoders):
-        parser.error("name at least one encoder as LABEL=WEIGHTS (empty weights: random init)")
+    encoders, keys = encoders_and_keys(parser, args.items)
     missing = [w for _, w in encoders if w and not Path(w).is_file()]
     if missing:
         parser.error(f"no such weights file: {', '.join(missing)}")
     cfg = load_config(parse_overrides(keys))
-    rows = [{"encoder": label, "weights": weights, **probe_encoder(cfg, weights)} for label, weights in encoders]
+    train, test = pooled_train(cfg), server_test_set(cfg)
+    rows = [{"encoder": label, "weights": weights, **probe_encoder(cfg, weights, train, test)}
+            for label, weights in encoders]
     metrics = [m for m in ("lr-z", "knn", "style") if m in rows[0]]
     print("| encoder | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics))
     for row in rows:

@@ -66,13 +66,13 @@ def pooled(cfg: Config) -> dict[str, dict[str, float]]:
 def local_only(cfg: Config) -> dict[str, dict[str, float]]:
     """Every site trains alone; test metrics are averaged over sites, as each would deploy its own."""
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
-    tests, per_site = [], []
+    evaluator, tests, per_site = CentralEvaluator(cfg), [], []
     for site in sites:
         broadcast = standardised_by(cfg, [site])
         model = new_model(cfg, broadcast)
         site.train(model, federated_epochs(cfg), server_round=0)
         state = trainable_state(model)
-        tests.append(CentralEvaluator(cfg, broadcast)(state))
+        tests.append(evaluator.with_broadcast(broadcast)(state))
         per_site.append(site.evaluate(state, broadcast=broadcast))
     global_mean = {k: float(np.mean([t[k] for t in tests])) for k in tests[0]} if tests[0] else {}
     return {"global": global_mean, "worst-site": worst_of(per_site), "personalized": weighted_mean(per_site)}
