@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 $(FLWR_HOME)/config.toml: | $(STAMP)
-	$(PY) -m simulations.flower_local write-config $(FLWR_HOME)
+	$(PY) -m omnirad_fl.simulations.flower_local write-config $(FLWR_HOME)
 
 demo: setup
-	$(PY) -m simulations.demo "$(ARGS)"
+	$(PY) -m omnirad_fl.simulations.demo "$(ARGS)"
 
 test: setup
 	$(PY) -m pytest -q -ra

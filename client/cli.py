@@ -18,13 +18,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from client.deployment import CACHE_DIR, DATA_FILE, NUM_CLASSES, SITE_ID, SITE_NAME, TASK_KIND, TASK_NAME, WEIGHTS
-from client.site_config import SiteConfig, load_site_config, problems
 from omnirad.config import ConfigError
 from omnirad.data.npz import DataFileError, read_classification_npz, read_segmentation_npz
-from omnirad.data.sites import file_task
+from omnirad.data.sources.files import file_task
 from omnirad.encoders import create_encoder, weights_fingerprint
+from omnirad.protocol import (
+    NODE_CACHE_DIR,
+    NODE_DATA_FILE,
+    NODE_NUM_CLASSES,
+    NODE_SITE_ID,
+    NODE_SITE_NAME,
+    NODE_TASK_KIND,
+    NODE_TASK_NAME,
+    NODE_WEIGHTS,
+)
 from omnirad.tasks import SEGMENTATION
+from omnirad_fl.client.site_config import SiteConfig, load_site_config, problems
 
 
 def check_data(cfg: SiteConfig) -> str:
@@ -88,11 +97,11 @@ def preflight(cfg: SiteConfig, source: Path) -> list[str]:
 def supernode_command(cfg: SiteConfig) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
     executable = shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))
-    node_config = (f'{SITE_ID}={cfg.site.id} {SITE_NAME}="{cfg.site.name}" {DATA_FILE}="{cfg.data.file}" '
-                   f'{WEIGHTS}="{cfg.encoder.weights}" {CACHE_DIR}="{cfg.cache_dir}"')
+    node_config = (f'{NODE_SITE_ID}={cfg.site.id} {NODE_SITE_NAME}="{cfg.site.name}" {NODE_DATA_FILE}="{cfg.data.file}" '
+                   f'{NODE_WEIGHTS}="{cfg.encoder.weights}" {NODE_CACHE_DIR}="{cfg.cache_dir}"')
     if cfg.data.task_name:  # a multi-task federation: this site's declaration
-        node_config += (f' {TASK_NAME}="{cfg.data.task_name}" {TASK_KIND}="{cfg.data.task}" '
-                        f'{NUM_CLASSES}={cfg.data.num_classes}')
+        node_config += (f' {NODE_TASK_NAME}="{cfg.data.task_name}" {NODE_TASK_KIND}="{cfg.data.task}" '
+                        f'{NODE_NUM_CLASSES}={cfg.data.num_classes}')
     command = [executable, "--superlink", cfg.server.address, "--auth-supernode-private-key", cfg.auth_key,
                "--node-config", node_config, "--port", str(cfg.runtime_port)]
     command += ["--insecure"] if cfg.server.insecure else ["--root-certificates", cfg.server.ca_certificate]

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Context
 
-from omnirad.config import DECLARED, DEPLOYMENT, Config, ConfigError, load_config, to_flat
-from omnirad.data.sites import file_task
-from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
-from omnirad.multitask import TASK_KEY, TaskMismatch, site_view, task_config
-from omnirad.ssl import PRETRAINED_KEY
-
-# Node-config keys that omnirad-client sets on a deployed SuperNode.
-SITE_ID, SITE_NAME, DATA_FILE, WEIGHTS, CACHE_DIR = "site-id", "site-name", "data-file", "model-weights", "cache-dir"
-TASK_NAME, TASK_KIND, NUM_CLASSES = "task-name", "task-kind", "num-classes"  # a multi-task site's declaration
+from omnirad.config import Config, ConfigError, load_config, to_flat
+from omnirad.data.sources.files import DEPLOYMENT, file_task
+from omnirad.encoders import weights_fingerprint
+from omnirad.multitask import DECLARED, TaskMismatch, site_view, task_config
+from omnirad.protocol import (
+    ENCODER_FINGERPRINT,
+    NODE_CACHE_DIR,
+    NODE_DATA_FILE,
+    NODE_NUM_CLASSES,
+    NODE_SITE_ID,
+    NODE_TASK_KIND,
+    NODE_TASK_NAME,
+    NODE_WEIGHTS,
+    PRETRAINED_ENCODER,
+    TASK,
+)
 
 
 class EncoderMismatch(RuntimeError):
@@ -29,29 +36,29 @@ def site_of(context: Context) -> tuple[Config, int]:
     """The configuration this site trains with and its site number."""
     cfg = load_config(context.run_config)
     node = context.node_config
-    if DATA_FILE not in node:
+    if NODE_DATA_FILE not in node:
         site_id = int(node["partition-id"])
         return site_view(cfg, site_id), site_id
     if cfg.data.dataset != DEPLOYMENT:
         raise ConfigError(f"this site was started by omnirad-client with its own data file, but the server's run has "
                           f"data.dataset={cfg.data.dataset!r}; a deployed federation needs data.dataset='deployment'")
-    local = {"data.site-files": str(node[DATA_FILE]), "model.weights": str(node[WEIGHTS]),
-             "model.cache-dir": str(node[CACHE_DIR])}
+    local = {"data.site-files": str(node[NODE_DATA_FILE]), "model.weights": str(node[NODE_WEIGHTS]),
+             "model.cache-dir": str(node[NODE_CACHE_DIR])}
     site_cfg = load_config({**to_flat(cfg), **local})
     declared = cfg.multitask.site_tasks == DECLARED
-    if declared != (TASK_NAME in node):
+    if declared != (NODE_TASK_NAME in node):
         raise ConfigError("the server runs a multi-task federation: name this site's task in its site file "
                           "(data.task-name)" if declared else
-                          f"this site declares task '{node[TASK_NAME]}' (data.task-name), but the server's run "
+                          f"this site declares task '{node[NODE_TASK_NAME]}' (data.task-name), but the server's run "
                           "is single-task: remove data.task-name or run with multitask.site-tasks='declared'")
     if declared:
-        site_cfg = task_config(site_cfg, str(node[TASK_NAME]), file_task(str(node[TASK_KIND]), int(node[NUM_CLASSES])))
-    return site_cfg, int(node[SITE_ID])
+        site_cfg = task_config(site_cfg, str(node[NODE_TASK_NAME]), file_task(str(node[NODE_TASK_KIND]), int(node[NODE_NUM_CLASSES])))
+    return site_cfg, int(node[NODE_SITE_ID])
 
 
 def check_task(cfg: Config, instructions: ConfigRecord) -> None:
     """Refuse an adapter meant for another task than this site's (multi-task runs)."""
-    sent = str(instructions.get(TASK_KEY, ""))
+    sent = str(instructions.get(TASK, ""))
     if sent != cfg.multitask.task:
         raise TaskMismatch(f"the server sent the adapter of task '{sent or 'none'}', this site trains "
                            f"'{cfg.multitask.task or 'the run task'}'")
@@ -60,7 +67,7 @@ def check_task(cfg: Config, instructions: ConfigRecord) -> None:
 def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:
     """Refuse to train or evaluate when the server's encoder weights differ from this site's:
     adapters trained on other features would be averaged into nonsense."""
-    expected = str(instructions.get(ENCODER_FINGERPRINT_KEY, ""))
+    expected = str(instructions.get(ENCODER_FINGERPRINT, ""))
     if not expected:
         return
     local = weights_fingerprint(cfg.model.weights)
@@ -76,7 +83,7 @@ def with_pretrained_encoder(cfg: Config, instructions: ConfigRecord) -> Config:
     the pretrained encoder file, on the same disk: the site loads it instead of ``model.weights``.
     A deployed site keeps the file its operator configured; the fingerprint check refuses it
     until that is the federation's pretrained file."""
-    path = str(instructions.get(PRETRAINED_KEY, ""))
+    path = str(instructions.get(PRETRAINED_ENCODER, ""))
     if not path or cfg.data.dataset == DEPLOYMENT or path == cfg.model.weights:
         return cfg
     return load_config({**to_flat(cfg), "model.weights": path})

@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from omnirad.config import ENCODER_NAMES, ConfigError
+from omnirad.config import ConfigError
+from omnirad.encoders import ENCODERS
 from omnirad.tasks import KINDS as TASK_KINDS
 
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -111,7 +112,7 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
              "to verify the server (or server.insecure: true for a local test)")
     need(Path(cfg.auth_key).is_file() if cfg.auth_key else False, "auth-key",
          f"{cfg.auth_key or 'missing'}: this site's private key from omnirad-certs (sites/NAME.key)")
-    need(cfg.encoder.name in ENCODER_NAMES, "encoder.name", f"{cfg.encoder.name!r}: one of {', '.join(ENCODER_NAMES)}")
+    need(cfg.encoder.name in ENCODERS, "encoder.name", f"{cfg.encoder.name!r}: one of {', '.join(ENCODERS)}")
     need(cfg.data.task in TASK_KINDS, "data.task", f"{cfg.data.task!r}: one of {', '.join(TASK_KINDS)}")
     need(not cfg.data.task_name or bool(TASK_NAME.match(cfg.data.task_name)), "data.task-name",
          f"{cfg.data.task_name!r}: letters, digits, '-' and '_', starting with a letter (e.g. chest-findings)")

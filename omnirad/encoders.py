@@ -18,10 +18,11 @@ import timm
 import torch
 from torch import nn
 
+from omnirad.registry import Registry
+
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf_hub:"
-ENCODER_FINGERPRINT_KEY = "encoder-fingerprint"  # how train/evaluate messages carry the server's weights_fingerprint
 RANDOM_INIT_SEED = 0  # every participant must build the same random encoder
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -35,13 +36,12 @@ class EncoderSpec:
     hub_id: str | None = None
 
 
-ENCODERS: dict[str, EncoderSpec] = {
-    "omnirad-small": EncoderSpec("vit_small_patch14_dinov2", 14, "hf_hub:Snarcy/OmniRad-small"),
-    "omnirad-base": EncoderSpec("vit_base_patch14_dinov2", 14, "hf_hub:Snarcy/OmniRad-base"),
-    "radiodino-s16": EncoderSpec("vit_small_patch16_224", 16, "hf_hub:Snarcy/RadioDino-s16"),
-    # CPU-sized, for demos and tests: ViT-Tiny with 8 px patches, so 64 px images give 8x8 tokens.
-    "vit-tiny": EncoderSpec("vit_tiny_patch16_224", 8),
-}
+ENCODERS: Registry[EncoderSpec] = Registry("model.encoder")
+ENCODERS.add("omnirad-small", EncoderSpec("vit_small_patch14_dinov2", 14, "hf_hub:Snarcy/OmniRad-small"))
+ENCODERS.add("omnirad-base", EncoderSpec("vit_base_patch14_dinov2", 14, "hf_hub:Snarcy/OmniRad-base"))
+ENCODERS.add("radiodino-s16", EncoderSpec("vit_small_patch16_224", 16, "hf_hub:Snarcy/RadioDino-s16"))
+# CPU-sized, for demos and tests: ViT-Tiny with 8 px patches, so 64 px images give 8x8 tokens.
+ENCODERS.add("vit-tiny", EncoderSpec("vit_tiny_patch16_224", 8))
 
 
 class EncoderWeightsError(RuntimeError):
@@ -116,8 +116,6 @@ def create_encoder(name: str, weights: str = "", image_size: int = 224) -> Froze
     random initialisation, seeded so that the server and every site build the same encoder.
     Position embeddings are resized to ``image_size``.
     """
-    if name not in ENCODERS:
-        raise ValueError(f"model.encoder: unknown encoder '{name}'; known: {', '.join(ENCODERS)}")
     spec = ENCODERS[name]
     input_size = encoder_input_size(image_size, spec.patch_size)
     if input_size // spec.patch_size < 4:

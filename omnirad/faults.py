@@ -5,10 +5,19 @@ aggregation and the federation's tolerance of failing sites hold (simulation onl
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 
-from omnirad.config import FaultsConfig
+from omnirad.config.schema import FaultsConfig
+from omnirad.registry import Registry
+
+Tensors = dict[str, torch.Tensor]
+# What a faulty site sends instead of its update: (faults keys, global start, trained) -> sent.
+FAULTS: Registry[Callable[[FaultsConfig, Tensors, Tensors], Tensors]] = Registry("faults.kind")
+FAULTS.add("scale", lambda f, start, trained: OrderedDict((k, start[k] + f.scale * (v - start[k])) for k, v in trained.items()))
+FAULTS.add("nan", lambda f, start, trained: OrderedDict((k, torch.full_like(v, float("nan"))) for k, v in trained.items()))
+FAULTS.add("crash", lambda f, start, trained: trained)  # it never gets to send: crash_if_due raises first
 
 
 class SiteCrash(RuntimeError):
@@ -24,8 +33,6 @@ def crash_if_due(faults: FaultsConfig, site_id: int, server_round: int) -> None:
 def misbehave(faults: FaultsConfig, site_id: int, start: dict[str, torch.Tensor],
               trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What site ``site_id`` sends instead of ``trained``: global + scale x its update, or NaN."""
-    if faults.site != site_id or faults.kind == "crash":
+    if faults.site != site_id:
         return trained
-    if faults.kind == "nan":
-        return OrderedDict((k, torch.full_like(v, float("nan"))) for k, v in trained.items())
-    return OrderedDict((k, start[k] + faults.scale * (v - start[k])) for k, v in trained.items())
+    return FAULTS[faults.kind](faults, start, trained)

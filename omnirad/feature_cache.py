@@ -51,7 +51,7 @@ def cache_key(encoder: FrozenEncoder, images: np.ndarray, kind: str = "pooled") 
 
 
 def cached_features(cache_dir: Path, encoder: FrozenEncoder, images: np.ndarray,
-                    encode: Callable[[], torch.Tensor], kind: str = "pooled") -> torch.Tensor:
+                    encode: Callable[[], torch.Tensor], *, kind: str = "pooled") -> torch.Tensor:
     """Features from the cache when an entry for exactly these weights, images and kind exists, else encode and store."""
     cache_dir = Path(cache_dir).expanduser()
     path = cache_dir / f"{cache_key(encoder, images, kind)}.safetensors"

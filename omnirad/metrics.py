@@ -3,6 +3,8 @@ segmentation as Dice and IoU per image over the foreground classes."""
 
 from __future__ import annotations
 
+import resource
+
 import numpy as np
 import torch
 from medmnist.evaluator import getACC, getAUC
@@ -86,3 +88,13 @@ def _mean_of_image_means(scores: torch.Tensor) -> float:
     per_image = scores.nan_to_num(0.0).sum(dim=1) / scored.sum(dim=1)
     per_image = per_image[scored.any(dim=1)]
     return float(per_image.mean()) if len(per_image) else float("nan")
+
+
+def wire_keys(metrics: dict[str, float]) -> dict[str, float]:
+    """Metric names as Flower records carry them: kebab-case (``macro_f1`` -> ``macro-f1``)."""
+    return {key.replace("_", "-"): value for key, value in metrics.items()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -18,19 +18,16 @@ from typing import Any
 
 import torch
 
-from omnirad.config import DEPLOYMENT, SITS_OUT, Config, ConfigError, comma_list, load_config, to_flat
+from omnirad.config import Config, ConfigError, comma_list, load_config, to_flat
 from omnirad.data.sites import task_info
-from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
+from omnirad.data.sources.embedded import EMBEDDED_TASKS
+from omnirad.data.sources.files import DEPLOYMENT
+from omnirad.errors import require
+from omnirad.tasks import SEGMENTATION, TaskSpec
 
-# The embedded data's tasks: one pool of images, three ways to label it.
-EMBEDDED_TASKS: dict[str, dict[str, Any]] = {
-    "region": {"data.task": MULTI_CLASS, "data.label-set": "region"},
-    "finding": {"data.task": MULTI_CLASS, "data.label-set": "finding"},
-    "lesions": {"data.task": SEGMENTATION},
-}
 SHARED = "shared"  # prefix of the shared tensors in the global record; not a task name
-TASK_KEY = "task"  # instruction key: the task whose adapter a message carries
-DECLARATION_KEY = "declaration"  # the ConfigRecord of a site's reply to query.task
+SITS_OUT = "-"  # multitask.site-tasks: a site without a task this run
+DECLARED = "declared"  # multitask.site-tasks in deployment: each site's file names its task
 
 
 class TaskMismatch(ValueError):
@@ -62,6 +59,38 @@ class TaskGroup:
     sites: tuple[int, ...]
 
 
+def check_multitask(cfg: Config) -> None:
+    """What a multi-task federation supports so far; everything else is refused by name."""
+    from omnirad.adapters import ADAPTERS
+    from omnirad.methods import site_method
+
+    names = comma_list(cfg.multitask.site_tasks)
+    key = "multitask.site-tasks"
+    if cfg.data.dataset == DEPLOYMENT:
+        require(names == [DECLARED], key, cfg.multitask.site_tasks,
+                f"'{DECLARED}' in deployment: each site names its task in its site file (data.task-name)")
+    else:
+        require(cfg.data.dataset == "embedded", "data.dataset", cfg.data.dataset,
+                f"embedded or deployment with {key} (the embedded data carries every task's labels)")
+        require(len(names) == cfg.data.num_sites, key, cfg.multitask.site_tasks,
+                f"{cfg.data.num_sites} task names, one per site (data.num-sites)")
+        require(all(n in EMBEDDED_TASKS or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
+                f"names among {', '.join(EMBEDDED_TASKS)}, or '{SITS_OUT}' for a site that sits the run out")
+        require(any(n != SITS_OUT for n in names), key, cfg.multitask.site_tasks, "at least one site with a task")
+    paired = [name for name, spec in ADAPTERS.items() if spec.segmentation_twin]
+    require(cfg.model.adapter in paired, "model.adapter", cfg.model.adapter,
+            f"{', '.join(paired)} with {key} (classification sites train it; segmentation sites a decoder, "
+            "under LoRA on the same encoder with lora)")
+    for setting, value, off in (("personalization.mode", cfg.personalization.mode, "none"),
+                                ("privacy.dp", cfg.privacy.dp, False),
+                                ("privacy.central-noise-multiplier", cfg.privacy.central_noise_multiplier, 0.0),
+                                ("run.resume-from", cfg.run.resume_from, ""),
+                                ("ssl.rounds", cfg.ssl.rounds, 0)):
+        require(value == off, setting, value, f"{off!r}: not supported with {key} yet")
+    require(site_method(cfg) is None, "strategy.name", cfg.strategy.name,
+            f"a strategy without site-side model changes with {key} (not spectral)")
+
+
 def is_multitask(cfg: Config) -> bool:
     return bool(cfg.multitask.site_tasks)
 
@@ -81,12 +110,14 @@ def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
             raise ConfigError(f"task '{name}': a deployed task is what its sites declare; no declaration given")
         overrides: dict[str, Any] = {"data.task": spec.kind, "data.num-classes": spec.num_outputs}
     elif name in EMBEDDED_TASKS:
-        overrides = EMBEDDED_TASKS[name]
+        overrides = EMBEDDED_TASKS[name].overrides(name)
     else:
         raise ConfigError(f"multitask.site-tasks: unknown task '{name}'; known: {', '.join(EMBEDDED_TASKS)}")
     flat = {**to_flat(cfg), **overrides, "multitask.site-tasks": "", "multitask.task": name}
     if flat["data.task"] == SEGMENTATION:
-        flat["model.adapter"] = "lora-decoder" if cfg.model.adapter == "lora" else "decoder"
+        from omnirad.adapters import ADAPTERS
+
+        flat["model.adapter"] = ADAPTERS[cfg.model.adapter].segmentation_twin
     return load_config(flat)
 
 

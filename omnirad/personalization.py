@@ -10,9 +10,12 @@ it has any, the common initial values every participant builds from ``run.seed``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
-from omnirad.config import ConfigError
+from omnirad.errors import ConfigError
+from omnirad.registry import Registry
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 OUTPUT_LAYERS = (nn.Linear, nn.Conv2d)
@@ -38,6 +41,15 @@ def norm_layer_keys(model: nn.Module) -> set[str]:
     return set().union(*(_trainable(m, name) for name, m in model.named_modules() if isinstance(m, NORM_LAYERS)))
 
 
+NO_PERSONALIZATION = "none"
+# What each mode keeps local, from the model: a mode's name is also accepted as strategy.name
+# (FedAvg with that mode), as FedPer and FedBN are known by.
+PERSONALIZATION: Registry[Callable[[nn.Module], set[str]]] = Registry("personalization.mode")
+PERSONALIZATION.add(NO_PERSONALIZATION, lambda model: set())
+PERSONALIZATION.add("fedper", output_layer_keys)
+PERSONALIZATION.add("fedbn", norm_layer_keys)
+
+
 def local_keys(model: nn.Module, mode: str, adapter: str) -> frozenset[str]:
     """The trainable tensors a site keeps under ``personalization.mode``, and those the model itself
     declares personal (``personal_keys``: the spectral suffix prompts); the rest are federated.
@@ -46,9 +58,9 @@ def local_keys(model: nn.Module, mode: str, adapter: str) -> frozenset[str]:
     """
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     declared = {name for name in trainable if name.split(".")[0] in getattr(model, "personal_keys", ())}
-    if mode == "none":
+    if mode == NO_PERSONALIZATION:
         return frozenset(declared)
-    keys = output_layer_keys(model) if mode == "fedper" else norm_layer_keys(model)
+    keys = PERSONALIZATION[mode](model)
     if not keys:
         raise ConfigError(
             f"personalization.mode='{mode}' with model.adapter='{adapter}': the adapter has no trainable "

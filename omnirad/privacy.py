@@ -23,7 +23,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from omnirad.config import Config
+from omnirad.config.schema import Config
 from omnirad.tasks import TaskSpec
 
 
@@ -88,7 +88,7 @@ def check_budget(ledger: PrivacyLedger, plan: RoundPlan, cfg: Config) -> None:
         )
 
 
-def train_private(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, cfg: Config,
+def train_private(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *, cfg: Config,
                   plan: RoundPlan, ledger: PrivacyLedger, seed: int) -> dict[str, float]:
     """One round of DP-SGD on the model's trainable tensors; appends the round to ``ledger``.
 

@@ -34,8 +34,12 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
+from omnirad.config.schema import Config
 from omnirad.encoders import FrozenEncoder
-from omnirad.training import images_to_tensor
+from omnirad.errors import require
+from omnirad.images import images_to_tensor
+from omnirad.methods import SITE_METHODS, SiteMethod
+from omnirad.protocol import SPECTRAL_BANK, SPECTRAL_BANK_ROWS
 
 MIN_IMAGES_PER_PROTOTYPE = 10  # no centroid summarises fewer images than this
 
@@ -76,18 +80,15 @@ def alignment_weight(site_images: np.ndarray, bank: torch.Tensor, size: int) -> 
     return 1.0 + float(1.0 - nn.functional.cosine_similarity(site_mean, bank.mean(dim=0), dim=0))
 
 
-BANK_KEY, BANK_ROWS_KEY = "spectral-bank", "spectral-bank-rows"
-
-
 def bank_to_config(bank: torch.Tensor) -> dict[str, list[float] | int]:
     """The bank as Flower ConfigRecord values (a flat float list): it rides on every instruction."""
-    return {BANK_KEY: bank.flatten().tolist(), BANK_ROWS_KEY: len(bank)}
+    return {SPECTRAL_BANK: bank.flatten().tolist(), SPECTRAL_BANK_ROWS: len(bank)}
 
 
 def bank_from_config(config: dict) -> torch.Tensor | None:
-    if BANK_KEY not in config:
+    if SPECTRAL_BANK not in config:
         return None
-    return torch.tensor(config[BANK_KEY], dtype=torch.float32).view(int(config[BANK_ROWS_KEY]), -1)
+    return torch.tensor(config[SPECTRAL_BANK], dtype=torch.float32).view(int(config[SPECTRAL_BANK_ROWS]), -1)
 
 
 class SpectralPromptClassifier(nn.Module):
@@ -99,7 +100,8 @@ class SpectralPromptClassifier(nn.Module):
 
     personal_keys = frozenset({"suffix"})
 
-    def __init__(self, encoder: FrozenEncoder, head: nn.Module, spectral_size: int, top_k: int, suffix_tokens: int) -> None:
+    def __init__(self, encoder: FrozenEncoder, head: nn.Module, *, spectral_size: int, top_k: int,
+                 suffix_tokens: int) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
         self.spectral_size, self.top_k = spectral_size, top_k
@@ -131,3 +133,31 @@ class SpectralPromptClassifier(nn.Module):
             parts.append(self.suffix.unsqueeze(0).expand(len(x), -1, -1))
         x = torch.cat(parts, dim=1)
         return self.head(vit.forward_head(vit.norm(vit.blocks(x)), pre_logits=True))
+
+
+def check_spectral(cfg: Config) -> None:
+    """The spectral keys, checked only when the strategy is spectral (a one-site test federation has no bank)."""
+    from omnirad.adapters import HEADS
+
+    d, sp = cfg.data, cfg.spectral
+    require(cfg.model.adapter in HEADS, "model.adapter", cfg.model.adapter,
+            f"{' or '.join(HEADS)} with strategy.name=spectral (the head on the spectrally prompted encoder)")
+    require(2 <= sp.frequency_size <= d.size, "spectral.frequency-size", sp.frequency_size, f"from 2 to data.size ({d.size})")
+    require(sp.prototypes >= 1, "spectral.prototypes", sp.prototypes, ">= 1")
+    require(1 <= sp.top_k <= d.num_sites, "spectral.top-k", sp.top_k,
+            f"from 1 to data.num-sites ({d.num_sites}): the bank holds at least one entry per site")
+    require(sp.suffix_tokens >= 0, "spectral.suffix-tokens", sp.suffix_tokens, ">= 0")
+
+
+def prompted_model(head: nn.Module, encoder: FrozenEncoder, cfg: Config) -> nn.Module:
+    s = cfg.spectral
+    return SpectralPromptClassifier(encoder, head, spectral_size=s.frequency_size, top_k=s.top_k,
+                                    suffix_tokens=s.suffix_tokens)
+
+
+SITE_METHODS.add("spectral", SiteMethod(
+    model=prompted_model,
+    proximal_scale=lambda images, bank, cfg: alignment_weight(images, bank, cfg.spectral.frequency_size),
+    check=check_spectral,
+    scale_metric="alignment-weight",
+))

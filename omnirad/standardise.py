@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-MEAN_KEY, STD_KEY = "feature-mean", "feature-std"  # instruction keys (ConfigRecord float lists)
+from omnirad.protocol import FEATURE_MEAN, FEATURE_STD
+
 MIN_STD = 1e-6  # a constant feature is centred but not blown up
 
 
@@ -78,13 +79,13 @@ class Standardisation:
         return cls(mean.float(), variance.sqrt().clamp_min(MIN_STD).float())
 
     def to_config(self) -> dict[str, list[float]]:
-        return {MEAN_KEY: self.mean.tolist(), STD_KEY: self.std.tolist()}
+        return {FEATURE_MEAN: self.mean.tolist(), FEATURE_STD: self.std.tolist()}
 
     @classmethod
     def from_config(cls, config: dict) -> Standardisation | None:
-        if MEAN_KEY not in config:
+        if FEATURE_MEAN not in config:
             return None
-        return cls(torch.tensor(config[MEAN_KEY], dtype=torch.float32), torch.tensor(config[STD_KEY], dtype=torch.float32))
+        return cls(torch.tensor(config[FEATURE_MEAN], dtype=torch.float32), torch.tensor(config[FEATURE_STD], dtype=torch.float32))
 
     def to_arrays(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.contiguous(), "std": self.std.contiguous()}

@@ -15,22 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnirad.config.schema import TrainConfig
 from omnirad.encoders import FrozenEncoder
+from omnirad.images import images_to_tensor
 from omnirad.metrics import task_metrics
 from omnirad.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 images, (N, H, W) grey or (N, H, W, C) colour, to float (N, C, H, W) in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images))
-    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-    return tensor.float().div_(255.0)
-
-
 @torch.no_grad()
-def encode(encoder: FrozenEncoder, images: np.ndarray, batch_size: int = 128, desc: str = "",
+def encode(encoder: FrozenEncoder, images: np.ndarray, *, batch_size: int = 128, desc: str = "",
            token_layers: list[int] | None = None) -> torch.Tensor:
     """Pooled features (N, D) of all images, or with ``token_layers`` the patch tokens of those
     blocks concatenated on channels (N, L*D, h, w); in batches, logging throughput."""
@@ -44,25 +39,19 @@ def encode(encoder: FrozenEncoder, images: np.ndarray, batch_size: int = 128, de
     return torch.cat(chunks)
 
 
-def train_model(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: np.ndarray,
-    task: TaskSpec,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    proximal_mu: float = 0.0,
-) -> dict[str, float]:
-    """Train a model's trainable parameters with AdamW; returns the mean last-epoch task loss.
+def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *,
+                train: TrainConfig, epochs: int | None = None, seed: int = 0,
+                proximal_mu: float = 0.0) -> dict[str, float]:
+    """Train a model's trainable parameters with AdamW (``train``: learning rate, batch size,
+    weight decay, and epochs unless ``epochs`` says otherwise); returns the mean last-epoch task loss.
 
     ``inputs`` are whatever the model reads: cached features or tokens, or images for a model
     that runs the encoder. Shuffling and dropout draw from ``seed`` alone, so a round of a site is
     reproducible. ``proximal_mu`` > 0 adds FedProx's term mu/2 ||w - w_start||^2, which keeps a
     site with skewed data from drifting far from the global model it started from.
     """
+    epochs = train.local_epochs if epochs is None else epochs
+    lr, batch_size, weight_decay = train.lr, train.batch_size, train.weight_decay
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,34 +14,39 @@ from flwr.serverapp.strategy import Strategy
 
 from omnirad.adapters import tensor_bytes, trainable_state
 from omnirad.broadcast import Broadcast
-from omnirad.config import DEPLOYMENT, NATURAL_SPLITS, SPECTRAL, Config, ConfigError, load_config
+from omnirad.config import Config, ConfigError
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
-from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
+from omnirad.data.sources import source_of
+from omnirad.encoders import weights_fingerprint
+from omnirad.evaluation import CentralEvaluator
 from omnirad.logs import show_progress
+from omnirad.models import encoder_for, kept_at_sites, new_model
 from omnirad.multitask import is_multitask
-from omnirad.site import CentralEvaluator, encoder_for, kept_at_sites, new_model
-from server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
-from server.multitask import MultiTaskEvaluator, multitask_strategy, start_groups, task_summary
-from server.pretraining import pretrain_encoder, pretrained_instructions
-from server.run_folder import RunFolder, best_round
-from strategies import build_strategy
-from strategies.site_queries import collect_standardisation
-from strategies.spectral_bank import collect_spectral_bank
+from omnirad.protocol import ENCODER_FINGERPRINT
+from omnirad_fl.server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
+from omnirad_fl.server.multitask import MultiTaskEvaluator, multitask_strategy, start_groups, task_summary
+from omnirad_fl.server.pretraining import pretrain_encoder, pretrained_instructions
+from omnirad_fl.server.run_config import load_run_config
+from omnirad_fl.server.run_folder import RunFolder, best_round
+from omnirad_fl.strategies import STRATEGIES, build_strategy
+from omnirad_fl.strategies.site_queries import collect_standardisation
 
 app = ServerApp()
 show_progress()
+log = logging.getLogger(__name__)
 
 
 def check_federation(grid: Grid, cfg: Config) -> None:
     """Fail before any training when the simulated federation does not match data.num-sites; in
     deployment, wait up to ``strategy.join-timeout`` for every site to connect (sites come online
     when their IT teams start them: the strategy then waits for at least ``strategy.min-sites``)."""
-    if cfg.data.dataset == DEPLOYMENT:
+    if source_of(cfg.data.dataset).deployed:
         connected = wait_for_sites(grid, cfg.data.num_sites, cfg.strategy.join_timeout)
         if connected < cfg.data.num_sites:
-            print(f"WARNING: only {connected} of {cfg.data.num_sites} sites connected within strategy.join-timeout="
-                  f"{cfg.strategy.join_timeout:.0f} s; the run starts once strategy.min-sites are there", flush=True)
+            log.warning("WARNING: only %d of %d sites connected within strategy.join-timeout=%.0f s; the run "
+                        "starts once strategy.min-sites are there", connected, cfg.data.num_sites,
+                        cfg.strategy.join_timeout)
         return
     num_nodes = len(list(grid.get_node_ids()))
     if num_nodes != cfg.data.num_sites:
@@ -57,7 +63,7 @@ def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0)
     while True:
         connected = len(list(grid.get_node_ids()))
         if connected != reported:
-            print(f"sites connected: {connected} of {expected}", flush=True)
+            log.info("sites connected: %d of %d", connected, expected)
             reported = connected
         if connected >= expected or time.monotonic() >= deadline:
             return connected
@@ -68,7 +74,7 @@ def site_instructions(cfg: Config) -> dict[str, str]:
     """What every train and evaluate message carries besides the adapter: the fingerprint of the
     server's encoder weights (SHA-256 of the file, or random-init), which a deployed site compares
     with its own before it trains."""
-    return {ENCODER_FINGERPRINT_KEY: weights_fingerprint(cfg.model.weights), **pretrained_instructions(cfg)}
+    return {ENCODER_FINGERPRINT: weights_fingerprint(cfg.model.weights), **pretrained_instructions(cfg)}
 
 
 class RoundEnd:
@@ -96,13 +102,8 @@ class RoundEnd:
                 self.best_score = score
                 self.folder.save_best(state)
             if self.strategy is not None:
-                save_checkpoint(self.folder.path, server_round, state, aggregating_strategy(self.strategy))
+                save_checkpoint(self.folder.path, server_round, state, self.strategy)
         return MetricRecord(metrics)
-
-
-def aggregating_strategy(strategy: Strategy) -> Strategy:
-    """The strategy that holds the aggregation state: the wrapped one under Flower's DP wrapper."""
-    return getattr(strategy, "strategy", strategy)
 
 
 def resumable(cfg: Config, kept: frozenset[str]) -> tuple[Path, Checkpoint]:
@@ -118,23 +119,38 @@ def resumable(cfg: Config, kept: frozenset[str]) -> tuple[Path, Checkpoint]:
 
 
 def gather_broadcast(grid: Grid, cfg: Config, folder: RunFolder) -> Broadcast:
-    """What the configured model needs from every site before round 1: the spectral bank, the
-    pooled feature standardisation (written to the run folder: the final head needs it)."""
-    bank = standardisation = None
-    if cfg.strategy.name == SPECTRAL:
-        bank = collect_spectral_bank(grid, cfg.spectral.frequency_size ** 2)
-        print(f"Spectral knowledge bank: {len(bank)} centroids from {cfg.data.num_sites} sites", flush=True)
+    """What the configured model needs from every site before round 1: what the strategy asks of
+    them (the spectral bank), and the pooled feature standardisation (written to the run folder:
+    the final head needs it)."""
+    prepare = STRATEGIES[cfg.strategy.name].prepare
+    fields = prepare(grid, cfg) if prepare is not None else {}
     if cfg.model.standardise_features:
         standardisation, images = collect_standardisation(grid)
         folder.write_standardisation(standardisation)
-        print(f"Feature standardisation: mean and std of {standardisation.mean.numel()} feature dimensions pooled "
-              f"over {images} training images of {len(grid.get_node_ids())} sites", flush=True)
-    return Broadcast(bank, standardisation)
+        log.info("Feature standardisation: mean and std of %d feature dimensions pooled over %d training images "
+                 "of %d sites", standardisation.mean.numel(), images, len(grid.get_node_ids()))
+        fields["standardisation"] = standardisation
+    return Broadcast(**fields)
+
+
+def start_folder(cfg: Config, kept: frozenset[str]) -> tuple[RunFolder, Checkpoint | None]:
+    """A new run folder (with the split described, for a simulated one), or the stopped run's."""
+    if cfg.run.resume_from:
+        resume_folder, checkpoint = resumable(cfg, kept)
+        folder = RunFolder.reopen(cfg, resume_folder, checkpoint.server_round)
+        log.info("OmniRad-FL resumes %s after round %d", folder.path, checkpoint.server_round)
+        return folder, checkpoint
+    folder = RunFolder.create(cfg)
+    log.info("OmniRad-FL run folder: %s", folder.path)
+    if not source_of(cfg.data.dataset).natural_split:  # a simulated split of a pool: the server can describe it
+        labels = partition_labels(pooled_train(cfg))
+        folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
+    return folder, None
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = load_config(context.run_config)
+    cfg = load_run_config(context.run_config)
     check_federation(grid, cfg)
     cfg = pretrain_encoder(grid, cfg)  # ssl.rounds > 0: model.weights is now the pretrained encoder
     if cfg.num_server_rounds == 0:
@@ -143,35 +159,26 @@ def main(grid: Grid, context: Context) -> None:
     model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
     kept = kept_at_sites(cfg, model) if model is not None else frozenset()
     initial = {k: v for k, v in trainable_state(model).items() if k not in kept} if model is not None else {}
-    checkpoint = None
-    if cfg.run.resume_from:
-        resume_folder, checkpoint = resumable(cfg, kept)
-        folder = RunFolder.reopen(cfg, resume_folder, checkpoint.server_round)
+    folder, checkpoint = start_folder(cfg, kept)
+    if checkpoint is not None:
         initial = checkpoint.arrays
-        print(f"OmniRad-FL resumes {folder.path} after round {checkpoint.server_round}", flush=True)
-    else:
-        folder = RunFolder.create(cfg)
-        print(f"OmniRad-FL run folder: {folder.path}", flush=True)
-        if cfg.data.dataset not in NATURAL_SPLITS:  # a simulated split of a pool: the server can describe it
-            labels = partition_labels(pooled_train(cfg))
-            folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
     done_rounds = checkpoint.server_round if checkpoint is not None else 0
     groups = None
     if is_multitask(cfg):
         groups, initial = start_groups(grid, cfg, folder)
     if cfg.personalization.mode == "fedper":
-        print("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
-              "to score on the server's test set; the sites' validation metrics are the result", flush=True)
+        log.info("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
+                 "to score on the server's test set; the sites' validation metrics are the result")
     broadcast = gather_broadcast(grid, cfg, folder)
     instructions = ConfigRecord({**site_instructions(cfg), **broadcast.to_config()})
     if groups is not None:
         round_end = RoundEnd(MultiTaskEvaluator(cfg, groups), folder, done_rounds)
-        strategy = multitask_strategy(cfg, folder, groups)
+        strategy: Strategy = multitask_strategy(cfg, folder, groups)
     else:
         round_end = RoundEnd(CentralEvaluator(cfg, broadcast), folder, done_rounds)
-        strategy = build_strategy(cfg, folder, done_rounds)
+        strategy = build_strategy(cfg, folder, done_rounds=done_rounds)
     if checkpoint is not None:
-        restore_strategy_state(aggregating_strategy(strategy), checkpoint.strategy_state)
+        restore_strategy_state(strategy, checkpoint.strategy_state)
     round_end.strategy = strategy
     result = strategy.start(
         grid=grid,
@@ -203,9 +210,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")
     scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in folder.headline_metrics)
-    print(
-        f"Finished {summary['rounds']} rounds in {summary['wall-seconds']:.0f} s: {where} {scores} "
-        f"({cfg.model.encoder}, weights: {cfg.model.weights or 'random init'}, {cfg.model.adapter}). "
-        f"Results: {folder.path}",
-        flush=True,
-    )
+    log.info("Finished %d rounds in %.0f s: %s %s (%s, weights: %s, %s). Results: %s", summary["rounds"],
+             summary["wall-seconds"], where, scores, cfg.model.encoder, cfg.model.weights or "random init",
+             cfg.model.adapter, folder.path)

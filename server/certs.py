@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from omnirad.logs import show_progress
+
+log = logging.getLogger(__name__)
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.crt", "server.key"
 SITES_DIR = "sites"
@@ -175,15 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "certificate from the CA")
     parser.add_argument("--days", type=int, default=365, help="validity of the certificates (default: 365)")
     args = parser.parse_args(argv)
+    show_progress()
     try:
         written = write_federation(args.folder, args.hosts, args.sites, args.days)
     except (ValueError, OSError) as error:
-        print(f"omnirad-certs: {error}", file=sys.stderr)
+        log.error("omnirad-certs: %s", error)
         return 2
     for path in written:
-        print(f"wrote {path}")
+        log.info("wrote %s", path)
     if not written:
-        print(f"nothing to do: {args.folder} already holds the CA, the server certificate and these sites' keys")
+        log.info("nothing to do: %s already holds the CA, the server certificate and these sites' keys", args.folder)
     return 0
 
 

@@ -22,6 +22,8 @@ import torch
 from flwr.serverapp.strategy import Strategy
 from safetensors.torch import load_file, save_file
 
+from omnirad_fl.strategies import flower_strategy
+
 # What Flower 1.41's strategies accumulate across rounds (FedOpt family, FedAvgM); the rest of a
 # strategy is its configuration, rebuilt from the run's config.
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector")
@@ -42,7 +44,9 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_checkpoint(folder: Path, server_round: int, arrays: dict[str, torch.Tensor], strategy: Strategy) -> None:
-    """The state after ``server_round``: global adapter, strategy state, then the commit mark."""
+    """The state after ``server_round``: global adapter, strategy state (of the Flower strategy under
+    any wrappers), then the commit mark."""
+    strategy = flower_strategy(strategy)
     state = {name: getattr(strategy, name) for name in STRATEGY_STATE if getattr(strategy, name, None) is not None}
     _replace_atomically(folder / ARRAYS, lambda p: save_file({k: v.contiguous() for k, v in arrays.items()}, p))
     _replace_atomically(folder / STATE, lambda p: p.write_bytes(pickle.dumps(state)))
@@ -62,5 +66,7 @@ def load_checkpoint(folder: Path) -> Checkpoint:
 
 
 def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
+    """Put a checkpoint's strategy state back into the Flower strategy under any wrappers."""
+    strategy = flower_strategy(strategy)
     for name, value in state.items():
         setattr(strategy, name, value)

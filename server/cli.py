@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,20 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omnirad.config import (
-    DEPLOYMENT,
-    ConfigError,
-    flat_defaults,
-    load_config,
-    parse_overrides,
-    read_config_file,
-    toml_literal,
-)
-from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
-from server.checkpoint import MARK
-from server.processes import stop_process_tree, wait_until_healthy
-from server.run_folder import newest_summary
+from omnirad.config import ConfigError, flat_defaults, parse_overrides, read_config_file, toml_literal
+from omnirad.data.sources.files import DEPLOYMENT
+from omnirad.logs import show_progress
+from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
+from omnirad_fl.server.checkpoint import MARK
+from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
+from omnirad_fl.server.run_config import load_run_config
+from omnirad_fl.server.run_folder import newest_summary
 
+log = logging.getLogger(__name__)
 CONNECTION = "omnirad"  # the flwr CLI's name for this SuperLink in <state-dir>/flwr/config.toml
 PROJECT = Path(__file__).resolve().parents[1]  # the Flower app: this repository (pip install -e)
 
@@ -58,13 +55,13 @@ def run_configuration(config_file: Path | None, overrides: Sequence[str], output
             flat[key] = str(Path(value).expanduser().resolve())
             if key in FILE_KEYS and not Path(flat[key]).is_file():
                 raise ConfigError(f"{key}: {flat[key]}: no such file")
-    cfg = load_config(flat)
+    cfg = load_run_config(flat)
     if cfg.data.dataset != DEPLOYMENT:
         raise ConfigError(f"data.dataset={cfg.data.dataset!r}: a deployed federation trains on each site's own "
                           "file (data.dataset='deployment'); use `flwr run .` or omnirad-sim for simulations")
     if resume:
         flat["run.resume-from"] = str(latest_checkpointed_run(Path(cfg.run.output_dir).expanduser()))
-        load_config(flat)
+        load_run_config(flat)
     return flat
 
 
@@ -207,6 +204,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    show_progress()
     args = parse_args(argv)
     state_dir = args.state_dir.expanduser().resolve()
     args.certs = args.certs.expanduser().resolve()
@@ -215,10 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.insecure:
             tls_files(args.certs)
     except ConfigError as err:
-        print(f"omnirad-server: {err}", file=sys.stderr)
+        log.error("omnirad-server: %s", err)
         return 2
     if args.insecure:
-        print("omnirad-server: WARNING: --insecure: TLS is OFF, model updates travel unencrypted", file=sys.stderr)
+        log.warning("omnirad-server: WARNING: --insecure: TLS is OFF, model updates travel unencrypted")
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FLWR_HOME": str(state_dir / "flwr"), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
@@ -229,24 +227,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     try:
         superlink.start()
-        print(f"SuperLink on {args.host}:{args.port} ({'INSECURE' if args.insecure else 'TLS'}, site authentication on, "
-              f"state {state_dir / 'superlink.db'})", flush=True)
+        log.info("SuperLink on %s:%d (%s, site authentication on, state %s)", args.host, args.port,
+                 "INSECURE" if args.insecure else "TLS", state_dir / "superlink.db")
         sites = register_sites(args.certs, env)
-        print(f"registered sites: {', '.join(sites) or 'none (no keys under ' + str(args.certs / SITES_DIR) + ')'}",
-              flush=True)
+        log.info("registered sites: %s", ", ".join(sites) or f"none (no keys under {args.certs / SITES_DIR})")
         submitted = subprocess.run([flower_command("flwr"), "run", str(PROJECT), CONNECTION, "--stream",
                                     "--run-config", str(run_config)], env=env, check=False)
     except RuntimeError as err:
-        print(f"omnirad-server: {err}", file=sys.stderr)
+        log.error("omnirad-server: %s", err)
         return 1
     finally:
         superlink.stop()
     folder = finished_run(flat, started)
     if folder is None or submitted.returncode != 0:
-        print(f"omnirad-server: the run did not finish (no new summary.json; flwr run exited with "
-              f"{submitted.returncode}); see {superlink.log_file}", file=sys.stderr)
+        log.error("omnirad-server: the run did not finish (no new summary.json; flwr run exited with %d); see %s",
+                  submitted.returncode, superlink.log_file)
         return 1
-    print(f"run finished: {folder}", flush=True)
+    log.info("run finished: %s", folder)
     return 0
 
 

@@ -4,6 +4,7 @@ build one adapter and one strategy per group, and score every group on its own t
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,13 @@ import torch
 from flwr.serverapp import Grid
 
 from omnirad.adapters import tensor_bytes, trainable_state
-from omnirad.config import DECLARED, SITS_OUT, Config, comma_list
+from omnirad.config import Config, comma_list
 from omnirad.data.sites import task_info
+from omnirad.evaluation import CentralEvaluator
+from omnirad.models import new_model
 from omnirad.multitask import (
-    DECLARATION_KEY,
+    DECLARED,
+    SITS_OUT,
     TaskDeclaration,
     TaskGroup,
     global_record,
@@ -24,14 +28,15 @@ from omnirad.multitask import (
     task_config,
     task_report,
 )
-from omnirad.site import CentralEvaluator, new_model
+from omnirad.protocol import DECLARATION, QUERY_TASK
 from omnirad.tasks import TaskSpec
-from server.run_folder import RunFolder
-from strategies.factory import build_strategy
-from strategies.multitask import SCORE, MultiTaskStrategy, RejectedReplies, add_score
-from strategies.observed import observed
-from strategies.site_queries import ask_every_site
+from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.strategies.factory import build_strategy
+from omnirad_fl.strategies.multitask import SCORE, MultiTaskStrategy, RejectedReplies, add_score
+from omnirad_fl.strategies.site_queries import ask_every_site
+from omnirad_fl.strategies.wrapper import OmniRadStrategy
 
+log = logging.getLogger(__name__)
 TASKS_FILE = "tasks.json"
 
 
@@ -39,8 +44,8 @@ def collect_declarations(grid: Grid, timeout: float = 600.0) -> dict[int, tuple[
     """``{node: (site, declaration)}`` from one ``query.task`` message per connected site; raises
     ``RuntimeError`` naming the node when a site does not answer (the groups would be wrong)."""
     declared = {}
-    for node, content in ask_every_site(grid, "task", "task groups", timeout).items():
-        record = content[DECLARATION_KEY]
+    for node, content in ask_every_site(grid, QUERY_TASK, "task groups", timeout).items():
+        record = content[DECLARATION]
         found = TaskDeclaration.from_record(dict(record)) if "task" in record else None
         declared[node] = (int(record["site-id"]), found)
     return declared
@@ -77,15 +82,13 @@ def initial_record(cfg: Config, groups: dict[str, TaskGroup]) -> tuple[dict[str,
     return global_record(states, shared), shared
 
 
-def multitask_strategy(cfg: Config, folder: RunFolder, groups: dict[str, TaskGroup]) -> MultiTaskStrategy:
+def multitask_strategy(cfg: Config, folder: RunFolder, groups: dict[str, TaskGroup]) -> OmniRadStrategy:
     """The configured strategy once per group, inside the observed multi-task strategy."""
     rejections = {name: RejectedReplies(folder) for name in groups}
     strategies = {name: build_strategy(task_config(cfg, name, group.spec), rejections[name], num_sites=len(group.nodes))
                   for name, group in groups.items()}
     selection = {name: group.spec.selection_metric for name, group in groups.items()}
-    strategy = observed(MultiTaskStrategy)(groups, strategies, rejections, selection)
-    strategy.observer = folder
-    return strategy
+    return OmniRadStrategy(MultiTaskStrategy(groups, strategies, rejections, selection), folder)
 
 
 def write_tasks(folder: Path, groups: dict[str, TaskGroup], shared_tensors: int) -> None:
@@ -109,7 +112,7 @@ def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, 
     if not groups:
         raise RuntimeError("task groups: no site declared a task (data.task-name in each site's file)")
     initial, shared = initial_record(cfg, groups)
-    print(task_report(groups, shared, cfg.multitask.shared), flush=True)
+    log.info("%s", task_report(groups, shared, cfg.multitask.shared))
     write_tasks(folder.path, groups, len(shared))
     folder.track_tasks({name: g.spec.selection_metric for name, g in groups.items()}, SCORE,
                        {name: list(g.sites) for name, g in groups.items()})

@@ -13,6 +13,7 @@ uses it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -25,8 +26,8 @@ from flwr.serverapp.strategy import FedAvg
 from omnirad.adapters import tensor_bytes
 from omnirad.config import Config, ConfigError, load_config, to_flat
 from omnirad.encoders import weights_fingerprint
+from omnirad.protocol import PRETRAINED_ENCODER, SSL_ROUNDS, TEACHER, TRAIN_SSL
 from omnirad.ssl import (
-    PRETRAINED_KEY,
     DinoSettings,
     from_wire,
     initial_states,
@@ -37,8 +38,7 @@ from omnirad.ssl import (
     update_server_teacher,
 )
 
-SSL_ACTION = "train.ssl"  # the ClientApp's @app.train("ssl") handler
-TEACHER_KEY = "teacher"  # the RecordDict entry holding the teacher's tensors
+log = logging.getLogger(__name__)
 
 
 class SslFedAvg(FedAvg):
@@ -52,8 +52,8 @@ class SslFedAvg(FedAvg):
                         ) -> Iterable[Message]:
         messages = []
         for message in super().configure_train(server_round, arrays, config, grid):
-            content = RecordDict({**message.content, TEACHER_KEY: self.teacher})
-            messages.append(Message(content=content, message_type=SSL_ACTION, dst_node_id=message.metadata.dst_node_id))
+            content = RecordDict({**message.content, TEACHER: self.teacher})
+            messages.append(Message(content=content, message_type=f"train.{TRAIN_SSL}", dst_node_id=message.metadata.dst_node_id))
         return messages
 
 
@@ -71,17 +71,18 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
     if cfg.run.resume_from:
         raise ConfigError("run.resume-from with ssl.rounds > 0: the pretraining is not checkpointed; resume the "
                           "adapter phase with ssl.rounds=0 and model.weights set to the pretrained encoder file")
-    student, teacher = initial_states(s.objective, cfg.model.encoder, cfg.model.weights, cfg.data.size, cfg.run.seed)
+    student, teacher = initial_states(s.objective, cfg.model.encoder, weights=cfg.model.weights, image_size=cfg.data.size,
+                                      seed=cfg.run.seed)
     path = Path(s.save_encoder).expanduser() if s.save_encoder else default_encoder_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     log_path = path.with_suffix(".jsonl")
     min_sites = cfg.strategy.min_sites or cfg.data.num_sites
     strategy = SslFedAvg(ArrayRecord(), fraction_train=cfg.strategy.fraction_train, min_train_nodes=min_sites,
                          min_available_nodes=min_sites)
-    config = ConfigRecord({"ssl-rounds": s.rounds})
-    print(f"SSL pretraining: {s.rounds} rounds of {s.objective} on the sites' images "
-          f"({'float16' if s.half_precision else 'float32'} transfer); log {log_path}", flush=True)
-    with log_path.open("w") as log:
+    config = ConfigRecord({SSL_ROUNDS: s.rounds})
+    log.info("SSL pretraining: %d rounds of %s on the sites' images (%s transfer); log %s", s.rounds, s.objective,
+             "float16" if s.half_precision else "float32", log_path)
+    with log_path.open("w") as round_log:
         for server_round in range(1, s.rounds + 1):
             started = time.perf_counter()
             sent_student, sent_teacher = to_wire(student, s.half_precision), to_wire(teacher, s.half_precision)
@@ -107,19 +108,19 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
                 "bytes-up-float32": answered * tensor_bytes(student.values()),
                 "seconds": time.perf_counter() - started,
             }
-            log.write(json.dumps(line) + "\n")
-            log.flush()
+            round_log.write(json.dumps(line) + "\n")
+            round_log.flush()
             # sequential steps per site decide what the averaged encoder learns (docs/ssl.md): say them
-            print(f"SSL round {server_round}/{s.rounds}: loss {line.get('loss', float('nan')):.4f}, "
-                  f"{local_steps:.0f} steps per site (about {local_steps * s.rounds:.0f} in all at this pace), "
-                  f"{line['bytes-down'] / 1e6:.1f} MB down, {line['bytes-up'] / 1e6:.1f} MB up, "
-                  f"{line['seconds']:.0f} s", flush=True)
-    save_encoder(teacher_encoder(teacher, student, s.objective), str(path))
-    print(f"SSL pretraining done: encoder {path} (sha256 {weights_fingerprint(str(path))[:16]})", flush=True)
+            log.info("SSL round %d/%d: loss %.4f, %.0f steps per site (about %.0f in all at this pace), "
+                     "%.1f MB down, %.1f MB up, %.0f s", server_round, s.rounds, line.get("loss", float("nan")),
+                     local_steps, local_steps * s.rounds, line["bytes-down"] / 1e6, line["bytes-up"] / 1e6,
+                     line["seconds"])
+    save_encoder(teacher_encoder(teacher, student), str(path))
+    log.info("SSL pretraining done: encoder %s (sha256 %s)", path, weights_fingerprint(str(path))[:16])
     return load_config({**to_flat(cfg), "model.weights": str(path)})
 
 
 def pretrained_instructions(cfg: Config) -> dict[str, str]:
     """Simulation: the adapter phase's messages name the pretrained file, which sites on the same
     disk load instead of their configured weights; deployed sites keep their own file (see docs)."""
-    return {PRETRAINED_KEY: cfg.model.weights} if cfg.ssl.rounds > 0 else {}
+    return {PRETRAINED_ENCODER: cfg.model.weights} if cfg.ssl.rounds > 0 else {}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import defaultdict
@@ -32,10 +33,13 @@ from omnirad.broadcast import Broadcast
 from omnirad.config import Config, ConfigError, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
-from omnirad.site import peak_rss_mb
+from omnirad.metrics import peak_rss_mb
+from omnirad.protocol import ARRAYS, EPSILON, METRICS, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID
 from omnirad.standardise import Standardisation
 from omnirad.tasks import TaskSpec
-from server.plots import plot_curves
+from omnirad_fl.server.plots import plot_curves
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,7 +137,7 @@ class RunFolder:
 
     def write_partition(self, report: dict[str, Any]) -> None:
         """Print who holds what and keep it as partition.json and partition.png."""
-        print("Sites and their labels:\n" + format_report(report), flush=True)
+        log.info("Sites and their labels:\n%s", format_report(report))
         (self.path / "partition.json").write_text(json.dumps(report, indent=1))
         d = self.cfg.data
         plot_report(report, self.path / "partition.png", f"{d.dataset}: {d.partition} split, {d.num_sites} sites")
@@ -142,7 +146,7 @@ class RunFolder:
     def on_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
         if self.current.server_round != server_round:
             self.current = RoundRecord(server_round)
-        self.current.bytes_down += sum(m.content["arrays"].count_bytes() for m in messages)
+        self.current.bytes_down += sum(m.content[ARRAYS].count_bytes() for m in messages)
         # Flower sets an instruction's message id to its object id when it pushes it (grid.push_messages)
         self.node_of_message = {m.object_id: m.metadata.dst_node_id for m in messages}
 
@@ -153,8 +157,8 @@ class RunFolder:
                 who = f"site {self.site_of_node[node]} (node {node})" if node in self.site_of_node else f"node {node}"
                 self.current.failures.append(f"{phase}: {who}: {reply.error.reason}")
                 continue
-            metrics = _metrics(reply.content.get("metrics"))
-            site = int(metrics.pop("site-id", node))
+            metrics = _metrics(reply.content.get(METRICS))
+            site = int(metrics.pop(SITE_ID, node))
             claimed = [other for other, s in self.site_of_node.items() if s == site and other != node]
             if claimed:  # deployed sites declare their number themselves
                 self.current.failures.append(f"{phase}: nodes {claimed[0]} and {node} both say they are site {site}: "
@@ -163,13 +167,13 @@ class RunFolder:
             entry = self.current.sites[site]
             entry[phase] = metrics
             if phase == "train":
-                entry["bytes-up"] = reply.content["arrays"].count_bytes()
+                entry["bytes-up"] = reply.content[ARRAYS].count_bytes()
                 self.current.bytes_up += entry["bytes-up"]
-                self.client_peak_rss_mb = max(self.client_peak_rss_mb, metrics.get("peak-rss-mb", 0.0))
+                self.client_peak_rss_mb = max(self.client_peak_rss_mb, metrics.get(PEAK_RSS_MB, 0.0))
 
     def on_rejected(self, server_round: int, reply: Message, reason: str) -> None:
         """A training reply that validation left out of aggregation: kept with its reason."""
-        site = int(_metrics(reply.content.get("metrics")).get("site-id", reply.metadata.src_node_id))
+        site = int(_metrics(reply.content.get(METRICS)).get(SITE_ID, reply.metadata.src_node_id))
         self.current.sites[site]["rejected"] = reason
         self.current.rejected.append(f"site {site}: {reason}")
 
@@ -236,7 +240,7 @@ def worst_site(line: dict[str, Any], task_members: dict[str, list[int]] | None =
 
 def worst_of(per_site: list[dict[str, float]]) -> dict[str, float]:
     """Each metric's worst value over sites' metric dicts: the lowest, or for ``loss`` the highest."""
-    names = {name for metrics in per_site for name in metrics if name not in ("num-examples", "site-id")}
+    names = {name for metrics in per_site for name in metrics if name not in (NUM_EXAMPLES, SITE_ID)}
     pick = {name: max if name == "loss" else min for name in names}
     return {name: pick[name](m[name] for m in per_site if name in m) for name in sorted(names)}
 
@@ -269,7 +273,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
 
 def last_epsilon_per_site(rounds: list[dict[str, Any]]) -> dict[str, float]:
     """Under DP: each site's cumulative epsilon as it last reported it."""
-    return {site: s["train"]["epsilon"] for r in rounds for site, s in r["sites"].items() if "epsilon" in s.get("train", {})}
+    return {site: s["train"][EPSILON] for r in rounds for site, s in r["sites"].items() if EPSILON in s.get("train", {})}
 
 
 def print_round(line: dict[str, Any], header: bool, metrics: tuple[str, ...]) -> None:

@@ -4,7 +4,7 @@ For each adapter a site runs one real local round (``LocalSite.fit``) on a few e
 the reply's arrays are measured as Flower serialises them (``ArrayRecord.count_bytes``, what the
 run folder reports as bytes up). The encoder's own bytes are printed for scale.
 
-    python -m simulations.bench_bytes [--encoder omnirad-small] [--size 224]
+    python -m omnirad_fl.simulations.bench_bytes [--encoder omnirad-small] [--size 224]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from flwr.app import ArrayRecord
 
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config
-from omnirad.site import LocalSite, encoder_for, new_model
+from omnirad.models import encoder_for, new_model
+from omnirad.site import LocalSite, RoundInputs
 
 ADAPTERS = {
     "linear head": {"model.adapter": "linear"},
@@ -31,7 +32,7 @@ ADAPTERS = {
 def measure(base: dict, overrides: dict) -> dict[str, int]:
     cfg = load_config({**base, **overrides})
     start = trainable_state(new_model(cfg))
-    sent, _ = LocalSite(cfg, 0).fit(start, server_round=1)
+    sent, _ = LocalSite(cfg, 0).fit(RoundInputs(start, server_round=1))
     return {
         "parameter-bytes": sum(t.numel() * t.element_size() for t in start.values()),
         "sent-bytes": ArrayRecord(sent).count_bytes(),

@@ -5,7 +5,7 @@ message), then trains the head for the configured local epochs. Without the cach
 encodes the site's images again; with it, round 1 encodes and stores, later rounds load. Both
 variants run side by side in one process, on the same sites, and the ratio is printed.
 
-    python -m simulations.bench_feature_cache [--encoders vit-tiny omnirad-small] [--sizes 64 224]
+    python -m omnirad_fl.simulations.bench_feature_cache [--encoders vit-tiny omnirad-small] [--sizes 64 224]
         [--rounds 5] [--sites 4] [--images-per-site 40]
 """
 
@@ -18,7 +18,8 @@ import time
 
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config
-from omnirad.site import LocalSite, new_model
+from omnirad.models import new_model
+from omnirad.site import LocalSite, RoundInputs
 
 
 def seconds_per_round(overrides: dict, rounds: int, sites: int) -> list[float]:
@@ -29,7 +30,7 @@ def seconds_per_round(overrides: dict, rounds: int, sites: int) -> list[float]:
     for server_round in range(1, rounds + 1):
         start = time.perf_counter()
         for site_id in range(sites):
-            state, _ = LocalSite(cfg, site_id).fit(state, server_round)
+            state, _ = LocalSite(cfg, site_id).fit(RoundInputs(state, server_round))
         per_round.append((time.perf_counter() - start) / sites)
     return per_round
 

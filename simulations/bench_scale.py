@@ -1,7 +1,7 @@
 """Scale benchmark: many simulated sites, a few sampled per round, on this machine.
 
-    python -m simulations.bench_scale                      # 100 sites, 10 per round, 10 rounds
-    python -m simulations.bench_scale --profile-site      # where one site's message spends its time
+    python -m omnirad_fl.simulations.bench_scale                      # 100 sites, 10 per round, 10 rounds
+    python -m omnirad_fl.simulations.bench_scale --profile-site      # where one site's message spends its time
 
 Prints the wall time, seconds per round (from the run folder), and the peak memory of the whole
 process tree (SuperLink, simulation, Ray workers), sampled every 0.2 s. ``--profile-site`` runs
@@ -26,9 +26,9 @@ from flwr.common.config import parse_config_args
 
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config
-from omnirad.site import new_model
-from simulations.demo import run_simulation
-from simulations.flower_local import instruction
+from omnirad.models import new_model
+from omnirad_fl.simulations.demo import run_simulation
+from omnirad_fl.simulations.flower_local import instruction
 
 SCALE = ("data.num-sites=100 data.partition='iid' data.num-train=8000 data.num-test=400 "
          "strategy.fraction-train=0.1 strategy.fraction-evaluate=0.1 num-server-rounds=10 train.local-epochs=1 "
@@ -83,7 +83,7 @@ def run_benchmark(overrides: str, port: int) -> dict:
 
 def profile_sites(overrides: str, sites: list[int], top: int) -> None:
     """Each listed site's first train message, in this process, under cProfile."""
-    from client.app import train  # imported here: only the profile needs the ClientApp
+    from omnirad_fl.client.app import train  # imported here: only the profile needs the ClientApp
 
     flat = parse_config_args([overrides])
     cfg = load_config(flat)

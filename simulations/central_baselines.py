@@ -6,9 +6,9 @@ sanity references that say how hard the task is (logistic regression on the mean
 and on 8x8-pixel thumbnails). For ``data.task=segmentation``: the segmentation decoder, with the
 same initialisation and recipe as in a federated run. Usage:
 
-    python -m simulations.central_baselines [--models linear mlp cnn intensity thumbnail]
+    python -m omnirad_fl.simulations.central_baselines [--models linear mlp cnn intensity thumbnail]
         [--seeds 0 1 2] [--epochs 30] [key=value ...]
-    python -m simulations.central_baselines data.task=segmentation model.adapter=decoder --epochs 20 --seeds 0
+    python -m omnirad_fl.simulations.central_baselines data.task=segmentation model.adapter=decoder --epochs 20 --seeds 0
 
 Config keys (``data.size=64 model.encoder='vit-tiny'``) select data and encoder as in a run;
 ``model.standardise-features=true`` standardises the heads' features with the pooled training
@@ -27,14 +27,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from omnirad.adapters import create_adapter
+from omnirad.adapters import create_head
 from omnirad.config import Config, load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
-from omnirad.metrics import classification_metrics
-from omnirad.models import model_inputs
-from omnirad.site import encoder_for, new_model, wire_keys
+from omnirad.images import images_to_tensor
+from omnirad.metrics import classification_metrics, wire_keys
+from omnirad.models import encoder_for, model_inputs, new_model
 from omnirad.standardise import FeatureMoments, Standardisation, StandardisedHead
-from omnirad.training import encode, evaluate_model, images_to_tensor, train_model
+from omnirad.training import encode, evaluate_model, train_model
 
 
 class SmallCNN(nn.Module):
@@ -91,15 +91,15 @@ def thumbnail(images: np.ndarray) -> np.ndarray:
     return images[:, : h - h % 8, : w - w % 8].reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, -1) / 255.0
 
 
-def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed: int) -> dict[str, float]:
+def head_baseline(cfg: Config, adapter: str, features: tuple, *, epochs: int, seed: int) -> dict[str, float]:
     train_x, train_y, test_x, test_y = features
     torch.manual_seed(seed)
     task = task_info(cfg)
-    head = create_adapter(adapter, train_x.shape[1], task.num_outputs, cfg.model.hidden_dim)
+    head = create_head(adapter, train_x.shape[1], task.num_outputs, cfg.model)
     if cfg.model.standardise_features:  # as in a federated run, with the pooled images' statistics
         head = StandardisedHead(head, train_x.shape[1])
         head.set_standardisation(Standardisation.from_moments(FeatureMoments.of(train_x)))
-    train_model(head, train_x, train_y, task, epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, seed)
+    train_model(head, train_x, train_y, task, train=cfg.train, epochs=epochs, seed=seed)
     metrics = evaluate_model(head, test_x, test_y, task)
     metrics.pop("loss")
     return metrics
@@ -108,10 +108,10 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, epochs: int, seed:
 def decoder_baseline(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     """The federated runs' decoder (same initial weights and optimiser), trained on the pooled data."""
     train, test = pooled_train(cfg), server_test_set(cfg)
-    encoder, task, t = encoder_for(cfg), task_info(cfg), cfg.train
+    encoder, task = encoder_for(cfg), task_info(cfg)
     model = new_model(cfg)
     train_inputs = model_inputs(cfg, encoder, train.images, "pooled train")
-    train_model(model, train_inputs, train.labels, task, epochs, t.lr, t.batch_size, t.weight_decay, seed)
+    train_model(model, train_inputs, train.labels, task, train=cfg.train, epochs=epochs, seed=seed)
     return evaluate_model(model, model_inputs(cfg, encoder, test.images, "test"), test.labels, task)
 
 
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         features = (encode(encoder, train.images, desc="pooled train"), train.labels,
                     encode(encoder, test.images, desc="test"), test.labels)
     runners: dict[str, Callable[[int], dict[str, float]]] = {
-        "linear": lambda seed: head_baseline(cfg, "linear", features, args.epochs, seed),
-        "mlp": lambda seed: head_baseline(cfg, "mlp", features, args.epochs, seed),
+        "linear": lambda seed: head_baseline(cfg, "linear", features, epochs=args.epochs, seed=seed),
+        "mlp": lambda seed: head_baseline(cfg, "mlp", features, epochs=args.epochs, seed=seed),
         "cnn": lambda seed: train_cnn(cfg, args.epochs, seed),
         "intensity": lambda seed: logistic_baseline(cfg, mean_intensity),
         "thumbnail": lambda seed: logistic_baseline(cfg, thumbnail),

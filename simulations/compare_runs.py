@@ -4,9 +4,9 @@ Each variant runs through ``flwr run .`` (as ``make demo`` does) with the shared
 own; the table shows the final test metrics, what one site sent per round, the trainable parameter
 bytes, the updates validation left out, and the wall time. A variant is ``label:key=value,...``:
 
-    python -m simulations.compare_runs --shared "data.size=48 num-server-rounds=10" \
+    python -m omnirad_fl.simulations.compare_runs --shared "data.size=48 num-server-rounds=10" \
         "mlp:model.adapter='mlp'" "lora:model.adapter='lora',train.lr=0.001"
-    python -m simulations.compare_runs --shared "data.num-sites=5" "clean:" "nan:faults.site=4,faults.kind='nan'"
+    python -m omnirad_fl.simulations.compare_runs --shared "data.num-sites=5" "clean:" "nan:faults.site=4,faults.kind='nan'"
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from flwr.common.config import parse_config_args
 
 from omnirad.config import load_config
 from omnirad.data.sites import task_info
-from simulations.demo import run_simulation
+from omnirad_fl.simulations.demo import run_simulation
 
 
 def variant_overrides(spec: str) -> tuple[str, str]:

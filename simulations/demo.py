@@ -16,10 +16,11 @@ from pathlib import Path
 import click
 from flwr.common.config import parse_config_args
 
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
 from omnirad.data.sites import task_info
-from server.run_folder import newest_summary
-from simulations.flower_local import DEFAULT_HTTP_PORT, LocalSuperLink, flwr_run, write_flower_config
+from omnirad_fl.server.run_config import load_run_config
+from omnirad_fl.server.run_folder import newest_summary
+from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT, LocalSuperLink, flwr_run, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def run_simulation(run_config: str, http_port: int = DEFAULT_HTTP_PORT) -> Path 
     Raises ``ConfigError`` for bad keys or values before anything starts.
     """
     try:
-        cfg = load_config(parse_config_args([run_config]) if run_config else {})
+        cfg = load_run_config(parse_config_args([run_config]) if run_config else {})
     except click.ClickException as err:
         raise ConfigError(err.message) from err
     link = local_superlink(http_port)
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
         print("The run did not finish: no summary.json was written. See the log above.", file=sys.stderr)
         return 1
     final = json.loads(summary.read_text())["final"]
-    cfg = load_config(parse_config_args([run_config]) if run_config else {})
+    cfg = load_run_config(parse_config_args([run_config]) if run_config else {})
     scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
     print(f"\nDemo finished: test {scores}.\nRun folder: {summary.parent}")
     return 0

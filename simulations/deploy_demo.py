@@ -4,8 +4,8 @@ the server's test file, an encoder weights file (vit-tiny, seeded random init: t
 and fingerprint checks run on it), a site file per site and the run's configuration.
 
     omnirad-certs demo/certs --sites A B C
-    python -m simulations.deploy_demo demo --sites A B C
-    python -m simulations.deploy_demo demo --sites A B C --tasks region region lesions   # multi-task
+    python -m omnirad_fl.simulations.deploy_demo demo --sites A B C
+    python -m omnirad_fl.simulations.deploy_demo demo --sites A B C --tasks region region lesions   # multi-task
 
 With ``--tasks`` each site holds one task of the embedded data (body region, finding, or lesion
 masks in MedSegBench's layout) and names it in its site file (``data.task-name``); the run has
@@ -22,11 +22,11 @@ import numpy as np
 import yaml
 from safetensors.torch import save_file
 
-from omnirad.config import DECLARED, Config, load_config
+from omnirad.config import Config, load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import create_encoder, weights_fingerprint
-from omnirad.multitask import site_view
-from server.certs import CA_CERT, site_key_paths
+from omnirad.multitask import DECLARED, site_view
+from omnirad_fl.server.certs import CA_CERT, site_key_paths
 
 ENCODER = "vit-tiny"
 
@@ -50,7 +50,7 @@ def write_encoder_weights(path: Path) -> Path:
     return path
 
 
-def write_demo(folder: Path, sites: Sequence[str], server: str, size: int = 32, alpha: float = 0.5, rounds: int = 5,
+def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 32, alpha: float = 0.5, rounds: int = 5,
                num_train: int = 600, runtime_port: int = 9094, tasks: Sequence[str] = ()) -> list[Path]:
     folder = folder.resolve()
     if tasks and len(tasks) != len(sites):
@@ -109,7 +109,7 @@ def site_data(site_cfg: Config, name: str) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.deploy_demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.deploy_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="where to write data/, weights/, sites/ and federation.yaml")
     parser.add_argument("--sites", nargs="+", default=["A", "B", "C"], metavar="NAME")
@@ -123,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=[], metavar="TASK",
                         help="a multi-task federation: one embedded task per site (region, finding, lesions)")
     args = parser.parse_args(argv)
-    for path in write_demo(args.folder, args.sites, args.server, args.size, args.alpha, args.rounds, args.num_train,
-                           args.runtime_port, args.tasks):
+    for path in write_demo(args.folder, args.sites, args.server, size=args.size, alpha=args.alpha, rounds=args.rounds,
+                           num_train=args.num_train, runtime_port=args.runtime_port, tasks=args.tasks):
         print(f"wrote {path}")
     return 0
 

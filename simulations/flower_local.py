@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flwr.app import Message, Metadata, RecordDict
 
-from server.processes import stop_process_tree, wait_until_healthy
+from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
 
 DEFAULT_HTTP_PORT = 39091
 DEFAULT_NUM_SUPERNODES = 4  # keep equal to data.num-sites' default in omnirad.config
@@ -125,7 +125,7 @@ def flwr_run_command(project: Path, run_config: str = "", num_supernodes: int | 
     return command
 
 
-def flwr_run(project: Path, env: dict[str, str], run_config: str = "", num_supernodes: int | None = None,
+def flwr_run(project: Path, env: dict[str, str], run_config: str = "", *, num_supernodes: int | None = None,
              timeout: float = 1800.0) -> subprocess.CompletedProcess:
     """Run ``flwr_run_command`` with our environment; output goes to this terminal too."""
     return subprocess.run(flwr_run_command(project, run_config, num_supernodes), cwd=project, env=env,
@@ -141,7 +141,7 @@ def instruction(message_type: str, content: RecordDict, node_id: int) -> Message
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m simulations.flower_local write-config DIR` (used by make setup)."""
+    """`python -m omnirad_fl.simulations.flower_local write-config DIR` (used by make setup)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=["write-config"])
     parser.add_argument("flwr_home", type=Path)

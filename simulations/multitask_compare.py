@@ -6,7 +6,7 @@ with the other sites sitting out (``-``): the same images per site, the same see
 task, such as LoRA on the encoder, averaged within each task only). Prints a table per task and
 appends one JSON line per run and task to ``--out``:
 
-    python -m simulations.multitask_compare region,region,region,lesions,lesions,lesions \\
+    python -m omnirad_fl.simulations.multitask_compare region,region,region,lesions,lesions,lesions \\
         --shared "data.size=48 num-server-rounds=10" --out docs/results/multitask.jsonl
 
 ``--summarise FILE.jsonl --plot FILE.png`` turns such rows (several seeds) into a table of means
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from omnirad.config import SITS_OUT, comma_list
-from simulations.demo import run_simulation
-from simulations.flower_local import DEFAULT_HTTP_PORT
+from omnirad.config import comma_list
+from omnirad.multitask import SITS_OUT
+from omnirad_fl.simulations.demo import run_simulation
+from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT
 
 
 def alone(site_tasks: list[str], task: str) -> str:
@@ -88,7 +89,7 @@ def summarise(rows: list[dict[str, Any]], plot: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.multitask_compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.multitask_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("site_tasks", nargs="?", help="one task per site, comma-separated (region, finding, lesions)")
     parser.add_argument("--shared", default="", help="overrides for every run, as for make demo")

@@ -1,6 +1,6 @@
 """Print and plot how a configuration splits its data among sites, without running anything.
 
-    python -m simulations.partition_plot docs/partition-dirichlet-0.1.png "data.alpha=0.1 data.num-sites=8"
+    python -m omnirad_fl.simulations.partition_plot docs/partition-dirichlet-0.1.png "data.alpha=0.1 data.num-sites=8"
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """t-SNE of the encoder's features of every site's training images, coloured by site and by class,
 for one or more encoders side by side (as the OmniRad paper shows its latent space):
 
-    python -m simulations.plot_ssl_embedding docs/ssl-embedding.png "random init=" \\
+    python -m omnirad_fl.simulations.plot_ssl_embedding docs/ssl-embedding.png "random init=" \\
         "federated MAE=weights/fedssl-modality.safetensors" data.size=32 data.partition=modality
 
 Each encoder is ``LABEL=WEIGHTS`` (empty weights: the seeded random init). Configuration keys pick
@@ -21,7 +21,7 @@ from omnirad.config import Config, load_config, parse_overrides
 from omnirad.data.sites import partition_class_names, pooled_train, site_partitions
 from omnirad.encoders import create_encoder
 from omnirad.training import encode
-from simulations.probe_encoders import encoders_and_keys
+from omnirad_fl.simulations.probe_encoders import encoders_and_keys
 
 
 def site_sample(cfg: Config, per_site: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def plot(path: Path, cfg: Config, encoders: list[tuple[str, str]], per_site: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.plot_ssl_embedding", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.plot_ssl_embedding", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
     parser.add_argument("items", nargs="+", metavar="LABEL=WEIGHTS or KEY=VALUE",

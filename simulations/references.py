@@ -24,10 +24,14 @@ import torch
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.config import Config
-from omnirad.site import CentralEvaluator, LocalSite, get_site, new_model
+from omnirad.evaluation import CentralEvaluator
+from omnirad.models import new_model
+from omnirad.protocol import NUM_EXAMPLES, SITE_ID
+from omnirad.site import LocalSite, RoundInputs
+from omnirad.site_cache import get_site
 from omnirad.standardise import Standardisation
 from omnirad.training import train_model
-from server.run_folder import worst_of
+from omnirad_fl.server.run_folder import worst_of
 
 
 def federated_epochs(cfg: Config) -> int:
@@ -36,8 +40,8 @@ def federated_epochs(cfg: Config) -> int:
 
 def weighted_mean(per_site: list[dict[str, float]]) -> dict[str, float]:
     """Each metric's mean over sites weighted by validation images, as Flower aggregates it."""
-    names = [k for k in per_site[0] if k not in ("num-examples", "site-id")]
-    weights = np.array([m["num-examples"] for m in per_site])
+    names = [k for k in per_site[0] if k not in (NUM_EXAMPLES, SITE_ID)]
+    weights = np.array([m[NUM_EXAMPLES] for m in per_site])
     return {k: float(np.average([m[k] for m in per_site], weights=weights)) for k in names}
 
 
@@ -54,12 +58,12 @@ def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
     inputs = torch.cat([s.train_set.inputs for s in sites])
     labels = np.concatenate([s.train_set.labels for s in sites])
-    broadcast, t = standardised_by(cfg, sites), cfg.train
+    broadcast = standardised_by(cfg, sites)
     model = new_model(cfg, broadcast)
-    train_model(model, inputs, labels, sites[0].task, federated_epochs(cfg), t.lr, t.batch_size, t.weight_decay, cfg.run.seed)
+    train_model(model, inputs, labels, sites[0].task, train=cfg.train, epochs=federated_epochs(cfg), seed=cfg.run.seed)
     state = trainable_state(model)
     return {"global": CentralEvaluator(cfg, broadcast)(state),
-            "worst-site": worst_of([s.evaluate(state, broadcast=broadcast) for s in sites]),
+            "worst-site": worst_of([s.evaluate(RoundInputs(state, 0, broadcast=broadcast)) for s in sites]),
             "personalized": {}}  # one model for all: nothing is personal
 
 
@@ -70,10 +74,10 @@ def local_only(cfg: Config) -> dict[str, dict[str, float]]:
     for site in sites:
         broadcast = standardised_by(cfg, [site])
         model = new_model(cfg, broadcast)
-        site.train(model, federated_epochs(cfg), server_round=0)
+        site.train(model, 0, epochs=federated_epochs(cfg))
         state = trainable_state(model)
         tests.append(evaluator.with_broadcast(broadcast)(state))
-        per_site.append(site.evaluate(state, broadcast=broadcast))
+        per_site.append(site.evaluate(RoundInputs(state, 0, broadcast=broadcast)))
     global_mean = {k: float(np.mean([t[k] for t in tests])) for k in tests[0]} if tests[0] else {}
     return {"global": global_mean, "worst-site": worst_of(per_site), "personalized": weighted_mean(per_site)}
 

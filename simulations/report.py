@@ -1,6 +1,6 @@
 """A Markdown report of a finished run, from its run folder alone (never from terminal output).
 
-    python -m simulations.report runs/<run folder>      # writes <run folder>/report.md
+    python -m omnirad_fl.simulations.report runs/<run folder>      # writes <run folder>/report.md
 
 Tables: the final and best global metrics, the worst site and the sites' own (personalized)
 validation, bytes, time and memory, and every site's final numbers. Plots: metrics per round
@@ -23,13 +23,15 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix
 
-from omnirad.config import NATURAL_SPLITS, SPECTRAL, Config, load_config
+from omnirad.config import Config, load_config
 from omnirad.data.sites import task_info
+from omnirad.data.sources import source_of
+from omnirad.evaluation import CentralEvaluator
+from omnirad.methods import site_method
 from omnirad.multitask import TaskGroup, group_view, is_multitask, task_config
-from omnirad.site import CentralEvaluator
-from server.multitask import read_tasks
-from server.plots import plot_confusion, plot_overlays, plot_site_bars
-from server.run_folder import read_broadcast
+from omnirad_fl.server.multitask import read_tasks
+from omnirad_fl.server.plots import plot_confusion, plot_overlays, plot_site_bars
+from omnirad_fl.server.run_folder import read_broadcast
 
 OVERLAY_IMAGES = 6
 
@@ -55,7 +57,7 @@ def metric_table(rows: dict[str, dict[str, float]], metrics: Sequence[str]) -> l
 
 def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix: str = "") -> tuple[str, str]:
     """The confusion matrix or mask overlays of the ``final`` global model; (file, caption) or a reason."""
-    if cfg.personalization.mode == "fedper" or cfg.strategy.name == SPECTRAL:
+    if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
         return "", "no single global model to plot (FedPer keeps heads at the sites; spectral prompts need the bank)"
     evaluator = CentralEvaluator(cfg, read_broadcast(folder))
     if evaluator.test is None:
@@ -92,7 +94,7 @@ def write_run_report(folder: Path) -> Path:
     last = rounds[-1]
     d, m = cfg.data, cfg.model
     lines = [f"# Run report: {folder.name}", "",
-             f"{d.dataset} data, {d.partition if d.dataset not in NATURAL_SPLITS else 'natural'} split over "
+             f"{d.dataset} data, {'natural' if source_of(d.dataset).natural_split else d.partition} split over "
              f"{d.num_sites} sites, {summary['rounds']} rounds of {cfg.train.local_epochs} local epochs; "
              f"{m.encoder} ({summary.get('weights', m.weights or 'random init')}) with a {m.adapter} adapter; "
              f"strategy {cfg.strategy.name}, personalization {cfg.personalization.mode}, seed {cfg.run.seed}.", "",
@@ -139,7 +141,7 @@ def write_run_report(folder: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="run folders")
     args = parser.parse_args(argv)

@@ -29,11 +29,12 @@ from typing import Any
 
 import click
 
-from omnirad.config import ConfigError, flatten_keys, load_config, parse_overrides, read_config_tree, toml_literal
-from simulations.demo import run_simulation
-from simulations.flower_local import DEFAULT_HTTP_PORT
-from simulations.report import write_run_report
-from simulations.sweep import run_sweep
+from omnirad.config import ConfigError, flatten_keys, parse_overrides, read_config_tree, toml_literal
+from omnirad_fl.server.run_config import load_run_config
+from omnirad_fl.simulations.demo import run_simulation
+from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT
+from omnirad_fl.simulations.report import write_run_report
+from omnirad_fl.simulations.sweep import run_sweep
 
 
 @dataclass
@@ -49,7 +50,7 @@ def load_experiment(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any
     tree = read_config_tree(path)
     sweep_section = tree.pop("sweep", None)
     flat = {**flatten_keys(tree), **parse_overrides(overrides)}
-    cfg = load_config(flat)
+    cfg = load_run_config(flat)
     if sweep_section is None:
         return flat, None
     try:
@@ -95,7 +96,8 @@ def run_experiment(config: Path, overrides: Sequence[str], port: int = DEFAULT_H
     variant_keys = [k for k in plan.grid if not k.startswith("data.")]
     out = Path(plan.out).resolve()
     rows = run_sweep(cell_specs(plan.grid, variant_keys), cell_specs(plan.grid, split_keys), plan.seeds,
-                     as_overrides(flat, set(plan.grid) | {"run.seed"}), out / "results.jsonl", plan.baselines, port)
+                     shared_overrides=as_overrides(flat, set(plan.grid) | {"run.seed"}), out=out / "results.jsonl",
+                     with_references=plan.baselines, port=port)
     run_reports = [write_run_report(Path(r["run-folder"])) for r in rows
                    if r.get("run-folder") and (Path(r["run-folder"]) / "summary.json").is_file()]
     lines = [f"# Sweep report: {config.name}", "", f"Configuration: `{config}`; grid: "

@@ -11,8 +11,8 @@ stopped. The table gives, per split and variant, mean ± standard deviation over
 
 Next to ``--out`` go the table (``.md``) and a bar chart of the three views (``.png``).
 
-    python -m simulations.sweep --out results/strategies.jsonl            # every strategy, 3 splits, 3 seeds
-    python -m simulations.sweep --seeds 0 --splits "iid:data.partition='iid'" --variants "fedavg:" "fedprox:strategy.name='fedprox'"
+    python -m omnirad_fl.simulations.sweep --out results/strategies.jsonl            # every strategy, 3 splits, 3 seeds
+    python -m omnirad_fl.simulations.sweep --seeds 0 --splits "iid:data.partition='iid'" --variants "fedavg:" "fedprox:strategy.name='fedprox'"
 
 A variant or split is ``label:key=value,...`` as in ``simulations.compare_runs``. With the feature
 cache on (the default here) the sites' features are encoded once per split and seed.
@@ -31,17 +31,18 @@ from typing import Any
 import numpy as np
 from flwr.common.config import parse_config_args
 
-from omnirad.config import STRATEGY_NAMES, load_config
 from omnirad.data.sites import task_info
-from server.plots import plot_sweep
-from simulations import references
-from simulations.compare_runs import variant_overrides
-from simulations.demo import local_superlink, run_simulation
-from simulations.flower_local import DEFAULT_HTTP_PORT
+from omnirad_fl.server.plots import plot_sweep
+from omnirad_fl.server.run_config import load_run_config
+from omnirad_fl.simulations import references
+from omnirad_fl.simulations.compare_runs import variant_overrides
+from omnirad_fl.simulations.demo import local_superlink, run_simulation
+from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT
+from omnirad_fl.strategies import STRATEGIES
 
 SPLITS = ("iid:data.partition='iid'", "Dirichlet 0.1:data.partition='dirichlet',data.alpha=0.1",
           "one style per site:data.partition='modality'")
-VARIANTS = (*(f"{name}:strategy.name='{name}'" for name in STRATEGY_NAMES),
+VARIANTS = (*(f"{name}:strategy.name='{name}'" for name, spec in STRATEGIES.items() if spec.prepare is None),
             "fedper:personalization.mode='fedper'", "fedbn:personalization.mode='fedbn'")
 SHARED = "num-server-rounds=10 personalization.finetune-epochs=5"
 REFERENCES = {"pooled (central)": references.pooled, "local only": references.local_only}
@@ -66,7 +67,7 @@ def run_one(overrides: str, label: str, http_port: int) -> dict[str, Any]:
     """One federated run or reference training, as a result row."""
     if label in REFERENCES:
         started = time.perf_counter()
-        cfg = load_config(parse_config_args([overrides]))
+        cfg = load_run_config(parse_config_args([overrides]))
         row = REFERENCES[label](cfg)
         return {**row, "wall-seconds": round(time.perf_counter() - started, 1)}
     summary_path = run_simulation(overrides, http_port)
@@ -119,7 +120,7 @@ def table(rows: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(variants: list[str], splits: list[str], seeds: list[int], shared_overrides: str, out: Path,
+def run_sweep(variants: list[str], splits: list[str], seeds: list[int], *, shared_overrides: str, out: Path,
               with_references: bool = True, port: int = DEFAULT_HTTP_PORT) -> list[dict[str, Any]]:
     """Run every (seed, split, variant) not yet in ``out`` and write its table (``.md``) and plot
     (``.png``); returns the rows of this sweep. Every configuration is checked before the first run."""
@@ -138,7 +139,7 @@ def run_sweep(variants: list[str], splits: list[str], seeds: list[int], shared_o
         return f"{shared} {variant_overrides(split)[1]} run.seed={seed} {variant_overrides(variant)[1]}".strip()
 
     for cell in plan:
-        load_config(parse_config_args([overrides_of(*cell)]))
+        load_run_config(parse_config_args([overrides_of(*cell)]))
     done = done_keys(out)
     link = local_superlink(port)
     with contextlib.nullcontext() if link.healthy() else link:  # one SuperLink for the whole sweep
@@ -152,7 +153,7 @@ def run_sweep(variants: list[str], splits: list[str], seeds: list[int], shared_o
                 f.write(json.dumps({"shared": shared_overrides, "split": split_label, "seed": seed, "variant": label,
                                     **row}) + "\n")
     rows = [r for r in map(json.loads, out.read_text().splitlines()) if r["shared"] == shared_overrides]
-    metric = task_info(load_config(parse_config_args([shared]))).selection_metric
+    metric = task_info(load_run_config(parse_config_args([shared]))).selection_metric
     out.with_suffix(".md").write_text(f"Shared overrides: {shared_overrides}\n{table(rows, metric)}\n")
     plot_sweep(view_stats(rows, metric), out.with_suffix(".png"), metric)
     return rows
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT,
                         help="loopback port of the sweep's SuperLink (another port lets two sweeps run side by side)")
     args = parser.parse_args(argv)
-    run_sweep(args.variants, args.splits, args.seeds, args.shared, args.out, not args.no_references, args.port)
+    run_sweep(args.variants, args.splits, args.seeds, shared_overrides=args.shared, out=args.out,
+              with_references=not args.no_references, port=args.port)
     table_path = args.out.resolve().with_suffix(".md")
     print(f"{table_path.read_text()}\nTable: {table_path}; plot: {table_path.with_suffix('.png')}")
     return 0

@@ -20,11 +20,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from omnirad.multitask import SHARED, TASK_KEY, TaskGroup, group_view
+from omnirad.multitask import SHARED, TaskGroup, group_view
+from omnirad.protocol import NUM_EXAMPLES, TASK
+from omnirad_fl.strategies.wrapper import flower_strategy
 
 log = logging.getLogger(__name__)
 SCORE = "multitask-score"  # mean over tasks of each task's selection metric (macro-F1 or Dice)
-WEIGHT = "num-examples"
+WEIGHT = NUM_EXAMPLES
 
 
 class GroupGrid:
@@ -81,18 +83,18 @@ class MultiTaskStrategy(Strategy):
             log.info("task %s: sites %s, %s", name, list(group.sites), type(self.strategies[name]).__name__)
 
     def _per_group(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
-                   configure: Callable[[Strategy], Callable[..., Iterable[Message]]]) -> list[Message]:
+                   *, configure: Callable[[Strategy], Callable[..., Iterable[Message]]]) -> list[Message]:
         messages, self.sat_out = [], set()
         for name, group in self.groups.items():
             group_grid, strategy = GroupGrid(grid, group.nodes), self.strategies[name]
-            connected, needed = len(group_grid.get_node_ids()), strategy.min_available_nodes
+            connected, needed = len(group_grid.get_node_ids()), flower_strategy(strategy).min_available_nodes
             if connected < needed:  # Flower would wait for them, and hold up every other task
                 log.warning("round %d: task %s has %d of the %d sites it needs connected: it sits this round out",
                             server_round, name, connected, needed)
                 self.sat_out.add(name)
                 continue
             view = ArrayRecord(group_view(dict(arrays.items()), name))
-            instructions = ConfigRecord({**config, TASK_KEY: name})
+            instructions = ConfigRecord({**config, TASK: name})
             messages += configure(strategy)(server_round, view, instructions, group_grid)
         return messages
 
@@ -109,7 +111,7 @@ class MultiTaskStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._global = dict(arrays.items())
-        return self._per_group(server_round, arrays, config, grid, lambda s: s.configure_train)
+        return self._per_group(server_round, arrays, config, grid, configure=lambda s: s.configure_train)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         record, metrics = dict(self._global), MetricRecord({f"{name}/sat-out": 1.0 for name in self.sat_out})
@@ -137,7 +139,7 @@ class MultiTaskStrategy(Strategy):
         return ArrayRecord(record), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self._per_group(server_round, arrays, config, grid, lambda s: s.configure_evaluate)
+        return self._per_group(server_round, arrays, config, grid, configure=lambda s: s.configure_evaluate)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         metrics = MetricRecord()

@@ -11,6 +11,7 @@ import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from omnirad.protocol import ARRAYS, QUERY_FEATURE_MOMENTS
 from omnirad.standardise import FeatureMoments, Standardisation
 
 
@@ -34,8 +35,8 @@ def collect_standardisation(grid: Grid, timeout: float = 600.0) -> tuple[Standar
     """The feature standardisation pooled from every site's moments, and the images it covers.
     Raises ``RuntimeError`` naming the node whose moments are missing or malformed."""
     pooled = None
-    for node, content in ask_every_site(grid, "feature_moments", "feature standardisation", timeout).items():
-        arrays = content.get("arrays")
+    for node, content in ask_every_site(grid, QUERY_FEATURE_MOMENTS, "feature standardisation", timeout).items():
+        arrays = content.get(ARRAYS)
         try:
             if arrays is None:
                 raise ValueError("no arrays in the reply")

@@ -1,25 +1,24 @@
 """Server-side checks on every training reply before it is aggregated.
 
 A hospital's update can be broken (a bug, a diverged run, NaN from a bad batch) or hostile. Flower
-aggregates whatever arrives, so ``validated`` wraps a strategy class: a reply whose arrays have
-other keys, shapes or dtypes than the global model, hold NaN or Inf, or whose update norm
-(distance from the global model) is beyond the bound is left out with a logged reason; the round
-goes on with the rest. With fewer valid replies than the minimum the round leaves the global model
-unchanged (Flower keeps the previous arrays when aggregation returns none).
+aggregates whatever arrives, so the strategy wrapper (``omnirad_fl.strategies.wrapper``) screens
+replies first: a reply whose arrays have other keys, shapes or dtypes than the global model, hold
+NaN or Inf, or whose update norm (distance from the global model) is beyond the bound is left out
+with a logged reason; the round goes on with the rest. With fewer valid replies than the minimum
+the round leaves the global model unchanged (Flower keeps the previous arrays when aggregation
+returns none).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.app import ArrayRecord, Message
+
+from omnirad.config import StrategyConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +33,9 @@ class UpdateRules:
     min_valid: int = 1
     clip: bool = False  # scale an oversized finite update to the median norm instead of leaving it out
 
-
-class RejectionObserver(Protocol):
-    def on_rejected(self, server_round: int, reply: Message, reason: str) -> None: ...
+    @classmethod
+    def of(cls, s: StrategyConfig) -> UpdateRules:
+        return cls(s.max_update_norm, s.max_norm_ratio, s.min_valid_updates, s.clip_updates)
 
 
 def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
@@ -100,35 +99,3 @@ def screen_replies(replies: list[Message], reference: dict[str, np.ndarray], rul
         else:
             rejected.append((reply, problem))
     return valid, rejected
-
-
-def validated(strategy_cls: type[Strategy]) -> type[Strategy]:
-    """A subclass of ``strategy_cls`` that screens training replies before aggregating them."""
-
-    class Validated(strategy_cls):  # type: ignore[misc, valid-type]
-        rules: UpdateRules = UpdateRules()
-        observer: RejectionObserver | None = None
-        _global: dict[str, np.ndarray]
-
-        def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-            self._global = {key: arrays[key].numpy() for key in arrays}
-            return super().configure_train(server_round, arrays, config, grid)
-
-        def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            valid, rejected = screen_replies(list(replies), self._global, self.rules)
-            for reply, reason in rejected:
-                log.warning("round %d: update from node %d left out: %s", server_round, reply.metadata.src_node_id, reason)
-                if self.observer is not None:
-                    self.observer.on_rejected(server_round, reply, reason)
-            usable = [r for r in valid if not r.has_error()]
-            if len(usable) < self.rules.min_valid:
-                log.warning("round %d: %d valid updates, fewer than strategy.min-valid-updates=%d: the global "
-                            "model stays as it was", server_round, len(usable), self.rules.min_valid)
-                return None, MetricRecord({"rejected-updates": len(rejected), "valid-updates": len(usable)})
-            arrays, metrics = super().aggregate_train(server_round, valid)
-            metrics = metrics if metrics is not None else MetricRecord()
-            metrics["rejected-updates"], metrics["valid-updates"] = len(rejected), len(usable)
-            return arrays, metrics
-
-    Validated.__name__ = Validated.__qualname__ = strategy_cls.__name__
-    return Validated

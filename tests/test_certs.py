@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from flwr.cli.supernode.register import try_load_public_key
 
-from server.certs import main, site_key_paths, write_federation
+from omnirad_fl.server.certs import main, site_key_paths, write_federation
 
 
 def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(tmp_path):

@@ -8,10 +8,10 @@ import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from omnirad.config import ConfigError, load_config
-from server.app import resumable
-from server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
-from server.run_folder import RunFolder
-from strategies import build_strategy
+from omnirad_fl.server.app import resumable
+from omnirad_fl.server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
+from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.strategies import build_strategy
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}

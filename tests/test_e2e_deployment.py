@@ -20,9 +20,9 @@ import psutil
 import pytest
 import yaml
 
-from server.certs import site_key_paths, write_federation
-from server.processes import stop_process_tree
-from simulations.deploy_demo import write_demo
+from omnirad_fl.server.certs import site_key_paths, write_federation
+from omnirad_fl.server.processes import stop_process_tree
+from omnirad_fl.simulations.deploy_demo import write_demo
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
+from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
 
     link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
     with link:
-        completed = flwr_run(PROJECT, link.env, f"{config} data.num-sites=2 run.output-dir='{runs}' run.resume-from='{folder}'", 2)
+        completed = flwr_run(PROJECT, link.env, f"{config} data.num-sites=2 run.output-dir='{runs}' run.resume-from='{folder}'", num_supernodes=2)
     assert completed.returncode == 0
     resumed = json.loads((folder / "summary.json").read_text())
     assert resumed["resumed-after-round"] == stopped_after and resumed["rounds"] == 4

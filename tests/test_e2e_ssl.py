@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from omnirad.encoders import create_encoder, weights_fingerprint
-from simulations.report import write_run_report
+from omnirad_fl.simulations.report import write_run_report
 from tests.test_e2e_flwr_run import run_federation
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_
 def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path):
     encoder_file = Path(tmp_path) / "mae.safetensors"
     flwr_runs = tmp_path / "runs"
-    from simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
+    from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
     from tests.test_e2e_flwr_run import PROJECT, free_port
 
     write_flower_config(tmp_path / "flwr", num_supernodes=2)

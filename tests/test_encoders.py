@@ -82,5 +82,5 @@ def test_offline_hub_name_fails_fast_with_a_clear_message():
 
 
 def test_unknown_encoder_name():
-    with pytest.raises(ValueError, match="unknown encoder 'vit-huge'"):
+    with pytest.raises(ValueError, match="model.encoder.*'vit-huge'"):
         create_encoder("vit-huge")

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
 from omnirad.encoders import create_encoder
-from omnirad.site import LocalSite, encoder_for, new_model
+from omnirad.models import encoder_for, new_model
+from omnirad.site import LocalSite, RoundInputs
 
 BASE = {"data.num-train": 120, "data.num-test": 40, "data.size": 32, "data.num-sites": 2, "data.partition": "iid",
         "data.min-site-samples": 10, "train.local-epochs": 1}
@@ -55,7 +56,7 @@ def test_full_fine_tuning_sends_every_encoder_weight_and_the_head():
 def test_a_lora_round_changes_only_what_it_sends_and_the_frozen_weights_stay():
     cfg = load_config({**BASE, "model.adapter": "lora", "model.head": "mlp"})
     start = trainable_state(new_model(cfg))
-    state, metrics = LocalSite(cfg, 0).fit(start, server_round=1)
+    state, metrics = LocalSite(cfg, 0).fit(RoundInputs(start, server_round=1))
     assert list(state) == list(start) and metrics["train-loss"] > 0
     changed = [k for k in state if not torch.equal(state[k], start[k])]
     assert any(".lora_B." in k for k in changed) and any(k.startswith("head.") for k in changed)

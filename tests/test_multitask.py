@@ -7,10 +7,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.deployment import check_task
 from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
 from omnirad.data.sites import load_site, task_info
+from omnirad.models import new_model
 from omnirad.multitask import (
     TaskDeclaration,
     TaskMismatch,
@@ -22,11 +22,12 @@ from omnirad.multitask import (
     site_view,
     task_config,
 )
-from omnirad.site import new_model
+from omnirad.protocol import TASK
 from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
-from server.multitask import MultiTaskEvaluator, expected_tasks, initial_record, multitask_strategy
-from server.run_folder import RunFolder
-from strategies.multitask import SCORE, TASK_KEY
+from omnirad_fl.client.deployment import check_task
+from omnirad_fl.server.multitask import MultiTaskEvaluator, expected_tasks, initial_record, multitask_strategy
+from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.strategies.multitask import SCORE
 from tests.conftest import FakeGrid
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -140,7 +141,7 @@ def test_each_group_is_averaged_among_its_members_and_the_shared_part_among_all(
     assert sorted(m.metadata.dst_node_id for m in messages) == list(range(100, 106))
     for message in messages:
         task = "region" if message.metadata.dst_node_id < 103 else "lesions"
-        assert message.content["config"][TASK_KEY] == task
+        assert message.content["config"][TASK] == task
         assert set(message.content["arrays"]) == set(states(0, 0)[task])  # its own model's names only
     # region sites move their head to 1, 2, 3 and the shared tensor to 10; lesion sites to 30 and 50
     replies = [reply(100 + s, s, {"fc.weight": torch.full((4, 3), s + 1.0), "lora.A": torch.full((2,), 10.0)}, 100)
@@ -201,11 +202,11 @@ def reply_eval(node: int, values: dict[str, float]) -> Message:
 
 def test_a_site_refuses_another_tasks_adapter():
     cfg = site_view(load_config(SIX), 0)
-    check_task(cfg, ConfigRecord({TASK_KEY: "region"}))
+    check_task(cfg, ConfigRecord({TASK: "region"}))
     with pytest.raises(TaskMismatch, match="'lesions'.*'region'"):
-        check_task(cfg, ConfigRecord({TASK_KEY: "lesions"}))
+        check_task(cfg, ConfigRecord({TASK: "lesions"}))
     with pytest.raises(TaskMismatch):
-        check_task(load_config(), ConfigRecord({TASK_KEY: "region"}))  # a single-task site
+        check_task(load_config(), ConfigRecord({TASK: "region"}))  # a single-task site
 
 
 class PartlyConnected(FakeGrid):

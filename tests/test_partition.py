@@ -1,19 +1,25 @@
 import numpy as np
 import pytest
 
-from omnirad.config import load_config
+from omnirad.config import DataConfig, load_config
 from omnirad.data.partition import PartitionError, partition_indices, split_train_val
 from omnirad.data.sites import load_site, site_partitions
+
+
+def split(labels, num_sites, scheme, seed=0, groups=None, **data_keys):
+    """``partition_indices`` with the data keys given by name, the rest at their defaults."""
+    return partition_indices(labels, DataConfig(num_sites=num_sites, partition=scheme, **data_keys), seed=seed,
+                             groups=groups)
 
 LABELS = np.arange(1200) % 4
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
 def test_every_sample_goes_to_exactly_one_site_and_seed_fixes_the_split(scheme):
-    parts = partition_indices(LABELS, 5, scheme, alpha=0.5, seed=3, min_site_samples=20)
+    parts = split(LABELS, 5, scheme, alpha=0.5, seed=3, min_site_samples=20)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
     assert all(len(p) >= 20 for p in parts)
-    again = partition_indices(LABELS, 5, scheme, alpha=0.5, seed=3, min_site_samples=20)
+    again = split(LABELS, 5, scheme, alpha=0.5, seed=3, min_site_samples=20)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
@@ -22,14 +28,14 @@ def test_small_alpha_skews_labels_more_than_iid():
         hist = np.stack([np.bincount(LABELS[p], minlength=4) / len(p) for p in parts])
         return np.abs(hist - 0.25).sum(axis=1).mean()
 
-    iid = partition_indices(LABELS, 4, "iid", seed=0)
-    skewed = partition_indices(LABELS, 4, "dirichlet", alpha=0.1, seed=0, min_site_samples=10)
+    iid = split(LABELS, 4, "iid", seed=0)
+    skewed = split(LABELS, 4, "dirichlet", alpha=0.1, seed=0, min_site_samples=10)
     assert skew(skewed) > skew(iid) + 0.3
 
 
 def test_impossible_split_names_the_keys():
     with pytest.raises(PartitionError, match="data.min-site-samples"):
-        partition_indices(LABELS[:100], 8, "iid", min_site_samples=20)
+        split(LABELS[:100], 8, "iid", min_site_samples=20)
 
 
 def test_train_val_split_is_disjoint_and_complete():
@@ -49,21 +55,21 @@ def test_sites_from_config_cover_the_pool_without_overlap():
 
 
 def test_pathological_gives_each_site_k_classes():
-    parts = partition_indices(LABELS, 4, "pathological", seed=0, classes_per_site=2, min_site_samples=10)
+    parts = split(LABELS, 4, "pathological", seed=0, classes_per_site=2, min_site_samples=10)
     assert all(len(np.unique(LABELS[p])) <= 2 for p in parts)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
 
 
 def test_quantity_skew_follows_a_power_law_with_a_floor():
-    parts = partition_indices(LABELS, 5, "quantity", seed=0, quantity_exponent=1.5, min_site_samples=30)
+    parts = split(LABELS, 5, "quantity", seed=0, quantity_exponent=1.5, min_site_samples=30)
     sizes = sorted((len(p) for p in parts), reverse=True)
     assert sum(sizes) == len(LABELS) and sizes[-1] >= 30 and sizes[0] > 3 * sizes[-1]
 
 
 def test_modality_split_gives_each_site_one_style():
     groups = (np.arange(1200) // 4) % 4
-    parts = partition_indices(LABELS, 8, "modality", seed=0, groups=groups, min_site_samples=10)
+    parts = split(LABELS, 8, "modality", seed=0, groups=groups, min_site_samples=10)
     assert all(len(np.unique(groups[p])) == 1 for p in parts)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
     with pytest.raises(PartitionError, match="imaging styles"):
-        partition_indices(LABELS, 4, "modality", groups=None)
+        split(LABELS, 4, "modality", groups=None)

@@ -4,7 +4,15 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from omnirad.config import DataConfig
 from omnirad.data.partition import PartitionError, partition_indices
+
+
+def split(labels, num_sites, scheme, seed=0, groups=None, **data_keys):
+    """``partition_indices`` with the data keys given by name, the rest at their defaults."""
+    return partition_indices(labels, DataConfig(num_sites=num_sites, partition=scheme, **data_keys), seed=seed,
+                             groups=groups)
+
 
 schemes = st.sampled_from(["iid", "dirichlet", "pathological", "quantity", "modality"])
 
@@ -26,12 +34,12 @@ def test_every_sample_once_sizes_respected_same_seed_same_split(scheme, num_samp
     groups = rng.integers(0, 3, num_samples)
     kwargs = dict(alpha=alpha, seed=seed, min_site_samples=min_size, classes_per_site=2, groups=groups)
     try:
-        parts = partition_indices(labels, num_sites, scheme, **kwargs)
+        parts = split(labels, num_sites, scheme, **kwargs)
     except PartitionError as err:
         assert "data." in str(err)  # a refusal always names the key to change
         return
     assert len(parts) == num_sites
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(num_samples))
     assert all(len(p) >= min_size for p in parts)
-    again = partition_indices(labels, num_sites, scheme, **kwargs)
+    again = split(labels, num_sites, scheme, **kwargs)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))

@@ -5,12 +5,16 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from client import app as client_app
 from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
+from omnirad.evaluation import CentralEvaluator
+from omnirad.models import new_model
 from omnirad.personalization import local_keys
-from omnirad.site import CentralEvaluator, get_site, new_model
-from simulations.flower_local import instruction
+from omnirad.protocol import PERSONAL_STATE
+from omnirad.site import RoundInputs
+from omnirad.site_cache import get_site
+from omnirad_fl.client import app as client_app
+from omnirad_fl.simulations.flower_local import instruction
 
 SMALL = {"data.num-train": 240, "data.num-test": 60, "data.size": 32, "data.num-sites": 2,
          "data.partition": "iid", "train.local-epochs": 2, "num-server-rounds": 2}
@@ -82,7 +86,7 @@ def test_fedper_keeps_the_output_layer_at_the_site_across_rounds():
         reply = client_app.train(instruction("train", content, 7), context)
         sent = reply.content["arrays"].to_torch_state_dict()
         assert set(sent) == set(shared)  # the output layer never leaves the site
-        stored.append(context.state[client_app.PERSONAL].to_torch_state_dict())
+        stored.append(context.state[PERSONAL_STATE].to_torch_state_dict())
         assert set(stored[-1]) == site.local_keys
         shared = sent
     # round 2 trained on from round 1's local layer, not from the initial one
@@ -95,7 +99,7 @@ def test_fedper_keeps_the_output_layer_at_the_site_across_rounds():
                     state=RecordDict(), run_config=flat)
     untrained_head = client_app.evaluate(instruction("evaluate", content, 7), fresh).content["metrics"]
     # the site scores its own layer, not the initial one
-    assert personal["loss"] == pytest.approx(site.evaluate(shared, stored[-1])["loss"])
+    assert personal["loss"] == pytest.approx(site.evaluate(RoundInputs(shared, 0, personal=stored[-1]))["loss"])
     assert personal["loss"] != pytest.approx(untrained_head["loss"])
     assert CentralEvaluator(cfg)(shared) == {}  # no global output layer to score on the server
 
@@ -104,8 +108,8 @@ def test_local_finetuning_baseline_reports_finetuned_metrics_after_the_last_roun
     cfg = load_config({**SMALL, "personalization.finetune-epochs": 3})
     site = get_site(cfg, 1)
     start = trainable_state(new_model(cfg))
-    metrics = site.evaluate(start, finetune_epochs=3)
+    metrics = site.evaluate(RoundInputs(start, 0), finetune_epochs=3)
     assert {"finetuned-accuracy", "finetuned-macro-f1", "finetuned-auc"} <= set(metrics)
     assert "finetuned-loss" not in metrics
     assert metrics["finetuned-accuracy"] != metrics["accuracy"] or metrics["finetuned-auc"] != metrics["auc"]
-    assert "finetuned-accuracy" not in site.evaluate(start)
+    assert "finetuned-accuracy" not in site.evaluate(RoundInputs(start, 0))

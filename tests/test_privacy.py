@@ -7,11 +7,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 from opacus.accountants import RDPAccountant
 
-from client import app as client_app
 from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
+from omnirad.models import new_model
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger, check_budget, round_plan
-from omnirad.site import get_site, new_model
+from omnirad.protocol import PRIVACY_LEDGER
+from omnirad.site import RoundInputs
+from omnirad.site_cache import get_site
+from omnirad_fl.client import app as client_app
+from omnirad_fl.server.run_config import load_run_config
 
 DP = {"data.num-train": 400, "data.num-test": 40, "data.size": 32, "data.num-sites": 2, "data.partition": "iid",
       "train.local-epochs": 1, "num-server-rounds": 3, "privacy.dp": True}
@@ -49,7 +53,7 @@ def test_epsilon_accumulates_over_rounds_and_stays_within_the_budget():
     accountant = RDPAccountant()  # opacus' own accountant, told the three rounds afresh
     accountant.history = [(plan.noise_multiplier, plan.sample_rate, 3 * plan.steps)]
     assert epsilons[2] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-6)
-    ledger = PrivacyLedger.from_record(context.state[client_app.LEDGER])
+    ledger = PrivacyLedger.from_record(context.state[PRIVACY_LEDGER])
     assert ledger.epsilon(1e-5) == pytest.approx(epsilons[2])
 
 
@@ -62,7 +66,7 @@ def test_a_site_whose_budget_is_spent_stops_training_and_says_so():
     assert first_refused == 3  # rounds 1-3 fit the budget of 2.0, round 4 would not
     assert all(r.has_error() for r in replies[first_refused:])  # once spent, always spent
     assert "privacy budget spent" in errors[0].error.reason and "privacy.epsilon=2" in errors[0].error.reason
-    spent = PrivacyLedger.from_record(context.state[client_app.LEDGER]).epsilon(1e-5)
+    spent = PrivacyLedger.from_record(context.state[PRIVACY_LEDGER]).epsilon(1e-5)
     assert spent <= 2.0 * 1.01 and spent == pytest.approx(replies[first_refused - 1].content["metrics"]["epsilon"])
 
 
@@ -70,8 +74,8 @@ def test_dp_training_moves_the_adapter_and_differs_from_plain_training():
     cfg = load_config({**DP, "privacy.noise-multiplier": 1.0})
     site = get_site(cfg, 1)
     start = trainable_state(new_model(cfg))
-    private, metrics = site.fit(start, 1, ledger=PrivacyLedger())
-    plain, _ = get_site(load_config({**DP, "privacy.dp": False}), 1).fit(start, 1)
+    private, metrics = site.fit(RoundInputs(start, 1), ledger=PrivacyLedger())
+    plain, _ = get_site(load_config({**DP, "privacy.dp": False}), 1).fit(RoundInputs(start, 1))
     assert metrics["noise-multiplier"] == 1.0 and metrics["epsilon"] > 0
     assert any(not torch.equal(private[k], start[k]) for k in start)
     assert any(not torch.allclose(private[k], plain[k]) for k in start)
@@ -83,7 +87,7 @@ def test_dp_training_moves_the_adapter_and_differs_from_plain_training():
 
 def test_dp_refuses_a_proximal_term_and_bad_values():
     with pytest.raises(ConfigError, match="strategy.name"):
-        load_config({"privacy.dp": True, "strategy.name": "fedprox"})
+        load_run_config({"privacy.dp": True, "strategy.name": "fedprox"})
     for key, value in (("privacy.epsilon", 0.0), ("privacy.delta", 1.0), ("privacy.max-grad-norm", 0.0)):
         with pytest.raises(ConfigError, match=key):
             load_config({key: value})

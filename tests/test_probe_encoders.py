@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from simulations.probe_encoders import main
+from omnirad_fl.simulations.probe_encoders import main
 
 
 def test_probes_score_each_named_encoder_and_append_json_lines(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 
 from omnirad.config import load_config
 from omnirad.data.report import format_report, label_counts, partition_report
-from server.run_folder import RunFolder
+from omnirad_fl.server.run_folder import RunFolder
 
 
 def test_report_counts_every_site_and_label(tmp_path):

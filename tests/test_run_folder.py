@@ -8,8 +8,8 @@ import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from omnirad.config import load_config
-from server.run_folder import RunFolder
-from strategies import build_strategy
+from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.strategies import build_strategy
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
+from omnirad.adapters.decoder import SegmentationDecoder, default_token_layers, token_layers
 from omnirad.config import ConfigError, load_config
-from omnirad.decoder import SegmentationDecoder, default_token_layers
 from omnirad.encoders import create_encoder
 from omnirad.metrics import segmentation_metrics
-from omnirad.models import build_model, token_layers
-from omnirad.site import LocalSite, new_model
+from omnirad.models import build_model, new_model
+from omnirad.site import LocalSite, RoundInputs
 
 
 def logits_of(prediction: np.ndarray, num_classes: int = 3) -> torch.Tensor:
@@ -66,7 +66,7 @@ def test_decoder_reads_blocks_4_8_12_by_default_and_has_no_batchnorm():
 def test_decoder_layers_are_configurable_and_checked_against_the_encoder_depth():
     encoder = create_encoder("vit-tiny", "", image_size=32)
     cfg = load_config({"data.task": "segmentation", "model.adapter": "decoder", "model.decoder-layers": "2,12"})
-    assert token_layers(cfg, encoder) == [1, 11]
+    assert token_layers(cfg.model, encoder.depth) == [1, 11]
     too_deep = load_config({"data.task": "segmentation", "model.adapter": "decoder", "model.decoder-layers": "13"})
     with pytest.raises(ConfigError, match="model.decoder-layers.*blocks 1 to 12"):
         build_model(too_deep, encoder)
@@ -90,8 +90,8 @@ def test_a_site_learns_to_segment_the_embedded_masks():
     site = LocalSite(cfg, 0)
     assert site.train_set.labels.shape[1:] == (32, 32)
     start = {k: v.clone() for k, v in new_model(cfg).state_dict().items()}
-    state, _ = site.fit(start, server_round=1)
-    before, after = site.evaluate(start), site.evaluate(state)
+    state, _ = site.fit(RoundInputs(start, server_round=1))
+    before, after = site.evaluate(RoundInputs(start, 0)), site.evaluate(RoundInputs(state, 0))
     assert after["loss"] < before["loss"] and after["dice"] > before["dice"]
     assert {"dice", "iou", "dice-with-background"} <= set(after)
 
@@ -115,8 +115,8 @@ def test_medsegbench_site_files_train_at_the_configured_size(tmp_path):
     assert site.train_set.data.images.shape == (48, 32, 32, 3)  # resized from 48 px
     assert set(np.unique(site.train_set.labels)) <= {0, 1, 2}  # nearest-neighbour masks keep their classes
     start = {k: v.clone() for k, v in new_model(cfg).state_dict().items()}
-    state, _ = site.fit(start, server_round=1)
-    assert site.evaluate(state)["dice"] > site.evaluate(start)["dice"]
+    state, _ = site.fit(RoundInputs(start, server_round=1))
+    assert site.evaluate(RoundInputs(state, 0))["dice"] > site.evaluate(RoundInputs(start, 0))["dice"]
 
 
 def test_lora_decoder_trains_lora_on_the_encoder_and_the_decoder_on_images():

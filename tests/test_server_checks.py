@@ -1,7 +1,7 @@
 import pytest
 
 from omnirad.config import ConfigError, load_config
-from server.app import check_federation
+from omnirad_fl.server.app import check_federation
 from tests.conftest import FakeGrid
 
 

@@ -7,7 +7,7 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, load_config, to_flat
-from server.cli import finished_run, latest_checkpointed_run, main, run_configuration, write_run_config
+from omnirad_fl.server.cli import finished_run, latest_checkpointed_run, main, run_configuration, write_run_config
 
 
 def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):

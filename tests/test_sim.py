@@ -5,7 +5,7 @@ import json
 import pytest
 
 from omnirad.config import ConfigError
-from simulations import sim, sweep
+from omnirad_fl.simulations import sim, sweep
 
 SWEEP = """
 num-server-rounds: 2
@@ -112,9 +112,9 @@ def test_omnirad_sim_on_a_shipped_configuration_writes_the_report(tmp_path):
 def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
     from omnirad.adapters import trainable_state
     from omnirad.config import load_config
-    from omnirad.site import new_model
-    from server.run_folder import RunFolder
-    from simulations.report import write_run_report
+    from omnirad.models import new_model
+    from omnirad_fl.server.run_folder import RunFolder
+    from omnirad_fl.simulations.report import write_run_report
 
     cfg = load_config({"run.output-dir": str(tmp_path), "data.task": "segmentation", "model.adapter": "decoder",
                        "data.size": 32, "data.num-test": 8, "data.num-sites": 2})
@@ -132,10 +132,10 @@ def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     from omnirad.config import load_config, read_config_file
     from omnirad.data.sites import task_info
     from omnirad.multitask import TaskGroup, task_config
-    from server.multitask import initial_record, task_summary, write_tasks
-    from server.run_folder import RunFolder
-    from simulations.report import write_run_report
-    from strategies.multitask import SCORE
+    from omnirad_fl.server.multitask import initial_record, task_summary, write_tasks
+    from omnirad_fl.server.run_folder import RunFolder
+    from omnirad_fl.simulations.report import write_run_report
+    from omnirad_fl.strategies.multitask import SCORE
 
     shipped = Path(__file__).resolve().parents[1] / "simulations" / "configs" / "multitask.yaml"
     flat = {**read_config_file(shipped), "run.output-dir": str(tmp_path), "data.num-test": 8, "data.num-train": 120}

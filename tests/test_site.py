@@ -2,7 +2,10 @@
 
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config, to_flat, to_yaml
-from omnirad.site import CentralEvaluator, get_site, new_model
+from omnirad.evaluation import CentralEvaluator
+from omnirad.models import new_model
+from omnirad.site import RoundInputs
+from omnirad.site_cache import get_site
 
 CFG = load_config({"data.num-train": 400, "data.num-test": 100, "data.size": 32, "data.num-sites": 2,
                    "data.partition": "iid", "train.local-epochs": 3})
@@ -12,10 +15,10 @@ def test_fit_returns_exactly_the_adapter_tensors_and_learns():
     site = get_site(CFG, 0)
     assert get_site(CFG, 0) is site  # features are encoded once per process
     start = trainable_state(new_model(CFG))
-    state, metrics = site.fit(start, server_round=1)
+    state, metrics = site.fit(RoundInputs(start, server_round=1))
     assert list(state) == list(start)
     assert {"num-examples", "site-id", "train-loss", "peak-rss-mb"} == set(metrics)
-    before, after = site.evaluate(start), site.evaluate(state)
+    before, after = site.evaluate(RoundInputs(start, 0)), site.evaluate(RoundInputs(state, 0))
     assert {"accuracy", "macro-f1", "auc", "loss", "num-examples"} <= set(after)
     assert after["loss"] < before["loss"]
     central = CentralEvaluator(CFG)(state)
@@ -27,14 +30,14 @@ def test_a_round_of_a_site_is_reproducible():
 
     site = get_site(CFG, 1)
     start = trainable_state(new_model(CFG))
-    first, _ = site.fit(start, server_round=3)
+    first, _ = site.fit(RoundInputs(start, server_round=3))
     torch.rand(5)  # whatever else used the global RNG in between
-    second, _ = site.fit(start, server_round=3)
+    second, _ = site.fit(RoundInputs(start, server_round=3))
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_a_worker_keeps_its_sites_until_they_hold_too_much(monkeypatch):
-    from omnirad import site as site_module
+    from omnirad import site_cache as site_module
     from omnirad.data.sites import site_partitions
 
     cfg = load_config({"data.num-sites": 3, "data.num-train": 120, "data.num-test": 20, "data.size": 32,

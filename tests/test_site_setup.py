@@ -6,15 +6,16 @@ import pytest
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from client.app import WRONG_ENCODER, declare_task, train
-from client.cli import main, preflight, supernode_command
-from client.deployment import site_of
-from client.site_config import load_site_config
 from omnirad.config import ConfigError, to_flat
-from omnirad.encoders import ENCODER_FINGERPRINT_KEY, weights_fingerprint
-from server.certs import write_federation
-from simulations.deploy_demo import write_encoder_weights
-from simulations.flower_local import instruction
+from omnirad.encoders import weights_fingerprint
+from omnirad.protocol import ENCODER_FINGERPRINT, WRONG_ENCODER
+from omnirad_fl.client.app import declare_task, train
+from omnirad_fl.client.cli import main, preflight, supernode_command
+from omnirad_fl.client.deployment import site_of
+from omnirad_fl.client.site_config import load_site_config
+from omnirad_fl.server.certs import write_federation
+from omnirad_fl.simulations.deploy_demo import write_encoder_weights
+from omnirad_fl.simulations.flower_local import instruction
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_a_simulation_run_is_refused_by_a_deployed_site(tmp_path, weights):
 def test_a_site_with_other_encoder_weights_refuses_to_train(tmp_path, weights, server_weights):
     context = deployed_context(tmp_path, weights, SERVER)
     content = RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1,
-                                                                             ENCODER_FINGERPRINT_KEY: server_weights})})
+                                                                             ENCODER_FINGERPRINT: server_weights})})
     reply = train(instruction("train", content, node_id=7), context)
     assert reply.has_error() and reply.error.code == WRONG_ENCODER
     assert server_weights[:24] in reply.error.reason and str(weights) in reply.error.reason

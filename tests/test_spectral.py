@@ -9,8 +9,11 @@ from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.config import ConfigError, load_config
 from omnirad.data.sites import pooled_train
+from omnirad.images import images_to_tensor
+from omnirad.models import new_model
 from omnirad.personalization import local_keys
-from omnirad.site import get_site, new_model
+from omnirad.site import RoundInputs
+from omnirad.site_cache import get_site
 from omnirad.spectral import (
     MIN_IMAGES_PER_PROTOTYPE,
     alignment_weight,
@@ -19,8 +22,7 @@ from omnirad.spectral import (
     site_prototypes,
     spectral_embeddings,
 )
-from omnirad.training import images_to_tensor
-from strategies.spectral_bank import collect_spectral_bank
+from omnirad_fl.strategies.spectral_bank import collect_spectral_bank
 from tests.conftest import QueryGrid
 
 SPECTRAL = {"strategy.name": "spectral", "data.size": 32, "data.num-train": 240, "data.num-test": 60,
@@ -76,11 +78,11 @@ def test_prompted_model_trains_prompts_and_head_only_and_keeps_the_suffix_local(
     assert model.prior_to_tokens.weight.grad.abs().sum() > 0 and model.suffix.grad.abs().sum() > 0
 
     shared = {k: v for k, v in state.items() if k not in site.local_keys}
-    new_state, metrics = site.fit(shared, server_round=1, proximal_mu=0.1, broadcast=Broadcast(bank))
+    new_state, metrics = site.fit(RoundInputs(shared, server_round=1, proximal_mu=0.1, broadcast=Broadcast(bank)))
     assert metrics["alignment-weight"] == pytest.approx(alignment_weight(site.train_set.data.images, bank, 8))
     assert 1.0 <= metrics["alignment-weight"] <= 2.0
     assert not torch.equal(new_state["prior_to_tokens.weight"], state["prior_to_tokens.weight"])
-    assert "accuracy" in site.evaluate(shared, {"suffix": new_state["suffix"]}, broadcast=Broadcast(bank))
+    assert "accuracy" in site.evaluate(RoundInputs(shared, 0, personal={"suffix": new_state["suffix"]}, broadcast=Broadcast(bank)))
 
 
 def test_retrieval_finds_an_images_own_spectrum_first():

@@ -105,7 +105,7 @@ def test_views_of_grey_images_stay_grey_and_in_range():
 
 def test_a_pretrained_encoder_loads_through_the_factory_with_identical_features(tmp_path):
     images = synthetic.generate(32, size=32, seed=0).images
-    state, history = pretrain("vit-tiny", images, 32, epochs=2, batch_size=16, settings=SMALL)
+    state, history = pretrain("vit-tiny", images, image_size=32, epochs=2, batch_size=16, settings=SMALL)
     random_init = create_encoder("vit-tiny", "", 32).vit.state_dict()
     assert len(history) == 2 and all(np.isfinite(history))
     assert any(not torch.equal(state[k], random_init[k]) for k in state)  # pretraining changed the weights
@@ -120,11 +120,12 @@ def test_a_pretrained_encoder_loads_through_the_factory_with_identical_features(
 
 # --- masked image modelling and the federated pieces ----------------------------------------------
 
-from omnirad.config import ConfigError, load_config  # noqa: E402
+from omnirad.config import ConfigError, SslConfig, load_config  # noqa: E402
 from omnirad.ssl import (  # noqa: E402
     CENTER_KEY,
     MaeSettings,
     MaskedAutoencoder,
+    SslRound,
     from_wire,
     initial_states,
     new_learner,
@@ -149,7 +150,7 @@ def test_patchify_follows_the_vits_token_order():
 
 def test_mae_loss_is_scored_on_hidden_patches_only_and_trains_encoder_and_decoder():
     torch.manual_seed(0)
-    mae = new_learner("mae", create_encoder("vit-tiny", "", 32).vit, 32, mae=TINY_MAE)
+    mae = new_learner("mae", create_encoder("vit-tiny", "", 32).vit, 32, TINY_MAE)
     images = torch.randn(4, 3, 32, 32)
     loss = mae.loss([images], torch.Generator().manual_seed(0))
     loss.backward()
@@ -184,17 +185,19 @@ def test_half_precision_transfer_halves_the_bytes_and_comes_back_as_float32():
 @pytest.mark.parametrize("objective", ["dino", "mae"])
 def test_a_site_round_trains_the_student_and_moves_the_centre(objective):
     images = synthetic.generate(24, size=32, seed=1).images
-    student, teacher = initial_states(objective, "vit-tiny", "", 32, seed=0, dino=SMALL, mae=TINY_MAE)
+    settings = SMALL if objective == "dino" else TINY_MAE
+    student, teacher = initial_states(objective, "vit-tiny", weights="", image_size=32, seed=0, settings=settings)
     assert (CENTER_KEY in student) == (objective == "dino") and bool(teacher) == (objective == "dino")
-    new, metrics = site_round(objective, "vit-tiny", 32, student, teacher, images, epochs=1, lr=1e-4, batch_size=12,
-                              server_round=1, rounds=2, seed=0, dino=SMALL, mae=TINY_MAE)
+    task = SslRound(ssl=SslConfig(objective=objective, local_epochs=1, lr=1e-4, batch_size=12), encoder="vit-tiny",
+                    image_size=32, student=student, teacher=teacher, server_round=1, rounds=2, seed=0)
+    new, metrics = site_round(task, images, settings)
     assert set(new) == set(student) and metrics["steps"] == 2 and metrics["images"] == 24
     assert np.isfinite(metrics["loss"])
     assert not torch.equal(new["vit.cls_token"], student["vit.cls_token"])
     if objective == "dino":
         assert not torch.equal(new[CENTER_KEY], student[CENTER_KEY])
         assert all(torch.equal(v, teacher[k]) for k, v in teacher.items())  # the received teacher is not changed
-    encoder = teacher_encoder(teacher, new, objective)
+    encoder = teacher_encoder(teacher, new)
     create_encoder("vit-tiny", "", 32).vit.load_state_dict(encoder)  # timm names, nothing missing or extra
 
 

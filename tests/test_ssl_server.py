@@ -5,7 +5,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from omnirad.config import ConfigError, load_config
-from server.pretraining import SSL_ACTION, TEACHER_KEY, SslFedAvg, pretrain_encoder, pretrained_instructions
+from omnirad.protocol import TEACHER
+from omnirad_fl.server.pretraining import SslFedAvg, pretrain_encoder, pretrained_instructions
 
 
 class FakeGrid:
@@ -20,8 +21,8 @@ def test_ssl_messages_are_train_ssl_and_carry_student_teacher_and_round(task_ide
                                              FakeGrid()))
     assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]
     for message in messages:
-        assert message.metadata.message_type == SSL_ACTION == "train.ssl"
-        assert torch.equal(message.content[TEACHER_KEY].to_torch_state_dict()["vit.w"], torch.ones(2))
+        assert message.metadata.message_type == "train.ssl"
+        assert torch.equal(message.content[TEACHER].to_torch_state_dict()["vit.w"], torch.ones(2))
         assert torch.equal(message.content["arrays"].to_torch_state_dict()["vit.w"], torch.zeros(2))
         assert message.content["config"]["server-round"] == 2 and message.content["config"]["ssl-rounds"] == 5
 

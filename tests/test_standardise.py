@@ -8,9 +8,10 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.config import ConfigError, load_config
-from omnirad.site import get_site, new_model
+from omnirad.models import new_model
+from omnirad.site_cache import get_site
 from omnirad.standardise import FeatureMoments, Standardisation, StandardisedHead
-from strategies.site_queries import collect_standardisation
+from omnirad_fl.strategies.site_queries import collect_standardisation
 from tests.conftest import QueryGrid
 
 
@@ -99,7 +100,7 @@ def test_settings_it_does_not_support_are_refused_by_name(setting, named):
 
 
 def test_pooled_and_local_only_references_standardise_as_the_federation_would():
-    from simulations.references import local_only, pooled, standardised_by
+    from omnirad_fl.simulations.references import local_only, pooled, standardised_by
 
     cfg = load_config({"data.size": 32, "data.num-sites": 2, "data.num-train": 120, "data.num-test": 40,
                        "model.adapter": "linear", "model.standardise-features": True, "num-server-rounds": 1,

@@ -6,11 +6,11 @@ import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategies
 
-from omnirad.config import ConfigError, FaultsConfig, load_config
+from omnirad.config import ConfigError, FaultsConfig, TrainConfig, load_config
 from omnirad.faults import misbehave
-from server.run_folder import RunFolder
-from strategies import build_strategy
-from strategies.factory import STRATEGIES
+from omnirad_fl.server.run_config import load_run_config
+from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.strategies import STRATEGIES, build_strategy, flower_strategy
 
 GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
 
@@ -37,21 +37,21 @@ def setup(tmp_path, start_round, sites: int = 5, **overrides):
 
 
 def test_every_configured_name_builds_flowers_own_class(tmp_path):
-    for name, cls in STRATEGIES.items():
+    for name, spec in STRATEGIES.items():
         cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": name})
-        strategy = build_strategy(cfg, RunFolder.create(cfg))
-        assert isinstance(strategy, cls) and cls.__module__.startswith("flwr.serverapp.strategy")
+        strategy = flower_strategy(build_strategy(cfg, RunFolder.create(cfg)))
+        assert type(strategy) is spec.flower_class and spec.flower_class.__module__.startswith("flwr.serverapp.strategy")
     with pytest.raises(ConfigError, match="strategy.name"):
-        load_config({"strategy.name": "fedsomething"})
+        load_run_config({"strategy.name": "fedsomething"})
 
 
 def test_strategy_parameters_reach_flower(tmp_path):
     cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedtrimmedavg", "strategy.trim-beta": 0.3})
-    assert build_strategy(cfg, RunFolder.create(cfg)).beta == 0.3
+    assert flower_strategy(build_strategy(cfg, RunFolder.create(cfg))).beta == 0.3
     cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedprox", "strategy.proximal-mu": 0.5})
-    assert build_strategy(cfg, RunFolder.create(cfg)).proximal_mu == 0.5
+    assert flower_strategy(build_strategy(cfg, RunFolder.create(cfg))).proximal_mu == 0.5
     cfg = load_config({"run.output-dir": str(tmp_path), "strategy.name": "fedadam", "strategy.eta": 0.05})
-    assert isinstance(build_strategy(cfg, RunFolder.create(cfg)), flwr_strategies.FedAdam)
+    assert isinstance(flower_strategy(build_strategy(cfg, RunFolder.create(cfg))), flwr_strategies.FedAdam)
 
 
 def test_fedprox_sends_mu_to_the_sites(tmp_path, start_round):
@@ -161,7 +161,8 @@ def test_the_proximal_term_keeps_a_site_closer_to_the_global_model():
     for mu in (0.0, 10.0):
         model = torch.nn.Linear(8, 3)
         torch.nn.init.zeros_(model.weight)
-        train_model(model, features, labels, task, epochs=5, lr=0.05, batch_size=16, seed=0, proximal_mu=mu)
+        train_model(model, features, labels, task, train=TrainConfig(local_epochs=5, lr=0.05, batch_size=16, weight_decay=0.0),
+                    seed=0, proximal_mu=mu)
         drift[mu] = float(model.weight.detach().norm())
     assert drift[10.0] < 0.7 * drift[0.0]
 

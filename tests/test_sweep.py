@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from simulations.sweep import done_keys, federated_row, table, view_stats
+from omnirad_fl.simulations.sweep import done_keys, federated_row, table, view_stats
 
 
 def summary(personalization: str, final: dict, val: dict, worst: dict, **extra) -> dict:

@@ -11,12 +11,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from client import app as client_app
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config
-from omnirad.site import get_site, new_model
+from omnirad.models import new_model
+from omnirad.site_cache import get_site
 from omnirad.spectral import bank_to_config
 from omnirad.standardise import FeatureMoments, Standardisation
+from omnirad_fl.client import app as client_app
 
 SMALL = {"data.num-train": 160, "data.num-test": 40, "data.size": 32, "data.num-sites": 2,
          "train.local-epochs": 1, "num-server-rounds": 1}

@@ -128,7 +128,8 @@ def _read(path: Path, label_key: str, required: tuple[str, ...],
     arrays = _open(path)
     splits = {}
     for split in _splits_present(path, arrays, label_key, required):
-        images, labels = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_{label_key}"], label_key)
+        images, labels = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_{label_key}"],
+                                        label_key=label_key)
         splits[split] = Split(images, check_labels(f"{path}: {split}", labels, images))
     return splits
 
@@ -170,7 +171,7 @@ def _require_key(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:
     raise DataFileError(f"{path}: key '{key}' is missing (keys found: {', '.join(sorted(arrays)) or 'none'}){hint}")
 
 
-def _checked_images(path: Path, split: str, images: np.ndarray, labels: np.ndarray, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked_images(path: Path, split: str, images: np.ndarray, labels: np.ndarray, *, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Shape, dtype and count checks shared by both formats; grey images lose a trailing 1-channel."""
     where = f"{path}: {split}"
     if len(images) == 0:

@@ -8,6 +8,9 @@ failures into messages that name the configuration key to change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import (
@@ -18,87 +21,109 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
-SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "modality")
+from omnirad.config.schema import DataConfig
+from omnirad.registry import Registry
 
 
 class PartitionError(ValueError):
     """The requested split cannot be made; the message says which key to change."""
 
 
-def partition_indices(
-    labels: np.ndarray,
-    num_sites: int,
-    scheme: str,
-    alpha: float = 0.5,
-    seed: int = 0,
-    min_site_samples: int = 20,
-    classes_per_site: int = 2,
-    quantity_exponent: float = 1.0,
-    groups: np.ndarray | None = None,
-) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class SplitRequest:
+    """One split to make: the pool's labels (and imaging groups), the data keys, the seed."""
+
+    labels: np.ndarray
+    data: DataConfig
+    seed: int
+    groups: np.ndarray | None = None
+
+
+Scheme = Callable[[SplitRequest], list[np.ndarray]]
+PARTITIONS: Registry[Scheme] = Registry("data.partition")
+
+
+def partition_indices(labels: np.ndarray, data: DataConfig, *, seed: int = 0,
+                      groups: np.ndarray | None = None) -> list[np.ndarray]:
     """Sorted indices of the pooled samples for each site; every sample goes to exactly one site.
 
     ``labels`` are class indices (N,); for multi-label data pass one label per sample (e.g. the
     first positive one). ``groups`` (N,) is the imaging style or source dataset, for ``modality``.
+    The scheme is ``data.partition``; sizes and skew come from the other ``data`` keys.
     """
+    num_sites, min_site_samples = data.num_sites, data.min_site_samples
     if len(labels) < num_sites * min_site_samples:
         raise PartitionError(
             f"data.num-sites={num_sites} sites of at least data.min-site-samples={min_site_samples} "
             f"need {num_sites * min_site_samples} samples, but the pool has {len(labels)}"
         )
-    if scheme == "modality":
-        parts = _by_group(groups, num_sites, seed)
-    else:
-        parts = _flower_partition(labels, num_sites, scheme, alpha, seed, min_site_samples, classes_per_site,
-                                  quantity_exponent)
+    parts = PARTITIONS[data.partition](SplitRequest(labels, data, seed, groups))
     smallest = min(range(num_sites), key=lambda i: len(parts[i]))
     if len(parts[smallest]) < min_site_samples:
         raise PartitionError(
-            f"data.partition={scheme} gave site {smallest} only {len(parts[smallest])} samples, fewer than "
+            f"data.partition={data.partition} gave site {smallest} only {len(parts[smallest])} samples, fewer than "
             f"data.min-site-samples={min_site_samples}; lower data.num-sites or data.min-site-samples"
         )
     return [np.sort(p) for p in parts]
 
 
-def _flower_partition(labels: np.ndarray, num_sites: int, scheme: str, alpha: float, seed: int,
-                      min_size: int, classes_per_site: int, exponent: float) -> list[np.ndarray]:
-    partitioner = _partitioner(scheme, num_sites, alpha, seed, min_size, classes_per_site, exponent, len(labels))
+def _flower_partition(request: SplitRequest, partitioner: Partitioner) -> list[np.ndarray]:
+    labels, data, seed = request.labels, request.data, request.seed
     # Shuffled rows, because IidPartitioner and SizePartitioner take contiguous runs of the order given.
     order = np.random.default_rng(seed).permutation(len(labels))
     partitioner.dataset = Dataset.from_dict({"label": labels[order].tolist(), "index": order.tolist()})
     try:
-        parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(num_sites)]
+        parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(data.num_sites)]
     except ValueError as err:
         raise PartitionError(
-            f"data.partition={scheme} could not split {len(labels)} samples among {num_sites} sites ({err}); "
-            "raise data.alpha or data.classes-per-site, or lower data.num-sites or data.min-site-samples"
+            f"data.partition={data.partition} could not split {len(labels)} samples among {data.num_sites} sites "
+            f"({err}); raise data.alpha or data.classes-per-site, or lower data.num-sites or data.min-site-samples"
         ) from err
     unassigned = np.setdiff1d(np.arange(len(labels)), np.concatenate(parts))
     if len(unassigned):
         raise PartitionError(
-            f"data.partition={scheme}: data.classes-per-site={classes_per_site} on data.num-sites={num_sites} "
-            f"sites leaves classes {sorted(set(labels[unassigned].tolist()))} with no site; raise either key"
+            f"data.partition={data.partition}: data.classes-per-site={data.classes_per_site} on data.num-sites="
+            f"{data.num_sites} sites leaves classes {sorted(set(labels[unassigned].tolist()))} with no site; "
+            "raise either key"
         )
     return parts
 
 
-def _partitioner(scheme: str, num_sites: int, alpha: float, seed: int, min_size: int, classes_per_site: int,
-                 exponent: float, total: int) -> Partitioner:
-    if scheme == "iid":
-        return IidPartitioner(num_partitions=num_sites)
-    if scheme == "dirichlet":
-        return DirichletPartitioner(num_partitions=num_sites, partition_by="label", alpha=alpha,
-                                    min_partition_size=min_size, self_balancing=False, seed=seed)
-    if scheme == "pathological":
-        return PathologicalPartitioner(num_partitions=num_sites, partition_by="label",
-                                       num_classes_per_partition=classes_per_site,
-                                       class_assignment_mode="first-deterministic", seed=seed)
-    if scheme == "quantity":
-        return SizePartitioner(power_law_sizes(total, num_sites, exponent, min_size, seed))
-    raise PartitionError(f"data.partition: unknown scheme '{scheme}'; known: {', '.join(SCHEMES)}")
+@PARTITIONS.register("iid")
+def _iid(request: SplitRequest) -> list[np.ndarray]:
+    return _flower_partition(request, IidPartitioner(num_partitions=request.data.num_sites))
 
 
-def power_law_sizes(total: int, num_sites: int, exponent: float, min_size: int, seed: int) -> list[int]:
+@PARTITIONS.register("dirichlet")
+def _dirichlet(request: SplitRequest) -> list[np.ndarray]:
+    d = request.data
+    return _flower_partition(request, DirichletPartitioner(
+        num_partitions=d.num_sites, partition_by="label", alpha=d.alpha, min_partition_size=d.min_site_samples,
+        self_balancing=False, seed=request.seed))
+
+
+@PARTITIONS.register("pathological")
+def _pathological(request: SplitRequest) -> list[np.ndarray]:
+    d = request.data
+    return _flower_partition(request, PathologicalPartitioner(
+        num_partitions=d.num_sites, partition_by="label", num_classes_per_partition=d.classes_per_site,
+        class_assignment_mode="first-deterministic", seed=request.seed))
+
+
+@PARTITIONS.register("quantity")
+def _quantity(request: SplitRequest) -> list[np.ndarray]:
+    d = request.data
+    sizes = power_law_sizes(len(request.labels), d.num_sites, exponent=d.quantity_exponent,
+                            min_size=d.min_site_samples, seed=request.seed)
+    return _flower_partition(request, SizePartitioner(sizes))
+
+
+@PARTITIONS.register("modality")
+def _modality(request: SplitRequest) -> list[np.ndarray]:
+    return _by_group(request.groups, request.data.num_sites, request.seed)
+
+
+def power_law_sizes(total: int, num_sites: int, *, exponent: float, min_size: int, seed: int) -> list[int]:
     """Site sizes proportional to rank^-exponent (Zipf), each at least ``min_size``, summing to ``total``.
 
     Flower Datasets has exponential and linear size partitioners but no power law, the usual model

@@ -66,7 +66,8 @@ def generate(num_samples: int, size: int = 64, seed: int = 0) -> SyntheticSplit:
     masks = np.empty((num_samples, size, size), np.uint8)
     for i in range(num_samples):
         rng = np.random.default_rng([seed, i])
-        images[i], masks[i] = _render(rng, size, int(labels[i]), MODALITIES[modalities[i]], int(findings[i]))
+        images[i], masks[i] = _render(rng, size, label=int(labels[i]), modality=MODALITIES[modalities[i]],
+                                      finding=int(findings[i]))
     return SyntheticSplit(images, labels, masks, modalities, findings)
 
 
@@ -88,12 +89,19 @@ class _Grid:
         self.pixel = 2.0 / size / scale
 
 
-def _ellipse(grid: _Grid, cx: float, cy: float, rx: float, ry: float, angle: float) -> np.ndarray:
-    """Normalised radius of every pixel in an ellipse: < 1 inside."""
+def _ellipse(grid: _Grid, cx: float, cy: float, *, radii: tuple[float, float], angle: float) -> np.ndarray:
+    """Normalised radius of every pixel in an ellipse centred at (cx, cy): < 1 inside."""
+    rx, ry = radii
     c, s = np.cos(angle), np.sin(angle)
     dx, dy = grid.x - cx, grid.y - cy
     u, v = (c * dx + s * dy) / rx, (-s * dx + c * dy) / ry
     return np.sqrt(u * u + v * v)
+
+
+def _shape(grid: _Grid, shape: tuple[float, float, float, float, float]) -> np.ndarray:
+    """``_ellipse`` of an anatomy tuple (cx, cy, rx, ry, angle)."""
+    cx, cy, rx, ry, angle = shape
+    return _ellipse(grid, cx, cy, radii=(rx, ry), angle=angle)
 
 
 def _soft(radius: np.ndarray, scale: float, grid: _Grid) -> np.ndarray:
@@ -143,7 +151,7 @@ def _mass(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.ndarr
     """One lobulated, textured mass, brighter or darker than its organ."""
     lx, ly = _point_in(rng, organ, 0.5)
     radius = rng.uniform(0.09, 0.2)
-    dist = _ellipse(grid, lx, ly, radius, radius * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi))
+    dist = _ellipse(grid, lx, ly, radii=(radius, radius * rng.uniform(0.75, 1.0)), angle=rng.uniform(0, np.pi))
     theta = np.arctan2(grid.y - ly, grid.x - lx)
     lobes = 1 + sum(rng.uniform(0.06, 0.16) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 5))
     shape = _soft(dist / lobes, radius, grid)
@@ -157,7 +165,7 @@ def _nodules(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.nd
     for _ in range(rng.integers(3, 8)):
         lx, ly = _point_in(rng, organ, 0.85)
         radius = max(rng.uniform(0.035, 0.07), 0.8 * grid.pixel)
-        shape = np.maximum(shape, _soft(_ellipse(grid, lx, ly, radius, radius, 0.0), radius, grid))
+        shape = np.maximum(shape, _soft(_ellipse(grid, lx, ly, radii=(radius, radius), angle=0.0), radius, grid))
     return shape, rng.choice([-1.0, 1.0]) * shape * rng.uniform(0.3, 0.6)
 
 
@@ -169,14 +177,14 @@ def _diffuse(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.nd
     u = np.cos(angle) * grid.x + np.sin(angle) * grid.y
     v = -np.sin(angle) * grid.x + np.cos(angle) * grid.y
     pattern = np.abs(np.sin(frequency * u + phase[0]) * np.sin(frequency * v + phase[1]))
-    shape = _soft(_ellipse(grid, *organ), min(organ[2], organ[3]), grid)
+    shape = _soft(_shape(grid, organ), min(organ[2], organ[3]), grid)
     return shape, shape * (pattern - 0.35) * rng.uniform(0.35, 0.6)
 
 
 _FINDINGS = {1: _mass, 2: _nodules, 3: _diffuse}
 
 
-def _render(rng: np.random.Generator, size: int, label: int, modality: str, finding: int) -> tuple[np.ndarray, np.ndarray]:
+def _render(rng: np.random.Generator, size: int, *, label: int, modality: str, finding: int) -> tuple[np.ndarray, np.ndarray]:
     """One image and its mask."""
     grid = _Grid(size, rng.uniform(0.8, 1.05), rng.normal(0, 0.2), tuple(rng.normal(0, 0.05, 2)))
     values = _TISSUE[modality]
@@ -184,7 +192,7 @@ def _render(rng: np.random.Generator, size: int, label: int, modality: str, find
     mask = np.zeros(grid.x.shape, np.uint8)
     hosts = []
     for tissue, shape in _structures(rng, CLASS_NAMES[label]):
-        inside = _soft(_ellipse(grid, *shape), min(shape[2], shape[3]), grid)
+        inside = _soft(_shape(grid, shape), min(shape[2], shape[3]), grid)
         value = values[tissue] + rng.normal(0, 0.04)
         image = image * (1 - inside) + value * inside
         if tissue in (ORGAN, LUNG, FLUID):

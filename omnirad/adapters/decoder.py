@@ -12,12 +12,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from omnirad.adapters.registry import ADAPTERS, TOKENS, AdapterSpec, ModelRecipe
+from omnirad.config.io import comma_list
+from omnirad.config.schema import ModelConfig
+from omnirad.errors import ConfigError
+
 GROUPS = 8
 
 
 def default_token_layers(depth: int) -> list[int]:
     """Blocks at a third, two thirds and the end of the encoder, 0-based (4/8/12 of 12)."""
     return sorted({max(0, depth // 3 - 1), max(0, 2 * depth // 3 - 1), depth - 1})
+
+
+def token_layers(model: ModelConfig, depth: int) -> list[int]:
+    """The 0-based encoder blocks whose tokens the decoder reads (``model.decoder-layers``)."""
+    if not model.decoder_layers:
+        return default_token_layers(depth)
+    layers = [int(block) - 1 for block in comma_list(model.decoder_layers)]
+    if max(layers) >= depth:
+        raise ConfigError(
+            f"bad value for configuration key 'model.decoder-layers': {model.decoder_layers!r} "
+            f"({model.encoder} has blocks 1 to {depth})"
+        )
+    return sorted(set(layers))
 
 
 def _conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -35,7 +53,7 @@ class SegmentationDecoder(nn.Module):
     (B, num_classes, output_size, output_size).
     """
 
-    def __init__(self, token_dim: int, num_layers: int, num_classes: int, output_size: int, width: int = 64) -> None:
+    def __init__(self, token_dim: int, num_layers: int, num_classes: int, output_size: int, *, width: int = 64) -> None:
         super().__init__()
         self.token_dim, self.output_size = token_dim, output_size
         self.project = nn.ModuleList(_conv_block(token_dim, width, 1) for _ in range(num_layers))
@@ -54,3 +72,13 @@ class SegmentationDecoder(nn.Module):
         return nn.functional.interpolate(
             self.classify(x), size=(self.output_size, self.output_size), mode="bilinear", align_corners=False
         )
+
+
+def new_decoder(recipe: ModelRecipe) -> SegmentationDecoder:
+    """The decoder for the configured encoder blocks, task and image size."""
+    layers = token_layers(recipe.model, recipe.encoder.depth)
+    return SegmentationDecoder(recipe.encoder.num_features, len(layers), recipe.task.num_outputs, recipe.image_size,
+                               width=recipe.model.decoder_width)
+
+
+ADAPTERS.add("decoder", AdapterSpec(TOKENS, segmentation=True, build=new_decoder))

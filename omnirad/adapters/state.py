@@ -1,8 +1,4 @@
-"""Lightweight adapters trained on top of the frozen encoder, and the state a site exchanges.
-
-A site sends exactly its adapter's trainable state, by name; encoder weights never travel.
-Normalisation layers are LayerNorm, not BatchNorm, so that DP-SGD (opacus) can train them.
-"""
+"""The state a site exchanges: exactly its adapter's trainable tensors, by name; encoder weights never travel."""
 
 from __future__ import annotations
 
@@ -11,43 +7,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-
-
-class LinearHead(nn.Module):
-    """A linear probe: the reference for how much the encoder's features already separate."""
-
-    def __init__(self, in_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_dim, num_classes)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
-
-class MLPHead(nn.Module):
-    """A two-layer head with LayerNorm: more capacity when features are not linearly separable."""
-
-    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 256, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(in_dim),
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, num_classes),
-        )
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
-
-
-def create_adapter(name: str, in_dim: int, num_classes: int, hidden_dim: int = 256) -> nn.Module:
-    """Build a classification adapter by name (``linear`` or ``mlp``)."""
-    if name == "linear":
-        return LinearHead(in_dim, num_classes)
-    if name == "mlp":
-        return MLPHead(in_dim, num_classes, hidden_dim)
-    raise ValueError(f"model.adapter: unknown adapter '{name}'; known: linear, mlp")
 
 
 def trainable_state(module: nn.Module) -> OrderedDict[str, torch.Tensor]:

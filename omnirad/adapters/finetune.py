@@ -12,14 +12,22 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 
-from omnirad.config import LORA_TARGETS  # timm ViT block linears: attention in/out, MLP in/out
+from omnirad.adapters.decoder import new_decoder, token_layers
+from omnirad.adapters.registry import ADAPTERS, IMAGES, AdapterSpec, ModelRecipe, create_head
+from omnirad.config.io import comma_list
+from omnirad.config.schema import ModelConfig
 from omnirad.encoders import FrozenEncoder, encoder_input
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # timm ViT block linears: attention in/out, MLP in/out
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,14 @@ class LoraSettings:
     dropout: float = 0.1
     targets: tuple[str, ...] = LORA_TARGETS
 
+    @classmethod
+    def of(cls, model: ModelConfig) -> LoraSettings:
+        """The LoRA keys of the configuration."""
+        return cls(model.lora_rank, model.lora_alpha, model.lora_dropout, tuple(comma_list(model.lora_targets)))
+
     def peft_config(self) -> LoraConfig:
+        from peft import LoraConfig  # imported here: peft is slow to import and only LoRA needs it
+
         # A pattern rather than names: 'proj' alone would also match the patch embedding's conv.
         pattern = rf".*blocks\.\d+\.(attn|mlp)\.({'|'.join(self.targets)})"
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=pattern)
@@ -42,6 +57,8 @@ def adapted_backbone(encoder: FrozenEncoder, lora: LoraSettings | None) -> nn.Mo
     backbone = copy.deepcopy(encoder.vit)
     if lora is None:
         return backbone.requires_grad_(True)
+    from peft import get_peft_model
+
     return get_peft_model(backbone, lora.peft_config())
 
 
@@ -95,3 +112,22 @@ class ImageSegmenter(nn.Module):
             intermediates_only=True, output_fmt="NCHW",
         )
         return self.decoder(torch.cat(tokens, dim=1))
+
+
+def _image_classifier(lora: bool) -> AdapterSpec:
+    def build(recipe: ModelRecipe) -> nn.Module:
+        head = create_head(recipe.model.head, recipe.encoder.num_features, recipe.task.num_outputs, recipe.model)
+        return ImageClassifier(recipe.encoder, head, LoraSettings.of(recipe.model) if lora else None)
+
+    return AdapterSpec(IMAGES, segmentation=False, build=build, segmentation_twin="lora-decoder" if lora else "")
+
+
+def _lora_segmenter(recipe: ModelRecipe) -> nn.Module:
+    decoder = new_decoder(recipe)
+    layers = token_layers(recipe.model, recipe.encoder.depth)
+    return ImageSegmenter(recipe.encoder, decoder, layers, LoraSettings.of(recipe.model))
+
+
+ADAPTERS.add("lora", _image_classifier(lora=True))
+ADAPTERS.add("full", _image_classifier(lora=False))
+ADAPTERS.add("lora-decoder", AdapterSpec(IMAGES, segmentation=True, build=_lora_segmenter))

@@ -1,0 +1,20 @@
+"""What a site trains on the frozen encoder: heads, LoRA, full fine-tuning, segmentation decoders.
+
+Importing this package registers every adapter (``ADAPTERS``) and head (``HEADS``).
+"""
+
+from omnirad.adapters import decoder, finetune, heads  # noqa: F401 - each module registers its adapters
+from omnirad.adapters.registry import (
+    ADAPTERS,
+    HEADS,
+    IMAGES,
+    POOLED,
+    TOKENS,
+    AdapterSpec,
+    ModelRecipe,
+    create_head,
+)
+from omnirad.adapters.state import load_trainable_state, tensor_bytes, trainable_state
+
+__all__ = ["ADAPTERS", "HEADS", "IMAGES", "POOLED", "TOKENS", "AdapterSpec", "ModelRecipe", "create_head",
+           "load_trainable_state", "tensor_bytes", "trainable_state"]

@@ -1,0 +1,54 @@
+"""Classification heads on the frozen encoder's pooled features (``linear``, ``mlp``).
+
+Normalisation layers are LayerNorm, not BatchNorm, so that DP-SGD (opacus) can train them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omnirad.adapters.registry import ADAPTERS, HEADS, POOLED, AdapterSpec, ModelRecipe, create_head
+
+
+class LinearHead(nn.Module):
+    """A linear probe: the reference for how much the encoder's features already separate."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+
+class MLPHead(nn.Module):
+    """A two-layer head with LayerNorm: more capacity when features are not linearly separable."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, num_classes),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+HEADS.add("linear", lambda in_dim, outputs, model: LinearHead(in_dim, outputs))
+HEADS.add("mlp", lambda in_dim, outputs, model: MLPHead(in_dim, outputs, model.hidden_dim))
+
+
+def _head_on_features(name: str) -> AdapterSpec:
+    def build(recipe: ModelRecipe) -> nn.Module:
+        return create_head(name, recipe.encoder.num_features, recipe.task.num_outputs, recipe.model)
+
+    return AdapterSpec(POOLED, segmentation=False, build=build, segmentation_twin="decoder")
+
+
+ADAPTERS.add("linear", _head_on_features("linear"))
+ADAPTERS.add("mlp", _head_on_features("mlp"))

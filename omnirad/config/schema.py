@@ -1,0 +1,222 @@
+"""The configuration schema: one tree of omegaconf structured configs (dataclasses with defaults).
+
+Every field carries its documentation (``doc``), from which docs/configuration.md is generated
+(``python -m omnirad.config.docs``); where a value is a registered name (an encoder, an adapter, a
+strategy, ...) the table lists the names from the registry. On the wire and the command line keys
+are flat, dotted and kebab-case (``data.num-sites``); in Python they are snake_case attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A schema field with its default and the sentence that documents it."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    """Where each site's images come from and how a simulated pool is split among sites."""
+
+    dataset: str = setting("embedded", "the data source: `embedded` (synthetic, generated on every machine), a 2D "
+                           "MedMNIST flag (`bloodmnist`, `chestmnist`, ...) or several joined by `+`, `files` (one "
+                           "file per site: a natural split), or `deployment` (each site names its own file)")
+    root: str = setting("data", "folder holding MedMNIST `.npz` files")
+    download: bool = setting(False, "fetch a missing MedMNIST file through the medmnist package (needs a network)")
+    site_files: str = setting("", "`files`: comma-separated MedMNIST-format files, one per site; `deployment`: set by "
+                                  "each site from its site file")
+    test_file: str = setting("", "`files`: the server's held-out test file; empty means federated validation only")
+    task: str = setting("multi-class", "`files`: `multi-class`, `binary-class`, `ordinal-regression`, `multi-label, "
+                                       "binary-class` or `segmentation`; `embedded`: `multi-class` or `segmentation` "
+                                       "(organ and lesion masks)")
+    label_set: str = setting("region", "`embedded` classification: which labels the images carry")
+    num_classes: int = setting(0, "`files`: number of classes (labels, for multi-label; pixel classes with "
+                                  "background, for segmentation); required there")
+    size: int = setting(64, "image size in pixels the encoder sees (28 to 224; for MedMNIST 28, 64, 128 or 224: "
+                            "picks the file); segmentation masks are scored at this size")
+    partition: str = setting("dirichlet", "how a pool is split among simulated sites")
+    alpha: float = setting(0.5, "`dirichlet`: concentration; smaller is more skewed")
+    classes_per_site: int = setting(2, "`pathological`: classes each site holds")
+    quantity_exponent: float = setting(1.0, "`quantity`: site sizes proportional to rank^-exponent")
+    num_sites: int = setting(4, "number of sites (in simulation, the federation's `num-supernodes`)")
+    num_train: int = setting(2400, "`embedded`: pooled training images shared out among the sites")
+    num_test: int = setting(800, "`embedded`: the server's held-out test images")
+    val_fraction: float = setting(0.15, "share of each site's images kept for local validation")
+    min_site_samples: int = setting(20, "smallest allowed site; a split that cannot meet it fails with a message")
+
+
+@dataclass
+class ModelConfig:
+    """The frozen encoder and what each site trains on it."""
+
+    encoder: str = setting("vit-tiny", "the frozen encoder (a timm ViT)")
+    weights: str = setting("", "a local weights file, `hub`, `hf_hub:<id>`, or empty for a random init (with a "
+                               "loud warning)")
+    adapter: str = setting("mlp", "what each site trains: a head on pooled features, LoRA or full fine-tuning "
+                                  "on images, or a segmentation decoder")
+    hidden_dim: int = setting(256, "hidden width of `mlp` heads")
+    head: str = setting("linear", "`lora` and `full`: the head on the adapted encoder (always trainable)")
+    lora_rank: int = setting(16, "LoRA rank r")
+    lora_alpha: float = setting(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = setting(0.1, "dropout on the LoRA branch")
+    lora_targets: str = setting("qkv,proj,fc1,fc2", "comma-separated linear layers of every ViT block that get LoRA: "
+                                                    "attention in/out, MLP in/out")
+    decoder_width: int = setting(64, "`decoder`: channels after fusing the token layers (a multiple of 4)")
+    decoder_layers: str = setting("", "`decoder`: 1-based encoder blocks to read, e.g. `4,8,12`; empty: a third, "
+                                      "two thirds and the last")
+    feature_cache: bool = setting(False, "keep each site's encoded features (heads) or token maps (decoder) on its "
+                                         "disk, so later rounds and new processes skip the encoder; ignored, with a "
+                                         "warning, for adapters that read images")
+    standardise_features: bool = setting(False, "`linear`/`mlp`: heads read features standardised with a mean and "
+                                                "std pooled exactly over every site's training features (sent once "
+                                                "as count, sum and sum of squares); refused with DP, spectral prompts "
+                                                "and multi-task runs")
+    cache_dir: str = setting("~/.cache/omnirad-fl/features", "where the feature cache lives (keyed by encoder "
+                                                             "weights, preprocessing, what is stored and image bytes)")
+
+
+@dataclass
+class TrainConfig:
+    """Each site's local training in a round (AdamW)."""
+
+    local_epochs: int = setting(5, "local epochs per round")
+    lr: float = setting(3e-3, "AdamW learning rate")
+    batch_size: int = setting(32, "local batch size")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+
+
+@dataclass
+class StrategyConfig:
+    """How the server samples sites, screens their replies and aggregates them."""
+
+    name: str = setting("fedavg", "the aggregation strategy; `fedper` and `fedbn` are short for `fedavg` with that "
+                                  "`personalization.mode`")
+    fraction_train: float = setting(1.0, "share of sites sampled for training each round")
+    fraction_evaluate: float = setting(1.0, "share of sites sampled for federated evaluation")
+    min_sites: int = setting(0, "sites that must be connected before a round starts (0: all `data.num-sites`); "
+                                "lower it so a federation goes on while a site is down")
+    round_timeout: float = setting(3600.0, "seconds the server waits for a round's replies; late sites are left "
+                                           "out of the round (`failures`)")
+    join_timeout: float = setting(300.0, "deployment: seconds to wait at start for all `data.num-sites` sites to "
+                                         "connect; then the run starts with those there (at least `strategy.min-sites`)")
+    proximal_mu: float = setting(0.01, "`fedprox`, `spectral`: weight mu of the proximal term mu/2 ||w - w_global||^2 "
+                                       "in each site's loss")
+    eta: float = setting(0.01, "`fedadam`, `fedyogi`, `fedadagrad`: server learning rate")
+    beta_1: float = setting(0.9, "`fedadam`, `fedyogi`: first-moment decay")
+    beta_2: float = setting(0.99, "`fedadam`, `fedyogi`: second-moment decay")
+    tau: float = setting(1e-3, "`fedadam`, `fedyogi`, `fedadagrad`: adaptivity")
+    server_lr: float = setting(1.0, "`fedavgm`: server learning rate")
+    server_momentum: float = setting(0.9, "`fedavgm`: server momentum")
+    trim_beta: float = setting(0.2, "`fedtrimmedavg`: share of values cut at each end")
+    num_malicious: int = setting(1, "`krum`: sites assumed hostile")
+    validate_updates: bool = setting(True, "leave out replies with unexpected keys, shapes or dtypes, NaN or Inf, "
+                                           "or an update norm beyond the bounds (reason kept in `metrics.jsonl`)")
+    max_update_norm: float = setting(0.0, "absolute bound on an update's L2 norm; 0: none")
+    max_norm_ratio: float = setting(10.0, "bound as a multiple of the round's median update norm; 0: none")
+    clip_updates: bool = setting(False, "scale a finite update beyond the bounds down to the round's median norm "
+                                        "(kept, with its direction) instead of leaving it out")
+    min_valid_updates: int = setting(1, "with fewer valid replies the round keeps the global model unchanged")
+
+
+@dataclass
+class PersonalizationConfig:
+    """What each site keeps to itself, and the local fine-tuning baseline."""
+
+    mode: str = setting("none", "which adapter tensors stay at each site; only the rest is sent and aggregated")
+    finetune_epochs: int = setting(0, "> 0: after the last round each site fine-tunes the global adapter for this "
+                                      "many epochs and reports `finetuned-*` validation metrics")
+
+
+@dataclass
+class SpectralConfig:
+    """``strategy.name=spectral``: OmniFM-style spectral prompting (see omnirad.spectral)."""
+
+    frequency_size: int = setting(8, "side of the low-frequency block of each image's Fourier amplitude")
+    prototypes: int = setting(4, "k-means centroids of the spectral embeddings a site sends, once (each "
+                                 "summarises at least 10 images)")
+    top_k: int = setting(2, "bank entries retrieved per image and fed to the encoder as prefix tokens")
+    suffix_tokens: int = setting(2, "trainable tokens appended to every sequence, kept at the site")
+
+
+@dataclass
+class PrivacyConfig:
+    """Client-side DP-SGD (opacus), accounted over the whole run per site; server-side DP (Flower)."""
+
+    dp: bool = setting(False, "client-side DP-SGD on the trainable tensors, one privacy account per site for the run")
+    epsilon: float = setting(8.0, "each site's total budget for the run; a round that would exceed it is refused")
+    delta: float = setting(1e-5, "the delta of each site's (epsilon, delta) guarantee")
+    max_grad_norm: float = setting(1.0, "per-sample gradient clipping bound")
+    noise_multiplier: float = setting(0.0, "0: the smallest noise with which every planned round fits the budget")
+    central_noise_multiplier: float = setting(0.0, "> 0: Flower's server-side DP wrapper (fixed clipping) adds this "
+                                                   "noise to the aggregate")
+    central_clipping_norm: float = setting(1.0, "the L2 bound the server-side DP wrapper clips each update to")
+
+
+@dataclass
+class FaultsConfig:
+    """Simulation only: make one site misbehave, to test validation and robust aggregation."""
+
+    site: int = setting(-1, "the misbehaving site; -1: none")
+    kind: str = setting("scale", "`scale`: it sends global + scale x its update; `nan`: NaN; `crash`: its ClientApp "
+                                 "fails with an error")
+    scale: float = setting(100.0, "`scale`: the factor on the site's update")
+    from_round: int = setting(1, "`crash`: the first round the site fails")
+
+
+@dataclass
+class MultitaskConfig:
+    """Different tasks at different sites on one encoder (omnirad.multitask)."""
+
+    site_tasks: str = setting("", "one task per site, comma-separated (`-`: the site sits out), with "
+                                  "`data.dataset=embedded`; `declared` in deployment (each site's file names its "
+                                  "task); empty: every site trains `data.task`")
+    shared: bool = setting(True, "average the tensors every task's model has (LoRA on the encoder) across all "
+                                 "sites; false: within each task")
+    task: str = setting("", "set by the framework for each site: the task it trains")
+
+
+@dataclass
+class SslConfig:
+    """Federated self-supervised pretraining of the encoder before the adapter rounds."""
+
+    rounds: int = setting(0, "> 0: first pretrain the encoder for this many federated rounds on the sites' "
+                             "unlabelled images (docs/ssl.md); with `num-server-rounds=0` pretrain alone")
+    local_epochs: int = setting(1, "each site's pretraining epochs per round")
+    lr: float = setting(1e-4, "peak AdamW learning rate (warm-up and cosine run over all `ssl.rounds`)")
+    batch_size: int = setting(64, "pretraining batch size")
+    objective: str = setting("mae", "the self-supervised objective")
+    half_precision: bool = setting(False, "send the pretraining tensors as float16 both ways (half the bytes)")
+    save_encoder: str = setting("", "where the pretrained ViT goes (a timm `.safetensors` file for `model.weights`); "
+                                    "empty: the run output folder")
+
+
+@dataclass
+class RunConfig:
+    """Seeds and where results go."""
+
+    seed: int = setting(0, "seed of the split, the initial adapter and local shuffling")
+    output_dir: str = setting("runs", "where run folders go")
+    name: str = setting("", "run folder name suffix (default: dataset-encoder-adapter-strategy)")
+    resume_from: str = setting("", "a stopped run's folder: the server goes on after its last checkpointed round, "
+                                   "with the same configuration (`num-server-rounds` may grow)")
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    num_server_rounds: int = setting(20, "rounds of federated training")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    ssl: SslConfig = field(default_factory=SslConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,34 @@
+"""The images a participant holds, with their labels, as every data source returns them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images as MedMNIST stores them (uint8, (N, H, W) or (N, H, W, C)) with integer labels:
+    class indices, 0/1 per label (multi-label), or (N, H, W) masks (segmentation)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None = None  # imaging style or source dataset, for feature-skew splits
+    strata: np.ndarray | None = None  # one class per sample to split by, when labels are not that
+
+    def subset(self, indices: np.ndarray) -> LabelledImages:
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[indices]
+
+        return LabelledImages(self.images[indices], self.labels[indices], pick(self.groups), pick(self.strata))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class SiteData:
+    site_id: int
+    train: LabelledImages
+    val: LabelledImages

@@ -1,0 +1,77 @@
+"""Natural splits: each site has its own data file, as hospitals do.
+
+``files`` simulates a natural split on one machine (``data.site-files``: one file per site);
+``deployment`` is a real federation, where each site names its own file in its site
+configuration (``omnirad-client`` puts it in the site's view of ``data.site-files``).
+"""
+
+from __future__ import annotations
+
+from omnirad.config.io import comma_list
+from omnirad.config.schema import Config
+from omnirad.data.labelled import LabelledImages
+from omnirad.data.site_files import read_site_file
+from omnirad.data.sources.registry import DataSource, register_source
+from omnirad.errors import bad_value
+from omnirad.tasks import KINDS, SEGMENTATION, TaskSpec
+
+
+def file_task(kind: str, num_classes: int) -> TaskSpec:
+    """The task of a site file: files carry no label names, so classes are numbered."""
+    if kind == SEGMENTATION:
+        return TaskSpec(SEGMENTATION, ("background", *(f"class {k}" for k in range(1, num_classes))))
+    return TaskSpec(kind, tuple(str(k) for k in range(num_classes)))
+
+
+class NaturalSplit(DataSource):
+    natural_split = True
+
+    def check(self, cfg: Config) -> None:
+        d = cfg.data
+        if cfg.multitask.site_tasks:  # multi-task: each task has its own kind and classes
+            return
+        if d.task not in KINDS:
+            raise bad_value("data.task", d.task, "one of " + ", ".join(KINDS))
+        if not (d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1)):
+            raise bad_value("data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
+
+    def task(self, cfg: Config) -> TaskSpec:
+        return file_task(cfg.data.task, cfg.data.num_classes)
+
+    def test_set(self, cfg: Config) -> LabelledImages | None:
+        if not cfg.data.test_file:
+            return None
+        splits = read_site_file(cfg.data.test_file, self.task(cfg), cfg.data.size)
+        return splits.get("test", splits["train"])
+
+
+class SiteFiles(NaturalSplit):
+    name = "files"
+
+    def check(self, cfg: Config) -> None:
+        files = comma_list(cfg.data.site_files)
+        if not files:
+            raise bad_value("data.site-files", cfg.data.site_files, "comma-separated files, one per site")
+        if len(files) != cfg.data.num_sites:
+            raise bad_value("data.num-sites", cfg.data.num_sites, f"{len(files)}, one site per file in data.site-files")
+        super().check(cfg)
+
+    def site_file(self, cfg: Config, site_id: int) -> str:
+        if not 0 <= site_id < cfg.data.num_sites:
+            raise ValueError(f"site {site_id} does not exist: data.num-sites={cfg.data.num_sites}")
+        return comma_list(cfg.data.site_files)[site_id]
+
+
+DEPLOYMENT = "deployment"
+
+
+class Deployment(NaturalSplit):
+    name = DEPLOYMENT
+    deployed = True
+
+    def site_file(self, cfg: Config, site_id: int) -> str:
+        return cfg.data.site_files  # the site's own view of the run configuration names its one file
+
+
+register_source(SiteFiles())
+register_source(Deployment())
