@@ -3,7 +3,11 @@
 Importing this package registers every adapter (``ADAPTERS``) and head (``HEADS``).
 """
 
-from omnirad.adapters import decoder, finetune, heads  # noqa: F401 - each module registers its adapters
+# Each module registers its adapters, in the order they are listed to users: heads first.
+from omnirad.adapters import heads  # noqa: F401
+
+# isort: split
+from omnirad.adapters import decoder, finetune  # noqa: F401
 from omnirad.adapters.registry import (
     ADAPTERS,
     HEADS,

@@ -1,7 +1,7 @@
 """The configuration schema: one tree of omegaconf structured configs (dataclasses with defaults).
 
 Every field carries its documentation (``doc``), from which docs/configuration.md is generated
-(``python -m omnirad.config.docs``); where a value is a registered name (an encoder, an adapter, a
+(``python -m omnirad_fl.simulations.config_docs``); where a value is a registered name (an encoder, an adapter, a
 strategy, ...) the table lists the names from the registry. On the wire and the command line keys
 are flat, dotted and kebab-case (``data.num-sites``); in Python they are snake_case attributes.
 """
