@@ -13,9 +13,11 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
+from timm.data.config import resolve_data_config
 from torch import nn
 
 from omnirad.registry import Registry
@@ -51,13 +53,17 @@ class EncoderWeightsError(RuntimeError):
 class FrozenEncoder(nn.Module):
     """A timm ViT that never trains, with the input geometry and normalisation it expects."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+    _fingerprint: str  # feature_cache.encoder_fingerprint's cache, set on first use
+
     def __init__(self, vit: nn.Module, name: str, patch_size: int, input_size: int) -> None:
         super().__init__()
         self.vit = vit
         self.name = name
         self.patch_size = patch_size
         self.input_size = input_size
-        data_cfg = timm.data.resolve_data_config({}, model=vit)
+        data_cfg = resolve_data_config({}, model=vit)  # type: ignore[no-untyped-call]  # timm leaves it unannotated
         self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
         for param in self.vit.parameters():
@@ -66,11 +72,11 @@ class FrozenEncoder(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return int(self.vit.num_features)
+        return int(self.vit.num_features)  # type: ignore[arg-type]  # timm sets an int; typed Tensor | Module
 
     @property
     def depth(self) -> int:
-        return len(self.vit.blocks)
+        return len(self.vit.blocks)  # type: ignore[arg-type]  # an nn.Sequential, typed Tensor | Module
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Stay in eval mode: dropout and stochastic depth would make frozen features noisy."""
@@ -82,14 +88,15 @@ class FrozenEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled image features (B, D): the class token after the final norm."""
-        return self.vit(self.preprocess(images))
+        return cast(torch.Tensor, self.vit(self.preprocess(images)))
 
     @torch.no_grad()
     def patch_tokens(self, images: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
         """Patch tokens of the given blocks (0-based), each (B, D, H/patch, W/patch)."""
-        return self.vit.forward_intermediates(
+        # a timm VisionTransformer method; nn.Module.__getattr__ types it Tensor | Module
+        return cast(list[torch.Tensor], self.vit.forward_intermediates(  # type: ignore[operator]
             self.preprocess(images), indices=layers, intermediates_only=True, output_fmt="NCHW"
-        )
+        ))
 
 
 def encoder_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, input_size: int) -> torch.Tensor:
@@ -156,7 +163,7 @@ def _timm_patch_size(timm_name: str) -> int:
     return int(timm_name.split("patch")[1].split("_")[0])
 
 
-def _build_vit(name: str, spec: EncoderSpec, weights: str, kwargs: dict) -> nn.Module:
+def _build_vit(name: str, spec: EncoderSpec, weights: str, kwargs: dict[str, Any]) -> nn.Module:
     if not weights:
         log.warning(
             "!!! %s has RANDOM weights (model.weights is empty): results will NOT reflect a "
@@ -174,7 +181,7 @@ def _build_vit(name: str, spec: EncoderSpec, weights: str, kwargs: dict) -> nn.M
     return _from_file(spec, Path(weights), kwargs)
 
 
-def _from_file(spec: EncoderSpec, path: Path, kwargs: dict) -> nn.Module:
+def _from_file(spec: EncoderSpec, path: Path, kwargs: dict[str, Any]) -> nn.Module:
     if not path.is_file():
         raise EncoderWeightsError(f"model.weights: file not found: {path}")
     if path.suffix not in WEIGHT_SUFFIXES:
@@ -191,7 +198,7 @@ def _from_file(spec: EncoderSpec, path: Path, kwargs: dict) -> nn.Module:
         ) from err
 
 
-def _from_hub(spec: EncoderSpec, hub_id: str, kwargs: dict) -> nn.Module:
+def _from_hub(spec: EncoderSpec, hub_id: str, kwargs: dict[str, Any]) -> nn.Module:
     """Load from the hub or its local cache; with HF_HUB_OFFLINE=1 an uncached name fails at once."""
     try:
         return timm.create_model(hub_id, pretrained=True, **kwargs)

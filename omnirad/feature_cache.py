@@ -50,7 +50,7 @@ def cache_key(encoder: FrozenEncoder, images: np.ndarray, kind: str = "pooled") 
     return digest.hexdigest()[:40]
 
 
-def cached_features(cache_dir: Path, encoder: FrozenEncoder, images: np.ndarray,
+def cached_features(cache_dir: str | Path, encoder: FrozenEncoder, images: np.ndarray,
                     encode: Callable[[], torch.Tensor], *, kind: str = "pooled") -> torch.Tensor:
     """Features from the cache when an entry for exactly these weights, images and kind exists, else encode and store."""
     cache_dir = Path(cache_dir).expanduser()

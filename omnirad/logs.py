@@ -13,7 +13,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a message comes: a notebook, a test or a CLI
     wrapper may replace it after the handler was made."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 

@@ -8,7 +8,8 @@ import resource
 import numpy as np
 import torch
 from medmnist.evaluator import getACC, getAUC
-from monai.metrics import compute_dice, compute_iou
+from monai.metrics.meandice import compute_dice
+from monai.metrics.meaniou import compute_iou
 from sklearn.metrics import f1_score
 
 from omnirad.tasks import MULTI_LABEL, TaskSpec

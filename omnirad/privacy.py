@@ -13,7 +13,9 @@ which every planned round (``num-server-rounds`` x ``train.local-epochs``) fits 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ class PrivacyLedger:
                 "steps": [h[2] for h in self.history]}
 
     @classmethod
-    def from_record(cls, record: dict) -> PrivacyLedger:
+    def from_record(cls, record: Mapping[str, Any]) -> PrivacyLedger:
         return cls(list(zip(record["noise"], record["rate"], record["steps"], strict=True)))
 
 
@@ -116,7 +118,7 @@ def train_private(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, ta
                     continue
                 optimizer.zero_grad()
                 loss = task.loss(private(x), y)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 optimizer.step()
                 losses.append(loss.item())
         private._close()  # remove opacus' hooks: the model goes on as a plain module

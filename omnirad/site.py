@@ -92,7 +92,8 @@ class LocalSite:
                            epochs=epochs, seed=site_round_seed(self.cfg.run.seed, server_round, self.site_id),
                            proximal_mu=proximal_mu)
 
-    def fit(self, inputs: RoundInputs, ledger: PrivacyLedger | None = None) -> tuple[OrderedDict, dict[str, float]]:
+    def fit(self, inputs: RoundInputs,
+            ledger: PrivacyLedger | None = None) -> tuple[OrderedDict[str, torch.Tensor], dict[str, float]]:
         """Local epochs from the round's state (with FedProx's term when ``proximal_mu`` > 0, scaled
         by the strategy's site-side factor when it has one; with DP-SGD under ``privacy.dp``,
         accounted in ``ledger``); returns the new trainable state, local tensors included, and

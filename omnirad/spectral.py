@@ -29,9 +29,13 @@ and protocol of a site are exposed to the server and, through the bank, to the o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from omnirad.config.schema import Config
@@ -85,7 +89,7 @@ def bank_to_config(bank: torch.Tensor) -> dict[str, list[float] | int]:
     return {SPECTRAL_BANK: bank.flatten().tolist(), SPECTRAL_BANK_ROWS: len(bank)}
 
 
-def bank_from_config(config: dict) -> torch.Tensor | None:
+def bank_from_config(config: Mapping[str, Any]) -> torch.Tensor | None:
     if SPECTRAL_BANK not in config:
         return None
     return torch.tensor(config[SPECTRAL_BANK], dtype=torch.float32).view(int(config[SPECTRAL_BANK_ROWS]), -1)
@@ -120,10 +124,10 @@ class SpectralPromptClassifier(nn.Module):
         if len(self.bank) == 0:
             raise RuntimeError("the spectral bank is empty: the server sends it with every round (set_bank)")
         similarity = spectral_embeddings(images, self.spectral_size) @ self.bank.T
-        return self.prior_to_tokens(self.bank[similarity.topk(self.top_k, dim=1).indices])
+        return cast(torch.Tensor, self.prior_to_tokens(self.bank[similarity.topk(self.top_k, dim=1).indices]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        vit = self.encoder.vit
+        vit = cast(VisionTransformer, self.encoder.vit)  # its timm internals are used below
         # timm has no public hook for extra tokens: these are forward_features' steps, with the
         # prompts placed after the class/register tokens and at the end of the sequence.
         x = vit.norm_pre(vit._pos_embed(vit.patch_embed(self.encoder.preprocess(images))))
@@ -132,7 +136,7 @@ class SpectralPromptClassifier(nn.Module):
         if self.suffix is not None:
             parts.append(self.suffix.unsqueeze(0).expand(len(x), -1, -1))
         x = torch.cat(parts, dim=1)
-        return self.head(vit.forward_head(vit.norm(vit.blocks(x)), pre_logits=True))
+        return cast(torch.Tensor, self.head(vit.forward_head(vit.norm(vit.blocks(x)), pre_logits=True)))
 
 
 def check_spectral(cfg: Config) -> None:

@@ -17,7 +17,9 @@ images' features, per dimension; no single image's features.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -82,7 +84,7 @@ class Standardisation:
         return {FEATURE_MEAN: self.mean.tolist(), FEATURE_STD: self.std.tolist()}
 
     @classmethod
-    def from_config(cls, config: dict) -> Standardisation | None:
+    def from_config(cls, config: Mapping[str, Any]) -> Standardisation | None:
         if FEATURE_MEAN not in config:
             return None
         return cls(torch.tensor(config[FEATURE_MEAN], dtype=torch.float32), torch.tensor(config[FEATURE_STD], dtype=torch.float32))
@@ -98,6 +100,9 @@ class Standardisation:
 class StandardisedHead(nn.Module):
     """A head that reads ``(features - mean) / std``; the statistics are fixed buffers set by
     ``set_standardisation``, never trained or exchanged as adapter tensors."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, head: nn.Module, in_dim: int) -> None:
         super().__init__()
@@ -117,4 +122,4 @@ class StandardisedHead(nn.Module):
         if not self.ready:
             raise RuntimeError("model.standardise-features: the head has no feature statistics yet (the server "
                                "sends them with every round's instructions)")
-        return self.head((features - self.mean) / self.std)
+        return cast(torch.Tensor, self.head((features - self.mean) / self.std))

@@ -9,10 +9,11 @@ Dice + cross-entropy loss on one output map per pixel class, background included
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses.dice import DiceCELoss
 from torch import nn
 
 MULTI_CLASS = "multi-class"
@@ -68,7 +69,7 @@ class TaskSpec:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.segmentation:
-            return DiceCELoss(to_onehot_y=True, softmax=True)(logits, targets.unsqueeze(1))
+            return cast(torch.Tensor, DiceCELoss(to_onehot_y=True, softmax=True)(logits, targets.unsqueeze(1)))
         if self.multi_label:
             return nn.functional.binary_cross_entropy_with_logits(logits, targets)
         return nn.functional.cross_entropy(logits, targets)

@@ -71,7 +71,7 @@ def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task
                 objective = loss
                 if anchor:
                     objective = loss + proximal_mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, anchor, strict=True))
-                objective.backward()
+                objective.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 optimizer.step()
                 total += loss.item() * len(batch)
             epoch_loss = total / len(order)

@@ -63,7 +63,7 @@ class SegmentationDecoder(nn.Module):
         self.classify = nn.Conv2d(width // 4, num_classes, 1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        layers = tokens.split(self.token_dim, dim=1)
+        layers = tokens.split(self.token_dim, dim=1)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         if len(layers) != len(self.project):
             raise ValueError(f"decoder expects tokens of {len(self.project)} layers, got {len(layers)}")
         x = self.fuse(torch.cat([project(t) for project, t in zip(self.project, layers, strict=True)], dim=1))

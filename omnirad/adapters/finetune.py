@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors.torch import save_file
@@ -49,7 +49,9 @@ class LoraSettings:
 
         # A pattern rather than names: 'proj' alone would also match the patch embedding's conv.
         pattern = rf".*blocks\.\d+\.(attn|mlp)\.({'|'.join(self.targets)})"
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=pattern)
+        # peft annotates lora_alpha as int but only divides by it (alpha / r); a float is what it is given
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha,  # type: ignore[arg-type]
+                          lora_dropout=self.dropout, target_modules=pattern)
 
 
 def adapted_backbone(encoder: FrozenEncoder, lora: LoraSettings | None) -> nn.Module:
@@ -65,6 +67,9 @@ def adapted_backbone(encoder: FrozenEncoder, lora: LoraSettings | None) -> nn.Mo
 class ImageClassifier(nn.Module):
     """A trainable copy of the encoder (LoRA-wrapped, or entirely trainable) and a head, on images."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, encoder: FrozenEncoder, head: nn.Module, lora: LoraSettings | None) -> None:
         super().__init__()
         self.backbone, self.head, self.input_size = adapted_backbone(encoder, lora), head, encoder.input_size
@@ -76,12 +81,12 @@ class ImageClassifier(nn.Module):
         return hasattr(self.backbone, "merge_and_unload")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(encoder_input(images, self.mean, self.std, self.input_size)))
+        return cast(torch.Tensor, self.head(self.backbone(encoder_input(images, self.mean, self.std, self.input_size))))
 
     def merged_encoder(self) -> nn.Module:
         """A plain timm ViT with the LoRA updates folded into its weights (for inference)."""
         backbone = copy.deepcopy(self.backbone)
-        return backbone.merge_and_unload() if self.uses_lora else backbone
+        return backbone.merge_and_unload() if self.uses_lora else backbone  # type: ignore[operator]  # peft's method
 
     def export(self, folder: Path) -> tuple[Path, Path]:
         """Write ``encoder.safetensors`` (timm weights, usable as ``model.weights``) and ``head.safetensors``."""
@@ -99,6 +104,9 @@ class ImageSegmenter(nn.Module):
     multi-task federation can average them across classification and segmentation sites.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, encoder: FrozenEncoder, decoder: nn.Module, token_layers: list[int], lora: LoraSettings) -> None:
         super().__init__()
         self.backbone, self.decoder, self.input_size = adapted_backbone(encoder, lora), decoder, encoder.input_size
@@ -107,11 +115,12 @@ class ImageSegmenter(nn.Module):
         self.register_buffer("std", encoder.std.clone(), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.backbone.forward_intermediates(
+        # a timm ViT method (through peft's wrapper); nn.Module.__getattr__ types it Tensor | Module
+        tokens = self.backbone.forward_intermediates(  # type: ignore[operator]
             encoder_input(images, self.mean, self.std, self.input_size), indices=self.token_layers,
             intermediates_only=True, output_fmt="NCHW",
         )
-        return self.decoder(torch.cat(tokens, dim=1))
+        return cast(torch.Tensor, self.decoder(torch.cat(tokens, dim=1)))
 
 
 def _image_classifier(lora: bool) -> AdapterSpec:

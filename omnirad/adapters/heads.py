@@ -5,6 +5,8 @@ Normalisation layers are LayerNorm, not BatchNorm, so that DP-SGD (opacus) can t
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -19,7 +21,7 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(in_dim, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
+        return cast(torch.Tensor, self.fc(features))
 
 
 class MLPHead(nn.Module):
@@ -36,7 +38,7 @@ class MLPHead(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        return cast(torch.Tensor, self.net(features))
 
 
 HEADS.add("linear", lambda in_dim, outputs, model: LinearHead(in_dim, outputs))

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import OmegaConf
@@ -76,7 +76,7 @@ def read_config_tree(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a readable YAML file: {err}") from err
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a mapping of configuration keys, found {type(content).__name__}")
-    return content
+    return cast(dict[str, Any], content)  # OmegaConf types a mapping's keys as any scalar
 
 
 def flatten_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,7 +109,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         try:
             flat[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {pair!r}: the value is not readable ({err.problem}); quote it") from err
+            # only a MarkedYAMLError has .problem: a ReaderError (e.g. a control character) has none
+            raise ConfigError(f"override {pair!r}: the value is not readable "
+                              f"({err.problem}); quote it") from err  # type: ignore[attr-defined]
     return flat
 
 

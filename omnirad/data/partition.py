@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from datasets import Dataset
@@ -133,7 +134,7 @@ def power_law_sizes(total: int, num_sites: int, *, exponent: float, min_size: in
     spare = max(total - num_sites * min_size, 0)
     sizes = min_size + np.floor(spare * weights / weights.sum()).astype(int)
     sizes[0] += total - sizes.sum()
-    return np.random.default_rng(seed).permutation(sizes).tolist()
+    return cast(list[int], np.random.default_rng(seed).permutation(sizes).tolist())
 
 
 def _by_group(groups: np.ndarray | None, num_sites: int, seed: int) -> list[np.ndarray]:

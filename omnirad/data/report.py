@@ -7,7 +7,7 @@ run and written to its folder (``partition.json``, ``partition.png``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np  # noqa: E402
 from matplotlib import colormaps
@@ -18,8 +18,8 @@ def label_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     """Samples per class; for multi-label (N, L) 0/1 labels, positives per label."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] > 1:
-        return labels.sum(axis=0).astype(int).tolist()
-    return np.bincount(labels.reshape(-1), minlength=num_classes).tolist()
+        return cast(list[int], labels.sum(axis=0).astype(int).tolist())
+    return cast(list[int], np.bincount(labels.reshape(-1), minlength=num_classes).tolist())
 
 
 def partition_report(labels: np.ndarray, parts: list[np.ndarray], class_names: tuple[str, ...]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ business (``omnirad.data.sources``).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from omnirad.config.schema import Config
@@ -45,7 +47,7 @@ def partition_labels(data: LabelledImages) -> np.ndarray:
         return data.strata
     labels = data.labels
     if labels.ndim == 3:
-        return labels.reshape(len(labels), -1).max(axis=1)
+        return cast(np.ndarray, labels.reshape(len(labels), -1).max(axis=1))
     return labels if labels.ndim == 1 else labels.argmax(axis=1)
 
 

@@ -26,6 +26,7 @@ combination is equally frequent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -47,7 +48,8 @@ class SyntheticSplit:
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
+    number = cast(int, value)  # compared below only when ``ok``
+    if not ok or number < low or (high is not None and number > high):
         expected = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
@@ -95,7 +97,7 @@ def _ellipse(grid: _Grid, cx: float, cy: float, *, radii: tuple[float, float], a
     c, s = np.cos(angle), np.sin(angle)
     dx, dy = grid.x - cx, grid.y - cy
     u, v = (c * dx + s * dy) / rx, (-s * dx + c * dy) / ry
-    return np.sqrt(u * u + v * v)
+    return cast(np.ndarray, np.sqrt(u * u + v * v))
 
 
 def _shape(grid: _Grid, shape: tuple[float, float, float, float, float]) -> np.ndarray:
@@ -127,6 +129,10 @@ _ANATOMY: dict[str, list[tuple[str, float, float, float, float, float]]] = {
 }
 
 
+# An anatomy tuple (cx, cy, rx, ry, angle), as ``_shape`` takes it.
+_Ellipse = tuple[float, float, float, float, float]
+
+
 def _structures(rng: np.random.Generator, region: str) -> list[tuple[str, tuple[float, float, float, float, float]]]:
     """The region's template with every structure's place, size and tilt jittered."""
     out = []
@@ -138,7 +144,7 @@ def _structures(rng: np.random.Generator, region: str) -> list[tuple[str, tuple[
     return out
 
 
-def _point_in(rng: np.random.Generator, organ: tuple, spread: float) -> tuple[float, float]:
+def _point_in(rng: np.random.Generator, organ: _Ellipse, spread: float) -> tuple[float, float]:
     """A random point inside an organ ellipse, at most ``spread`` of the way to its edge."""
     cx, cy, rx, ry, angle = organ
     t, r = rng.uniform(0, 2 * np.pi), spread * np.sqrt(rng.uniform(0, 1))
@@ -147,7 +153,7 @@ def _point_in(rng: np.random.Generator, organ: tuple, spread: float) -> tuple[fl
     return cx + c * u - s * v, cy + s * u + c * v
 
 
-def _mass(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _mass(rng: np.random.Generator, grid: _Grid, organ: _Ellipse) -> tuple[np.ndarray, np.ndarray]:
     """One lobulated, textured mass, brighter or darker than its organ."""
     lx, ly = _point_in(rng, organ, 0.5)
     radius = rng.uniform(0.09, 0.2)
@@ -159,7 +165,7 @@ def _mass(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.ndarr
     return shape, rng.choice([-1.0, 1.0]) * shape * texture * rng.uniform(0.25, 0.5)
 
 
-def _nodules(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _nodules(rng: np.random.Generator, grid: _Grid, organ: _Ellipse) -> tuple[np.ndarray, np.ndarray]:
     """3 to 7 small, smooth, round nodules of one polarity scattered through the organ."""
     shape = np.zeros_like(grid.x)
     for _ in range(rng.integers(3, 8)):
@@ -169,7 +175,7 @@ def _nodules(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.nd
     return shape, rng.choice([-1.0, 1.0]) * shape * rng.uniform(0.3, 0.6)
 
 
-def _diffuse(rng: np.random.Generator, grid: _Grid, organ: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _diffuse(rng: np.random.Generator, grid: _Grid, organ: _Ellipse) -> tuple[np.ndarray, np.ndarray]:
     """Organ-wide disease: a coarse reticular pattern over the whole organ (as in fibrosis)."""
     frequency = rng.uniform(9, 16)
     phase = rng.uniform(0, 2 * np.pi, 2)
@@ -220,36 +226,37 @@ _TISSUE = {
 }
 
 
-def _ct_noise(rng, grid, image):
+def _ct_noise(rng: np.random.Generator, grid: _Grid, image: np.ndarray) -> np.ndarray:
     if rng.random() < 0.3:  # streak artefact from a dense point
         px, py = rng.uniform(-0.4, 0.4, 2)
         theta = np.arctan2(grid.y - py, grid.x - px)
         image = image + (image > 0.2) * 0.05 * np.cos(rng.integers(6, 14) * theta) * rng.uniform(0.3, 1.0)
-    return image + rng.normal(0, rng.uniform(0.01, 0.04), grid.x.shape)
+    return cast(np.ndarray, image + rng.normal(0, rng.uniform(0.01, 0.04), grid.x.shape))
 
 
-def _mr_noise(rng, grid, image):
+def _mr_noise(rng: np.random.Generator, grid: _Grid, image: np.ndarray) -> np.ndarray:
     a, b, c = rng.normal(0, 0.25, 3)
     image = image * np.clip(1 + a * grid.x + b * grid.y + c * grid.x * grid.y, 0.4, 1.6)  # coil bias field
     sigma = rng.uniform(0.01, 0.04)
-    return np.sqrt((image + rng.normal(0, sigma, grid.x.shape)) ** 2 + rng.normal(0, sigma, grid.x.shape) ** 2)
+    return cast(np.ndarray,
+                np.sqrt((image + rng.normal(0, sigma, grid.x.shape)) ** 2 + rng.normal(0, sigma, grid.x.shape) ** 2))
 
 
-def _xray_noise(rng, grid, image):
+def _xray_noise(rng: np.random.Generator, grid: _Grid, image: np.ndarray) -> np.ndarray:
     ribs = 0.5 + 0.5 * np.cos(grid.y * rng.uniform(18, 24) + 3 * grid.x**2 + rng.uniform(0, 2 * np.pi))
     image = image + 0.06 * ribs * (image > 0.1)
     image = np.clip(image, 0, 1)
-    return image + rng.normal(0, 1, grid.x.shape) * np.sqrt(image + 0.01) * rng.uniform(0.02, 0.05)
+    return cast(np.ndarray, image + rng.normal(0, 1, grid.x.shape) * np.sqrt(image + 0.01) * rng.uniform(0.02, 0.05))
 
 
-def _us_noise(rng, grid, image):
+def _us_noise(rng: np.random.Generator, grid: _Grid, image: np.ndarray) -> np.ndarray:
     apex_x = rng.normal(0, 0.05)
     depth = grid.depth
     angle = np.arctan2(_image_x(grid) - apex_x, grid.depth + 0.05)
     fan = np.clip((rng.uniform(0.6, 0.75) - np.abs(angle)) / 0.03, 0, 1)
     speckle = 0.55 + 0.45 * rng.exponential(1.0, grid.x.shape)
     speckle = 0.5 * speckle + 0.5 * np.roll(speckle, 1, axis=0)  # axially elongated speckle
-    return fan * image * speckle * np.exp(-rng.uniform(0.15, 0.35) * depth)
+    return cast(np.ndarray, fan * image * speckle * np.exp(-rng.uniform(0.15, 0.35) * depth))
 
 
 def _image_x(grid: _Grid) -> np.ndarray:

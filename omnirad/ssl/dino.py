@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -48,12 +49,13 @@ class ProjectionHead(nn.Module):
         magnitude.requires_grad_(False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.prototypes(nn.functional.normalize(self.mlp(features), dim=-1))
+        return cast(torch.Tensor, self.prototypes(nn.functional.normalize(self.mlp(features), dim=-1)))
 
 
 class SelfDistillation(Learner):
     """Student and EMA teacher (ViT + head each), the teacher's centre, and the loss."""
 
+    center: torch.Tensor  # a buffer, registered in __init__
     num_views = 2
     weight_decay = 0.04
     betas = (0.9, 0.999)
@@ -62,7 +64,8 @@ class SelfDistillation(Learner):
         super().__init__()
         self.settings = settings
         self.crop_scale = settings.crop_scale
-        self.student = nn.ModuleDict({"vit": vit, "head": ProjectionHead(int(vit.num_features), settings)})
+        num_features = int(vit.num_features)  # type: ignore[arg-type]  # timm sets an int; typed Tensor | Module
+        self.student = nn.ModuleDict({"vit": vit, "head": ProjectionHead(num_features, settings)})
         self.teacher = copy.deepcopy(self.student)
         for param in self.teacher.parameters():
             param.requires_grad_(False)
@@ -80,7 +83,7 @@ class SelfDistillation(Learner):
         pairs = [(i, j) for i in range(len(views)) for j in range(len(views)) if i != j]
         total = sum(-(targets[i] * torch.log_softmax(student[j], dim=-1)).sum(dim=-1).mean() for i, j in pairs)
         self.update_center(torch.cat(teacher_out))
-        return total / len(pairs)
+        return cast(torch.Tensor, total / len(pairs))  # sum() of tensors is typed Tensor | int
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

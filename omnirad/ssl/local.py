@@ -37,7 +37,7 @@ def train_locally(learner: Learner, images: np.ndarray, encoder: FrozenEncoder, 
                 group["lr"] = learning_rate(step, schedule.total_steps, schedule.peak_lr, schedule.warmup_steps)
             loss = learner.step_loss(crops, step, schedule.total_steps, generator)
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             nn.utils.clip_grad_norm_(params, 3.0)
             optimizer.step()
             step += 1

@@ -4,9 +4,10 @@ decoder predicts the pixels of the rest."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from omnirad.ssl.objectives import SSL_OBJECTIVES, Learner, Objective
@@ -37,7 +38,7 @@ class PixelDecoder(nn.Module):
         """Predicted pixels of every patch (B, N, patch_pixels) from the visible tokens at ``keep``."""
         tokens = self.mask_token.expand(len(visible), num_patches, -1).clone()
         tokens.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]), self.embed(visible))
-        return self.pred(self.norm(self.blocks(tokens + self.pos_embed)))
+        return cast(torch.Tensor, self.pred(self.norm(self.blocks(tokens + self.pos_embed))))
 
 
 class MaskedAutoencoder(Learner):
@@ -49,9 +50,10 @@ class MaskedAutoencoder(Learner):
         super().__init__()
         self.settings = settings
         self.crop_scale = settings.crop_scale
-        self.patch = int(vit.patch_embed.patch_size[0])
+        self.patch = int(vit.patch_embed.patch_size[0])  # type: ignore[union-attr, index]  # timm ViT attributes
         self.num_patches = (input_size // self.patch) ** 2
-        decoder = PixelDecoder(int(vit.num_features), self.num_patches, 3 * self.patch**2, settings)
+        num_features = int(vit.num_features)  # type: ignore[arg-type]  # timm sets an int; typed Tensor | Module
+        decoder = PixelDecoder(num_features, self.num_patches, 3 * self.patch**2, settings)
         self.student = nn.ModuleDict({"vit": vit, "decoder": decoder})
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
@@ -62,14 +64,14 @@ class MaskedAutoencoder(Learner):
 
     def loss(self, views: list[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean squared error on the masked patches of each view (normalised pixels)."""
-        return sum(self._view_loss(v, generator) for v in views) / len(views)
+        return cast(torch.Tensor, sum(self._view_loss(v, generator) for v in views) / len(views))  # sum(): Tensor | int
 
     def step_loss(self, crops: list[torch.Tensor], step: int, total_steps: int,
                   generator: torch.Generator) -> torch.Tensor:
         return self.loss(crops, generator)
 
     def _view_loss(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        vit, n = self.student["vit"], self.num_patches
+        vit, n = cast(VisionTransformer, self.student["vit"]), self.num_patches  # its timm internals are used below
         tokens = vit._pos_embed(vit.patch_embed(images))  # timm's own embedding, class token first
         prefix = int(vit.num_prefix_tokens)
         num_keep = max(1, round(n * (1 - self.settings.mask_ratio)))
@@ -80,7 +82,7 @@ class MaskedAutoencoder(Learner):
         target = self.patchify(images)
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         masked = torch.ones(len(images), n, device=images.device).scatter_(1, keep, 0.0)
-        return (((predicted - target) ** 2).mean(-1) * masked).sum() / masked.sum()
+        return cast(torch.Tensor, (((predicted - target) ** 2).mean(-1) * masked).sum() / masked.sum())
 
 
 SSL_OBJECTIVES.add("mae", Objective(MaskedAutoencoder, MaeSettings()))
