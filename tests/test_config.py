@@ -55,3 +55,11 @@ def test_bad_values_name_the_key(key, value, fragment):
 def test_yaml_round_trip_uses_flat_keys():
     text = to_yaml(load_config({"data.alpha": 0.1}))
     assert "data.alpha: 0.1" in text and "num-server-rounds: 20" in text
+
+
+def test_unreadable_override_values_are_named_whatever_yaml_finds():
+    from omnirad.config import parse_overrides
+
+    for pair, problem in (("data.alpha=[1", "expected"), ("run.name=\x07", "unacceptable character")):
+        with pytest.raises(ConfigError, match=f"override .*{problem}"):
+            parse_overrides([pair])

@@ -109,10 +109,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         try:
             flat[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as err:
-            # only a MarkedYAMLError has .problem: a ReaderError (e.g. a control character) has none
-            raise ConfigError(f"override {pair!r}: the value is not readable "
-                              f"({err.problem}); quote it") from err  # type: ignore[attr-defined]
+            raise ConfigError(f"override {pair!r}: the value is not readable ({yaml_problem(err)}); quote it") from err
     return flat
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """What YAML found wrong: a syntax error says where; a bad character has no ``problem`` field."""
+    problem = getattr(err, "problem", None)
+    return str(problem) if problem else str(err).splitlines()[0]
 
 
 def comma_list(value: str) -> list[str]:
