@@ -18,22 +18,29 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from omnirad.app_trust import parse_trusted
 from omnirad.config import ConfigError
 from omnirad.data.npz import DataFileError, read_classification_npz, read_segmentation_npz
 from omnirad.data.sources.files import file_task
+from omnirad.devices import resolve_placement
 from omnirad.encoders import create_encoder, weights_fingerprint
 from omnirad.protocol import (
     NODE_CACHE_DIR,
     NODE_DATA_FILE,
+    NODE_DEVICE,
     NODE_NUM_CLASSES,
+    NODE_PRECISION,
     NODE_SITE_ID,
     NODE_SITE_NAME,
+    NODE_STATE_DIR,
     NODE_TASK_KIND,
     NODE_TASK_NAME,
     NODE_WEIGHTS,
 )
 from omnirad.tasks import SEGMENTATION
+from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.site_config import SiteConfig, load_site_config, problems
+from omnirad_fl.client.verified_app import TRUSTED_ENV
 
 
 def check_data(cfg: SiteConfig) -> str:
@@ -61,6 +68,41 @@ def check_encoder_weights(cfg: SiteConfig) -> str:
     return f"{cfg.encoder.name} from {Path(cfg.encoder.weights).name}: loads, {checked}"
 
 
+def check_device(cfg: SiteConfig) -> str:
+    """The site's device and precision exist on this machine (a GPU named in the site file, say)."""
+    try:
+        placement = resolve_placement(cfg.device, cfg.precision)
+    except ConfigError as err:
+        raise ValueError(str(err).replace("run.device", "device").replace("run.precision", "precision")) from err
+    return f"computes on {placement.describe()} (device: {cfg.device}, precision: {cfg.precision})"
+
+
+def trusted_keys(cfg: SiteConfig) -> list[str]:
+    """The site's trusted publisher keys as OpenSSH lines (entries are lines or .pub files)."""
+    return [entry if entry.startswith("ssh-") else Path(entry).read_text().strip() for entry in cfg.trusted_publishers]
+
+
+def check_trust(cfg: SiteConfig) -> str:
+    """The publishers whose app bundles this site runs; a warning when it trusts none."""
+    if not cfg.trusted_publishers:
+        return "app bundles are NOT verified (no trusted-publishers in the site file): any app the server ships runs"
+    keys = parse_trusted(trusted_keys(cfg))
+    return f"runs only app bundles signed by {len(keys)} trusted publisher key(s)"
+
+
+def install_verifier(cfg: SiteConfig) -> dict[str, str]:
+    """Put the verifying ``flwr-clientapp`` first on the SuperNode's PATH, with the site's trusted
+    keys; returns the environment entries the SuperNode needs."""
+    folder = Path(cfg.state_dir) / "trust"
+    (folder / "bin").mkdir(parents=True, exist_ok=True)
+    keys = folder / "trusted-publishers"
+    keys.write_text("\n".join(trusted_keys(cfg)) + "\n")
+    program = folder / "bin" / "flwr-clientapp"
+    program.write_text(f"#!{sys.executable}\nfrom omnirad_fl.client.verified_app import main\n\nmain()\n")
+    program.chmod(0o755)
+    return {TRUSTED_ENV: str(keys), "PATH": os.pathsep.join([str(program.parent), os.environ.get("PATH", "")])}
+
+
 def check_keys(cfg: SiteConfig) -> str:
     try:
         key = load_ssh_private_key(Path(cfg.auth_key).read_bytes(), None)
@@ -83,7 +125,7 @@ def preflight(cfg: SiteConfig, source: Path) -> list[str]:
     if found:
         raise ConfigError("\n".join(found))
     passed, failed = [], []
-    for check in (check_data, check_encoder_weights, check_keys):
+    for check in (check_data, check_encoder_weights, check_device, check_keys, check_trust):
         try:
             passed.append(check(cfg))
         except Exception as err:  # noqa: BLE001 - every failed check is reported, with its file, not a traceback
@@ -98,7 +140,9 @@ def supernode_command(cfg: SiteConfig) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
     executable = shutil.which("flower-supernode") or str(Path(sys.executable).with_name("flower-supernode"))
     node_config = (f'{NODE_SITE_ID}={cfg.site.id} {NODE_SITE_NAME}="{cfg.site.name}" {NODE_DATA_FILE}="{cfg.data.file}" '
-                   f'{NODE_WEIGHTS}="{cfg.encoder.weights}" {NODE_CACHE_DIR}="{cfg.cache_dir}"')
+                   f'{NODE_WEIGHTS}="{cfg.encoder.weights}" {NODE_CACHE_DIR}="{cfg.cache_dir}" '
+                   f'{NODE_STATE_DIR}="{cfg.site_state_dir}" '
+                   f'{NODE_DEVICE}="{cfg.device}" {NODE_PRECISION}="{cfg.precision}"')
     if cfg.data.task_name:  # a multi-task federation: this site's declaration
         node_config += (f' {NODE_TASK_NAME}="{cfg.data.task_name}" {NODE_TASK_KIND}="{cfg.data.task}" '
                         f'{NODE_NUM_CLASSES}={cfg.data.num_classes}')
@@ -106,6 +150,23 @@ def supernode_command(cfg: SiteConfig) -> list[str]:
                "--node-config", node_config, "--port", str(cfg.runtime_port)]
     command += ["--insecure"] if cfg.server.insecure else ["--root-certificates", cfg.server.ca_certificate]
     return command
+
+
+def keygen(cfg: SiteConfig, source: Path) -> int:
+    """Make the site's key pair where its file says (``auth-key``), or beside the file; print the
+    public key for the coordinator. The private key never leaves this machine."""
+    private = Path(cfg.auth_key) if cfg.auth_key else source.parent / f"{cfg.site.name}.key"
+    try:
+        public = write_site_keys(private, cfg.site.name)
+    except FileExistsError as err:
+        print(f"omnirad-client: {err}", file=sys.stderr)
+        return 2
+    print(public.read_text().strip())
+    print(f"wrote {private} (private: stays here) and {public}. Send {public.name} to the coordinator, who registers "
+          f"it with: omnirad-certs CERTS --site {cfg.site.name}={public.name}", file=sys.stderr)
+    if not cfg.auth_key:
+        print(f"set auth-key: {private.name} in {source}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,19 +177,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "features never leave the site; only adapter weights and scalar metrics do.",
         epilog="The site file (YAML, paths relative to it) holds site.name, site.id, server.address, "
                "server.ca-certificate, auth-key, data.file/task/num-classes, encoder.name/weights/sha256, "
-               "cache-dir and runtime-port; see deploy/site-example.yaml and the README's deployment section. "
+               "cache-dir, site-state-dir and runtime-port; see deploy/site-example.yaml and the README's deployment section. "
                "Exit status: 2 when a check fails, otherwise the SuperNode's.",
     )
     parser.add_argument("--site", required=True, metavar="NAME", help="this site's name, e.g. A")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="the site file (default: sites/NAME.yaml in the current folder)")
     parser.add_argument("--check", action="store_true", help="run the checks and exit without connecting")
+    parser.add_argument("--keygen", action="store_true",
+                        help="make this site's authentication key pair (at auth-key, or NAME.key next to the site "
+                             "file), print the public key to send to the coordinator, and exit")
     args = parser.parse_args(argv)
     source = args.config or Path("sites") / f"{args.site}.yaml"
     try:
         cfg = load_site_config(source)
         if cfg.site.name != args.site:
             raise ConfigError(f"{source}: site.name is {cfg.site.name!r}, not {args.site!r}: wrong file for this site")
+        if args.keygen:
+            return keygen(cfg, source)
         passed = preflight(cfg, source)
     except ConfigError as err:
         print(f"omnirad-client: site {args.site} is not ready:\n{err}", file=sys.stderr)
@@ -142,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A SuperNode installs each run's app bundle under FLWR_HOME: one folder per site, so that several
     # SuperNodes on one machine do not install into the same place at once.
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    os.execve(command[0], command, {**os.environ, "FLWR_HOME": cfg.state_dir})  # its PID is now the SuperNode's
+    trust = install_verifier(cfg) if cfg.trusted_publishers else {}
+    os.execve(command[0], command, {**os.environ, "FLWR_HOME": cfg.state_dir, **trust})  # its PID is now the SuperNode's
 
 
 if __name__ == "__main__":

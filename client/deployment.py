@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Context
 
-from omnirad.config import Config, ConfigError, load_config, to_flat
+from omnirad.config import Config, ConfigError, load_config, to_flat, with_num_sites
 from omnirad.data.sources.files import DEPLOYMENT, file_task
 from omnirad.encoders import weights_fingerprint
 from omnirad.multitask import DECLARED, TaskMismatch, site_view, task_config
@@ -18,7 +18,9 @@ from omnirad.protocol import (
     ENCODER_FINGERPRINT,
     NODE_CACHE_DIR,
     NODE_DATA_FILE,
+    NODE_DEVICE,
     NODE_NUM_CLASSES,
+    NODE_PRECISION,
     NODE_SITE_ID,
     NODE_TASK_KIND,
     NODE_TASK_NAME,
@@ -36,14 +38,16 @@ def site_of(context: Context) -> tuple[Config, int]:
     """The configuration this site trains with and its site number."""
     cfg = load_config(context.run_config)
     node = context.node_config
-    if NODE_DATA_FILE not in node:
+    if NODE_DATA_FILE not in node:  # simulation: data.num-sites unset (0) is the federation's size
         site_id = int(node["partition-id"])
-        return site_view(cfg, site_id), site_id
+        return site_view(with_num_sites(cfg, int(node["num-partitions"])), site_id), site_id
     if cfg.data.dataset != DEPLOYMENT:
         raise ConfigError(f"this site was started by omnirad-client with its own data file, but the server's run has "
                           f"data.dataset={cfg.data.dataset!r}; a deployed federation needs data.dataset='deployment'")
     local = {"data.site-files": str(node[NODE_DATA_FILE]), "model.weights": str(node[NODE_WEIGHTS]),
-             "model.cache-dir": str(node[NODE_CACHE_DIR])}
+             "model.cache-dir": str(node[NODE_CACHE_DIR]),
+             # the site's own device and precision, never the server's
+             "run.device": str(node.get(NODE_DEVICE, "auto")), "run.precision": str(node.get(NODE_PRECISION, "auto"))}
     site_cfg = load_config({**to_flat(cfg), **local})
     declared = cfg.multitask.site_tasks == DECLARED
     if declared != (NODE_TASK_NAME in node):
@@ -72,9 +76,10 @@ def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:
         return
     local = weights_fingerprint(cfg.model.weights)
     if local != expected:
+        # no path in the message: it goes back to the server
         raise EncoderMismatch(
-            f"the server's encoder weights are {expected[:24]}, this site's ({cfg.model.weights or 'random init'}) "
-            f"{local[:24]}: install the federation's weights file and set encoder.weights in the site configuration"
+            f"the server's encoder weights are {expected[:24]}, this site's {local[:24]}: install the federation's "
+            "weights file and set encoder.weights in the site configuration"
         )
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from omnirad.config import ConfigError
+from omnirad.config import ConfigError, flatten_keys
+from omnirad.config.io import refuse_interpolation
+from omnirad.devices import check_device_syntax
 from omnirad.encoders import ENCODERS
 from omnirad.tasks import KINDS as TASK_KINDS
 
@@ -59,7 +61,11 @@ class SiteConfig:
     encoder: SiteEncoder = field(default_factory=SiteEncoder)
     cache_dir: str = "~/.cache/omnirad-fl/features"  # encoder features kept between rounds
     state_dir: str = ""  # the SuperNode's own folder (installed app bundles); default ~/.omnirad-fl/sites/NAME
+    site_state_dir: str = ""  # what the site keeps per run (DP ledger, personal tensors); default STATE-DIR/site-state
     runtime_port: int = 9094  # local port for the SuperNode's ClientApp API: one per SuperNode on a machine
+    trusted_publishers: list[str] = field(default_factory=list)  # ssh-ed25519 keys (or .pub files) whose apps it runs
+    device: str = "auto"  # where this site computes: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # auto (bf16 on a GPU with it, fp16 on other CUDA GPUs, fp32 elsewhere), fp32, bf16, fp16
 
 
 def _snake(tree: object) -> object:
@@ -75,8 +81,12 @@ def load_site_config(path: Path) -> SiteConfig:
         raise ConfigError(f"{path}: no such site configuration file (write one from deploy/site-example.yaml)")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path))
+        for key, value in flatten_keys(raw if isinstance(raw, dict) else {}).items():
+            refuse_interpolation(key, value)
         merged = OmegaConf.merge(OmegaConf.structured(SiteConfig), _snake(raw or {}))
         cfg: SiteConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     except OmegaConfBaseException as err:
         key = str(getattr(err, "full_key", "") or "").replace("_", "-")
         raise ConfigError(f"{path}: bad key or value{f' {key!r}' if key else ''}: {err.msg}") from err
@@ -84,8 +94,11 @@ def load_site_config(path: Path) -> SiteConfig:
         raise ConfigError(f"{path}: not a readable YAML file: {err}") from err
     base = path.parent
     cfg.state_dir = cfg.state_dir or f"~/.omnirad-fl/sites/{cfg.site.name or 'unnamed'}"
+    cfg.site_state_dir = cfg.site_state_dir or str(Path(cfg.state_dir) / "site-state")
+    cfg.trusted_publishers = [entry if entry.startswith("ssh-") else str((base / Path(entry).expanduser()).resolve())
+                              for entry in cfg.trusted_publishers]
     for holder, attr in ((cfg.server, "ca_certificate"), (cfg, "auth_key"), (cfg.data, "file"),
-                         (cfg.encoder, "weights"), (cfg, "cache_dir"), (cfg, "state_dir")):
+                         (cfg.encoder, "weights"), (cfg, "cache_dir"), (cfg, "state_dir"), (cfg, "site_state_dir")):
         value = getattr(holder, attr)
         if value:
             setattr(holder, attr, str((base / Path(value).expanduser()).resolve()))
@@ -118,8 +131,12 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
          f"{cfg.data.task_name!r}: letters, digits, '-' and '_', starting with a letter (e.g. chest-findings)")
     need(bool(cfg.data.file), "data.file", "missing: the site's MedMNIST- or MedSegBench-format .npz file")
     need(1 <= cfg.runtime_port <= 65535, "runtime-port", f"{cfg.runtime_port}: a TCP port")
+    try:
+        check_device_syntax(cfg.device, cfg.precision)
+    except ConfigError as err:
+        found.append(f"{source}: {str(err).replace('run.device', 'device').replace('run.precision', 'precision')}")
     for key, value in (("data.file", cfg.data.file), ("encoder.weights", cfg.encoder.weights),
-                       ("cache-dir", cfg.cache_dir), ("auth-key", cfg.auth_key)):
+                       ("cache-dir", cfg.cache_dir), ("site-state-dir", cfg.site_state_dir), ("auth-key", cfg.auth_key)):
         need('"' not in value, key, "paths with double quotes cannot be passed to the SuperNode")
     if cfg.encoder.weights:
         need(Path(cfg.encoder.weights).is_file(), "encoder.weights", f"{cfg.encoder.weights}: no such file")

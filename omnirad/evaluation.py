@@ -11,6 +11,7 @@ from omnirad.adapters import load_trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.config.schema import Config
 from omnirad.data.sites import LabelledImages, server_test_set, task_info
+from omnirad.devices import placement_for
 from omnirad.metrics import wire_keys
 from omnirad.models import kept_at_sites, new_model
 from omnirad.site import ModelInputs
@@ -34,7 +35,8 @@ class CentralEvaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:
             return {}
-        return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg)))
+        return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg),
+                                        placement=placement_for(self.cfg)))
 
     def with_broadcast(self, broadcast: Broadcast | None) -> CentralEvaluator:
         """This evaluator with another broadcast (a site alone's own standardisation), sharing the
@@ -53,4 +55,4 @@ class CentralEvaluator:
         """The test set and the model's outputs on it (logits; per-pixel for segmentation), for reports."""
         if self.test is None:
             raise ValueError("no server test set (data.test-file is empty, or FedPer has no global model)")
-        return self.test.data, predict(self.model(state), self.test.inputs)
+        return self.test.data, predict(self.model(state), self.test.inputs, placement=placement_for(self.cfg))

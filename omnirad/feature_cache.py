@@ -32,7 +32,7 @@ def encoder_fingerprint(encoder: FrozenEncoder) -> str:
     if cached is None:
         digest = hashlib.sha256()
         digest.update(f"{encoder.name}|{encoder.input_size}|{encoder.patch_size}".encode())
-        digest.update(encoder.mean.numpy().tobytes() + encoder.std.numpy().tobytes())
+        digest.update(encoder.mean.cpu().numpy().tobytes() + encoder.std.cpu().numpy().tobytes())
         for name, tensor in encoder.vit.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

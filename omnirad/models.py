@@ -20,6 +20,7 @@ from omnirad.adapters import ADAPTERS, IMAGES, TOKENS, ModelRecipe
 from omnirad.adapters.decoder import token_layers
 from omnirad.config.schema import Config
 from omnirad.data.sites import task_info
+from omnirad.devices import placement_for
 from omnirad.encoders import FrozenEncoder, create_encoder
 from omnirad.feature_cache import cached_features
 from omnirad.images import images_to_tensor
@@ -86,9 +87,12 @@ def model_inputs(cfg: Config, encoder: FrozenEncoder, images: np.ndarray, desc: 
     layers = token_layers(cfg.model, encoder.depth) if kind == TOKENS else None
 
     def run() -> torch.Tensor:
-        return encode(encoder, images, desc=desc, token_layers=layers)
+        return encode(encoder, images, desc=desc, token_layers=layers, placement=placement_for(cfg))
 
     if not (use_cache and cfg.model.feature_cache):
         return run()
     key = "pooled" if layers is None else "tokens:" + ",".join(map(str, layers))
+    precision = placement_for(cfg).precision
+    if precision != "fp32":  # mixed-precision features are not the float32 ones: their own entries
+        key += f"|{precision}"
     return cached_features(cfg.model.cache_dir, encoder, images, run, kind=key)

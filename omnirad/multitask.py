@@ -72,7 +72,7 @@ def check_multitask(cfg: Config) -> None:
     else:
         require(cfg.data.dataset == "embedded", "data.dataset", cfg.data.dataset,
                 f"embedded or deployment with {key} (the embedded data carries every task's labels)")
-        require(len(names) == cfg.data.num_sites, key, cfg.multitask.site_tasks,
+        require(len(names) == cfg.data.num_sites or not cfg.data.num_sites, key, cfg.multitask.site_tasks,
                 f"{cfg.data.num_sites} task names, one per site (data.num-sites)")
         require(all(n in EMBEDDED_TASKS or n == SITS_OUT for n in names), key, cfg.multitask.site_tasks,
                 f"names among {', '.join(EMBEDDED_TASKS)}, or '{SITS_OUT}' for a site that sits the run out")
@@ -118,6 +118,7 @@ def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
         from omnirad.adapters import ADAPTERS
 
         flat["model.adapter"] = ADAPTERS[cfg.model.adapter].segmentation_twin
+        flat["model.head-init"] = "random"  # a decoder has no closed form: it starts from its initialisation
     return load_config(flat)
 
 
@@ -173,11 +174,15 @@ def _describe(spec: TaskSpec) -> str:
 
 
 def shared_names(states: dict[str, dict[str, torch.Tensor]]) -> frozenset[str]:
-    """Tensor names that every task's model has with one shape: what the tasks can share."""
+    """The encoder's tensors (LoRA) that every task's model has with one shape: what the tasks can
+    share. Heads never are, even when two tasks' heads have one shape: each reads its own labels."""
+    from omnirad.adapters.finetune import ENCODER_MODULE
+
     if len(states) < 2:
         return frozenset()
     first, *others = states.values()
-    return frozenset(k for k, v in first.items() if all(k in o and o[k].shape == v.shape for o in others))
+    return frozenset(k for k, v in first.items() if k.startswith(f"{ENCODER_MODULE}.")
+                     and all(k in o and o[k].shape == v.shape for o in others))
 
 
 def global_record(states: dict[str, dict[str, torch.Tensor]], shared: frozenset[str]) -> dict[str, torch.Tensor]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
 TEACHER = "teacher"  # SSL rounds: the server's teacher tensors, beside the student's arrays
 DECLARATION = "declaration"  # reply to query.task: the task a site trains
+SITE_INFO = "site-info"  # train replies: where the site computed (device, precision), for the run folder
 
 # Message types beyond Flower's plain train and evaluate.
 QUERY_SPECTRAL = "spectral"  # query.spectral: a site's spectral centroids
 QUERY_FEATURE_MOMENTS = "feature_moments"  # query.feature_moments: count, sum, sum of squares of features
 QUERY_TASK = "task"  # query.task: the task a site declares
 TRAIN_SSL = "ssl"  # train.ssl: one round of self-supervised pretraining
+QUERY_HEAD_STATISTICS = "head_statistics"  # query.head_statistics: sums for a closed-form head
+QUERY_LOGIT_SCALE = "logit_scale"  # query.logit_scale: training loss sums of the closed-form head at a few scales
 
 # Instructions (the config record of train and evaluate messages).
 SERVER_ROUND = "server-round"  # set by Flower's strategies
@@ -28,6 +31,10 @@ SSL_ROUNDS = "ssl-rounds"  # SSL rounds in all, so that schedules run over the w
 TASK = "task"  # a multi-task run: the task whose adapter a message carries
 SPECTRAL_BANK, SPECTRAL_BANK_ROWS = "spectral-bank", "spectral-bank-rows"
 FEATURE_MEAN, FEATURE_STD = "feature-mean", "feature-std"
+LOGIT_SCALES = "logit-scales"  # query.logit_scale: the scales to score
+RUN_KEY = "run-key"  # the run's own name, kept across resumes: the file of each site's state for the run
+SIMULATION_STATE_DIR = "simulation-state-dir"  # simulation only: the run folder's site-state/, on the shared disk
+TRAINED_SITES, TRAINED_ROUNDS = "trained-sites", "trained-rounds"  # train: the rounds each site has trained so far
 
 # Reply metrics the server reads besides the task's own.
 NUM_EXAMPLES = "num-examples"  # the weight of a site's reply in aggregation
@@ -35,16 +42,20 @@ SITE_ID = "site-id"  # the site's number, for per-site records
 PEAK_RSS_MB = "peak-rss-mb"
 EPSILON = "epsilon"  # DP: the site's cumulative epsilon
 
-# Error codes of a site's error reply.
+# Error codes of a site's error reply; the reason is always a message the project wrote, never an
+# exception's text (which could hold a site's paths or data): the full error stays in the site's log.
+SITE_FAILED = 1000  # anything else went wrong at the site
 BUDGET_SPENT = 1001  # its privacy budget is spent
 WRONG_ENCODER = 1002  # its encoder weights differ from the server's
 WRONG_TASK = 1003  # it was sent another task's adapter
+CONFIG_REFUSED = 1004  # the site refused the run configuration (its log names the key)
+DATA_UNREADABLE = 1005  # the site's data could not be read
+WEIGHTS_UNREADABLE = 1006  # the site's encoder weights did not load
+STATE_LOST = 1007  # its state for the run (privacy account) is missing, older than the server's count, or unreadable
 
 # Node-config keys omnirad-client sets on a deployed SuperNode (never sent to the server).
 NODE_SITE_ID, NODE_SITE_NAME, NODE_DATA_FILE = "site-id", "site-name", "data-file"
 NODE_WEIGHTS, NODE_CACHE_DIR = "model-weights", "cache-dir"
 NODE_TASK_NAME, NODE_TASK_KIND, NODE_NUM_CLASSES = "task-name", "task-kind", "num-classes"
-
-# Keys of what a site keeps between rounds (Flower's context.state).
-PERSONAL_STATE = "personal-adapter"  # personalization and spectral suffixes: the site's own tensors
-PRIVACY_LEDGER = "privacy-ledger"  # DP: the site's accountant history
+NODE_DEVICE, NODE_PRECISION = "device", "precision"  # the site's own choice, from its site file
+NODE_STATE_DIR = "site-state-dir"  # the site's state folder (omnirad.site_state), from its site file

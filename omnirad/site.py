@@ -8,6 +8,7 @@ process per message, which is what the on-disk feature cache is for).
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,17 +19,29 @@ from torch import nn
 
 from omnirad.adapters import load_trainable_state, trainable_state
 from omnirad.broadcast import Broadcast
+from omnirad.closed_form import (
+    HEAD_INITS,
+    HeadStatistics,
+    closed_form_head,
+    head_inputs,
+    private_statistics,
+    scaled_likelihood,
+    statistics_targets,
+)
 from omnirad.config.schema import Config
 from omnirad.data.sites import LabelledImages, load_site, task_info
+from omnirad.devices import placement_for
 from omnirad.methods import site_method
 from omnirad.metrics import peak_rss_mb, wire_keys
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
-from omnirad.privacy import PrivacyLedger, check_budget, round_plan, train_private
+from omnirad.privacy import PrivacyLedger, check_budget, round_plan, statistics_noise, train_private
 from omnirad.protocol import EPSILON, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID
 from omnirad.seeds import site_round_seed
 from omnirad.spectral import site_prototypes
 from omnirad.standardise import FeatureMoments
 from omnirad.training import evaluate_model, train_model
+
+log = logging.getLogger(__name__)
 
 
 class ModelInputs:
@@ -66,6 +79,8 @@ class LocalSite:
         self.cfg = cfg
         self.site_id = site_id
         self.task = task_info(cfg)
+        self.placement = placement_for(cfg)  # before any work: a device this machine lacks is refused here
+        log.info("site %d computes on %s", site_id, self.placement.describe())
         self.local_keys = kept_at_sites(cfg)
         data = load_site(cfg, site_id)
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
@@ -89,6 +104,7 @@ class LocalSite:
     def train(self, model: nn.Module, server_round: int, *, epochs: int | None = None,
               proximal_mu: float = 0.0) -> dict[str, float]:
         return train_model(model, self.train_set.inputs, self.train_set.labels, self.task, train=self.cfg.train,
+                           placement=self.placement,
                            epochs=epochs, seed=site_round_seed(self.cfg.run.seed, server_round, self.site_id),
                            proximal_mu=proximal_mu)
 
@@ -107,7 +123,7 @@ class LocalSite:
             check_budget(ledger, plan, self.cfg)
             seed = site_round_seed(self.cfg.run.seed, inputs.server_round, self.site_id)
             stats = train_private(model, self.train_set.inputs, self.train_set.labels, self.task,
-                                  cfg=self.cfg, plan=plan, ledger=ledger, seed=seed)
+                                  cfg=self.cfg, plan=plan, ledger=ledger, seed=seed, placement=self.placement)
             extra = {EPSILON: ledger.epsilon(self.cfg.privacy.delta), "noise-multiplier": plan.noise_multiplier}
         else:
             scale = 1.0
@@ -125,14 +141,43 @@ class LocalSite:
         }
         return trainable_state(model), metrics
 
+    def head_statistics(self, broadcast: Broadcast | None = None,
+                        ledger: PrivacyLedger | None = None) -> tuple[HeadStatistics, dict[str, float]]:
+        """This site's sums for the configured closed-form head (``model.head-init``), of what the
+        head's output layer reads as every participant initialises it; under ``privacy.dp`` clipped
+        and noised (the Gaussian mechanism), the release recorded in ``ledger``."""
+        spec = HEAD_INITS[self.cfg.model.head_init]
+        if spec is None:
+            raise ValueError("model.head-init=random: this run has no closed-form head")
+        head = closed_form_head(new_model(self.cfg, broadcast))
+        x = head_inputs(head, self.train_set.inputs)
+        y = statistics_targets(self.task, self.train_set.labels)
+        metrics = {NUM_EXAMPLES: float(len(x)), SITE_ID: float(self.site_id)}
+        if not self.cfg.privacy.dp:
+            return HeadStatistics.of(x, y, with_gram=spec.with_gram), metrics
+        p, ledger = self.cfg.privacy, ledger if ledger is not None else PrivacyLedger()
+        noise = statistics_noise(self.cfg)
+        generator = torch.Generator().manual_seed(site_round_seed(self.cfg.run.seed, 0, self.site_id))
+        stats = private_statistics(x, y, with_gram=spec.with_gram, max_norm=p.max_feature_norm,
+                                   noise_multiplier=noise, generator=generator)
+        ledger.history.append((noise, 1.0, 1))
+        clipped = float((x.double().norm(dim=1) > p.max_feature_norm).double().mean())
+        return stats, {**metrics, EPSILON: ledger.epsilon(p.delta), "clipped-share": clipped}
+
+    def scale_losses(self, inputs: RoundInputs, scales: tuple[float, ...]) -> torch.Tensor:
+        """Summed training loss of the round's head with its logits times each scale (the server
+        picks the scale with the lowest pooled loss)."""
+        return scaled_likelihood(self.model_for(inputs), self.train_set.inputs, self.task, self.train_set.labels, scales)
+
     def evaluate(self, inputs: RoundInputs, finetune_epochs: int = 0) -> dict[str, float]:
         """Metrics on this site's validation split of the round's state (with the site's own local
         tensors under personalization) and, with ``finetune_epochs``, of a copy fine-tuned on the
         site's training split first (``finetuned-*``: the local fine-tuning baseline)."""
         model = self.model_for(inputs)
-        metrics = wire_keys(evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task))
+        metrics = wire_keys(evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task,
+                                           placement=self.placement))
         if finetune_epochs > 0:
             self.train(model, self.cfg.num_server_rounds + 1, epochs=finetune_epochs)
-            tuned = evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task)
+            tuned = evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task, placement=self.placement)
             metrics.update({f"finetuned-{k}": v for k, v in wire_keys(tuned).items() if k != "loss"})
         return {NUM_EXAMPLES: float(len(self.val_set.labels)), SITE_ID: float(self.site_id), **metrics}

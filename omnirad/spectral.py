@@ -148,8 +148,9 @@ def check_spectral(cfg: Config) -> None:
             f"{' or '.join(HEADS)} with strategy.name=spectral (the head on the spectrally prompted encoder)")
     require(2 <= sp.frequency_size <= d.size, "spectral.frequency-size", sp.frequency_size, f"from 2 to data.size ({d.size})")
     require(sp.prototypes >= 1, "spectral.prototypes", sp.prototypes, ">= 1")
-    require(1 <= sp.top_k <= d.num_sites, "spectral.top-k", sp.top_k,
-            f"from 1 to data.num-sites ({d.num_sites}): the bank holds at least one entry per site")
+    require(1 <= sp.top_k and (not d.num_sites or sp.top_k <= d.num_sites), "spectral.top-k", sp.top_k,
+            f"from 1 to data.num-sites ({d.num_sites or 'the federation size'}): the bank holds at least one entry "
+            "per site")
     require(sp.suffix_tokens >= 0, "spectral.suffix-tokens", sp.suffix_tokens, ">= 0")
 
 

@@ -24,6 +24,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from omnirad.closed_form import closed_form_head
 from omnirad.protocol import FEATURE_MEAN, FEATURE_STD
 
 MIN_STD = 1e-6  # a constant feature is centred but not blown up
@@ -117,6 +118,13 @@ class StandardisedHead(nn.Module):
                              f"reading {self.mean.numel()}")
         self.mean, self.std = standardisation.mean.clone(), standardisation.std.clone()
         self.ready = True
+
+    def closed_form_inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """What the wrapped head's output layer reads, from standardised features."""
+        return closed_form_head(self.head).closed_form_inputs((features - self.mean) / self.std)
+
+    def set_closed_form(self, weight: torch.Tensor, bias: torch.Tensor, scale: float) -> None:
+        closed_form_head(self.head).set_closed_form(weight, bias, scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.ready:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from omnirad.config.schema import TrainConfig
+from omnirad.devices import CPU, Placement
 from omnirad.encoders import FrozenEncoder
 from omnirad.images import images_to_tensor
 from omnirad.metrics import task_metrics
@@ -24,31 +25,38 @@ from omnirad.tasks import TaskSpec
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def encode(encoder: FrozenEncoder, images: np.ndarray, *, batch_size: int = 128, desc: str = "",
-           token_layers: list[int] | None = None) -> torch.Tensor:
+           token_layers: list[int] | None = None, placement: Placement = CPU) -> torch.Tensor:
     """Pooled features (N, D) of all images, or with ``token_layers`` the patch tokens of those
-    blocks concatenated on channels (N, L*D, h, w); in batches, logging throughput."""
+    blocks concatenated on channels (N, L*D, h, w); in batches on ``placement``'s device, returned
+    as float32 on the CPU whatever the device and precision; logging throughput."""
     start = time.perf_counter()
     chunks = []
-    for i in range(0, len(images), batch_size):
-        batch = images_to_tensor(images[i : i + batch_size])
-        chunks.append(encoder(batch) if token_layers is None else torch.cat(encoder.patch_tokens(batch, token_layers), dim=1))
+    placement.place(encoder)
+    with torch.inference_mode(), placement.autocast():
+        for i in range(0, len(images), batch_size):
+            # uint8 across the bus (a quarter of the bytes); the encoder converts and normalises on the device
+            batch = placement.move(images_to_tensor(images[i : i + batch_size], as_float=False))
+            out = encoder(batch) if token_layers is None else torch.cat(encoder.patch_tokens(batch, token_layers), dim=1)
+            chunks.append(out.float().cpu())
+    features = torch.cat(chunks)  # outside inference mode: a plain tensor that heads can train on
     seconds = time.perf_counter() - start
-    log.info("encoded %d images%s in %.1f s (%.0f img/s)", len(images), f" ({desc})" if desc else "", seconds, len(images) / max(seconds, 1e-9))
-    return torch.cat(chunks)
+    log.info("encoded %d images%s in %.1f s (%.0f img/s, %s)", len(images), f" ({desc})" if desc else "", seconds,
+             len(images) / max(seconds, 1e-9), placement.describe())
+    return features
 
 
 def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *,
-                train: TrainConfig, epochs: int | None = None, seed: int = 0,
-                proximal_mu: float = 0.0) -> dict[str, float]:
+                train: TrainConfig, epochs: int | None = None, seed: int = 0, proximal_mu: float = 0.0,
+                placement: Placement = CPU) -> dict[str, float]:
     """Train a model's trainable parameters with AdamW (``train``: learning rate, batch size,
     weight decay, and epochs unless ``epochs`` says otherwise); returns the mean last-epoch task loss.
 
     ``inputs`` are whatever the model reads: cached features or tokens, or images for a model
     that runs the encoder. Shuffling and dropout draw from ``seed`` alone, so a round of a site is
     reproducible. ``proximal_mu`` > 0 adds FedProx's term mu/2 ||w - w_start||^2, which keeps a
-    site with skewed data from drifting far from the global model it started from.
+    site with skewed data from drifting far from the global model it started from. The model
+    trains on ``placement`` (moved there; batches follow one by one) with its mixed precision.
     """
     epochs = train.local_epochs if epochs is None else epochs
     lr, batch_size, weight_decay = train.lr, train.batch_size, train.weight_decay
@@ -56,9 +64,11 @@ def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         targets = task.targets(labels)
+        placement.place(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in trainable] if proximal_mu > 0 else []
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+        scaler = placement.scaler()
         model.train()
         epoch_loss = float("nan")
         for _ in range(epochs):
@@ -67,12 +77,14 @@ def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 optimizer.zero_grad()
-                loss = task.loss(model(inputs[batch]), targets[batch])
+                with placement.autocast():
+                    loss = task.loss(model(placement.move(inputs[batch])), placement.move(targets[batch]))
                 objective = loss
                 if anchor:
                     objective = loss + proximal_mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, anchor, strict=True))
-                objective.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-                optimizer.step()
+                scaler.scale(objective).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
+                scaler.step(optimizer)
+                scaler.update()
                 total += loss.item() * len(batch)
             epoch_loss = total / len(order)
         model.eval()
@@ -80,15 +92,21 @@ def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The model's outputs for all inputs, in batches (images and token maps are large)."""
-    model.eval()
-    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, *, placement: Placement = CPU) -> torch.Tensor:
+    """The model's outputs for all inputs, in batches (images and token maps are large), computed
+    on ``placement`` and returned as float32 on the CPU."""
+    placement.place(model).eval()
+    outputs = []
+    with placement.autocast():
+        for i in range(0, len(inputs), batch_size):
+            outputs.append(model(placement.move(inputs[i : i + batch_size])).float().cpu())
+    return torch.cat(outputs)
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec) -> dict[str, float]:
+def evaluate_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *,
+                   placement: Placement = CPU) -> dict[str, float]:
     """Loss and the task's metrics (accuracy, macro-F1, AUC; or Dice, IoU) of the model."""
-    logits = predict(model, inputs)
+    logits = predict(model, inputs, placement=placement)
     loss = task.loss(logits, task.targets(labels)).item()
     return {"loss": loss, **task_metrics(labels, logits, task)}

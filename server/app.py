@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -14,7 +15,8 @@ from flwr.serverapp.strategy import Strategy
 
 from omnirad.adapters import tensor_bytes, trainable_state
 from omnirad.broadcast import Broadcast
-from omnirad.config import Config, ConfigError
+from omnirad.closed_form import HEAD_INITS
+from omnirad.config import FEDERATION_SIZE, Config, ConfigError, with_num_sites
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
 from omnirad.data.sources import source_of
@@ -23,8 +25,9 @@ from omnirad.evaluation import CentralEvaluator
 from omnirad.logs import show_progress
 from omnirad.models import encoder_for, kept_at_sites, new_model
 from omnirad.multitask import is_multitask
-from omnirad.protocol import ENCODER_FINGERPRINT
+from omnirad.protocol import ENCODER_FINGERPRINT, RUN_KEY, SIMULATION_STATE_DIR
 from omnirad_fl.server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint
+from omnirad_fl.server.closed_form import closed_form_phase, closed_form_tasks, evaluate_round_zero
 from omnirad_fl.server.multitask import MultiTaskEvaluator, multitask_strategy, start_groups, task_summary
 from omnirad_fl.server.pretraining import pretrain_encoder, pretrained_instructions
 from omnirad_fl.server.run_config import load_run_config
@@ -37,24 +40,29 @@ show_progress()
 log = logging.getLogger(__name__)
 
 
-def check_federation(grid: Grid, cfg: Config) -> None:
-    """Fail before any training when the simulated federation does not match data.num-sites; in
-    deployment, wait up to ``strategy.join-timeout`` for every site to connect (sites come online
-    when their IT teams start them: the strategy then waits for at least ``strategy.min-sites``)."""
+def check_federation(grid: Grid, cfg: Config) -> Config:
+    """Fail before any training when the simulated federation does not match a given data.num-sites,
+    and take the federation's size when it is not given (0); in deployment, wait up to
+    ``strategy.join-timeout`` for every site to connect (sites come online when their IT teams start
+    them: the strategy then waits for at least ``strategy.min-sites``)."""
     if source_of(cfg.data.dataset).deployed:
         connected = wait_for_sites(grid, cfg.data.num_sites, cfg.strategy.join_timeout)
         if connected < cfg.data.num_sites:
             log.warning("WARNING: only %d of %d sites connected within strategy.join-timeout=%.0f s; the run "
                         "starts once strategy.min-sites are there", connected, cfg.data.num_sites,
                         cfg.strategy.join_timeout)
-        return
+        return cfg
     num_nodes = len(list(grid.get_node_ids()))
+    if cfg.data.num_sites == FEDERATION_SIZE:
+        log.info("data.num-sites=%d: the federation's size", num_nodes)
+        return with_num_sites(cfg, num_nodes)
     if num_nodes != cfg.data.num_sites:
         raise ConfigError(
             f"data.num-sites={cfg.data.num_sites} but the federation has {num_nodes} SuperNodes: run "
             f"`flwr run . --federation-config \"num-supernodes={cfg.data.num_sites}\"` or set "
             f"data.num-sites={num_nodes}"
         )
+    return cfg
 
 
 def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0) -> int:
@@ -77,6 +85,13 @@ def site_instructions(cfg: Config) -> dict[str, str]:
     return {ENCODER_FINGERPRINT: weights_fingerprint(cfg.model.weights), **pretrained_instructions(cfg)}
 
 
+def site_state_instructions(cfg: Config, folder: RunFolder) -> dict[str, str]:
+    """Where the sites keep their state for this run: a file named by the run's key, in each site's
+    own folder in deployment, in the run folder in simulation (the sites share the server's disk)."""
+    where = {} if source_of(cfg.data.dataset).deployed else {SIMULATION_STATE_DIR: str(folder.path / "site-state")}
+    return {RUN_KEY: folder.run_key, **where}
+
+
 class RoundEnd:
     """Flower's ``evaluate_fn``: called after every round, it scores and records the round, keeps
     the best adapter (by the run folder's selection metric) and checkpoints the run. Flower counts
@@ -93,28 +108,29 @@ class RoundEnd:
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         state = arrays.to_torch_state_dict()
+        if server_round == 0:  # Flower's look at the starting arrays: not a round of the run
+            return MetricRecord(self.evaluator(state))
+        return MetricRecord(self.record(server_round + self.done_rounds, state))
+
+    def record(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Score the round's global adapter, write its line, keep it if best, checkpoint it."""
         metrics = self.evaluator(state)
-        if server_round > 0:
-            server_round += self.done_rounds
-            line = self.folder.end_round(server_round, metrics)
-            score = line["federated-val"].get(self.selection_metric, float("-inf"))
-            if score > self.best_score:
-                self.best_score = score
-                self.folder.save_best(state)
-            if self.strategy is not None:
-                save_checkpoint(self.folder.path, server_round, state, self.strategy)
-        return MetricRecord(metrics)
+        line = self.folder.end_round(server_round, metrics)
+        score = line["federated-val"].get(self.selection_metric, float("-inf"))
+        if score > self.best_score:
+            self.best_score = score
+            self.folder.save_best(state)
+        if self.strategy is not None and server_round > 0:
+            save_checkpoint(self.folder.path, server_round, state, self.strategy)
+        return metrics
 
 
-def resumable(cfg: Config, kept: frozenset[str]) -> tuple[Path, Checkpoint]:
-    """The run folder and checkpoint to go on from; refuses what a server-side checkpoint cannot restore."""
+def resumable(cfg: Config) -> tuple[Path, Checkpoint]:
+    """The run folder and checkpoint to go on from. What the sites keep (personal tensors, privacy
+    accounts) is in their state stores, under the run's key, which the reopened folder keeps."""
     folder = Path(cfg.run.resume_from).expanduser().resolve()
     if not folder.is_dir():
         raise ConfigError(f"run.resume-from={cfg.run.resume_from!r}: no such run folder")
-    if kept or cfg.privacy.dp:
-        raise ConfigError("run.resume-from: personalization, spectral prompts and DP keep state at the sites "
-                          "(local tensors, privacy accounts) that a new run does not have yet; resume is for "
-                          "runs without them")
     return folder, load_checkpoint(folder)
 
 
@@ -133,10 +149,10 @@ def gather_broadcast(grid: Grid, cfg: Config, folder: RunFolder) -> Broadcast:
     return Broadcast(**fields)
 
 
-def start_folder(cfg: Config, kept: frozenset[str]) -> tuple[RunFolder, Checkpoint | None]:
+def start_folder(cfg: Config) -> tuple[RunFolder, Checkpoint | None]:
     """A new run folder (with the split described, for a simulated one), or the stopped run's."""
     if cfg.run.resume_from:
-        resume_folder, checkpoint = resumable(cfg, kept)
+        resume_folder, checkpoint = resumable(cfg)
         folder = RunFolder.reopen(cfg, resume_folder, checkpoint.server_round)
         log.info("OmniRad-FL resumes %s after round %d", folder.path, checkpoint.server_round)
         return folder, checkpoint
@@ -151,15 +167,15 @@ def start_folder(cfg: Config, kept: frozenset[str]) -> tuple[RunFolder, Checkpoi
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_run_config(context.run_config)
-    check_federation(grid, cfg)
+    cfg = check_federation(grid, cfg)  # data.num-sites: the federation's size unless given
     cfg = pretrain_encoder(grid, cfg)  # ssl.rounds > 0: model.weights is now the pretrained encoder
-    if cfg.num_server_rounds == 0:
-        return
+    if cfg.num_server_rounds == 0 and HEAD_INITS[cfg.model.head_init] is None:
+        return  # pretraining alone (ssl.rounds): no adapter to train
     encoder = encoder_for(cfg)
     model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
     kept = kept_at_sites(cfg, model) if model is not None else frozenset()
     initial = {k: v for k, v in trainable_state(model).items() if k not in kept} if model is not None else {}
-    folder, checkpoint = start_folder(cfg, kept)
+    folder, checkpoint = start_folder(cfg)
     if checkpoint is not None:
         initial = checkpoint.arrays
     done_rounds = checkpoint.server_round if checkpoint is not None else 0
@@ -170,7 +186,8 @@ def main(grid: Grid, context: Context) -> None:
         log.info("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
                  "to score on the server's test set; the sites' validation metrics are the result")
     broadcast = gather_broadcast(grid, cfg, folder)
-    instructions = ConfigRecord({**site_instructions(cfg), **broadcast.to_config()})
+    instructions = ConfigRecord({**site_instructions(cfg), **site_state_instructions(cfg, folder),
+                                 **broadcast.to_config()})
     if groups is not None:
         round_end = RoundEnd(MultiTaskEvaluator(cfg, groups), folder, done_rounds)
         strategy: Strategy = multitask_strategy(cfg, folder, groups)
@@ -180,6 +197,17 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         restore_strategy_state(strategy, checkpoint.strategy_state)
     round_end.strategy = strategy
+    closed_form: dict[str, Any] = {}
+    if HEAD_INITS[cfg.model.head_init] is not None and checkpoint is None:
+        if groups is not None:
+            initial, closed_form = closed_form_tasks(grid, cfg, groups, initial, instructions, folder,
+                                                     broadcast=broadcast, feature_width=encoder.num_features)
+        elif model is not None:
+            solved, closed_form = closed_form_phase(grid, cfg, broadcast.apply(model), instructions, folder,
+                                                    feature_width=encoder.num_features)
+            initial = {k: v for k, v in solved.items() if k not in kept}
+        evaluate_round_zero(grid, strategy, initial, instructions, cfg.strategy.round_timeout)
+        round_end.record(0, initial)
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(initial),
@@ -206,6 +234,7 @@ def main(grid: Grid, context: Context) -> None:
             "num-sites": cfg.data.num_sites,
             **({"spectral-bank-rows": len(broadcast.bank)} if broadcast.bank is not None else {}),
             "standardise-features": broadcast.standardisation is not None,
+            **closed_form,
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")

@@ -26,6 +26,7 @@ from typing import Any
 from omnirad.config import ConfigError, flat_defaults, parse_overrides, read_config_file, toml_literal
 from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.logs import show_progress
+from omnirad_fl.server.app_bundle import PUBLISHER_KEY, load_publisher_key, write_signed_app
 from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
 from omnirad_fl.server.checkpoint import MARK
 from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
@@ -183,6 +184,21 @@ def flower_command(name: str) -> str:
     return found
 
 
+def app_folder(args: argparse.Namespace, state_dir: Path) -> Path:
+    """The app to submit: signed in ``state-dir/app`` when a publisher key is there, else the project."""
+    key_path = args.sign_with or args.certs / PUBLISHER_KEY
+    if not key_path.is_file():
+        if args.sign_with:
+            raise RuntimeError(f"--sign-with {key_path}: no such file")
+        log.warning("omnirad-server: the app is NOT signed (no %s): sites that trust a publisher will refuse it",
+                    key_path)
+        return PROJECT
+    key, publisher = load_publisher_key(key_path)
+    folder = write_signed_app(PROJECT, state_dir / "app", key, publisher)
+    log.info("app signed by %s (%s)", publisher, key_path.with_suffix(".pub").name)
+    return folder
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="omnirad-server",
@@ -200,6 +216,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", type=Path, default=Path("omnirad-server"),
                         help="SuperLink database, logs and run folders (default: omnirad-server)")
     parser.add_argument("--resume", action="store_true", help="go on from the newest run folder's last checkpoint")
+    parser.add_argument("--sign-with", type=Path, metavar="KEY",
+                        help="sign the app with this Ed25519 key (default: CERTS/publisher.key when it exists); "
+                             "sites that list its public key in trusted-publishers run only signed apps")
     return parser.parse_intermixed_args(argv)
 
 
@@ -231,8 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "INSECURE" if args.insecure else "TLS", state_dir / "superlink.db")
         sites = register_sites(args.certs, env)
         log.info("registered sites: %s", ", ".join(sites) or f"none (no keys under {args.certs / SITES_DIR})")
-        submitted = subprocess.run([flower_command("flwr"), "run", str(PROJECT), CONNECTION, "--stream",
-                                    "--run-config", str(run_config)], env=env, check=False)
+        submitted = subprocess.run([flower_command("flwr"), "run", str(app_folder(args, state_dir)), CONNECTION,
+                                    "--stream", "--run-config", str(run_config)], env=env, check=False)
     except RuntimeError as err:
         log.error("omnirad-server: %s", err)
         return 1

@@ -2,7 +2,9 @@
 
     <run.output-dir>/<timestamp>-<name>/
         config.yaml               the resolved configuration (flat keys)
-        checkpoint.json, checkpoint.safetensors, strategy-state.pkl   the last round, to resume from
+        run.json                  the run's key, which names each site's state file for it (kept on resume)
+        site-state/site-<id>/     simulation: each site's state for the run (privacy account, own layers)
+        checkpoint.json, checkpoint-round-N.safetensors, strategy-state-round-N.safetensors   the last round, to resume from
         metrics.jsonl             one line per round: global test metrics, federated validation,
                                   per-site metrics, bytes up and down, seconds
         summary.json              final and best metrics, totals, peak memory
@@ -17,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +37,7 @@ from omnirad.config import Config, ConfigError, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
 from omnirad.metrics import peak_rss_mb
-from omnirad.protocol import ARRAYS, EPSILON, METRICS, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID
+from omnirad.protocol import ARRAYS, EPSILON, METRICS, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID, SITE_INFO
 from omnirad.standardise import Standardisation
 from omnirad.tasks import TaskSpec
 from omnirad_fl.server.plots import plot_curves
@@ -57,6 +60,7 @@ class RoundRecord:
 
 
 STANDARDISATION_FILE = "feature-standardisation.safetensors"
+RUN_FILE = "run.json"
 
 
 def read_broadcast(folder: Path) -> Broadcast:
@@ -85,6 +89,7 @@ class RunFolder:
         self.client_peak_rss_mb = 0.0
         self.site_of_node: dict[int, int] = {}  # Flower node id -> site, learnt from replies, to name failures
         self.node_of_message: dict[str, int] = {}  # instruction id -> destination: the SuperLink answers for lost nodes
+        self.run_key = run_key(path)
 
     @classmethod
     def create(cls, cfg: Config) -> RunFolder:
@@ -166,6 +171,9 @@ class RunFolder:
             self.site_of_node[node] = site
             entry = self.current.sites[site]
             entry[phase] = metrics
+            if SITE_INFO in reply.content:  # where the site computed: its own choice
+                where = reply.content[SITE_INFO]
+                entry["device"] = f"{where.get('device', '?')} {where.get('precision', '?')}"
             if phase == "train":
                 entry["bytes-up"] = reply.content[ARRAYS].count_bytes()
                 self.current.bytes_up += entry["bytes-up"]
@@ -179,6 +187,12 @@ class RunFolder:
 
     def on_aggregated(self, server_round: int, phase: str, metrics: MetricRecord | None) -> None:
         self.current.aggregated[phase] = _metrics(metrics)
+
+    def trained_rounds(self) -> dict[int, int]:
+        """How many of the recorded rounds each site trained in (its training reply arrived): a site
+        whose state store holds fewer has lost part of its privacy account."""
+        counts = Counter(int(site) for line in self.rounds for site, entry in line["sites"].items() if "train" in entry)
+        return dict(sorted(counts.items()))
 
     # --- end of round and of run ----------------------------------------------------------------
     def end_round(self, server_round: int, global_metrics: dict[str, float]) -> dict[str, Any]:
@@ -212,6 +226,15 @@ class RunFolder:
         if self.rounds:
             plot_curves(self.rounds, self.path / "curves.png", self.headline_metrics)
         return summary
+
+
+def run_key(folder: Path) -> str:
+    """The run's key (random, made with the folder, kept by a resumed run): sites name their state
+    file for the run by it. A folder from before run keys gets one now."""
+    path = folder / RUN_FILE
+    if not path.exists():
+        path.write_text(json.dumps({"run-key": secrets.token_hex(16)}))
+    return str(json.loads(path.read_text())["run-key"])
 
 
 def newest_summary(output_dir: Path, since: float) -> Path | None:
@@ -252,7 +275,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
     up_per_site = [s["bytes-up"] for r in rounds for s in r["sites"].values() if "bytes-up" in s]
     return {
         **extra,
-        "rounds": len(rounds),
+        "rounds": sum(1 for r in rounds if r["round"] > 0),  # round 0: a closed-form head, scored before round 1
         "final": rounds[-1]["global"] if rounds else {},
         "final-federated-val": rounds[-1]["federated-val"] if rounds else {},
         "final-worst-site": worst_site(rounds[-1], task_members) if rounds else {},
@@ -263,11 +286,12 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "bytes-down": sum(r["bytes-down"] for r in rounds),
         "bytes-up-per-site-round": (sum(up_per_site) / len(up_per_site)) if up_per_site else 0,
         "sites-per-round": {str(r["round"]): sorted((s for s, v in r["sites"].items() if "train" in v), key=int)
-                            for r in rounds},  # the sites whose training reply arrived
+                            for r in rounds if r["round"] > 0},  # the sites whose training reply arrived
         "sites": sites,
         "failures": [f for r in rounds for f in r["failures"]],
         "rejected-updates": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},
         **({"epsilon-per-site": epsilons} if (epsilons := last_epsilon_per_site(rounds)) else {}),
+        "devices": {site: s["device"] for r in rounds for site, s in sorted(r["sites"].items()) if "device" in s},
     }
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from omnirad.adapters import create_head
 from omnirad.config import Config, load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
+from omnirad.devices import placement_for
 from omnirad.images import images_to_tensor
 from omnirad.metrics import classification_metrics, wire_keys
 from omnirad.models import encoder_for, model_inputs, new_model
@@ -99,8 +100,9 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, *, epochs: int, se
     if cfg.model.standardise_features:  # as in a federated run, with the pooled images' statistics
         head = StandardisedHead(head, train_x.shape[1])
         head.set_standardisation(Standardisation.from_moments(FeatureMoments.of(train_x)))
-    train_model(head, train_x, train_y, task, train=cfg.train, epochs=epochs, seed=seed)
-    metrics = evaluate_model(head, test_x, test_y, task)
+    placement = placement_for(cfg)
+    train_model(head, train_x, train_y, task, train=cfg.train, epochs=epochs, seed=seed, placement=placement)
+    metrics = evaluate_model(head, test_x, test_y, task, placement=placement)
     metrics.pop("loss")
     return metrics
 
@@ -111,8 +113,9 @@ def decoder_baseline(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     encoder, task = encoder_for(cfg), task_info(cfg)
     model = new_model(cfg)
     train_inputs = model_inputs(cfg, encoder, train.images, "pooled train")
-    train_model(model, train_inputs, train.labels, task, train=cfg.train, epochs=epochs, seed=seed)
-    return evaluate_model(model, model_inputs(cfg, encoder, test.images, "test"), test.labels, task)
+    placement = placement_for(cfg)
+    train_model(model, train_inputs, train.labels, task, train=cfg.train, epochs=epochs, seed=seed, placement=placement)
+    return evaluate_model(model, model_inputs(cfg, encoder, test.images, "test"), test.labels, task, placement=placement)
 
 
 MODELS = {
@@ -140,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     features = None
     if {"linear", "mlp"} & set(args.models):
         encoder = encoder_for(cfg)
-        features = (encode(encoder, train.images, desc="pooled train"), train.labels,
-                    encode(encoder, test.images, desc="test"), test.labels)
+        placement = placement_for(cfg)
+        features = (encode(encoder, train.images, desc="pooled train", placement=placement), train.labels,
+                    encode(encoder, test.images, desc="test", placement=placement), test.labels)
     runners: dict[str, Callable[[int], dict[str, float]]] = {
         "linear": lambda seed: head_baseline(cfg, "linear", features, epochs=args.epochs, seed=seed),
         "mlp": lambda seed: head_baseline(cfg, "mlp", features, epochs=args.epochs, seed=seed),

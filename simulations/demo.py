@@ -1,7 +1,7 @@
 """`make demo`: the default federation on the embedded data, through `flwr run .`.
 
 Starts a loopback SuperLink it owns (or reuses one already answering), simulates as many
-SuperNodes as ``data.num-sites`` asks for, streams the run's
+SuperNodes as ``data.num-sites`` asks for (4 when it is left to the federation), streams the run's
 per-round table, stops what it started, and fails loudly when the run left no summary
 (`flwr run` itself exits 0 even when the ServerApp fails).
 """
@@ -11,16 +11,25 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 from flwr.common.config import parse_config_args
 
-from omnirad.config import ConfigError
+from omnirad.config import Config, ConfigError, with_num_sites
 from omnirad.data.sites import task_info
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import newest_summary
-from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT, LocalSuperLink, flwr_run, write_flower_config
+from omnirad_fl.simulations.flower_local import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_NUM_SUPERNODES,
+    LocalSuperLink,
+    flwr_run,
+    gpus_per_site,
+    write_flower_config,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -33,23 +42,30 @@ def local_superlink(http_port: int = DEFAULT_HTTP_PORT) -> LocalSuperLink:
     return LocalSuperLink(flwr_home, PROJECT, http_port)
 
 
+def simulation_config(flat: Mapping[str, Any]) -> Config:
+    """The run configuration as the simulation these tools start will see it: ``data.num-sites``
+    left to the federation is the size of the federation they start (``DEFAULT_NUM_SUPERNODES``)."""
+    return with_num_sites(load_run_config(flat), DEFAULT_NUM_SUPERNODES)
+
+
 def run_simulation(run_config: str, http_port: int = DEFAULT_HTTP_PORT) -> Path | None:
     """``flwr run .`` with these overrides on a loopback SuperLink; the run's summary.json, or None.
 
     Raises ``ConfigError`` for bad keys or values before anything starts.
     """
     try:
-        cfg = load_run_config(parse_config_args([run_config]) if run_config else {})
+        cfg = simulation_config(parse_config_args([run_config]) if run_config else {})
     except click.ClickException as err:
         raise ConfigError(err.message) from err
     link = local_superlink(http_port)
     started = time.time()
+    gpus = gpus_per_site(cfg.data.num_sites, cfg.run.device)
     if link.healthy():
         print(f"Using the SuperLink already running on 127.0.0.1:{link.http_port}.")
-        flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites)
+        flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites, gpus_per_site=gpus)
     else:
         with link:
-            flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites)
+            flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites, gpus_per_site=gpus)
     output_dir = Path(cfg.run.output_dir)
     return newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
 

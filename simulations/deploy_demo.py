@@ -1,9 +1,11 @@
 """Lay out a deployed federation on one machine, to try ``omnirad-server`` and ``omnirad-client``
 without hospital data: a MedMNIST-format file per site (a non-IID share of the embedded dataset),
 the server's test file, an encoder weights file (vit-tiny, seeded random init: the real loading
-and fingerprint checks run on it), a site file per site and the run's configuration.
+and fingerprint checks run on it), a site file per site and the run's configuration. Each site
+then makes its own key pair (``omnirad-client --site A --keygen``, in demo/) and the coordinator
+registers the public keys alone (``omnirad-certs demo/certs --site A=sites/A.pub ...``).
 
-    omnirad-certs demo/certs --sites A B C
+    omnirad-certs demo/certs --publisher demo-coordinator
     python -m omnirad_fl.simulations.deploy_demo demo --sites A B C
     python -m omnirad_fl.simulations.deploy_demo demo --sites A B C --tasks region region lesions   # multi-task
 
@@ -26,7 +28,8 @@ from omnirad.config import Config, load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import create_encoder, weights_fingerprint
 from omnirad.multitask import DECLARED, site_view
-from omnirad_fl.server.certs import CA_CERT, site_key_paths
+from omnirad_fl.server.app_bundle import PUBLISHER_PUB
+from omnirad_fl.server.certs import CA_CERT
 
 ENCODER = "vit-tiny"
 
@@ -69,16 +72,18 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
     sha256 = weights_fingerprint(str(weights))
     host, port = server.rsplit(":", 1)
     for index, name in enumerate(sites):
-        private_key, _ = site_key_paths(folder / "certs", name)
         site = {
             "site": {"name": name, "id": index},
             "server": {"address": f"{host}:{port}", "ca-certificate": f"../certs/{CA_CERT}"},
-            "auth-key": f"../{private_key.relative_to(folder).as_posix()}",
+            "auth-key": f"{name}.key",  # made at the site: omnirad-client --site NAME --keygen
             "data": site_data(site_view(simulated, index), name),
             "encoder": {"name": ENCODER, "weights": f"../weights/{weights.name}", "sha256": sha256},
             "cache-dir": f"../cache/site-{name}",
             "state-dir": f"../state/site-{name}",
             "runtime-port": runtime_port + index,
+            # the coordinator's app-signing key, when it made one (omnirad-certs --publisher): run only its apps
+            **({"trusted-publishers": [f"../certs/{PUBLISHER_PUB}"]} if (folder / "certs" / PUBLISHER_PUB).exists()
+               else {}),
         }
         path = folder / "sites" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)

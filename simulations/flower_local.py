@@ -20,7 +20,7 @@ from flwr.app import Message, Metadata, RecordDict
 from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
 
 DEFAULT_HTTP_PORT = 39091
-DEFAULT_NUM_SUPERNODES = 4  # keep equal to data.num-sites' default in omnirad.config
+DEFAULT_NUM_SUPERNODES = 4  # the project's federation (.flwr), and what its tools start when data.num-sites is 0
 
 
 def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT) -> dict[str, str]:
@@ -115,20 +115,37 @@ class LocalSuperLink:
         self.stop()
 
 
-def flwr_run_command(project: Path, run_config: str = "", num_supernodes: int | None = None) -> list[str]:
-    """``flwr run <project> --stream`` with these overrides and this many simulated sites."""
+def flwr_run_command(project: Path, run_config: str = "", num_supernodes: int | None = None,
+                     gpus_per_site: float = 0.0) -> list[str]:
+    """``flwr run <project> --stream`` with these overrides and this many simulated sites, each
+    given ``gpus_per_site`` of a GPU (Flower's backend resources; 0.25 puts four sites on one GPU)."""
     command = [str(Path(sys.executable).with_name("flwr")), "run", str(project), "--stream"]
     if run_config:
         command += ["--run-config", run_config]
-    if num_supernodes is not None:
-        command += ["--federation-config", f"num-supernodes={num_supernodes}"]
+    federation = [f"num-supernodes={num_supernodes}"] if num_supernodes is not None else []
+    if gpus_per_site > 0:
+        federation.append(f"client-resources-num-gpus={gpus_per_site:g}")
+    if federation:
+        command += ["--federation-config", " ".join(federation)]
     return command
 
 
+def gpus_per_site(num_sites: int, device: str) -> float:
+    """The share of a GPU each simulated site gets: the machine's GPUs spread over the sites (at
+    most one each), unless the run computes on the CPU. Ray hides every GPU from a ClientApp that
+    asks for none, so without this the sites of a GPU workstation would train on its CPU."""
+    import torch  # imported here: this module is also the light `make setup` helper
+
+    if device == "cpu" or device == "mps" or not torch.cuda.is_available():
+        return 0.0
+    return min(1.0, torch.cuda.device_count() / max(1, num_sites))
+
+
 def flwr_run(project: Path, env: dict[str, str], run_config: str = "", *, num_supernodes: int | None = None,
+             gpus_per_site: float = 0.0,
              timeout: float = 1800.0) -> subprocess.CompletedProcess:
     """Run ``flwr_run_command`` with our environment; output goes to this terminal too."""
-    return subprocess.run(flwr_run_command(project, run_config, num_supernodes), cwd=project, env=env,
+    return subprocess.run(flwr_run_command(project, run_config, num_supernodes, gpus_per_site), cwd=project, env=env,
                           timeout=timeout, check=False)
 
 

@@ -17,10 +17,11 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend
 from sklearn.manifold import TSNE
 
-from omnirad.config import Config, load_config, parse_overrides
+from omnirad.config import Config, load_config, parse_overrides, with_num_sites
 from omnirad.data.sites import partition_class_names, pooled_train, site_partitions
 from omnirad.encoders import create_encoder
 from omnirad.training import encode
+from omnirad_fl.simulations.flower_local import DEFAULT_NUM_SUPERNODES
 from omnirad_fl.simulations.probe_encoders import encoders_and_keys
 
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-site", type=int, default=250)
     args = parser.parse_args(argv)
     encoders, keys = encoders_and_keys(parser, args.items)
-    plot(args.path, load_config(parse_overrides(keys)), encoders, args.per_site)
+    cfg = with_num_sites(load_config(parse_overrides(keys)), DEFAULT_NUM_SUPERNODES)  # unset: as `make demo`
+    plot(args.path, cfg, encoders, args.per_site)
     print(f"wrote {args.path}")
     return 0
 

@@ -13,7 +13,10 @@ same recipe, and report the rows ``simulations.sweep`` tabulates: ``global`` (se
 weighted by validation images, as Flower weights the federated one).
 
 Under ``model.standardise-features`` the pooled model reads features standardised with every
-site's statistics (what the federation broadcasts), a site alone with its own.
+site's statistics (what the federation broadcasts), a site alone with its own. Under
+``model.head-init`` both start from the closed-form head of the data they train on (pooled, or
+the site's own), at the logit scale with the lowest training loss, as the federation's server
+sets it; with rounds they then fine-tune it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ import torch
 
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
+from omnirad.closed_form import (
+    HEAD_INITS,
+    SCALES,
+    HeadStatistics,
+    closed_form_head,
+    head_inputs,
+    scaled_likelihood,
+    statistics_targets,
+)
 from omnirad.config import Config
 from omnirad.evaluation import CentralEvaluator
 from omnirad.models import new_model
@@ -53,6 +65,20 @@ def standardised_by(cfg: Config, sites: list[LocalSite]) -> Broadcast | None:
     return Broadcast(standardisation=Standardisation.from_moments(sum(moments[1:], moments[0])))
 
 
+def closed_form_start(cfg: Config, model: torch.nn.Module, inputs: torch.Tensor, labels: np.ndarray,
+                      site: LocalSite) -> None:
+    """Under ``model.head-init``: set the closed-form head of this training data on ``model``."""
+    spec = HEAD_INITS[cfg.model.head_init]
+    if spec is None:
+        return
+    head = closed_form_head(model)
+    targets = statistics_targets(site.task, labels)
+    weight, bias = spec.solve(HeadStatistics.of(head_inputs(head, inputs), targets, with_gram=spec.with_gram), cfg.model)
+    head.set_closed_form(weight.float(), bias.float(), 1.0)
+    losses = scaled_likelihood(model, inputs, site.task, labels, SCALES)
+    head.set_closed_form(weight.float(), bias.float(), SCALES[int(losses.argmin())])
+
+
 def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     """The configured model trained centrally on every site's training split together."""
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
@@ -60,7 +86,9 @@ def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     labels = np.concatenate([s.train_set.labels for s in sites])
     broadcast = standardised_by(cfg, sites)
     model = new_model(cfg, broadcast)
-    train_model(model, inputs, labels, sites[0].task, train=cfg.train, epochs=federated_epochs(cfg), seed=cfg.run.seed)
+    closed_form_start(cfg, model, inputs, labels, sites[0])
+    train_model(model, inputs, labels, sites[0].task, train=cfg.train, epochs=federated_epochs(cfg), seed=cfg.run.seed,
+                placement=sites[0].placement)
     state = trainable_state(model)
     return {"global": CentralEvaluator(cfg, broadcast)(state),
             "worst-site": worst_of([s.evaluate(RoundInputs(state, 0, broadcast=broadcast)) for s in sites]),
@@ -74,6 +102,7 @@ def local_only(cfg: Config) -> dict[str, dict[str, float]]:
     for site in sites:
         broadcast = standardised_by(cfg, [site])
         model = new_model(cfg, broadcast)
+        closed_form_start(cfg, model, site.train_set.inputs, site.train_set.labels, site)
         site.train(model, 0, epochs=federated_epochs(cfg))
         state = trainable_state(model)
         tests.append(evaluator.with_broadcast(broadcast)(state))

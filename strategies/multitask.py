@@ -64,6 +64,9 @@ class RejectedReplies:
     def on_aggregated(self, *args: Any) -> None:
         pass
 
+    def trained_rounds(self) -> dict[int, int]:  # multi-task runs keep no state at the sites (no DP, no FedPer)
+        return {}
+
 
 class MultiTaskStrategy(Strategy):
     """One strategy per task group over a global record of every group's tensors (see module doc).

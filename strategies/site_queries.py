@@ -15,12 +15,14 @@ from omnirad.protocol import ARRAYS, QUERY_FEATURE_MOMENTS
 from omnirad.standardise import FeatureMoments, Standardisation
 
 
-def ask_every_site(grid: Grid, action: str, purpose: str, timeout: float = 600.0) -> dict[int, RecordDict]:
-    """Each connected node's reply to one ``query.<action>`` message, by node id. Raises
-    ``RuntimeError`` naming ``purpose`` and the node when a reply is missing or failed: what the
-    server builds from the replies would be wrong without every site."""
+def ask_every_site(grid: Grid, action: str, purpose: str, timeout: float = 600.0, *,
+                   content: RecordDict | None = None) -> dict[int, RecordDict]:
+    """Each connected node's reply to one ``query.<action>`` message (carrying ``content``), by
+    node id. Raises ``RuntimeError`` naming ``purpose`` and the node when a reply is missing or
+    failed: what the server builds from the replies would be wrong without every site."""
     nodes = sorted(grid.get_node_ids())
-    messages = [Message(content=RecordDict(), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
+    messages = [Message(content=RecordDict(dict(content.items())) if content is not None else RecordDict(),
+                        dst_node_id=node, message_type=f"query.{action}") for node in nodes]
     replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
     contents = {}
     for node in nodes:

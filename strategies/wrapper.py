@@ -3,8 +3,8 @@
 The wrapper adds what the project needs around any Flower strategy without changing how it
 aggregates: the run folder sees every message and reply (per-site records, bytes), replies are
 screened before aggregation (``strategies.validation``), the global adapter keeps its dtypes
-whatever the strategy's arithmetic returns, and a resumed run numbers its rounds on from where it
-stopped. Replies reach the strategy in site order, so floating-point sums, and so a seeded run's
+whatever the strategy's arithmetic returns, a resumed run numbers its rounds on from where it
+stopped, and each training message tells the sites how many rounds each has trained so far. Replies reach the strategy in site order, so floating-point sums, and so a seeded run's
 numbers, do not depend on which site answered first.
 """
 
@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from omnirad.protocol import METRICS, SITE_ID
+from omnirad.protocol import METRICS, SITE_ID, TRAINED_ROUNDS, TRAINED_SITES
 from omnirad_fl.strategies.validation import UpdateRules, screen_replies
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class RoundObserver(Protocol):
     def on_aggregated(self, server_round: int, phase: str, metrics: MetricRecord | None) -> None: ...
 
     def on_rejected(self, server_round: int, reply: Message, reason: str) -> None: ...
+
+    def trained_rounds(self) -> dict[int, int]: ...
 
 
 class OmniRadStrategy(Strategy):
@@ -69,6 +71,8 @@ class OmniRadStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.done_rounds
         self._start = {key: arrays[key].numpy() for key in arrays}
+        trained = self.observer.trained_rounds()  # a site whose state holds fewer refuses to train under DP
+        config = ConfigRecord({**config, TRAINED_SITES: list(trained), TRAINED_ROUNDS: list(trained.values())})
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.observer.on_sent(server_round, "train", messages)
         return messages

@@ -11,7 +11,7 @@ from omnirad.config import ConfigError, load_config
 from omnirad_fl.server.app import resumable
 from omnirad_fl.server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
 from omnirad_fl.server.run_folder import RunFolder
-from omnirad_fl.strategies import build_strategy
+from omnirad_fl.strategies import build_strategy, flower_strategy
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
@@ -63,9 +63,92 @@ def test_the_checkpoint_mark_is_written_last(tmp_path, start_round):
     with pytest.raises(FileNotFoundError, match="checkpoint.json"):
         load_checkpoint(folder.path)
     save_checkpoint(folder.path, 1, GLOBAL, strategy)
-    (folder.path / "checkpoint.safetensors.tmp").write_bytes(b"a write cut short")  # a kill mid-write
-    assert load_checkpoint(folder.path).server_round == 1
-    assert json.loads((folder.path / MARK).read_text()) == {"round": 1}
+    # a kill while round 2 was written: its adapter whole, its strategy state cut short, no new mark
+    (folder.path / "checkpoint-round-2.safetensors").write_bytes(b"a round-2 file nobody committed")
+    (folder.path / ".strategy-state-round-2.safetensors.123.tmp").write_bytes(b"a write cut short")
+    checkpoint = load_checkpoint(folder.path)
+    assert checkpoint.server_round == 1 and json.loads((folder.path / MARK).read_text())["round"] == 1
+    torch.testing.assert_close(checkpoint.arrays, GLOBAL, rtol=0, atol=0)
+    save_checkpoint(folder.path, 2, GLOBAL, strategy)  # the next commit removes what the mark no longer names
+    assert sorted(p.name for p in folder.path.glob("*round-*")) == ["checkpoint-round-2.safetensors",
+                                                                   "strategy-state-round-2.safetensors"]
+
+
+def fedadam_after_two_rounds(tmp_path, start_round, name: str = "fedadam"):
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2, "strategy.name": name})
+    folder = RunFolder.create(cfg)
+    strategy = build_strategy(cfg, folder)
+    state = a_round(strategy, start_round, 1, GLOBAL, run_round=1)
+    state = a_round(strategy, start_round, 2, state, run_round=2)
+    return cfg, folder, strategy, state
+
+
+def as_arrays(value) -> dict[str, np.ndarray]:
+    """A strategy attribute's arrays by key, whatever container Flower keeps them in."""
+    if isinstance(value, ArrayRecord):
+        return {k: a.numpy() for k, a in value.items()}
+    return dict(value) if isinstance(value, dict) else {str(i): a for i, a in enumerate(value)}
+
+
+@pytest.mark.parametrize(("name", "attributes"), [("fedadam", {"current_arrays", "m_t", "v_t"}),
+                                                  ("fedavgm", {"current_arrays", "momentum_vector"})])
+def test_strategy_state_is_restored_bit_for_bit_and_in_its_own_containers(tmp_path, start_round, name, attributes):
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round, name)
+    save_checkpoint(folder.path, 2, state, strategy)
+    assert not list(folder.path.glob("*.pkl"))
+    checkpoint = load_checkpoint(folder.path)
+    assert set(checkpoint.strategy_state) == attributes
+    original = flower_strategy(strategy)
+    for attribute, restored in checkpoint.strategy_state.items():
+        before = getattr(original, attribute)
+        assert type(restored) is type(before)
+        expected, got = as_arrays(before), as_arrays(restored)
+        assert list(got) == list(expected)  # same keys, same order
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype and got[key].shape == expected[key].shape
+            assert got[key].tobytes() == expected[key].tobytes()
+    for key in state:
+        assert torch.equal(checkpoint.arrays[key], state[key])
+
+
+def test_an_old_checkpoint_with_a_pickle_is_refused_unread(tmp_path):
+    (tmp_path / MARK).write_text(json.dumps({"round": 3}))
+    (tmp_path / "strategy-state.pkl").write_bytes(b"not unpickled: loading a pickle can run code")
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"checkpoint.json has no format version.*strategy-state.pkl, a pickle"):
+        load_checkpoint(tmp_path)
+    (tmp_path / MARK).write_text(json.dumps({"round": 3, "version": 99}))
+    with pytest.raises(ConfigError, match="checkpoint.json has format version 99; this OmniRad-FL reads checkpoint version 2"):
+        load_checkpoint(tmp_path)
+    (tmp_path / MARK).write_text("{not json")
+    with pytest.raises(ConfigError, match="checkpoint.json is not valid JSON"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["checkpoint-round-2.safetensors", "strategy-state-round-2.safetensors"])
+def test_a_checkpoint_file_changed_after_it_was_written_is_refused(tmp_path, start_round, target):
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    path = folder.path / target
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one bit of one tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=f"{target} does not match the SHA-256 that checkpoint.json records"):
+        load_checkpoint(folder.path)
+
+
+def test_a_mark_that_points_outside_the_run_folder_is_refused(tmp_path, start_round):
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    mark = json.loads((folder.path / MARK).read_text())
+    mark["arrays"]["file"] = "../elsewhere.safetensors"
+    (folder.path / MARK).write_text(json.dumps(mark))
+    with pytest.raises(ConfigError, match="names arrays file '../elsewhere.safetensors', which is not a file in the run"):
+        load_checkpoint(folder.path)
+    del mark["arrays"]
+    (folder.path / MARK).write_text(json.dumps(mark))
+    with pytest.raises(ConfigError, match="has no file and SHA-256 for arrays"):
+        load_checkpoint(folder.path)
 
 
 def test_reopening_checks_the_configuration_and_drops_rounds_after_the_checkpoint(tmp_path):
@@ -81,10 +164,11 @@ def test_reopening_checks_the_configuration_and_drops_rounds_after_the_checkpoin
         RunFolder.reopen(load_config({**resume, "train.lr": 0.1}), folder.path, done_rounds=2)
 
 
-def test_resume_is_refused_where_state_lives_at_the_sites(tmp_path):
+def test_resume_needs_a_run_folder_and_is_open_to_runs_with_state_at_the_sites(tmp_path, start_round):
     with pytest.raises(ConfigError, match="no such run folder"):
-        resumable(load_config({"run.resume-from": str(tmp_path / "missing")}), frozenset())
-    with pytest.raises(ConfigError, match="keep state at the sites"):
-        resumable(load_config({"run.resume-from": str(tmp_path), "privacy.dp": True}), frozenset())
-    with pytest.raises(ConfigError, match="keep state at the sites"):
-        resumable(load_config({"run.resume-from": str(tmp_path)}), frozenset({"net.4.weight"}))
+        resumable(load_config({"run.resume-from": str(tmp_path / "missing")}))
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    for kept in ({"privacy.dp": True}, {"strategy.name": "fedper"}, {"strategy.name": "spectral"}):
+        _, checkpoint = resumable(load_config({"run.resume-from": str(folder.path), **kept}))
+        assert checkpoint.server_round == 2

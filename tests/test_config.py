@@ -37,7 +37,7 @@ def test_unknown_key_is_named():
     ("key", "value", "fragment"),
     [
         ("data.size", "big", "data.size"),
-        ("num-server-rounds", 0, "num-server-rounds"),
+        ("num-server-rounds", -1, "num-server-rounds"),
         ("data.alpha", 0.0, "data.alpha"),
         ("model.encoder", "vit-huge", "one of omnirad-small"),
         ("model.adapter", "lora2", "model.adapter"),

@@ -20,7 +20,9 @@ import psutil
 import pytest
 import yaml
 
-from omnirad_fl.server.certs import site_key_paths, write_federation
+from omnirad_fl.client.keys import write_site_keys
+from omnirad_fl.server.app_bundle import write_publisher_key
+from omnirad_fl.server.certs import write_federation
 from omnirad_fl.server.processes import stop_process_tree
 from omnirad_fl.simulations.deploy_demo import write_demo
 
@@ -49,12 +51,16 @@ class Federation:
 
     def __init__(self, folder: Path, sites: list[str], rounds: int, tasks: tuple[str, ...] = (), **overrides: object) -> None:
         self.folder, self.port = folder, free_port()
-        write_federation(folder / "certs", ["localhost", "127.0.0.1"], sites)
         write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=300, tasks=tasks)
-        for name in sites:  # a free local port for each SuperNode's ClientApp API
+        # each site makes its key pair itself; the coordinator registers the public keys alone
+        public = {name: write_site_keys(folder / "sites" / f"{name}.key", name) for name in sites}
+        write_federation(folder / "certs", ["localhost", "127.0.0.1"], public)
+        write_publisher_key(folder / "certs", "test-coordinator")  # omnirad-server signs the app with it
+        for name in sites:  # a free local port for each SuperNode's ClientApp API; the app publisher it trusts
             path = folder / "sites" / f"{name}.yaml"
             site = yaml.safe_load(path.read_text())
             site["runtime-port"] = free_port()
+            site["trusted-publishers"] = ["../certs/publisher.pub"]
             path.write_text(yaml.safe_dump(site))
         self.overrides = [f"{key.replace('_', '-')}={value}" for key, value in overrides.items()]
         self.env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
@@ -137,7 +143,9 @@ def federation_in(tmp_path):
 
 
 def test_three_sites_over_tls_survive_losing_one_in_round_two(federation_in):
-    fed = federation_in(["A", "B", "C"], rounds=2, **{"strategy.min_sites": 2, "strategy.round_timeout": 150.0})
+    # a closed-form ridge head first (round 0: every site's sums, over TLS), then FedAvg rounds
+    fed = federation_in(["A", "B", "C"], rounds=2, **{"strategy.min_sites": 2, "strategy.round_timeout": 150.0,
+                                                      "model.adapter": "'linear'", "model.head_init": "'ridge'"})
     fed.start_server()
     for name in "ABC":
         fed.start_site(name)
@@ -151,15 +159,17 @@ def test_three_sites_over_tls_survive_losing_one_in_round_two(federation_in):
     assert summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1"]}
     assert any(failure.startswith("train: site 2") for failure in summary["failures"]), summary["failures"]
     assert "sites connected: 3 of 3" in fed.log("server")
+    assert json.loads((fed.run_folder() / "closed-form.json").read_text())["statistics-bytes-per-site"].keys() == {
+        "site 0", "site 1", "site 2"}
 
 
 def test_an_unregistered_site_cannot_join(federation_in, tmp_path):
     fed = federation_in(["A"], rounds=1)
     fed.start_server()
-    write_federation(tmp_path / "intruder", ["localhost"], ["B"])  # a key the server never registered
+    write_site_keys(tmp_path / "intruder" / "B.key", "B")  # a key the server never registered
     intruder = yaml.safe_load((tmp_path / "sites" / "A.yaml").read_text())
     intruder["site"] = {"name": "B", "id": 1}
-    intruder["auth-key"] = str(site_key_paths(tmp_path / "intruder", "B")[0])
+    intruder["auth-key"] = str(tmp_path / "intruder" / "B.key")
     (tmp_path / "sites" / "B.yaml").write_text(yaml.safe_dump(intruder))
     site = fed.start_site("B")
     assert site.wait(timeout=120) != 0
@@ -209,3 +219,22 @@ def test_deployed_sites_with_different_tasks_train_each_their_own(federation_in)
     summary = json.loads((fed.run_folder() / "summary.json").read_text())
     assert summary["tasks"] == {"lesions": [1], "region": [0]} and not summary["failures"]
     assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-federated-val"])
+
+
+def test_a_site_refuses_an_app_signed_by_a_publisher_it_does_not_trust(federation_in, tmp_path):
+    # a random head: with none of its sites answering, a closed-form head would stop the run before round 1
+    fed = federation_in(["A"], rounds=1, **{"strategy.join_timeout": 120.0, "model.head_init": "'random'"})
+    (tmp_path / "other").mkdir()
+    _, stranger = write_publisher_key(tmp_path / "other", "a-stranger")
+    site_file = fed.folder / "sites" / "A.yaml"
+    site = yaml.safe_load(site_file.read_text())
+    site["trusted-publishers"] = [stranger.read_text().strip()]  # A trusts someone else, not this coordinator
+    site_file.write_text(yaml.safe_dump(site))
+    fed.start_server()
+    fed.start_site("A")
+    assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
+    summary = json.loads((fed.run_folder() / "summary.json").read_text())
+    assert summary["sites-per-round"] == {"1": []}  # site A never trained
+    assert any("whose key this site does not trust" in failure for failure in summary["failures"]), summary["failures"]
+    assert "whose key this site does not trust" in fed.log("site-A")
+    assert not list((fed.folder / "state" / "site-A").glob("apps/*/pyproject.toml"))  # nothing was installed

@@ -10,6 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
+from omnirad.site_state import SiteStateStore
 from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -24,22 +25,32 @@ def free_port() -> int:
 
 def run_federation(tmp_path: Path, num_sites: int, run_config: str) -> Path:
     """Run the app with ``num_sites`` simulated SuperNodes; return its run folder."""
-    flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
+    return run_federations(tmp_path, num_sites, run_config)[0]
+
+
+def run_federations(tmp_path: Path, num_sites: int, *run_configs: str) -> list[Path]:
+    """Run the app once per configuration on one SuperLink with ``num_sites`` simulated SuperNodes;
+    return the run folders in order."""
+    flwr_home = tmp_path / "flwr"
     write_flower_config(flwr_home, num_supernodes=num_sites)
     link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
+    folders = []
     with link:
-        completed = flwr_run(PROJECT, link.env, f"{run_config} data.num-sites={num_sites} run.output-dir='{runs}'",
-                             timeout=900)
+        for number, run_config in enumerate(run_configs):
+            runs = tmp_path / f"runs-{number}"
+            completed = flwr_run(PROJECT, link.env, f"{run_config} data.num-sites={num_sites} run.output-dir='{runs}'",
+                                 timeout=900)
+            assert completed.returncode == 0
+            (folder,) = list(runs.iterdir())
+            folders.append(folder)
     assert len(link.started_pids) >= 2  # the SuperLink, its SuperExec and what they started
     assert not [pid for pid in link.started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    assert completed.returncode == 0
-    (folder,) = list(runs.iterdir())
-    return folder
+    return folders
 
 
 def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
     folder = run_federation(tmp_path, 3, "num-server-rounds=2 data.num-train=600 data.num-test=200 "
-                                         "train.local-epochs=2 model.adapter='linear'")
+                                         "train.local-epochs=2 model.adapter='linear' model.head-init='random'")
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2]
     for line in lines:
@@ -62,6 +73,22 @@ def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
         assert (folder / name).exists()
 
 
+def test_without_data_num_sites_a_run_takes_the_size_of_flowers_federation(tmp_path):
+    """As in a plain Flower set-up, whose federation size is not the project's: no data.num-sites."""
+    flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
+    write_flower_config(flwr_home, num_supernodes=3)
+    with LocalSuperLink(flwr_home, PROJECT, http_port=free_port()) as link:
+        completed = flwr_run(PROJECT, link.env, "num-server-rounds=1 data.num-train=150 data.num-test=30 data.size=32 "
+                             f"train.local-epochs=1 model.adapter='linear' model.head-init='random' run.output-dir='{runs}'",
+                             timeout=900)
+    assert completed.returncode == 0
+    (folder,) = list(runs.iterdir())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["num-sites"] == 3 and summary["sites-per-round"] == {"1": ["0", "1", "2"]}
+    assert "data.num-sites: 3" in (folder / "config.yaml").read_text()
+    assert len(json.loads((folder / "partition.json").read_text())["sites"]) == 3
+
+
 def test_each_site_reads_its_own_file(tmp_path):
     """A natural split: one MedMNIST-format file per hospital, and a test file for the server."""
     rng = np.random.default_rng(0)
@@ -75,10 +102,20 @@ def test_each_site_reads_its_own_file(tmp_path):
 
     files = ",".join(str(write(f"site_{s}.npz", 80)) for s in "ab")
     test_file = write("test.npz", 60)
-    folder = run_federation(tmp_path, 2, f"num-server-rounds=2 data.dataset='files' data.site-files='{files}' "
-                                         f"data.test-file='{test_file}' data.num-classes=3 data.size=28")
+    shared = (f"data.dataset='files' data.site-files='{files}' data.test-file='{test_file}' data.num-classes=3 "
+              "data.size=28 model.adapter='linear' model.head-init='ridge'")
+    alone, folder = run_federations(tmp_path, 2, f"{shared} num-server-rounds=0", f"{shared} num-server-rounds=2")
+    closed_form = json.loads((alone / "summary.json").read_text())
+    assert closed_form["rounds"] == 0 and closed_form["final"]["accuracy"] > 0.6  # the closed form alone is the result
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["sites"] == ["0", "1"] and summary["final"]["accuracy"] > 0.6
+    # the closed-form ridge head is round 0, scored by the server and every site before round 1
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [0, 1, 2] and summary["rounds"] == 2
+    assert lines[0]["global"] == pytest.approx(closed_form["final"]) and set(lines[0]["sites"]) == {"0", "1"}
+    report = json.loads((folder / "closed-form.json").read_text())
+    assert set(report["statistics-bytes-per-site"]) == {"site 0", "site 1"} and report["logit-scale"] > 0
+    assert summary["closed-form"]["head-init"] == "ridge"
 
 
 def test_federated_segmentation_with_the_decoder(tmp_path):
@@ -102,7 +139,8 @@ def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):
 
 def test_fedper_keeps_the_output_layer_at_the_sites(tmp_path):
     folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
-                                         "strategy.name='fedper' train.local-epochs=2 personalization.finetune-epochs=1")
+                                         "strategy.name='fedper' model.adapter='mlp' train.local-epochs=2 "
+                                         "personalization.finetune-epochs=1")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["personalization"] == "fedper" and summary["final"] == {}  # no global head to test
     assert summary["local-parameter-bytes"] == (256 * 4 + 4) * 4  # the MLP head's last Linear
@@ -124,7 +162,7 @@ def test_spectral_alignment_gathers_a_bank_and_trains_prompts(tmp_path):
 
 def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
     config = ("num-server-rounds=4 data.num-train=240 data.num-test=80 data.size=32 train.local-epochs=1 "
-              "strategy.name='fedadam' model.adapter='linear'")
+              "strategy.name='fedadam' model.adapter='linear' model.head-init='random'")
     expected = json.loads((run_federation(tmp_path / "whole", 2, config) / "summary.json").read_text())
 
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
@@ -155,9 +193,42 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
         assert resumed["final"][key] == pytest.approx(expected["final"][key], abs=1e-4)
 
 
+def test_a_dp_fedper_run_stopped_and_resumed_ends_with_the_metrics_and_epsilon_of_an_uninterrupted_one(tmp_path):
+    """The whole federation stops after round 2 (server and sites: their processes end with the
+    SuperLink), then the run is resumed for rounds 3 and 4: each site reloads its privacy account
+    and its own output layer from its state store, so nothing of rounds 1-2 is lost or spent twice."""
+    config = ("data.num-train=160 data.num-test=40 data.size=32 train.local-epochs=1 strategy.name='fedper' model.adapter='mlp' "
+              "privacy.dp=true privacy.noise-multiplier=1.5 privacy.epsilon=50.0")
+    expected = json.loads((run_federation(tmp_path / "whole", 2, f"num-server-rounds=4 {config}") / "summary.json")
+                          .read_text())
+
+    flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
+    write_flower_config(flwr_home, num_supernodes=2)
+    for rounds, resume in ((2, ""), (4, "run.resume-from='{folder}'")):
+        folder = next(runs.iterdir()) if resume else None
+        with LocalSuperLink(flwr_home, PROJECT, http_port=free_port()) as link:
+            completed = flwr_run(PROJECT, link.env, f"num-server-rounds={rounds} {config} data.num-sites=2 "
+                                 f"run.output-dir='{runs}' {resume.format(folder=folder)}", timeout=900)
+        assert completed.returncode == 0
+    (folder,) = list(runs.iterdir())
+    resumed = json.loads((folder / "summary.json").read_text())
+    assert resumed["resumed-after-round"] == 2 and resumed["rounds"] == 4
+    assert resumed["sites-per-round"] == expected["sites-per-round"] == {str(r): ["0", "1"] for r in (1, 2, 3, 4)}
+    assert resumed["epsilon-per-site"] == pytest.approx(expected["epsilon-per-site"], rel=1e-9)
+    for key, value in expected["final-federated-val"].items():
+        assert resumed["final-federated-val"][key] == pytest.approx(value, abs=1e-6), key
+    run_key = json.loads((folder / "run.json").read_text())["run-key"]
+    for site in (0, 1):  # one file per site for the run, holding all four rounds' account
+        store = folder / "site-state" / f"site-{site}"
+        assert [p.name for p in store.iterdir()] == [f"{run_key}.safetensors"]
+        kept = SiteStateStore(store).load(run_key)
+        assert kept.trained_rounds == [1, 2, 3, 4]
+        assert kept.ledger.epsilon(1e-5) == pytest.approx(expected["epsilon-per-site"][str(site)], rel=1e-9)
+
+
 def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(tmp_path):
     folder = run_federation(tmp_path, 3, "num-server-rounds=3 data.num-train=300 data.num-test=60 data.size=32 "
-                                         "train.local-epochs=1 model.adapter='linear' strategy.min-sites=2 "
+                                         "train.local-epochs=1 model.adapter='linear' model.head-init='random' strategy.min-sites=2 "
                                          "faults.site=2 faults.kind='crash' faults.from-round=2")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["rounds"] == 3 and {"accuracy", "macro-f1"} <= set(summary["final"])
@@ -167,17 +238,22 @@ def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(tmp_path):
 
 def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites(tmp_path):
     folder = run_federation(tmp_path, 5, "num-server-rounds=2 data.num-train=500 data.num-test=100 data.size=32 "
-                                         "train.local-epochs=1 model.adapter='linear' "
+                                         "train.local-epochs=1 model.adapter='linear' model.head-init='ridge' "
                                          "multitask.site-tasks='region,region,lesions,lesions,-'")
     tasks = json.loads((folder / "tasks.json").read_text())["groups"]
+    # the region head starts from the closed form of its own two sites' sums; the decoder from its initialisation
+    closed_form = json.loads((folder / "summary.json").read_text())["closed-form"]
+    assert set(closed_form) == {"region"} and set(closed_form["region"]["statistics-bytes-per-site"]) == {"site 0", "site 1"}
     assert {name: g["sites"] for name, g in tasks.items()} == {"lesions": [2, 3], "region": [0, 1]}
     summary = json.loads((folder / "summary.json").read_text())
     sizes = summary["task-adapter-bytes"]
     assert sizes["region"] == (192 * 4 + 4) * 4  # the linear head; the decoder is far larger
-    for line in (json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()):
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1, 2]  # round 0: the closed form, scored like any round
+    for line in lines:
         assert set(line["sites"]) == {"0", "1", "2", "3"}  # site 4 sat the run out
         assert {"region/macro-f1", "lesions/dice", "multitask-score"} <= set(line["global"]) & set(line["federated-val"])
-        for site, entry in line["sites"].items():
+        for site, entry in line["sites"].items() if line["round"] > 0 else ():
             task = "region" if site in ("0", "1") else "lesions"
             assert sizes[task] <= entry["bytes-up"] < sizes[task] + 4096  # only its own task's adapter
             assert ("macro-f1" if task == "region" else "dice") in entry["evaluate"]

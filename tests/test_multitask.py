@@ -117,6 +117,18 @@ def test_lora_on_the_encoder_is_what_classification_and_segmentation_share():
     assert not shared_names({n: trainable_state(new_model(task_config(load_config(SIX), n))) for n in ("lesions", "region")})
 
 
+def test_two_classification_tasks_never_share_a_head_even_of_one_shape():
+    cfg = load_config({**SIX, "model.adapter": "lora", "model.lora-rank": 2,
+                       "multitask.site-tasks": "region,region,region,finding,finding,finding"})
+    states = {n: trainable_state(new_model(task_config(cfg, n))) for n in ("finding", "region")}
+    assert states["finding"]["head.fc.weight"].shape == states["region"]["head.fc.weight"].shape  # 4 labels each
+    shared = shared_names(states)
+    assert shared and all(k.startswith("backbone.") and ".lora_" in k for k in shared)
+    heads = {n: trainable_state(new_model(task_config(load_config({**SIX, "model.adapter": "linear"}), n)))
+             for n in ("finding", "region")}
+    assert not shared_names(heads)
+
+
 def states(head: float, shared: float) -> dict[str, dict[str, torch.Tensor]]:
     return {"region": {"fc.weight": torch.full((4, 3), head), "lora.A": torch.full((2,), shared)},
             "lesions": {"classify.weight": torch.full((3, 2), head), "lora.A": torch.full((2,), shared)}}

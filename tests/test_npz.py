@@ -103,14 +103,19 @@ def test_truncated_and_missing_files(tmp_path):
 
 
 def test_bad_dataset_configuration_is_named():
-    from omnirad.config import ConfigError
+    from omnirad.config import ConfigError, with_num_sites
 
     with pytest.raises(ConfigError, match="data.dataset.*bloodmnist"):
         load_config({"data.dataset": "bloodmnst"})
     with pytest.raises(ConfigError, match="data.size.*MedMNIST size"):
         load_config({"data.dataset": "bloodmnist", "data.size": 96})
+    files = {"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-classes": 3}
     with pytest.raises(ConfigError, match="data.num-sites.*one site per file"):
-        load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-classes": 3})
+        load_config({**files, "data.num-sites": 4})
+    unset = load_config(files)  # the federation's size: checked against the files once it is known
+    assert with_num_sites(unset, 2).data.num_sites == 2
+    with pytest.raises(ConfigError, match="data.num-sites': 3 .*2, one site per file"):
+        with_num_sites(unset, 3)
     with pytest.raises(ConfigError, match="data.num-classes"):
         load_config({"data.dataset": "files", "data.site-files": "a.npz", "data.num-sites": 1})
 

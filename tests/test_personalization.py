@@ -10,9 +10,10 @@ from omnirad.config import ConfigError, load_config
 from omnirad.evaluation import CentralEvaluator
 from omnirad.models import new_model
 from omnirad.personalization import local_keys
-from omnirad.protocol import PERSONAL_STATE
+from omnirad.protocol import SIMULATION_STATE_DIR
 from omnirad.site import RoundInputs
 from omnirad.site_cache import get_site
+from omnirad.site_state import SiteStateStore
 from omnirad_fl.client import app as client_app
 from omnirad_fl.simulations.flower_local import instruction
 
@@ -71,8 +72,8 @@ def test_strategy_name_fedper_is_fedavg_with_personalization():
         load_config({"strategy.name": "fedper", "personalization.mode": "fedbn"})
 
 
-def test_fedper_keeps_the_output_layer_at_the_site_across_rounds():
-    flat = {**SMALL, "personalization.mode": "fedper"}
+def test_fedper_keeps_the_output_layer_at_the_site_across_rounds(tmp_path):
+    flat = {**SMALL, "personalization.mode": "fedper", "model.adapter": "mlp"}
     cfg = load_config(flat)
     site = get_site(cfg, 0)
     initial = trainable_state(new_model(cfg))
@@ -82,22 +83,25 @@ def test_fedper_keeps_the_output_layer_at_the_site_across_rounds():
 
     stored = []
     for server_round in (1, 2):
-        content = RecordDict({"arrays": ArrayRecord(shared), "config": ConfigRecord({"server-round": server_round})})
+        config = ConfigRecord({"server-round": server_round, SIMULATION_STATE_DIR: str(tmp_path)})
+        content = RecordDict({"arrays": ArrayRecord(shared), "config": config})
         reply = client_app.train(instruction("train", content, 7), context)
         sent = reply.content["arrays"].to_torch_state_dict()
         assert set(sent) == set(shared)  # the output layer never leaves the site
-        stored.append(context.state[PERSONAL_STATE].to_torch_state_dict())
+        stored.append(SiteStateStore(tmp_path / "site-0").load("flower-run-1").personal[server_round])
         assert set(stored[-1]) == site.local_keys
         shared = sent
     # round 2 trained on from round 1's local layer, not from the initial one
     assert not torch.equal(stored[0]["net.4.weight"], initial["net.4.weight"])
     assert not torch.equal(stored[1]["net.4.weight"], stored[0]["net.4.weight"])
 
-    content = RecordDict({"arrays": ArrayRecord(shared), "config": ConfigRecord({"server-round": 2})})
+    config = ConfigRecord({"server-round": 2, SIMULATION_STATE_DIR: str(tmp_path)})
+    content = RecordDict({"arrays": ArrayRecord(shared), "config": config})
     personal = client_app.evaluate(instruction("evaluate", content, 7), context).content["metrics"]
-    fresh = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2},
-                    state=RecordDict(), run_config=flat)
-    untrained_head = client_app.evaluate(instruction("evaluate", content, 7), fresh).content["metrics"]
+    elsewhere = ConfigRecord({"server-round": 2, SIMULATION_STATE_DIR: str(tmp_path / "elsewhere")})
+    untrained_head = client_app.evaluate(instruction("evaluate", RecordDict({"arrays": ArrayRecord(shared),
+                                                                             "config": elsewhere}), 7),
+                                         context).content["metrics"]
     # the site scores its own layer, not the initial one
     assert personal["loss"] == pytest.approx(site.evaluate(RoundInputs(shared, 0, personal=stored[-1]))["loss"])
     assert personal["loss"] != pytest.approx(untrained_head["loss"])

@@ -1,6 +1,7 @@
 """DP-SGD with one account per site over the whole run: epsilon accumulates, and the budget stops training."""
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError, load_config
 from omnirad.models import new_model
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger, check_budget, round_plan
-from omnirad.protocol import PRIVACY_LEDGER
+from omnirad.protocol import SIMULATION_STATE_DIR
 from omnirad.site import RoundInputs
 from omnirad.site_cache import get_site
+from omnirad.site_state import SiteStateStore
 from omnirad_fl.client import app as client_app
 from omnirad_fl.server.run_config import load_run_config
 
@@ -21,29 +23,29 @@ DP = {"data.num-train": 400, "data.num-test": 40, "data.size": 32, "data.num-sit
       "train.local-epochs": 1, "num-server-rounds": 3, "privacy.dp": True}
 
 
-def train_message(state: dict, server_round: int) -> Message:
+def train_message(state: dict, server_round: int, state_dir: Path) -> Message:
     metadata = Metadata(run_id=1, message_id=f"train-{server_round}", src_node_id=0, dst_node_id=9,
                         reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0, message_type="train")
-    content = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": server_round})})
-    return Message(metadata=metadata, content=content)
+    config = ConfigRecord({"server-round": server_round, SIMULATION_STATE_DIR: str(state_dir)})
+    return Message(metadata=metadata, content=RecordDict({"arrays": ArrayRecord(state), "config": config}))
 
 
-def rounds_of(flat: dict, count: int) -> tuple[list[Message], Context]:
-    """``count`` training rounds of site 0 through its ClientApp, keeping its context as Flower does."""
+def rounds_of(flat: dict, count: int, output: Path) -> tuple[list[Message], PrivacyLedger]:
+    """``count`` training rounds of site 0 through its ClientApp; its ledger as its state store keeps it."""
     context = Context(run_id=1, node_id=9, node_config={"partition-id": 0, "num-partitions": 2},
                       state=RecordDict(), run_config=flat)
     state = trainable_state(new_model(load_config(flat)))
     replies = []
     for server_round in range(1, count + 1):
-        reply = client_app.train(train_message(state, server_round), context)
+        reply = client_app.train(train_message(state, server_round, output), context)
         replies.append(reply)
         if not reply.has_error():
             state = reply.content["arrays"].to_torch_state_dict()
-    return replies, context
+    return replies, SiteStateStore(output / "site-0").load("flower-run-1").ledger
 
 
-def test_epsilon_accumulates_over_rounds_and_stays_within_the_budget():
-    replies, context = rounds_of({**DP, "privacy.epsilon": 3.0}, 3)
+def test_epsilon_accumulates_over_rounds_and_stays_within_the_budget(tmp_path):
+    replies, ledger = rounds_of({**DP, "privacy.epsilon": 3.0}, 3, tmp_path)
     epsilons = [r.content["metrics"]["epsilon"] for r in replies]
     assert epsilons[0] < epsilons[1] < epsilons[2] <= 3.0 * 1.01  # cumulative, not per round
     assert epsilons[2] > 2.5  # the derived noise spends (nearly) the whole budget over the planned rounds
@@ -53,20 +55,19 @@ def test_epsilon_accumulates_over_rounds_and_stays_within_the_budget():
     accountant = RDPAccountant()  # opacus' own accountant, told the three rounds afresh
     accountant.history = [(plan.noise_multiplier, plan.sample_rate, 3 * plan.steps)]
     assert epsilons[2] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-6)
-    ledger = PrivacyLedger.from_record(context.state[PRIVACY_LEDGER])
     assert ledger.epsilon(1e-5) == pytest.approx(epsilons[2])
 
 
-def test_a_site_whose_budget_is_spent_stops_training_and_says_so():
+def test_a_site_whose_budget_is_spent_stops_training_and_says_so(tmp_path):
     flat = {**DP, "privacy.epsilon": 2.0, "privacy.noise-multiplier": 2.0}  # about 1.3, 1.7, 2.0, 2.2 after rounds 1-4
-    replies, context = rounds_of(flat, 4)
+    replies, ledger = rounds_of(flat, 4, tmp_path)
     errors = [r for r in replies if r.has_error()]
     assert errors and not replies[0].has_error()
     first_refused = replies.index(errors[0])
     assert first_refused == 3  # rounds 1-3 fit the budget of 2.0, round 4 would not
     assert all(r.has_error() for r in replies[first_refused:])  # once spent, always spent
     assert "privacy budget spent" in errors[0].error.reason and "privacy.epsilon=2" in errors[0].error.reason
-    spent = PrivacyLedger.from_record(context.state[PRIVACY_LEDGER]).epsilon(1e-5)
+    spent = ledger.epsilon(1e-5)
     assert spent <= 2.0 * 1.01 and spent == pytest.approx(replies[first_refused - 1].content["metrics"]["epsilon"])
 
 

@@ -15,7 +15,7 @@ def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):
     test_file = tmp_path / "with space" / "test.npz"
     test_file.parent.mkdir()
     test_file.write_bytes(b"")
-    config.write_text("num-server-rounds: 3\ndata:\n  task: multi-class\n  num-classes: 4\n"
+    config.write_text("num-server-rounds: 3\ndata:\n  task: multi-class\n  num-classes: 4\n  num-sites: 3\n"
                       f"  test-file: {test_file}\nmodel.adapter: linear\n")
     flat = run_configuration(config, ["train.lr=0.01", "strategy.name=fedprox"], tmp_path / "runs", resume=False)
     toml = write_run_config(flat, tmp_path / "run.toml")
@@ -29,8 +29,8 @@ def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):
 def test_relative_paths_are_made_absolute_and_files_checked_before_the_server_starts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "test.npz").write_bytes(b"")
-    flat = run_configuration(None, ["data.test-file=test.npz", "run.output-dir=results", "data.num-classes=3"],
-                             tmp_path / "state", resume=False)
+    flat = run_configuration(None, ["data.test-file=test.npz", "run.output-dir=results", "data.num-classes=3",
+                                    "data.num-sites=2"], tmp_path / "state", resume=False)
     assert flat["data.test-file"] == str(tmp_path / "test.npz") and flat["run.output-dir"] == str(tmp_path / "results")
     with pytest.raises(ConfigError, match="model.weights: .*missing.safetensors: no such file"):
         run_configuration(None, ["model.weights=missing.safetensors"], tmp_path, resume=False)
@@ -46,6 +46,11 @@ def test_only_a_summary_written_by_this_run_counts_as_finished(tmp_path):
     assert finished_run(flat, started=time.time() - 10) is None  # an extended run that failed
     (folder / "summary.json").write_text("{}")
     assert finished_run(flat, started=time.time() - 10) == folder
+
+
+def test_a_deployment_must_say_how_many_sites_to_wait_for(tmp_path):
+    with pytest.raises(ConfigError, match="data.num-sites': 0 .*the number of sites in deployment"):
+        run_configuration(None, ["data.num-classes=3"], tmp_path, resume=False)
 
 
 def test_a_simulated_dataset_is_refused_for_a_deployment(tmp_path):
@@ -66,7 +71,7 @@ def test_resume_picks_the_newest_run_folder_with_a_checkpoint(tmp_path):
 
 def test_bad_input_stops_the_server_before_anything_starts(tmp_path, capsys):
     state = tmp_path / "state"
-    common = ["--state-dir", str(state), "data.num-classes=3"]
+    common = ["--state-dir", str(state), "data.num-classes=3", "data.num-sites=2"]
     assert main([*common, "--certs", str(tmp_path / "no-certs")]) == 2
     assert "omnirad-certs" in capsys.readouterr().err
     assert main([*common, "--insecure", "train.lr=-1"]) == 2

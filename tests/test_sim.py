@@ -34,7 +34,7 @@ def fake_runs(monkeypatch, stop_after: int | None = None) -> list[str]:
     """Replace the federated run itself (``flwr run``) by a row; the sweep's own bookkeeping is real."""
     calls: list[str] = []
 
-    def run_one(overrides: str, label: str, port: int) -> dict:
+    def run_one(overrides: str, label: str, port: int, reference: str = "") -> dict:
         if stop_after is not None and len(calls) == stop_after:
             raise KeyboardInterrupt  # the sweep is stopped half-way
         calls.append(f"{label} {overrides.split('run.seed=')[1].split()[0]}")

@@ -12,6 +12,7 @@ from omnirad.protocol import ENCODER_FINGERPRINT, WRONG_ENCODER
 from omnirad_fl.client.app import declare_task, train
 from omnirad_fl.client.cli import main, preflight, supernode_command
 from omnirad_fl.client.deployment import site_of
+from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.site_config import load_site_config
 from omnirad_fl.server.certs import write_federation
 from omnirad_fl.simulations.deploy_demo import write_encoder_weights
@@ -25,12 +26,12 @@ def weights(tmp_path_factory):
 
 def write_site(folder, weights, **changes):
     """A complete, valid site folder; ``changes`` replace keys (dotted) in its site file."""
-    write_federation(folder / "certs", ["localhost"], ["A"])
+    write_federation(folder / "certs", ["localhost"], {"A": write_site_keys(folder / "A.key", "A")})
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (40, 1))
     np.savez(folder / "site-a.npz", train_images=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), train_labels=labels)
     site = {"site": {"name": "A", "id": 1}, "server": {"address": "127.0.0.1:9092", "ca-certificate": "certs/ca.crt"},
-            "auth-key": "certs/sites/A.key", "data": {"file": "site-a.npz", "task": "multi-class", "num-classes": 3},
+            "auth-key": "A.key", "data": {"file": "site-a.npz", "task": "multi-class", "num-classes": 3},
             "encoder": {"name": "vit-tiny", "weights": str(weights), "sha256": weights_fingerprint(str(weights))},
             "cache-dir": "cache", "state-dir": "state"}
     for key, value in changes.items():
@@ -53,8 +54,14 @@ def test_a_complete_site_passes_every_check(tmp_path, weights):
     assert "SHA-256 matches" in passed[1]
     command = supernode_command(cfg)
     assert command[command.index("--root-certificates") + 1] == str(tmp_path / "certs" / "ca.crt")
-    assert command[command.index("--auth-supernode-private-key") + 1] == str(tmp_path / "certs" / "sites" / "A.key")
+    assert command[command.index("--auth-supernode-private-key") + 1] == str(tmp_path / "A.key")
     assert f'data-file="{tmp_path / "site-a.npz"}"' in command[command.index("--node-config") + 1]
+    # what the site keeps per run (DP ledger, personal layers): beside the SuperNode's folder unless the file says
+    assert f'site-state-dir="{tmp_path / "state" / "site-state"}"' in command[command.index("--node-config") + 1]
+    other = tmp_path / "other"
+    other.mkdir()
+    assert load_site_config(write_site(other, weights, **{"site-state-dir": "kept"})).site_state_dir == \
+        str(other / "kept")
     assert "--insecure" not in command
 
 
@@ -129,7 +136,8 @@ def test_a_site_with_other_encoder_weights_refuses_to_train(tmp_path, weights, s
                                                                              ENCODER_FINGERPRINT: server_weights})})
     reply = train(instruction("train", content, node_id=7), context)
     assert reply.has_error() and reply.error.code == WRONG_ENCODER
-    assert server_weights[:24] in reply.error.reason and str(weights) in reply.error.reason
+    assert server_weights[:24] in reply.error.reason
+    assert str(weights.parent) not in reply.error.reason  # the reply names fingerprints, never the site's paths
 
 
 MULTITASK_SERVER = {**SERVER, "multitask.site-tasks": "declared", "data.num-classes": 0}

@@ -205,7 +205,7 @@ def test_ssl_keys_are_validated_by_name():
     cfg = load_config({"ssl.rounds": 2, "num-server-rounds": 0, "ssl.objective": "dino"})
     assert cfg.ssl.rounds == 2 and cfg.num_server_rounds == 0
     for bad, key in ((({"ssl.objective": "byol"}), "ssl.objective"), ({"ssl.rounds": -1}, "ssl.rounds"),
-                     ({"num-server-rounds": 0}, "num-server-rounds"), ({"ssl.save-encoder": "x.pt"}, "ssl.save-encoder"),
+                     ({"num-server-rounds": 0, "model.head-init": "random"}, "num-server-rounds"), ({"ssl.save-encoder": "x.pt"}, "ssl.save-encoder"),
                      ({"ssl.lr": 0.0}, "ssl.lr")):
         with pytest.raises(ConfigError, match=key):
             load_config(bad)

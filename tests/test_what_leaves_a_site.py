@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from omnirad.adapters import trainable_state
 from omnirad.config import load_config
 from omnirad.models import new_model
+from omnirad.protocol import SIMULATION_STATE_DIR
 from omnirad.site_cache import get_site
 from omnirad.spectral import bank_to_config
 from omnirad.standardise import FeatureMoments, Standardisation
@@ -26,8 +27,8 @@ SETUPS = {
     "linear head, fedprox": {"model.adapter": "linear", "strategy.name": "fedprox"},
     "decoder": {"data.task": "segmentation", "model.adapter": "decoder"},
     "lora": {"model.adapter": "lora", "model.lora-rank": 2},
-    "fedbn": {"strategy.name": "fedbn"},
-    "fedper, fine-tuning": {"strategy.name": "fedper", "personalization.finetune-epochs": 1},
+    "fedbn": {"strategy.name": "fedbn", "model.adapter": "mlp"},
+    "fedper, fine-tuning": {"strategy.name": "fedper", "model.adapter": "mlp", "personalization.finetune-epochs": 1},
     "spectral": {"strategy.name": "spectral", "data.partition": "modality"},
     "standardised linear head": {"model.adapter": "linear", "model.standardise-features": True},
 }
@@ -44,7 +45,7 @@ def assert_only_scalars(record) -> None:
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
-def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup):
+def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup, tmp_path):
     flat = {**SMALL, **SETUPS[setup]}
     cfg = load_config(flat)
     site = get_site(cfg, 0)
@@ -52,7 +53,7 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup):
     shared = {k: v for k, v in trainable_state(model).items() if k not in site.local_keys}
     context = Context(run_id=1, node_id=9, node_config={"partition-id": 0, "num-partitions": 2},
                       state=RecordDict(), run_config=flat)
-    config = ConfigRecord({"server-round": 1, "proximal-mu": 0.01})
+    config = ConfigRecord({"server-round": 1, "proximal-mu": 0.01, SIMULATION_STATE_DIR: str(tmp_path)})
     if cfg.strategy.name == "spectral":
         query = client_app.spectral_prototypes(instruction("query.spectral", RecordDict()), context)
         assert set(query.content) == {"arrays"}
@@ -70,7 +71,8 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup):
         config = ConfigRecord({**config, **standardisation.to_config()})
 
     reply = client_app.train(instruction("train", RecordDict({"arrays": ArrayRecord(shared), "config": config})), context)
-    assert set(reply.content) == {"arrays", "metrics"}
+    assert set(reply.content) == {"arrays", "metrics", "site-info"}
+    assert dict(reply.content["site-info"]) == {"device": "cpu", "precision": "fp32"}  # where it computed, no more
     sent = reply.content["arrays"]
     assert {k: tuple(v.shape) for k, v in sent.items()} == {k: tuple(v.shape) for k, v in shared.items()}
     assert_only_scalars(reply.content["metrics"])

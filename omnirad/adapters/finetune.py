@@ -54,6 +54,10 @@ class LoraSettings:
                           lora_dropout=self.dropout, target_modules=pattern)
 
 
+ENCODER_MODULE = "backbone"  # the image models' attribute holding the (LoRA-adapted) encoder: its tensors are
+# the only ones that mean the same in every task's model (a head of one task means nothing to another)
+
+
 def adapted_backbone(encoder: FrozenEncoder, lora: LoraSettings | None) -> nn.Module:
     """A copy of the encoder's ViT, LoRA-wrapped or (without ``lora``) entirely trainable."""
     backbone = copy.deepcopy(encoder.vit)

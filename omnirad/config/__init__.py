@@ -6,6 +6,7 @@ joins them. Keys on the wire and the command line are flat, dotted and kebab-cas
 (``data.num-sites``), as Flower's ``run_config`` has them.
 """
 
+from omnirad.config.federation import FEDERATION_SIZE, require_num_sites, with_num_sites
 from omnirad.config.io import (
     comma_list,
     flat_defaults,
@@ -34,7 +35,8 @@ from omnirad.config.schema import (
 )
 from omnirad.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "DataConfig", "FaultsConfig", "ModelConfig", "MultitaskConfig",
+__all__ = ["FEDERATION_SIZE", "Config", "ConfigError", "DataConfig", "FaultsConfig", "ModelConfig", "MultitaskConfig",
            "PersonalizationConfig", "PrivacyConfig", "RunConfig", "SpectralConfig", "SslConfig", "StrategyConfig",
            "TrainConfig", "comma_list", "flat_defaults", "flatten_keys", "load_config", "parse_overrides",
-           "read_config_file", "read_config_tree", "to_flat", "to_yaml", "toml_literal"]
+           "read_config_file", "read_config_tree", "require_num_sites", "to_flat", "to_yaml", "toml_literal",
+           "with_num_sites"]

@@ -17,8 +17,9 @@ from omnirad.errors import require
 
 def validate(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the first key whose value is wrong."""
-    require(cfg.num_server_rounds >= (0 if cfg.ssl.rounds > 0 else 1), "num-server-rounds", cfg.num_server_rounds,
-            ">= 1 (0 only to pretrain alone, with ssl.rounds > 0)")
+    alone = cfg.ssl.rounds > 0 or cfg.model.head_init != "random"
+    require(cfg.num_server_rounds >= (0 if alone else 1), "num-server-rounds", cfg.num_server_rounds,
+            ">= 1 (0 only to pretrain alone, with ssl.rounds > 0, or for a closed-form head alone, model.head-init)")
     check_ssl(cfg)
     check_data(cfg)
     check_model(cfg)
@@ -27,6 +28,7 @@ def validate(cfg: Config) -> None:
     check_privacy(cfg)
     check_personalization(cfg)
     check_faults(cfg)
+    check_run(cfg)
     if cfg.multitask.site_tasks:
         from omnirad.multitask import check_multitask
 
@@ -58,7 +60,7 @@ def check_data(cfg: Config) -> None:
     require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
     require(d.classes_per_site >= 1, "data.classes-per-site", d.classes_per_site, ">= 1")
     require(d.quantity_exponent >= 0, "data.quantity-exponent", d.quantity_exponent, ">= 0")
-    require(d.num_sites >= 1, "data.num-sites", d.num_sites, ">= 1")
+    require(d.num_sites >= 0, "data.num-sites", d.num_sites, ">= 1, or 0 for the federation's size")
     require(d.num_train >= d.num_sites, "data.num-train", d.num_train, ">= data.num-sites")
     require(d.num_test >= 1, "data.num-test", d.num_test, ">= 1")
     require(0 < d.val_fraction < 1, "data.val-fraction", d.val_fraction, "between 0 and 1")
@@ -92,6 +94,24 @@ def check_model(cfg: Config) -> None:
             m.decoder_layers, "comma-separated 1-based encoder block numbers, e.g. 4,8,12, or empty")
     if m.standardise_features:
         check_standardisation(cfg)
+    check_head_init(cfg)
+
+
+def check_head_init(cfg: Config) -> None:
+    from omnirad.closed_form import HEAD_INITS
+    from omnirad.methods import site_method
+
+    m, key = cfg.model, "model.head-init"
+    spec = HEAD_INITS[m.head_init]
+    require(m.ridge_lambda >= 0, "model.ridge-lambda", m.ridge_lambda, ">= 0")
+    if spec is None:
+        return
+    require(m.adapter in spec.heads, "model.adapter", m.adapter, f"{' or '.join(spec.heads)} with {key}={m.head_init}")
+    require(site_method(cfg) is None, "strategy.name", cfg.strategy.name,
+            f"a strategy without site-side model changes with {key}={m.head_init} (spectral prompts change the "
+            "features every step)")
+    require(cfg.personalization.mode != "fedper", "personalization.mode", cfg.personalization.mode,
+            f"not fedper with {key}={m.head_init}: the closed form is the output layer FedPer keeps at each site")
 
 
 def check_standardisation(cfg: Config) -> None:
@@ -134,7 +154,8 @@ def check_strategy(cfg: Config) -> None:
     for key, value in (("beta-1", s.beta_1), ("beta-2", s.beta_2), ("server-momentum", s.server_momentum)):
         require(0 <= value < 1, f"strategy.{key}", value, "in [0, 1)")
     require(0 <= s.trim_beta < 0.5, "strategy.trim-beta", s.trim_beta, "in [0, 0.5)")
-    require(0 <= s.min_sites <= num_sites, "strategy.min-sites", s.min_sites, f"from 0 (all) to data.num-sites ({num_sites})")
+    require(0 <= s.min_sites and (not num_sites or s.min_sites <= num_sites), "strategy.min-sites", s.min_sites,
+            f"from 0 (all) to data.num-sites ({num_sites or 'the federation size'})")
     require(s.round_timeout > 0, "strategy.round-timeout", s.round_timeout, "> 0 seconds")
     require(s.join_timeout >= 0, "strategy.join-timeout", s.join_timeout, ">= 0 seconds")
     require(s.num_malicious >= 0, "strategy.num-malicious", s.num_malicious, ">= 0")
@@ -152,6 +173,8 @@ def check_privacy(cfg: Config) -> None:
     require(p.noise_multiplier >= 0, "privacy.noise-multiplier", p.noise_multiplier, ">= 0 (0: derived from privacy.epsilon)")
     require(p.central_noise_multiplier >= 0, "privacy.central-noise-multiplier", p.central_noise_multiplier, ">= 0 (0: off)")
     require(p.central_clipping_norm > 0, "privacy.central-clipping-norm", p.central_clipping_norm, "> 0")
+    require(0 < p.statistics_share < 1, "privacy.statistics-share", p.statistics_share, "in (0, 1)")
+    require(p.max_feature_norm > 0, "privacy.max-feature-norm", p.max_feature_norm, "> 0")
 
 
 def check_personalization(cfg: Config) -> None:
@@ -162,10 +185,17 @@ def check_personalization(cfg: Config) -> None:
             cfg.personalization.finetune_epochs, ">= 0")
 
 
+def check_run(cfg: Config) -> None:
+    from omnirad.devices import check_device_syntax
+
+    check_device_syntax(cfg.run.device, cfg.run.precision)
+
+
 def check_faults(cfg: Config) -> None:
     from omnirad.faults import FAULTS
 
     f, num_sites = cfg.faults, cfg.data.num_sites
-    require(-1 <= f.site < num_sites, "faults.site", f.site, f"-1 (none) or a site from 0 to {num_sites - 1}")
+    require(-1 <= f.site and (not num_sites or f.site < num_sites), "faults.site", f.site,
+            f"-1 (none) or a site from 0 to {num_sites - 1 if num_sites else 'the federation size - 1'}")
     FAULTS.check(f.kind)
     require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")

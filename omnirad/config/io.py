@@ -53,12 +53,23 @@ def nest(flat: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in flat.items():
         if key not in known:
             raise ConfigError(f"unknown configuration key '{key}'; known keys: {', '.join(known)}")
+        refuse_interpolation(key, value)
         node = nested
         *parents, leaf = [to_python(part) for part in key.split(".")]
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
     return nested
+
+
+def refuse_interpolation(key: str, value: Any) -> None:
+    """Configuration values are data. omegaconf would resolve ``${...}`` in a value (an environment
+    variable, another key) when the schema is built; a site re-reads the run configuration the
+    server sends, so a crafted value could carry a site's environment back in an error. Refused,
+    by key, wherever a value comes from."""
+    if isinstance(value, str) and "${" in value:
+        raise ConfigError(f"bad value for configuration key '{key}': {value!r} (configuration values are data: "
+                          "interpolation with ${...} is refused)")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def _build_config(flat: Mapping[str, Any]) -> Config:
         key = to_wire(str(getattr(err, "full_key", "") or "?"))
         raise ConfigError(f"bad value for configuration key '{key}': {err.msg}") from err
     resolve_personalized_strategy(cfg)
+    resolve_head_init(cfg)
     validate(cfg)
     return cfg
 
@@ -59,3 +60,22 @@ def resolve_personalized_strategy(cfg: Config) -> None:
     if mode not in (NO_PERSONALIZATION, name):
         raise ConfigError(f"strategy.name='{name}' contradicts personalization.mode='{mode}': set one of them")
     cfg.strategy.name, cfg.personalization.mode = "fedavg", name
+
+
+def resolve_head_init(cfg: Config) -> None:
+    """``model.head-init=auto``: the closed-form ridge head for the ``linear`` head, where it needs
+    no other decision: it equals the pooled solution, and FedAvg fine-tuning from it stays within a
+    point of pooled training on IID sites (docs/heads.md). Everywhere else the random
+    initialisation: the MLP head (fine-tuning its hidden layer from the ridge solution lost most of
+    the gain, measured), DP (the statistics would spend budget), site-side personal layers or
+    prompts, SSL (the encoder changes), multi-task groups, standardised features."""
+    from omnirad.closed_form import AUTO_INIT, RANDOM_INIT
+    from omnirad.methods import site_method
+    from omnirad.personalization import NO_PERSONALIZATION
+
+    if cfg.model.head_init != AUTO_INIT:
+        return
+    plain = (cfg.model.adapter == "linear" and not cfg.privacy.dp
+             and cfg.personalization.mode == NO_PERSONALIZATION and site_method(cfg) is None
+             and cfg.ssl.rounds == 0 and not cfg.multitask.site_tasks and not cfg.model.standardise_features)
+    cfg.model.head_init = "ridge" if plain else RANDOM_INIT

@@ -41,7 +41,9 @@ class DataConfig:
     alpha: float = setting(0.5, "`dirichlet`: concentration; smaller is more skewed")
     classes_per_site: int = setting(2, "`pathological`: classes each site holds")
     quantity_exponent: float = setting(1.0, "`quantity`: site sizes proportional to rank^-exponent")
-    num_sites: int = setting(4, "number of sites (in simulation, the federation's `num-supernodes`)")
+    num_sites: int = setting(0, "number of sites; 0: the federation's size (in simulation Flower's `num-supernodes`, "
+                                "which each node learns as `num-partitions`; `make demo`, `omnirad-sim` and sweeps "
+                                "start 4); a number given must match the federation; deployment needs one")
     num_train: int = setting(2400, "`embedded`: pooled training images shared out among the sites")
     num_test: int = setting(800, "`embedded`: the server's held-out test images")
     val_fraction: float = setting(0.15, "share of each site's images kept for local validation")
@@ -55,9 +57,17 @@ class ModelConfig:
     encoder: str = setting("vit-tiny", "the frozen encoder (a timm ViT)")
     weights: str = setting("", "a local weights file, `hub`, `hf_hub:<id>`, or empty for a random init (with a "
                                "loud warning)")
-    adapter: str = setting("mlp", "what each site trains: a head on pooled features, LoRA or full fine-tuning "
+    adapter: str = setting("linear", "what each site trains: a head on pooled features, LoRA or full fine-tuning "
                                   "on images, or a segmentation decoder")
     hidden_dim: int = setting(256, "hidden width of `mlp` heads")
+    head_init: str = setting("auto", "how the head starts: its own random initialisation (`random`), or a closed-form "
+                                     "solution from statistics every site sends once before round 1 (exactly the "
+                                     "pooled solution, whatever the split; `ridge` for `linear`/`mlp`, `ncm` "
+                                     "(class means) for `cosine`); with `num-server-rounds=0` the closed form is "
+                                     "the result, otherwise the usual rounds fine-tune it. `auto`: `ridge` for the "
+                                     "`linear` head without DP, personalization, spectral prompts, SSL, multi-task "
+                                     "groups or feature standardisation; `random` otherwise")
+    ridge_lambda: float = setting(0.01, "`ridge`: the L2 penalty lambda of the closed-form ridge regression")
     head: str = setting("linear", "`lora` and `full`: the head on the adapted encoder (always trainable)")
     lora_rank: int = setting(16, "LoRA rank r")
     lora_alpha: float = setting(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)")
@@ -153,6 +163,12 @@ class PrivacyConfig:
     central_noise_multiplier: float = setting(0.0, "> 0: Flower's server-side DP wrapper (fixed clipping) adds this "
                                                    "noise to the aggregate")
     central_clipping_norm: float = setting(1.0, "the L2 bound the server-side DP wrapper clips each update to")
+    max_feature_norm: float = setting(10.0, "with `model.head-init`: each example's head inputs are scaled down to "
+                                            "this L2 norm before the statistics are summed and noised (the per-example "
+                                            "bound of the Gaussian mechanism, as `privacy.max-grad-norm` is for DP-SGD)")
+    statistics_share: float = setting(0.5, "with `model.head-init` and fine-tuning rounds: the share of "
+                                           "`privacy.epsilon` the closed-form statistics may spend (all of it without "
+                                           "rounds); DP-SGD gets the rest")
 
 
 @dataclass
@@ -198,6 +214,13 @@ class RunConfig:
     """Seeds and where results go."""
 
     seed: int = setting(0, "seed of the split, the initial adapter and local shuffling")
+    device: str = setting("auto", "where this participant computes: `auto` (CUDA if present, else Apple `mps`, else "
+                                  "the CPU), `cpu`, `cuda`, `cuda:N` or `mps`; in deployment each site's own site file "
+                                  "decides its device, never the server")
+    precision: str = setting("auto", "`auto` (bf16 on a GPU that has it, fp16 on other CUDA GPUs, fp32 elsewhere), "
+                                     "`fp32`, `bf16` (mixed precision, also on the CPU) or `fp16` (CUDA, with a "
+                                     "gradient scaler); features and adapters are stored and sent in float32 "
+                                     "whatever it is")
     output_dir: str = setting("runs", "where run folders go")
     name: str = setting("", "run folder name suffix (default: dataset-encoder-adapter-strategy)")
     resume_from: str = setting("", "a stopped run's folder: the server goes on after its last checkpointed round, "

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from omnirad.config.schema import SslConfig
+from omnirad.devices import CPU, Placement
 from omnirad.encoders import create_encoder
 from omnirad.seeds import ssl_round_seed
 from omnirad.ssl.local import train_locally
@@ -48,7 +49,8 @@ class SslRound:
     seed: int
 
 
-def site_round(task: SslRound, images: np.ndarray, settings: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def site_round(task: SslRound, images: np.ndarray, settings: Any = None, *,
+               placement: Placement = CPU) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One site's share of a federated pretraining round: load the received student and teacher,
     train the student on the site's own images, and return the new student and scalar metrics.
     This site's step position is ``(server_round - 1)`` rounds of its own steps. Within the round
@@ -61,8 +63,8 @@ def site_round(task: SslRound, images: np.ndarray, settings: Any = None) -> tupl
     steps_per_round = s.local_epochs * math.ceil(len(images) / s.batch_size)
     schedule = Schedule((task.server_round - 1) * steps_per_round, task.rounds * steps_per_round, s.lr)
     metrics = train_locally(learner, images, frozen, epochs=s.local_epochs, batch_size=s.batch_size,
-                            schedule=schedule, seed=ssl_round_seed(task.seed, task.server_round))
-    return learner.round_state(), metrics
+                            schedule=schedule, seed=ssl_round_seed(task.seed, task.server_round), placement=placement)
+    return {k: v.cpu() for k, v in learner.round_state().items()}, metrics
 
 
 def round_momentum(server_round: int, rounds: int, local_steps: float, start: float) -> float:

@@ -7,6 +7,7 @@ configuration (``omnirad-client`` puts it in the site's view of ``data.site-file
 
 from __future__ import annotations
 
+from omnirad.config.federation import require_num_sites
 from omnirad.config.io import comma_list
 from omnirad.config.schema import Config
 from omnirad.data.labelled import LabelledImages
@@ -52,12 +53,12 @@ class SiteFiles(NaturalSplit):
         files = comma_list(cfg.data.site_files)
         if not files:
             raise bad_value("data.site-files", cfg.data.site_files, "comma-separated files, one per site")
-        if len(files) != cfg.data.num_sites:
+        if cfg.data.num_sites and len(files) != cfg.data.num_sites:  # 0: the federation's size, checked then
             raise bad_value("data.num-sites", cfg.data.num_sites, f"{len(files)}, one site per file in data.site-files")
         super().check(cfg)
 
     def site_file(self, cfg: Config, site_id: int) -> str:
-        if not 0 <= site_id < cfg.data.num_sites:
+        if not 0 <= site_id < require_num_sites(cfg):
             raise ValueError(f"site {site_id} does not exist: data.num-sites={cfg.data.num_sites}")
         return comma_list(cfg.data.site_files)[site_id]
 

@@ -1,0 +1,195 @@
+"""The closed-form phase (``model.head-init``): before round 1 the server asks every site for
+the sums its head needs, adds them exactly, solves, chooses the softmax temperature on the pooled
+training loss, and scores the result as round 0 of the run, like any later round.
+
+Two queries, each one message per site: ``query.head_statistics`` (sums; with DP noised at the
+site) and ``query.logit_scale`` (the head's summed training loss at a few logit scales; skipped
+under DP, where a data-free scale is used instead, so that nothing but the noised sums leaves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from omnirad.adapters import trainable_state
+from omnirad.broadcast import Broadcast
+from omnirad.closed_form import HEAD_INITS, SCALES, HeadStatistics, closed_form_head, statistics_sensitivity
+from omnirad.config import Config
+from omnirad.data.sites import task_info
+from omnirad.models import new_model
+from omnirad.multitask import SHARED, TaskGroup, global_record, group_view, task_config
+from omnirad.privacy import statistics_noise
+from omnirad.protocol import (
+    ARRAYS,
+    CONFIG,
+    LOGIT_SCALES,
+    METRICS,
+    NUM_EXAMPLES,
+    QUERY_HEAD_STATISTICS,
+    QUERY_LOGIT_SCALE,
+    SITE_ID,
+    TASK,
+)
+from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.strategies.multitask import GroupGrid
+from omnirad_fl.strategies.site_queries import ask_every_site
+
+log = logging.getLogger(__name__)
+REPORT_FILE = "closed-form.json"
+
+
+def site_label(node: int, content: RecordDict) -> str:
+    """``site N (node M)``: how the server names a site in errors, with what the site says it is."""
+    metrics = content.get(METRICS)
+    site = int(metrics[SITE_ID]) if metrics is not None and SITE_ID in metrics else None
+    return f"site {site} (node {node})" if site is not None else f"node {node}"
+
+
+def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, *,
+                      feature_width: int) -> tuple[HeadStatistics, dict[str, int]]:
+    """Every site's statistics, checked and added exactly; and the bytes each site sent, by site. Raises
+    ``RuntimeError`` naming the site whose reply is missing or malformed."""
+    spec = HEAD_INITS[cfg.model.head_init]
+    if spec is None:
+        raise ValueError("model.head-init=random: no statistics to ask for")
+    head, task = closed_form_head(model), task_info(cfg)
+    with torch.no_grad():
+        dim = head.closed_form_inputs(torch.zeros(1, feature_width)).shape[1]
+    replies = ask_every_site(grid, QUERY_HEAD_STATISTICS, "closed-form head",
+                             content=RecordDict({CONFIG: instructions}))
+    pooled, sent = None, {}
+    for node, content in replies.items():
+        who = site_label(node, content)
+        arrays = content.get(ARRAYS)
+        try:
+            if arrays is None or METRICS not in content:
+                raise ValueError("the reply holds no statistics")
+            stats = HeadStatistics.from_arrays(
+                {k: torch.from_numpy(v.numpy()) for k, v in arrays.items()}, source=who, dim=dim,
+                num_classes=task.num_outputs, with_gram=spec.with_gram,
+                num_examples=float(content[METRICS][NUM_EXAMPLES]), single_label=not task.multi_label,
+                noisy=cfg.privacy.dp)
+        except ValueError as err:
+            raise RuntimeError(f"closed-form head: {who}: {err}") from err
+        sent[who.split(" (node")[0]] = stats.nbytes
+        pooled = stats if pooled is None else pooled + stats
+    if pooled is None:
+        raise RuntimeError("closed-form head: no site is connected")
+    return pooled, sent
+
+
+def pooled_scale(grid: Grid, state: dict[str, torch.Tensor], instructions: ConfigRecord) -> tuple[float, list[float]]:
+    """The logit scale with the lowest training loss summed over every site, and those sums."""
+    config = ConfigRecord({**instructions, LOGIT_SCALES: list(SCALES)})
+    replies = ask_every_site(grid, QUERY_LOGIT_SCALE, "closed-form head temperature",
+                             content=RecordDict({ARRAYS: ArrayRecord(state), CONFIG: config}))
+    total = torch.zeros(len(SCALES), dtype=torch.float64)
+    for node, content in replies.items():
+        losses = torch.from_numpy(content[ARRAYS]["losses"].numpy()).double()
+        if losses.shape != total.shape or not torch.isfinite(losses).all():
+            raise RuntimeError(f"closed-form head temperature: {site_label(node, content)} sent losses of shape "
+                               f"{tuple(losses.shape)}, expected ({len(SCALES)},) finite")
+        total += losses
+    return SCALES[int(total.argmin())], total.tolist()
+
+
+def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, *,
+               feature_width: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Set the closed-form solution from the sites on ``grid`` on ``model``; returns its tensors
+    and the report (what ``closed-form.json`` keeps). ``feature_width``: the encoder's feature size."""
+    started = time.perf_counter()
+    spec = HEAD_INITS[cfg.model.head_init]
+    if spec is None:
+        raise ValueError("model.head-init=random: nothing to solve")
+    stats, sent = pooled_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    model_keys = cfg.model
+    if cfg.privacy.dp and spec.with_gram:
+        floor = noise_floor(cfg, num_sites=len(sent), dim=stats.feature_sum.numel())
+        model_keys = dataclasses.replace(cfg.model, ridge_lambda=cfg.model.ridge_lambda + floor)
+        log.info("DP statistics: ridge penalty %g + %.3g for the noise in the Gram matrix", cfg.model.ridge_lambda, floor)
+    weight, bias = spec.solve(stats, model_keys)
+    head = closed_form_head(model)
+    head.set_closed_form(weight.float(), bias.float(), 1.0)
+    losses: list[float] = []
+    if cfg.privacy.dp:
+        scale = spec.default_scale(task_info(cfg).num_outputs)
+    else:
+        scale, losses = pooled_scale(grid, trainable_state(model), instructions)
+    head.set_closed_form(weight.float(), bias.float(), scale)
+    log.info("Closed-form %s head from %d sites' sums (%.0f examples, %.0f KiB per site), logit scale %g",
+             cfg.model.head_init, len(sent), float(stats.num_samples), sum(sent.values()) / 1024 / max(1, len(sent)),
+             scale)
+    return dict(trainable_state(model)), {
+        "head-init": cfg.model.head_init, "examples": float(stats.num_samples),
+        "statistics-bytes-per-site": dict(sorted(sent.items(), key=lambda item: item[0])), "logit-scale": scale,
+        "logit-scales": list(SCALES) if losses else [], "pooled-training-loss": losses,
+        "seconds": round(time.perf_counter() - started, 3)}
+
+
+def closed_form_phase(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, folder: RunFolder, *,
+                      feature_width: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Set the closed-form solution on ``model``; returns its tensors (what round 1 starts from)
+    and summary.json's entries."""
+    state, report = solve_head(grid, cfg, model, instructions, feature_width=feature_width)
+    keep_reports(folder, report, [report])
+    return state, {"closed-form": summary_entry(report)}
+
+
+def closed_form_tasks(grid: Grid, cfg: Config, groups: dict[str, TaskGroup], record: dict[str, torch.Tensor],
+                      instructions: ConfigRecord, folder: RunFolder, *, broadcast: Broadcast,
+                      feature_width: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A multi-task run: each classification group's head solved from its own sites' sums (only the
+    group's sites are asked, with the group's task named, as in every round). Segmentation groups
+    keep their initial decoder. Returns the global record and summary.json's entries."""
+    shared = frozenset(key.partition("/")[2] for key in record if key.startswith(f"{SHARED}/"))
+    states, reports = {name: group_view(record, name) for name in groups}, {}
+    for name, group in groups.items():
+        task_cfg = task_config(cfg, name, group.spec)
+        if HEAD_INITS[task_cfg.model.head_init] is None:
+            log.info("task %s (%s): no closed-form head, its adapter starts from its initialisation", name, group.spec.kind)
+            continue
+        model = broadcast.apply(new_model(task_cfg))
+        model.load_state_dict(states[name], strict=False)  # the shared tensors, as every round sends them
+        states[name], reports[name] = solve_head(GroupGrid(grid, group.nodes), task_cfg, model,
+                                                 ConfigRecord({**instructions, TASK: name}), feature_width=feature_width)
+    keep_reports(folder, reports, list(reports.values()))
+    return global_record(states, shared), {"closed-form": {name: summary_entry(r) for name, r in reports.items()}}
+
+
+def summary_entry(report: dict[str, Any]) -> dict[str, Any]:
+    return {key: report[key] for key in ("head-init", "logit-scale", "statistics-bytes-per-site")}
+
+
+def keep_reports(folder: RunFolder, content: dict[str, Any], reports: list[dict[str, Any]]) -> None:
+    """Write ``content`` as ``closed-form.json`` (one report, or one per task) and count the
+    statistics' bytes as round 0's upload."""
+    (folder.path / REPORT_FILE).write_text(json.dumps(content, indent=1))
+    folder.current.bytes_up += sum(sum(r["statistics-bytes-per-site"].values()) for r in reports)
+
+
+def noise_floor(cfg: Config, *, num_sites: int, dim: int) -> float:
+    """The spectral norm the DP noise in a sum of ``num_sites`` noised Gram matrices reaches, about
+    2 sigma sqrt(num_sites dim) for a symmetric Gaussian matrix with entries of standard deviation
+    sigma: a ridge penalty this large keeps the noised system positive definite, where the plain
+    penalty would let the noise's negative eigenvalues through."""
+    sigma = statistics_noise(cfg) * statistics_sensitivity(cfg.privacy.max_feature_norm, with_gram=True)
+    return 2.0 * sigma * math.sqrt(num_sites * dim)
+
+
+def evaluate_round_zero(grid: Grid, strategy: Strategy, state: dict[str, torch.Tensor], instructions: ConfigRecord,
+                        timeout: float) -> None:
+    """Every site scores the closed-form head on its validation split, as after any round; the
+    strategy's observer (the run folder) records it as round 0."""
+    messages = list(strategy.configure_evaluate(0, ArrayRecord(state), instructions, grid))
+    strategy.aggregate_evaluate(0, list(grid.send_and_receive(messages, timeout=timeout)))
