@@ -39,6 +39,7 @@ from omnirad.protocol import (
     QUERY_LOGIT_SCALE,
     QUERY_SPECTRAL,
     QUERY_TASK,
+    ROUND_TOKEN,
     SERVER_ROUND,
     SITE_FAILED,
     SITE_ID,
@@ -148,7 +149,9 @@ def train(msg: Message, context: Context) -> Message:
         kept.save()
     shared = {k: v for k, v in new_state.items() if k not in site.local_keys}
     shared = misbehave(cfg.faults, site.site_id, inputs.state, shared)
-    where = ConfigRecord({"device": str(site.placement.device), "precision": site.placement.precision})
+    # where it computed, and the round's token echoed: the server takes no reply to an older round or another run
+    where = ConfigRecord({"device": str(site.placement.device), "precision": site.placement.precision,
+                          ROUND_TOKEN: str(msg.content[CONFIG].get(ROUND_TOKEN, ""))})
     content = RecordDict({ARRAYS: ArrayRecord(shared), METRICS: MetricRecord(metrics), SITE_INFO: where})
     return Message(content=content, reply_to=msg)
 

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from omnirad.config import ConfigError, flatten_keys
 from omnirad.config.io import refuse_interpolation
+from omnirad.credentials import ca_certificate_problems, site_key_problems
 from omnirad.devices import check_device_syntax
 from omnirad.encoders import ENCODERS
 from omnirad.tasks import KINDS as TASK_KINDS
@@ -138,6 +139,10 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
     for key, value in (("data.file", cfg.data.file), ("encoder.weights", cfg.encoder.weights),
                        ("cache-dir", cfg.cache_dir), ("site-state-dir", cfg.site_state_dir), ("auth-key", cfg.auth_key)):
         need('"' not in value, key, "paths with double quotes cannot be passed to the SuperNode")
+    if not cfg.server.insecure and cfg.server.ca_certificate and Path(cfg.server.ca_certificate).is_file():
+        found += [f"{source}: server.ca-certificate: {p}" for p in ca_certificate_problems(Path(cfg.server.ca_certificate))]
+    if cfg.auth_key and Path(cfg.auth_key).is_file():
+        found += [f"{source}: auth-key: {p}" for p in site_key_problems(Path(cfg.auth_key), cfg.site.name)]
     if cfg.encoder.weights:
         need(Path(cfg.encoder.weights).is_file(), "encoder.weights", f"{cfg.encoder.weights}: no such file")
     else:

@@ -10,7 +10,7 @@ by a key it does not trust, altered after signing, or holding any file besides t
 
 The signature sits in ``pyproject.toml`` itself (``[tool.omnirad.signature]``) and covers the
 parsed ``pyproject.toml`` without it (Flower re-serialises the file when it builds the bundle, so
-bytes would not survive) and the bytes of ``README.md``. Flower 1.41 verifies apps only when they
+bytes would not survive) and the bytes of ``README.md``. Flower 1.42 verifies apps only when they
 come from Flower Hub (``--trusted-entities``); this is the same check for a self-hosted SuperLink.
 No Flower here: the site hooks it in front of Flower's installer (``omnirad_fl.client.verified_app``).
 """

@@ -35,6 +35,7 @@ LOGIT_SCALES = "logit-scales"  # query.logit_scale: the scales to score
 RUN_KEY = "run-key"  # the run's own name, kept across resumes: the file of each site's state for the run
 SIMULATION_STATE_DIR = "simulation-state-dir"  # simulation only: the run folder's site-state/, on the shared disk
 TRAINED_SITES, TRAINED_ROUNDS = "trained-sites", "trained-rounds"  # train: the rounds each site has trained so far
+ROUND_TOKEN = "round-token"  # train: a fresh random token per round, echoed in the reply's site-info
 
 # Reply metrics the server reads besides the task's own.
 NUM_EXAMPLES = "num-examples"  # the weight of a site's reply in aggregation

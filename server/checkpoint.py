@@ -31,7 +31,7 @@ from omnirad.config import ConfigError
 from omnirad.durable import sha256_of, write_atomically
 from omnirad_fl.strategies import flower_strategy
 
-# What Flower 1.41's strategies accumulate across rounds (FedOpt family: dicts of arrays; FedAvgM:
+# What Flower 1.42's strategies accumulate across rounds (FedOpt family: dicts of arrays; FedAvgM:
 # an ArrayRecord and a list of arrays); the rest of a strategy is its configuration, rebuilt from
 # the run's config.
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector")

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from omnirad.config import ConfigError, flat_defaults, parse_overrides, read_config_file, toml_literal
+from omnirad.credentials import server_credential_problems, shared_site_keys
 from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.logs import show_progress
 from omnirad_fl.server.app_bundle import PUBLISHER_KEY, load_publisher_key, write_signed_app
 from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
 from omnirad_fl.server.checkpoint import MARK
+from omnirad_fl.server.fleet_gate import DEFAULT_MAX_REQUEST_MIB, GateSettings, ThreadedServer, fleet_gate
 from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import newest_summary
@@ -90,6 +93,18 @@ def tls_files(certs: Path) -> dict[str, Path]:
     return files
 
 
+def check_credentials(certs: Path, *, tls: bool) -> None:
+    """Refuse to start with credentials that would fail later, at the sites: a certificate not
+    valid today, not the CA's or not its key's (with TLS), and sites registered with one key."""
+    found = []
+    if tls:
+        files = tls_files(certs)
+        found += server_credential_problems(files["ca"], files["cert"], files["key"])
+    found += shared_site_keys({path.stem: path for path in (certs / SITES_DIR).glob("*.pub")})
+    if found:
+        raise ConfigError("\n  ".join(["the federation's credentials are not usable:", *found]))
+
+
 def write_flwr_connection(flwr_home: Path, address: str, ca: Path | None) -> None:
     """The flwr CLI's connection to this SuperLink (used to register sites and submit the run)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -100,16 +115,17 @@ def write_flwr_connection(flwr_home: Path, address: str, ca: Path | None) -> Non
 
 
 class SuperLink:
-    """``flower-superlink`` as a child process that we stop, with all it started, by PID."""
+    """``flower-superlink`` as a child process that we stop, with all it started, by PID; it
+    listens on ``host:port`` (127.0.0.1 behind the fleet gate)."""
 
-    def __init__(self, args: argparse.Namespace, state_dir: Path, env: dict[str, str]) -> None:
-        self.args, self.state_dir, self.env = args, state_dir, env
+    def __init__(self, args: argparse.Namespace, state_dir: Path, env: dict[str, str], host: str, port: int) -> None:
+        self.args, self.state_dir, self.env, self.host, self.port = args, state_dir, env, host, port
         self.log_file = state_dir / "superlink.log"
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         command = [flower_command("flower-superlink"),
-                   "--host", self.args.host, "--port", str(self.args.port),
+                   "--host", self.host, "--port", str(self.port),
                    "--database", str(self.state_dir / "superlink.db"), "--enable-supernode-auth",
                    "--isolation", "subprocess", "--disable-runtime-dependency-installation",
                    "--log-file", str(self.log_file)]
@@ -132,10 +148,15 @@ class SuperLink:
             context = ssl.create_default_context(cafile=str(self.args.certs / CA_CERT))
             context.check_hostname = False  # the chain is verified; the name is the one the sites dial
         try:
-            with urllib.request.urlopen(f"{scheme}://{local_address(self.args)}/health", timeout=1, context=context) as r:
+            with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=1, context=context) as r:
                 return r.status == 200
         except OSError:
             return False
+
+    @property
+    def address(self) -> str:
+        """Where this machine's own flwr calls reach the SuperLink."""
+        return f"{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}"
 
     def stop(self) -> None:
         if self.process is not None:
@@ -143,9 +164,39 @@ class SuperLink:
             self.process = None
 
 
-def local_address(args: argparse.Namespace) -> str:
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return f"{host}:{args.port}"
+def loopback_port() -> int:
+    """A free port on 127.0.0.1 for the SuperLink behind the fleet gate."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_link(args: argparse.Namespace, state_dir: Path, env: dict[str, str]) -> tuple[SuperLink, ThreadedServer | None]:
+    """The SuperLink, and unless ``--expose-control-api`` the fleet gate in front of it: the
+    SuperLink then listens on 127.0.0.1 only and the public address serves the Fleet API alone."""
+    if args.expose_control_api:
+        superlink = SuperLink(args, state_dir, env, args.host, args.port)
+        superlink.start()
+        log.warning("omnirad-server: --expose-control-api: anyone who reaches %s:%d can submit runs (Flower's "
+                    "open-source Control API has no account authentication); firewall it to the coordinator",
+                    args.host, args.port)
+        return superlink, None
+    superlink = SuperLink(args, state_dir, env, "127.0.0.1", loopback_port())
+    superlink.start()
+    settings = GateSettings(args.host, args.port, f"http://{superlink.address}", max_request_bytes=args.max_request_mib << 20)
+    if not args.insecure:
+        tls = tls_files(args.certs)
+        settings = GateSettings(args.host, args.port, f"https://{superlink.address}", certfile=tls["cert"],
+                                keyfile=tls["key"], ca_certfile=tls["ca"], max_request_bytes=settings.max_request_bytes)
+    gate = fleet_gate(settings)
+    try:
+        gate.start()
+    except RuntimeError:
+        superlink.stop()
+        raise
+    log.info("fleet gate on %s:%d: the sites' API only, requests up to %d MiB; the Control API on %s (this machine)",
+             args.host, args.port, args.max_request_mib, superlink.address)
+    return superlink, gate
 
 
 def register_sites(certs: Path, env: dict[str, str]) -> list[str]:
@@ -216,6 +267,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", type=Path, default=Path("omnirad-server"),
                         help="SuperLink database, logs and run folders (default: omnirad-server)")
     parser.add_argument("--resume", action="store_true", help="go on from the newest run folder's last checkpoint")
+    parser.add_argument("--max-request-mib", type=int, default=DEFAULT_MAX_REQUEST_MIB,
+                        help="largest request a site may send, in MiB (default: %(default)s; Flower sends 5 MB chunks)")
+    parser.add_argument("--expose-control-api", action="store_true",
+                        help="serve Flower's Control API (flwr run/ls/stop) on the public port too; it has no "
+                             "authentication in Flower's open-source package: firewall the port to the coordinator")
     parser.add_argument("--sign-with", type=Path, metavar="KEY",
                         help="sign the app with this Ed25519 key (default: CERTS/publisher.key when it exists); "
                              "sites that list its public key in trusted-publishers run only signed apps")
@@ -229,8 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.certs = args.certs.expanduser().resolve()
     try:
         flat = run_configuration(args.config, args.overrides, state_dir / "runs", args.resume)
-        if not args.insecure:
-            tls_files(args.certs)
+        check_credentials(args.certs, tls=not args.insecure)
     except ConfigError as err:
         log.error("omnirad-server: %s", err)
         return 2
@@ -239,14 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FLWR_HOME": str(state_dir / "flwr"), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    write_flwr_connection(state_dir / "flwr", local_address(args), None if args.insecure else args.certs / CA_CERT)
     run_config = write_run_config(flat, state_dir / "run-config.toml")
-    superlink = SuperLink(args, state_dir, env)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the SuperLink
     started = time.time()
+    superlink: SuperLink | None = None
+    gate: ThreadedServer | None = None
     try:
-        superlink.start()
-        log.info("SuperLink on %s:%d (%s, site authentication on, state %s)", args.host, args.port,
+        superlink, gate = start_link(args, state_dir, env)
+        write_flwr_connection(state_dir / "flwr", superlink.address, None if args.insecure else args.certs / CA_CERT)
+        log.info("SuperLink on %s (%s, site authentication on, state %s)", superlink.address,
                  "INSECURE" if args.insecure else "TLS", state_dir / "superlink.db")
         sites = register_sites(args.certs, env)
         log.info("registered sites: %s", ", ".join(sites) or f"none (no keys under {args.certs / SITES_DIR})")
@@ -256,11 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("omnirad-server: %s", err)
         return 1
     finally:
-        superlink.stop()
+        if gate is not None:
+            gate.stop()
+        if superlink is not None:
+            superlink.stop()
     folder = finished_run(flat, started)
     if folder is None or submitted.returncode != 0:
         log.error("omnirad-server: the run did not finish (no new summary.json; flwr run exited with %d); see %s",
-                  submitted.returncode, superlink.log_file)
+                  submitted.returncode, state_dir / "superlink.log")
         return 1
     log.info("run finished: %s", folder)
     return 0

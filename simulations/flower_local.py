@@ -44,7 +44,7 @@ def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT) -> dict[str,
 def write_flower_config(flwr_home: Path, num_supernodes: int = DEFAULT_NUM_SUPERNODES) -> Path:
     """Write ``$FLWR_HOME/config.toml`` with a local-simulation connection as the default.
 
-    ``options.num-supernodes`` is the only way Flower 1.41 gives a connection a default size (it
+    ``options.num-supernodes`` is the only way Flower 1.42 gives a connection a default size (it
     prints a deprecation note); ``flwr run --federation-config`` overrides it per run.
     """
     flwr_home.mkdir(parents=True, exist_ok=True)

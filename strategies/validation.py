@@ -1,8 +1,11 @@
 """Server-side checks on every training reply before it is aggregated.
 
-A hospital's update can be broken (a bug, a diverged run, NaN from a bad batch) or hostile. Flower
-aggregates whatever arrives, so the strategy wrapper (``omnirad_fl.strategies.wrapper``) screens
-replies first: a reply whose arrays have other keys, shapes or dtypes than the global model, hold
+A hospital's update can be broken (a bug, a diverged run, NaN from a bad batch), stale or hostile.
+Flower aggregates whatever arrives, so the strategy wrapper (``omnirad_fl.strategies.wrapper``)
+screens replies first. Always: a reply that does not echo this round's token (``round_receipt``: a
+replayed message, an answer to an earlier round or to another run) or that is larger than the
+global adapter it answers (``reply_size_problem``) is left out before any of its arrays is read.
+With ``strategy.validate-updates``: a reply whose arrays have other keys, shapes or dtypes than the global model, hold
 NaN or Inf, or whose update norm (distance from the global model) is beyond the bound is left out
 with a logged reason; the round goes on with the rest. With fewer valid replies than the minimum
 the round leaves the global model unchanged (Flower keeps the previous arrays when aggregation
@@ -19,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord, Message
 
 from omnirad.config import StrategyConfig
+from omnirad.protocol import ROUND_TOKEN, SITE_INFO
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,43 @@ class UpdateRules:
     @classmethod
     def of(cls, s: StrategyConfig) -> UpdateRules:
         return cls(s.max_update_norm, s.max_norm_ratio, s.min_valid_updates, s.clip_updates)
+
+
+# What a reply may carry beyond the adapter's own bytes: its metrics and site-info records.
+REPLY_ALLOWANCE_BYTES = 1 << 20
+
+
+def round_receipt_problem(reply: Message, token: str) -> str | None:
+    """Why ``reply`` is not an answer to the round whose instruction carried ``token``, or None.
+    Flower pairs a reply with its instruction by message id; the token also catches a site that
+    answers with what it kept from an earlier round or another run (the server draws a new token
+    every round, never reused across runs or resumes)."""
+    info = reply.content[SITE_INFO] if SITE_INFO in reply.content else None
+    echoed = info.get(ROUND_TOKEN) if info is not None else None
+    if echoed != token:
+        return "it does not answer this round's instruction (no or another round's token: replayed, or from another run)"
+    return None
+
+
+def reply_bytes(reply: Message) -> int:
+    """What a reply carries: its arrays' bytes as sent, 16 bytes per metric and each config value's length."""
+    total = 0
+    for record in reply.content.array_records.values():
+        total += sum(len(array.data) for array in record.values())
+    for metrics in reply.content.metric_records.values():
+        total += 16 * sum(len(v) if isinstance(v, list) else 1 for v in metrics.values())
+    for config in reply.content.config_records.values():
+        total += sum(len(str(v)) for v in config.values())
+    return total
+
+
+def reply_size_problem(reply: Message, reference: dict[str, np.ndarray]) -> str | None:
+    """Why ``reply`` is too large for an answer to ``reference`` (the global adapter): a reply holds
+    at most the adapter's bytes and ``REPLY_ALLOWANCE_BYTES`` of metrics. Flower's transport bounds a
+    message's size only loosely (hundreds of MiB), far above any adapter's."""
+    limit = sum(ref.nbytes for ref in reference.values()) + REPLY_ALLOWANCE_BYTES
+    size = reply_bytes(reply)
+    return f"it holds {size} bytes, more than the {limit} an answer to this adapter may" if size > limit else None
 
 
 def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -20,8 +21,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from omnirad.protocol import METRICS, SITE_ID, TRAINED_ROUNDS, TRAINED_SITES
-from omnirad_fl.strategies.validation import UpdateRules, screen_replies
+from omnirad.protocol import METRICS, ROUND_TOKEN, SITE_ID, TRAINED_ROUNDS, TRAINED_SITES
+from omnirad_fl.strategies.validation import UpdateRules, reply_size_problem, round_receipt_problem, screen_replies
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class OmniRadStrategy(Strategy):
     """``strategy`` (any Flower strategy) observed by ``observer``, its training replies screened
     by ``rules`` (None: not screened), its rounds numbered after ``done_rounds`` (a resumed run).
 
-    Flower 1.41's FedAdam scales its step by a NumPy float64 scalar, which (NumPy 2 promotion
+    Flower 1.42's FedAdam scales its step by a NumPy float64 scalar, which (NumPy 2 promotion
     rules) turns float32 arrays into float64 after the first round: the global adapter would then
     travel at twice the bytes and validation would refuse every float32 reply. The aggregate is
     therefore cast back to the dtypes the round started from; the strategy's own state is left as
@@ -56,6 +57,7 @@ class OmniRadStrategy(Strategy):
         super().__init__()
         self.strategy, self.observer, self.rules, self.done_rounds = strategy, observer, rules, done_rounds
         self._start: dict[str, np.ndarray] = {}  # the global arrays the training round started from
+        self._token = ""  # this training round's token, which every reply must echo
 
     def __repr__(self) -> str:
         return f"OmniRadStrategy({self.strategy!r})"
@@ -72,7 +74,10 @@ class OmniRadStrategy(Strategy):
         server_round += self.done_rounds
         self._start = {key: arrays[key].numpy() for key in arrays}
         trained = self.observer.trained_rounds()  # a site whose state holds fewer refuses to train under DP
-        config = ConfigRecord({**config, TRAINED_SITES: list(trained), TRAINED_ROUNDS: list(trained.values())})
+        # a wrapper inside another (one per task group) keeps the outer one's token: one per round
+        self._token = str(config.get(ROUND_TOKEN, "")) or new_round_token()
+        config = ConfigRecord({**config, TRAINED_SITES: list(trained), TRAINED_ROUNDS: list(trained.values()),
+                               ROUND_TOKEN: self._token})
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.observer.on_sent(server_round, "train", messages)
         return messages
@@ -88,13 +93,21 @@ class OmniRadStrategy(Strategy):
         self.observer.on_aggregated(server_round, "train", metrics)
         return arrays, metrics
 
+    def _unanswerable(self, reply: Message) -> str | None:
+        """Why a successful reply cannot be read at all: not this round's, or too large; else None."""
+        if reply.has_error():
+            return None
+        return round_receipt_problem(reply, self._token) or reply_size_problem(reply, self._start)
+
     def _screened_aggregate(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        refused = [(reply, reason) for reply in replies if (reason := self._unanswerable(reply))]
+        replies = [reply for reply in replies if not any(reply is r for r, _ in refused)]
         if self.rules is None:
+            self._leave_out(server_round, refused)
             return self.strategy.aggregate_train(server_round, replies)
         valid, rejected = screen_replies(replies, self._start, self.rules)
-        for reply, reason in rejected:
-            log.warning("round %d: update from node %d left out: %s", server_round, reply.metadata.src_node_id, reason)
-            self.observer.on_rejected(server_round, reply, reason)
+        rejected = refused + rejected
+        self._leave_out(server_round, rejected)
         usable = [r for r in valid if not r.has_error()]
         if len(usable) < self.rules.min_valid:
             log.warning("round %d: %d valid updates, fewer than strategy.min-valid-updates=%d: the global "
@@ -104,6 +117,11 @@ class OmniRadStrategy(Strategy):
         metrics = metrics if metrics is not None else MetricRecord()
         metrics["rejected-updates"], metrics["valid-updates"] = len(rejected), len(usable)
         return arrays, metrics
+
+    def _leave_out(self, server_round: int, rejected: list[tuple[Message, str]]) -> None:
+        for reply, reason in rejected:
+            log.warning("round %d: update from node %d left out: %s", server_round, reply.metadata.src_node_id, reason)
+            self.observer.on_rejected(server_round, reply, reason)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.done_rounds
@@ -118,6 +136,11 @@ class OmniRadStrategy(Strategy):
         metrics = self.strategy.aggregate_evaluate(server_round, ordered)
         self.observer.on_aggregated(server_round, "evaluate", metrics)
         return metrics
+
+
+def new_round_token() -> str:
+    """128 random bits: no earlier round, other run or resumed run draws the same."""
+    return secrets.token_hex(16)
 
 
 def in_site_order(replies: Iterable[Message]) -> list[Message]:

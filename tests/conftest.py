@@ -6,10 +6,20 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from omnirad.protocol import ROUND_TOKEN, SITE_INFO
+from omnirad_fl.strategies import wrapper
+
 # Before anything imports huggingface_hub (it reads these once): never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+MOCK_ROUND_TOKEN = "mock-round-token"  # what mock replies echo (fixture ``mock_round_token``)
+
+
+def answering(content: RecordDict) -> RecordDict:
+    """A mock train reply's content as a site sends it: echoing the round's token (``mock_round_token``)."""
+    return RecordDict({**content, SITE_INFO: ConfigRecord({ROUND_TOKEN: MOCK_ROUND_TOKEN})})
 
 
 class FakeGrid:
@@ -43,7 +53,13 @@ class QueryGrid:
 
 
 @pytest.fixture
-def start_round():
+def mock_round_token(monkeypatch):
+    """Every training round's token is ``MOCK_ROUND_TOKEN``, which mock replies (``answering``) echo."""
+    monkeypatch.setattr(wrapper, "new_round_token", lambda: MOCK_ROUND_TOKEN)
+
+
+@pytest.fixture
+def start_round(mock_round_token):
     """Send a round's training messages through the strategy, as its start loop does, without a network."""
 
     def start(strategy, server_round: int, global_state: dict, num_sites: int) -> list:

@@ -12,15 +12,16 @@ from omnirad_fl.server.app import resumable
 from omnirad_fl.server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import build_strategy, flower_strategy
+from tests.conftest import answering
 
-pytestmark = pytest.mark.usefixtures("task_identity")
+pytestmark = pytest.mark.usefixtures("task_identity", "mock_round_token")
 GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
 
 
 def reply(site: int, value: float) -> Message:
     state = {"fc.weight": torch.full((4, 8), value + site), "fc.bias": torch.full((4,), value)}
     metrics = MetricRecord({"num-examples": 100, "site-id": site})
-    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), dst_node_id=0,
+    return Message(content=answering(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})), dst_node_id=0,
                    message_type=MessageType.TRAIN)
 
 

@@ -6,134 +6,52 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.server.app_bundle import write_publisher_key
-from omnirad_fl.server.certs import write_federation
-from omnirad_fl.server.processes import stop_process_tree
-from omnirad_fl.simulations.deploy_demo import write_demo
+from omnirad_fl.simulations.load_test import LoadPlan, run_load
+from omnirad_fl.simulations.local_federation import LocalFederation, wait_for
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def speaks_only_tls(fed: LocalFederation) -> bool:
+    """The public port answers HTTPS with a certificate our CA signed, and refuses plain HTTP."""
+    context = ssl.create_default_context(cafile=str(fed.folder / "certs" / "ca.crt"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{fed.port}/health", timeout=10, context=context) as r:
+        secure = r.status == 200
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{fed.port}/health", timeout=10)
+    except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+        return secure
+    return False
 
 
-def wait_for(condition, timeout: float, what: str, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Federation:
-    """A demo federation in ``folder``: certificates, site files, data, and the processes it runs."""
-
-    def __init__(self, folder: Path, sites: list[str], rounds: int, tasks: tuple[str, ...] = (), **overrides: object) -> None:
-        self.folder, self.port = folder, free_port()
-        write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=300, tasks=tasks)
-        # each site makes its key pair itself; the coordinator registers the public keys alone
-        public = {name: write_site_keys(folder / "sites" / f"{name}.key", name) for name in sites}
-        write_federation(folder / "certs", ["localhost", "127.0.0.1"], public)
-        write_publisher_key(folder / "certs", "test-coordinator")  # omnirad-server signs the app with it
-        for name in sites:  # a free local port for each SuperNode's ClientApp API; the app publisher it trusts
-            path = folder / "sites" / f"{name}.yaml"
-            site = yaml.safe_load(path.read_text())
-            site["runtime-port"] = free_port()
-            site["trusted-publishers"] = ["../certs/publisher.pub"]
-            path.write_text(yaml.safe_dump(site))
-        self.overrides = [f"{key.replace('_', '-')}={value}" for key, value in overrides.items()]
-        self.env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-                    "HF_HUB_OFFLINE": "1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, Path] = {}  # the latest log of each process name
-        self.stopped: list[int] = []
-
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        self.logs[name] = self.folder / f"{name}-{len(list(self.folder.glob(f'{name}-*.log')))}.log"
-        with self.logs[name].open("wb") as log:
-            self.processes[name] = subprocess.Popen(command, cwd=self.folder, env=self.env, stdout=log,
-                                                    stderr=subprocess.STDOUT)
-        return self.processes[name]
-
-    def log(self, name: str) -> str:
-        path = self.logs.get(name)
-        return path.read_text(errors="replace") if path and path.exists() else ""
-
-    def start_server(self, state: str = "server", resume: bool = False) -> None:
-        command = [str(BIN / "omnirad-server"), "--config", "federation.yaml", "--certs", "certs", "--host",
-                   "127.0.0.1", "--port", str(self.port), "--state-dir", state, *self.overrides]
-        self.start("server", command + (["--resume"] if resume else []))
-        wait_for(lambda: "registered sites:" in self.log("server") or self.processes["server"].poll() is not None,
-                 120, "the server to register the sites")
-        assert self.processes["server"].poll() is None, self.log("server")
-
-    def start_site(self, name: str) -> subprocess.Popen:
-        return self.start(f"site-{name}", [str(BIN / "omnirad-client"), "--site", name])
-
-    def run_folder(self, state: str = "server") -> Path | None:
-        folders = list((self.folder / state / "runs").glob("*/config.yaml"))
-        return folders[0].parent if folders else None
-
-    def rounds_done(self, state: str = "server") -> int:
-        folder = self.run_folder(state)
-        mark = folder / "checkpoint.json" if folder else None
-        return json.loads(mark.read_text())["round"] if mark and mark.exists() else 0
-
-    def speaks_only_tls(self) -> bool:
-        """The SuperLink answers HTTPS with a certificate our CA signed, and refuses plain HTTP."""
-        context = ssl.create_default_context(cafile=str(self.folder / "certs" / "ca.crt"))
-        with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", timeout=10, context=context) as r:
-            secure = r.status == 200
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10)
-        except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
-            return secure
-        return False
-
-    def kill(self, name: str) -> None:
-        """Kill a process and all it started at once (SIGKILL: no clean shutdown, as in a crash)."""
-        root = psutil.Process(self.processes.pop(name).pid)
-        tree = [root, *root.children(recursive=True)]
-        for proc in tree:
-            proc.kill()
-        psutil.wait_procs(tree, timeout=10)
-        self.stopped += [p.pid for p in tree]
-
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stopped += stop_process_tree(self.processes.pop(name).pid)
-
-    def leftovers(self) -> list[int]:
-        return [pid for pid in self.stopped if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+def control_api_is_closed(fed: LocalFederation) -> bool:
+    """The public port refuses Flower's Control API (which would take runs from anyone)."""
+    context = ssl.create_default_context(cafile=str(fed.folder / "certs" / "ca.crt"))
+    request = urllib.request.Request(f"https://127.0.0.1:{fed.port}/v1/control/list-runs", data=b"", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10, context=context)
+    except urllib.error.HTTPError as refused:
+        return refused.code == 403
+    return False
 
 
 @pytest.fixture
 def federation_in(tmp_path):
-    made: list[Federation] = []
+    made: list[LocalFederation] = []
 
-    def make(sites: list[str], rounds: int, tasks: tuple[str, ...] = (), **overrides: object) -> Federation:
-        made.append(Federation(tmp_path, sites, rounds, tasks, **overrides))
+    def make(sites: list[str], rounds: int, tasks: tuple[str, ...] = (), **overrides: object) -> LocalFederation:
+        made.append(LocalFederation(tmp_path, sites, rounds, tasks, **overrides))
         return made[-1]
 
     yield make
@@ -150,7 +68,7 @@ def test_three_sites_over_tls_survive_losing_one_in_round_two(federation_in):
     for name in "ABC":
         fed.start_site(name)
     wait_for(lambda: fed.rounds_done() >= 1, 600, "round 1")
-    assert fed.speaks_only_tls()
+    assert speaks_only_tls(fed) and control_api_is_closed(fed)
     fed.kill("site-C")  # round 2 is under way: the site disappears without a word
     server = fed.processes["server"]
     assert server.wait(timeout=600) == 0, fed.log("server")
@@ -238,3 +156,17 @@ def test_a_site_refuses_an_app_signed_by_a_publisher_it_does_not_trust(federatio
     assert any("whose key this site does not trust" in failure for failure in summary["failures"]), summary["failures"]
     assert "whose key this site does not trust" in fed.log("site-A")
     assert not list((fed.folder / "state" / "site-A").glob("apps/*/pyproject.toml"))  # nothing was installed
+
+
+def test_a_dp_federation_survives_a_site_killed_mid_training_and_two_server_restarts(tmp_path):
+    # the load test's short version: 3 sites under DP-SGD; a site killed while it runs a ClientApp in
+    # round 3 and restarted; the server killed after round 1 and again after round 2, resumed each time
+    plan = LoadPlan(sites=3, rounds=3, kill_every=2, server_restarts=(1, 2), num_train=300, down_seconds=2.0)
+    report = run_load(tmp_path, plan)
+    assert [fault.split(" ")[0] for fault in report.faults] == ["server", "site", "server"], report.faults
+    assert report.rounds_completed == report.rounds_accounted == report.checkpoint_round == 3
+    assert report.last_resumed_after == 2
+    # every site's privacy account went on across the restarts: its epsilon grew with each round it trained
+    assert report.epsilon_monotone and set(report.epsilon_by_site) == {"0", "1", "2"}
+    assert report.site_rounds_trained >= 8 and all(len(v) >= 2 for v in report.epsilon_by_site.values())
+    assert report.ok and report.peak_rss_mb["server"] > 0 and report.round_seconds["p50"] > 0

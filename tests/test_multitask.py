@@ -28,9 +28,9 @@ from omnirad_fl.client.deployment import check_task
 from omnirad_fl.server.multitask import MultiTaskEvaluator, expected_tasks, initial_record, multitask_strategy
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies.multitask import SCORE
-from tests.conftest import FakeGrid
+from tests.conftest import FakeGrid, answering
 
-pytestmark = pytest.mark.usefixtures("task_identity")
+pytestmark = pytest.mark.usefixtures("task_identity", "mock_round_token")
 SIX = {"data.num-sites": 6, "data.num-train": 240, "data.num-test": 40, "data.size": 32, "data.partition": "iid",
        "multitask.site-tasks": "region,region,region,lesions,lesions,lesions", "model.adapter": "linear"}
 REGION = TaskSpec(MULTI_CLASS, ("head", "chest", "abdomen", "pelvis"))
@@ -137,7 +137,8 @@ def states(head: float, shared: float) -> dict[str, dict[str, torch.Tensor]]:
 def reply(node: int, site: int, state: dict[str, torch.Tensor], n: int) -> Message:
     TaskIdentity.node_id = node  # a reply's sender is the process's node identity
     metrics = MetricRecord({"num-examples": n, "site-id": site, "train-loss": 0.1})
-    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), dst_node_id=0, message_type="train")
+    return Message(content=answering(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})), dst_node_id=0,
+                   message_type="train")
 
 
 def grouped_strategy(tmp_path, **overrides):

@@ -10,8 +10,9 @@ from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, Rec
 from omnirad.config import load_config
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import build_strategy
+from tests.conftest import answering
 
-pytestmark = pytest.mark.usefixtures("task_identity")
+pytestmark = pytest.mark.usefixtures("task_identity", "mock_round_token")
 
 
 def reply(site: int, weight: float, n: int, accuracy: float | None = None) -> Message:
@@ -21,7 +22,7 @@ def reply(site: int, weight: float, n: int, accuracy: float | None = None) -> Me
         metrics.update({"accuracy": accuracy, "macro-f1": accuracy})
         content = RecordDict({"metrics": MetricRecord(metrics)})
         return Message(content=content, dst_node_id=0, message_type=MessageType.EVALUATE)
-    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+    content = answering(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}))
     return Message(content=content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 

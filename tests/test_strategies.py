@@ -11,16 +11,17 @@ from omnirad.faults import misbehave
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import STRATEGIES, build_strategy, flower_strategy
+from tests.conftest import answering
 
 GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
 
 
-pytestmark = pytest.mark.usefixtures("task_identity")
+pytestmark = pytest.mark.usefixtures("task_identity", "mock_round_token")
 
 
 def reply(site: int, state: dict, n: int = 100) -> Message:
     metrics = MetricRecord({"num-examples": n, "site-id": site, "train-loss": 0.5})
-    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), dst_node_id=0,
+    return Message(content=answering(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})), dst_node_id=0,
                    message_type=MessageType.TRAIN)
 
 

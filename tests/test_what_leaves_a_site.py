@@ -53,7 +53,8 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup, tmp_
     shared = {k: v for k, v in trainable_state(model).items() if k not in site.local_keys}
     context = Context(run_id=1, node_id=9, node_config={"partition-id": 0, "num-partitions": 2},
                       state=RecordDict(), run_config=flat)
-    config = ConfigRecord({"server-round": 1, "proximal-mu": 0.01, SIMULATION_STATE_DIR: str(tmp_path)})
+    config = ConfigRecord({"server-round": 1, "proximal-mu": 0.01, "round-token": "ab12",
+                           SIMULATION_STATE_DIR: str(tmp_path)})
     if cfg.strategy.name == "spectral":
         query = client_app.spectral_prototypes(instruction("query.spectral", RecordDict()), context)
         assert set(query.content) == {"arrays"}
@@ -72,7 +73,8 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup, tmp_
 
     reply = client_app.train(instruction("train", RecordDict({"arrays": ArrayRecord(shared), "config": config})), context)
     assert set(reply.content) == {"arrays", "metrics", "site-info"}
-    assert dict(reply.content["site-info"]) == {"device": "cpu", "precision": "fp32"}  # where it computed, no more
+    # where it computed and the round's token it was sent, no more
+    assert dict(reply.content["site-info"]) == {"device": "cpu", "precision": "fp32", "round-token": "ab12"}
     sent = reply.content["arrays"]
     assert {k: tuple(v.shape) for k, v in sent.items()} == {k: tuple(v.shape) for k, v in shared.items()}
     assert_only_scalars(reply.content["metrics"])
