@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 class LoadPlan:
     """``sites`` sites for ``rounds`` rounds; every ``kill_every`` rounds (0: never) the next site
     in turn is killed while it runs a ClientApp and restarted ``down_seconds`` later; the server is
-    killed and resumed after each round in ``server_restarts``."""
+    killed and resumed after each round in ``server_restarts``. ``sample``: the share of sites each
+    round trains and scores (Flower's ``fraction-train``/``-evaluate``), which bounds how many
+    ClientApp processes (about 1 GiB each with PyTorch) run at once."""
 
     sites: int = 20
     rounds: int = 30
@@ -47,6 +49,7 @@ class LoadPlan:
     server_restarts: tuple[int, ...] = (15,)
     num_train: int = 2000
     round_timeout: float = 600.0
+    sample: float = 1.0
 
 
 @dataclass
@@ -104,6 +107,7 @@ def run_load(folder: Path, plan: LoadPlan) -> LoadReport:
         # a budget that never binds: what is measured is the account's continuity, not its limit
         "privacy.dp": "true", "privacy.noise_multiplier": 2.0, "privacy.epsilon": 1000.0,
         "strategy.min_sites": max(1, plan.sites - 1), "strategy.round_timeout": plan.round_timeout,
+        "strategy.fraction_train": plan.sample, "strategy.fraction_evaluate": plan.sample,
         "model.head_init": "'random'"})
     report = LoadReport(plan=asdict(plan))
     started = time.monotonic()
@@ -199,11 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--server-restarts", type=int, nargs="*", default=[15], metavar="ROUND",
                         help="kill and resume the server after these rounds")
     parser.add_argument("--num-train", type=int, default=2000, help="images shared out among the sites")
+    parser.add_argument("--sample", type=float, default=0.5,
+                        help="share of the sites each round trains and scores (default: 0.5; each ClientApp "
+                             "takes about 1 GiB)")
     args = parser.parse_args(argv)
     if args.folder.exists() and any(args.folder.iterdir()):
         parser.error(f"{args.folder}: not empty; the load test lays out a new federation there")
     plan = LoadPlan(sites=args.sites, rounds=args.rounds, kill_every=args.kill_every,
-                    server_restarts=tuple(args.server_restarts), num_train=args.num_train)
+                    server_restarts=tuple(args.server_restarts), num_train=args.num_train, sample=args.sample)
     report = run_load(args.folder, plan)
     out = args.folder / "load-test.json"
     out.write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1))
