@@ -14,13 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from omnirad.app_trust import parse_trusted
 from omnirad.config import ConfigError
-from omnirad.data.npz import DataFileError, read_classification_npz, read_segmentation_npz
+from omnirad.data.npz import DataFileError
+from omnirad.data.site_files import format_of
 from omnirad.data.sources.files import file_task
 from omnirad.devices import resolve_placement
 from omnirad.encoders import create_encoder, weights_fingerprint
@@ -37,21 +39,25 @@ from omnirad.protocol import (
     NODE_TASK_NAME,
     NODE_WEIGHTS,
 )
-from omnirad.tasks import SEGMENTATION
+from omnirad.tasks import MULTI_LABEL, SEGMENTATION
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.site_config import SiteConfig, load_site_config, problems
 from omnirad_fl.client.verified_app import TRUSTED_ENV
 
+CHECK_SIZE = 64  # image side the data check reads at (the run's data.size comes from the server)
+
 
 def check_data(cfg: SiteConfig) -> str:
-    """Read the site's file as its declared task; raises ``DataFileError`` naming what is wrong."""
+    """Read the site's data by its registered format as its declared task; raises
+    ``DataFileError`` listing what is wrong. Reports images per split and, for classes, per class."""
     path = Path(cfg.data.file)
-    if cfg.data.task == SEGMENTATION:
-        splits = read_segmentation_npz(path, cfg.data.num_classes)
-    else:
-        splits = read_classification_npz(path, file_task(cfg.data.task, cfg.data.num_classes))
+    splits = format_of(path).read(path, file_task(cfg.data.task, cfg.data.num_classes), CHECK_SIZE)
     counts = ", ".join(f"{len(split.labels)} {name}" for name, split in splits.items())
-    return f"{path.name}: {counts} images ({cfg.data.task}, {cfg.data.num_classes} classes)"
+    line = f"{path.name}: {counts} images ({cfg.data.task}, {cfg.data.num_classes} classes)"
+    if cfg.data.task in (SEGMENTATION, MULTI_LABEL):
+        return line
+    per_class = np.bincount(np.concatenate([s.labels for s in splits.values()]), minlength=cfg.data.num_classes)
+    return f"{line}; per class: {', '.join(f'{k}: {n}' for k, n in enumerate(per_class))}"
 
 
 def check_encoder_weights(cfg: SiteConfig) -> str:

@@ -40,7 +40,7 @@ class ServerAccess:
 
 @dataclass
 class SiteData:
-    file: str = ""  # MedMNIST-format .npz (train_images/train_labels, optional val_*), or MedSegBench for segmentation
+    file: str = ""  # MedMNIST-format .npz, MedSegBench .npz for segmentation, a labels CSV or a class-folder tree
     task: str = "multi-class"  # what the file holds: a MedMNIST task kind, or segmentation
     num_classes: int = 0  # classes (labels for multi-label; pixel classes with background for segmentation)
     task_name: str = ""  # a multi-task federation: the task this site trains, shared with the sites that train it
@@ -130,7 +130,7 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
     need(cfg.data.task in TASK_KINDS, "data.task", f"{cfg.data.task!r}: one of {', '.join(TASK_KINDS)}")
     need(not cfg.data.task_name or bool(TASK_NAME.match(cfg.data.task_name)), "data.task-name",
          f"{cfg.data.task_name!r}: letters, digits, '-' and '_', starting with a letter (e.g. chest-findings)")
-    need(bool(cfg.data.file), "data.file", "missing: the site's MedMNIST- or MedSegBench-format .npz file")
+    need(bool(cfg.data.file), "data.file", "missing: the site's .npz file, labels CSV or image folder")
     need(1 <= cfg.runtime_port <= 65535, "runtime-port", f"{cfg.runtime_port}: a TCP port")
     try:
         check_device_syntax(cfg.device, cfg.precision)

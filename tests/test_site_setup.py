@@ -50,7 +50,7 @@ def test_a_complete_site_passes_every_check(tmp_path, weights):
     cfg = load_site_config(path)
     assert cfg.data.file == str(tmp_path / "site-a.npz")  # relative to the site file
     passed = preflight(cfg, path)
-    assert passed[0] == "site-a.npz: 40 train images (multi-class, 3 classes)"
+    assert passed[0] == "site-a.npz: 40 train images (multi-class, 3 classes); per class: 0: 14, 1: 13, 2: 13"
     assert "SHA-256 matches" in passed[1]
     command = supernode_command(cfg)
     assert command[command.index("--root-certificates") + 1] == str(tmp_path / "certs" / "ca.crt")

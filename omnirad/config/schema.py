@@ -26,8 +26,8 @@ class DataConfig:
                            "file per site: a natural split), or `deployment` (each site names its own file)")
     root: str = setting("data", "folder holding MedMNIST `.npz` files")
     download: bool = setting(False, "fetch a missing MedMNIST file through the medmnist package (needs a network)")
-    site_files: str = setting("", "`files`: comma-separated MedMNIST-format files, one per site; `deployment`: set by "
-                                  "each site from its site file")
+    site_files: str = setting("", "`files`: comma-separated site files (.npz, labels CSV or class folders), one "
+                                  "per site; `deployment`: set by each site from its site file")
     test_file: str = setting("", "`files`: the server's held-out test file; empty means federated validation only")
     task: str = setting("multi-class", "`files`: `multi-class`, `binary-class`, `ordinal-regression`, `multi-label, "
                                        "binary-class` or `segmentation`; `embedded`: `multi-class` or `segmentation` "
