@@ -1,0 +1,199 @@
+"""``omnirad-predict``: a finished run's model applied to a site's own images, one CSV row per image.
+
+    omnirad-predict --run omnirad-server/runs/<run> --input new-scans/ --out predictions.csv \\
+        --weights weights/omnirad-small.safetensors
+
+The run folder gives the configuration and the adapter (``best_adapter.safetensors``, selected
+by federated validation, or ``--adapter final``); the encoder weights are the site's own copy
+(``--weights``; the server's path in the run configuration by default). Input: a folder of images
+(PNG, JPEG, TIFF, BMP; searched recursively), a CSV with a ``path`` column (and ``label``, when
+known), or a MedMNIST-format ``.npz`` (every split's images, and labels when present). Every
+unreadable file is named before any image is encoded. Classification runs only: a segmentation
+run's masks and multi-task runs' per-task adapters are not written by this command yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from omnirad.adapters import load_trainable_state
+from omnirad.config import Config, ConfigError, load_config
+from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
+from omnirad.data.npz import SPLITS, DataFileError
+from omnirad.data.sites import task_info
+from omnirad.devices import placement_for
+from omnirad.logs import show_progress
+from omnirad.methods import site_method
+from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
+from omnirad.training import predict
+from omnirad_fl.server.run_folder import read_broadcast
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Images:
+    """What to predict on: a name per image, the pixels, and labels where the input has them (-1: none)."""
+
+    names: list[str]
+    pixels: np.ndarray
+    labels: np.ndarray
+
+
+def read_input(path: Path, size: int) -> Images:
+    """The images of a folder, a CSV or an ``.npz``; ``DataFileError`` naming every unreadable file."""
+    if path.suffix.lower() == ".npz":
+        return read_npz_images(path, size)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        entries = [(f.relative_to(path).as_posix(), f, -1) for f in files]
+    elif path.suffix.lower() == ".csv":
+        entries = csv_entries(path)
+    else:
+        raise DataFileError(f"{path}: expected a folder of images, a CSV with a path column, or an .npz file")
+    if not entries:
+        raise DataFileError(f"{path}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    images, problems = [], []
+    for name, file, _ in entries:
+        try:
+            images.append(read_image(file, size))
+        except (OSError, ValueError) as err:
+            problems.append(f"{name}: could not be read as an image ({type(err).__name__})")
+    if problems:
+        raise DataFileError(summary(path, problems))
+    colour = any(image.ndim == 3 for image in images)
+    pixels = np.stack([as_colour(image) if colour else image for image in images])
+    return Images([name for name, _, _ in entries], pixels, np.array([label for _, _, label in entries], dtype=np.int64))
+
+
+def csv_entries(path: Path) -> list[tuple[str, Path, int]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if "path" not in (reader.fieldnames or []):
+            raise DataFileError(f"{path}: no 'path' column")
+        entries = []
+        for row in reader:
+            label = (row.get("label") or "").strip()
+            entries.append((row["path"], path.parent / row["path"], int(label) if label.isdigit() else -1))
+    return entries
+
+
+def read_npz_images(path: Path, size: int) -> Images:
+    """Every split's images of a MedMNIST-format file, resized to ``size``, with its labels."""
+    try:
+        arrays = dict(np.load(path))
+    except (OSError, ValueError) as err:
+        raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__})") from err
+    names, pixels, labels = [], [], []
+    for split in SPLITS:
+        if f"{split}_images" not in arrays:
+            continue
+        images = arrays[f"{split}_images"]
+        found = arrays.get(f"{split}_labels")
+        for i, image in enumerate(images):
+            names.append(f"{split}/{i}")
+            mode_image = torch.from_numpy(np.ascontiguousarray(image)).float()
+            mode_image = mode_image[None, None] if image.ndim == 2 else mode_image.permute(2, 0, 1)[None]
+            resized = torch.nn.functional.interpolate(mode_image, size=(size, size), mode="bilinear", antialias=True)
+            resized = resized.round().clamp(0, 255).to(torch.uint8)[0]
+            pixels.append(resized[0].numpy() if image.ndim == 2 else resized.permute(1, 2, 0).numpy())
+            labels.append(int(np.asarray(found[i]).reshape(-1)[0]) if found is not None and np.asarray(found[i]).size == 1
+                          else -1)
+    if not names:
+        raise DataFileError(f"{path}: no {{split}}_images arrays (train_images, val_images or test_images)")
+    return Images(names, np.stack(pixels), np.array(labels, dtype=np.int64))
+
+
+def run_config(run: Path, weights: str | None, device: str) -> Config:
+    """The run's configuration as this machine runs it: its own encoder weights and device, no cache."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run}: not a run folder (no config.yaml)")
+    flat = OmegaConf.to_container(OmegaConf.load(path))
+    cfg = load_config({**flat, "model.feature-cache": False, "run.device": device,  # type: ignore[dict-item]
+                       **({"model.weights": weights} if weights is not None else {})})
+    if cfg.multitask.site_tasks:
+        raise ConfigError(f"{run}: a multi-task run; omnirad-predict applies single-task runs only")
+    if task_info(cfg).segmentation:
+        raise ConfigError(f"{run}: a segmentation run; omnirad-predict writes classification predictions only")
+    if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
+        raise ConfigError(f"{run}: no single global model (FedPer keeps heads at the sites; spectral prompts need "
+                          "the bank)")
+    return cfg
+
+
+def probabilities(cfg: Config, outputs: torch.Tensor) -> np.ndarray:
+    """Class probabilities: softmax over classes, sigmoid per label (multi-label, one-output binary)."""
+    if task_info(cfg).multi_label or outputs.shape[1] == 1:
+        probs = torch.sigmoid(outputs)
+        return torch.cat([1 - probs, probs], dim=1).numpy() if outputs.shape[1] == 1 else probs.numpy()
+    return torch.softmax(outputs, dim=1).numpy()
+
+
+def predict_images(cfg: Config, run: Path, adapter: str, images: Images) -> np.ndarray:
+    """The run's model (its encoder, the chosen adapter) on ``images``: class probabilities."""
+    model = new_model(cfg, read_broadcast(run))
+    load_trainable_state(model, load_file(run / f"{adapter}_adapter.safetensors"), optional=kept_at_sites(cfg))
+    inputs = model_inputs(cfg, encoder_for(cfg), images.pixels, "images to predict", use_cache=False)
+    return probabilities(cfg, predict(model, inputs, placement=placement_for(cfg)))
+
+
+def write_predictions(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> None:
+    names = task_info(cfg).label_names
+    multi_label = task_info(cfg).multi_label
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        columns = names if len(names) == probs.shape[1] else tuple(str(k) for k in range(probs.shape[1]))
+        writer.writerow(["image", "label", "predicted", *(f"p-{name}" for name in columns)])
+        for name, label, row in zip(images.names, images.labels, probs, strict=True):
+            predicted = ";".join(str(k) for k in np.flatnonzero(row > 0.5)) if multi_label else str(int(row.argmax()))
+            writer.writerow([name, "" if label < 0 else int(label), predicted, *(f"{p:.6f}" for p in row)])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="omnirad-predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a finished run folder (config.yaml and adapters)")
+    parser.add_argument("--input", type=Path, required=True, help="a folder of images, a CSV with a path column, or an .npz")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV to write (default: predictions.csv)")
+    parser.add_argument("--adapter", choices=("best", "final"), default="best",
+                        help="the adapter of the best round by federated validation (default) or of the last round")
+    parser.add_argument("--weights", help="this machine's copy of the encoder weights (default: the run's model.weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    show_progress()
+    args = parse_args(argv)
+    try:
+        cfg = run_config(args.run, args.weights, args.device)
+        if not (args.run / f"{args.adapter}_adapter.safetensors").is_file():
+            raise ConfigError(f"{args.run}: no {args.adapter}_adapter.safetensors (has the run finished?)")
+        images = read_input(args.input, cfg.data.size)
+    except (ConfigError, DataFileError) as err:
+        log.error("omnirad-predict: %s", err)
+        return 2
+    log.info("omnirad-predict: %d images from %s, %s adapter of %s", len(images.names), args.input, args.adapter, args.run.name)
+    probs = predict_images(cfg, args.run, args.adapter, images)
+    write_predictions(args.out, cfg, images, probs)
+    known = images.labels >= 0
+    if known.any() and not task_info(cfg).multi_label:
+        accuracy = float((probs[known].argmax(axis=1) == images.labels[known]).mean())
+        log.info("accuracy on the %d labelled images: %.3f", int(known.sum()), accuracy)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

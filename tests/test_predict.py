@@ -1,0 +1,73 @@
+"""omnirad-predict applies a run folder's encoder and adapter to a site's own images and writes what
+the model itself outputs for each, whatever form the images come in."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from omnirad.adapters import trainable_state
+from omnirad.config import load_config
+from omnirad.data.image_folder import read_image
+from omnirad.models import encoder_for, model_inputs, new_model
+from omnirad.training import predict
+from omnirad_fl.client.predict import main
+from omnirad_fl.server.run_folder import RunFolder
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run folder as the server leaves it: configuration and adapters (a seeded random head)."""
+    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "model.encoder": "vit-tiny", "data.size": 28,
+                       "model.adapter": "linear", "data.num-classes": 4})
+    folder = RunFolder.create(cfg).path
+    torch.manual_seed(3)
+    model = new_model(cfg)
+    for name in ("best", "final"):
+        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / f"{name}_adapter.safetensors"))
+    return cfg, folder, model
+
+
+def rows(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predictions_are_the_models_own_outputs_for_a_folder_of_images(tmp_path, run):
+    cfg, folder, model = run
+    for n in range(6):
+        (tmp_path / "scans" / "ward").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.random.default_rng(n).random((40, 40)) * 255).astype(np.uint8)).save(tmp_path / "scans" / "ward" / f"{n}.png")
+    out = tmp_path / "predictions.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "scans"), "--out", str(out), "--device", "cpu"]) == 0
+    written = rows(out)
+    assert [r["image"] for r in written] == [f"ward/{n}.png" for n in range(6)]
+    pixels = np.stack([read_image(tmp_path / "scans" / "ward" / f"{n}.png", 28) for n in range(6)])
+    expected = torch.softmax(predict(model, model_inputs(cfg, encoder_for(cfg), pixels, "test", use_cache=False)), dim=1)
+    got = np.array([[float(r[f"p-{name}"]) for name in cfg_names(written)] for r in written])
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    assert [int(r["predicted"]) for r in written] == expected.argmax(dim=1).tolist()
+    assert all(r["label"] == "" for r in written)
+
+
+def cfg_names(written):
+    return [key.removeprefix("p-") for key in written[0] if key.startswith("p-")]
+
+
+def test_an_npz_keeps_its_labels_and_a_csv_names_unreadable_files(tmp_path, run, caplog):
+    _, folder, _ = run
+    images = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "site.npz", test_images=images, test_labels=np.arange(5).reshape(-1, 1) % 4)
+    out = tmp_path / "p.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "site.npz"), "--out", str(out), "--adapter", "final"]) == 0
+    assert [(r["image"], r["label"]) for r in rows(out)] == [(f"test/{i}", str(i % 4)) for i in range(5)]
+    (tmp_path / "broken.png").write_bytes(b"no image")
+    (tmp_path / "list.csv").write_text("path,label\nbroken.png,1\nmissing.png,0\n")
+    assert main(["--run", str(folder), "--input", str(tmp_path / "list.csv"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "broken.png: could not be read" in caplog.text and "missing.png: could not be read" in caplog.text
+    assert not (tmp_path / "x.csv").exists()
+    assert main(["--run", str(tmp_path), "--input", str(tmp_path / "site.npz")]) == 2
+    assert "not a run folder" in caplog.text
