@@ -86,7 +86,11 @@ def gate_app(settings: GateSettings) -> Starlette:
 
     async def forward(request: Request) -> Response:
         path = request.url.path
-        if not passes(path):
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        # httpx removes dot segments when it builds the upstream URL (/v1/fleet/../control/... becomes
+        # /v1/control/...): the path the SuperLink would see is the one that must pass
+        upstream_path = client.build_request(request.method, target).url.path
+        if not (passes(path) and passes(upstream_path)):
             log.warning("fleet gate: refused %s %s from %s", request.method, path,
                         request.client.host if request.client else "?")
             return PlainTextResponse("this port serves the sites' Fleet API only\n", status_code=403)
@@ -96,7 +100,6 @@ def gate_app(settings: GateSettings) -> Starlette:
             log.warning("fleet gate: refused a request to %s over %d bytes", path, settings.max_request_bytes)
             return PlainTextResponse(f"request larger than {settings.max_request_bytes} bytes\n", status_code=413)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        target = path + (f"?{request.url.query}" if request.url.query else "")
         try:
             answer = await client.request(request.method, target, content=body, headers=headers)
         except httpx.TransportError:

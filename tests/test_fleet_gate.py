@@ -2,6 +2,7 @@
 Control and Runtime APIs and oversized requests before they reach it (on 127.0.0.1, plain HTTP:
 the end-to-end deployment tests run the same gate with TLS in front of a real SuperLink)."""
 
+import http.client
 import socket
 
 import httpx
@@ -67,6 +68,16 @@ def test_the_control_and_runtime_apis_never_reach_the_superlink(gate, path):
     client, recorder = gate
     answer = client.post(path, content=b"{}")
     assert answer.status_code == 403 and "Fleet API only" in answer.text
+    assert recorder.seen == []
+
+
+def test_a_path_that_climbs_out_of_the_fleet_api_is_refused(gate):
+    client, recorder = gate
+    port = client.base_url.port
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # sends the path exactly as written
+    connection.request("POST", "/v1/fleet/../control/start-run", body=b"{}")
+    assert connection.getresponse().status == 403
+    connection.close()
     assert recorder.seen == []
 
 
