@@ -30,6 +30,7 @@ from omnirad.adapters import load_trainable_state
 from omnirad.config import Config, ConfigError, load_config
 from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
 from omnirad.data.npz import SPLITS, DataFileError
+from omnirad.data.site_files import resized_images
 from omnirad.data.sites import task_info
 from omnirad.devices import placement_for
 from omnirad.logs import show_progress
@@ -94,24 +95,20 @@ def read_npz_images(path: Path, size: int) -> Images:
         arrays = dict(np.load(path))
     except (OSError, ValueError) as err:
         raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__})") from err
-    names, pixels, labels = [], [], []
+    names: list[str] = []
+    pixels, labels = [], []
     for split in SPLITS:
         if f"{split}_images" not in arrays:
             continue
         images = arrays[f"{split}_images"]
         found = arrays.get(f"{split}_labels")
-        for i, image in enumerate(images):
-            names.append(f"{split}/{i}")
-            mode_image = torch.from_numpy(np.ascontiguousarray(image)).float()
-            mode_image = mode_image[None, None] if image.ndim == 2 else mode_image.permute(2, 0, 1)[None]
-            resized = torch.nn.functional.interpolate(mode_image, size=(size, size), mode="bilinear", antialias=True)
-            resized = resized.round().clamp(0, 255).to(torch.uint8)[0]
-            pixels.append(resized[0].numpy() if image.ndim == 2 else resized.permute(1, 2, 0).numpy())
-            labels.append(int(np.asarray(found[i]).reshape(-1)[0]) if found is not None and np.asarray(found[i]).size == 1
-                          else -1)
+        names += [f"{split}/{i}" for i in range(len(images))]
+        pixels.append(resized_images(images, size))
+        single = found is not None and found.ndim <= 2 and found.size == len(images)  # one class index per image
+        labels.append(found.reshape(-1).astype(np.int64) if single else np.full(len(images), -1, np.int64))
     if not names:
         raise DataFileError(f"{path}: no {{split}}_images arrays (train_images, val_images or test_images)")
-    return Images(names, np.stack(pixels), np.array(labels, dtype=np.int64))
+    return Images(names, np.concatenate(pixels), np.concatenate(labels))
 
 
 def run_config(run: Path, weights: str | None, device: str) -> Config:

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from omnirad_fl.server.app_bundle import PUBLISHER_KEY, load_publisher_key, writ
 from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
 from omnirad_fl.server.checkpoint import MARK
 from omnirad_fl.server.fleet_gate import DEFAULT_MAX_REQUEST_MIB, GateSettings, ThreadedServer, fleet_gate
-from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
+from omnirad_fl.server.processes import free_loopback_port, stop_process_tree, wait_until_healthy
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import newest_summary
 
@@ -164,13 +163,6 @@ class SuperLink:
             self.process = None
 
 
-def loopback_port() -> int:
-    """A free port on 127.0.0.1 for the SuperLink behind the fleet gate."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_link(args: argparse.Namespace, state_dir: Path, env: dict[str, str]) -> tuple[SuperLink, ThreadedServer | None]:
     """The SuperLink, and unless ``--expose-control-api`` the fleet gate in front of it: the
     SuperLink then listens on 127.0.0.1 only and the public address serves the Fleet API alone."""
@@ -181,13 +173,15 @@ def start_link(args: argparse.Namespace, state_dir: Path, env: dict[str, str]) -
                     "open-source Control API has no account authentication); firewall it to the coordinator",
                     args.host, args.port)
         return superlink, None
-    superlink = SuperLink(args, state_dir, env, "127.0.0.1", loopback_port())
+    superlink = SuperLink(args, state_dir, env, "127.0.0.1", free_loopback_port())
     superlink.start()
-    settings = GateSettings(args.host, args.port, f"http://{superlink.address}", max_request_bytes=args.max_request_mib << 20)
-    if not args.insecure:
+    limit = args.max_request_mib << 20
+    if args.insecure:
+        settings = GateSettings(args.host, args.port, f"http://{superlink.address}", max_request_bytes=limit)
+    else:
         tls = tls_files(args.certs)
         settings = GateSettings(args.host, args.port, f"https://{superlink.address}", certfile=tls["cert"],
-                                keyfile=tls["key"], ca_certfile=tls["ca"], max_request_bytes=settings.max_request_bytes)
+                                keyfile=tls["key"], ca_certfile=tls["ca"], max_request_bytes=limit)
     gate = fleet_gate(settings)
     try:
         gate.start()

@@ -4,11 +4,19 @@ ServerApp, ClientApp processes, Ray) that a signal to one PID, or to its process
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 from collections.abc import Callable
 
 import psutil
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_until_healthy(process: subprocess.Popen, healthy: Callable[[], bool], timeout: float, logs: str) -> None:

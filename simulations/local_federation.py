@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,11 @@ import yaml
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.server.app_bundle import write_publisher_key
 from omnirad_fl.server.certs import write_federation
-from omnirad_fl.server.processes import stop_process_tree
+from omnirad_fl.server.processes import free_loopback_port, stop_process_tree
 from omnirad_fl.simulations.deploy_demo import write_demo
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, poll: float = 1.0) -> T:
@@ -53,7 +46,7 @@ class LocalFederation:
 
     def __init__(self, folder: Path, sites: list[str], rounds: int, tasks: tuple[str, ...] = (),
                  num_train: int = 300, **overrides: object) -> None:
-        self.folder, self.port = folder, free_port()
+        self.folder, self.port = folder, free_loopback_port()
         write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=num_train, tasks=tasks)
         # each site makes its key pair itself; the coordinator registers the public keys alone
         public = {name: write_site_keys(folder / "sites" / f"{name}.key", name) for name in sites}
@@ -62,7 +55,7 @@ class LocalFederation:
         for name in sites:  # a free local port for each SuperNode's ClientApp API; the app publisher it trusts
             path = folder / "sites" / f"{name}.yaml"
             site = yaml.safe_load(path.read_text())
-            site["runtime-port"] = free_port()
+            site["runtime-port"] = free_loopback_port()
             site["trusted-publishers"] = ["../certs/publisher.pub"]
             path.write_text(yaml.safe_dump(site))
         self.overrides = [f"{key.replace('_', '-')}={value}" for key, value in overrides.items()]

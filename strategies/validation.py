@@ -2,11 +2,11 @@
 
 A hospital's update can be broken (a bug, a diverged run, NaN from a bad batch), stale or hostile.
 Flower aggregates whatever arrives, so the strategy wrapper (``omnirad_fl.strategies.wrapper``)
-screens replies first. Always: a reply that does not echo this round's token (``round_receipt``: a
-replayed message, an answer to an earlier round or to another run) or that is larger than the
-global adapter it answers (``reply_size_problem``) is left out before any of its arrays is read.
-With ``strategy.validate-updates``: a reply whose arrays have other keys, shapes or dtypes than the global model, hold
-NaN or Inf, or whose update norm (distance from the global model) is beyond the bound is left out
+screens replies first. Always: a reply that does not echo this round's token
+(``round_receipt_problem``: a replayed message, an answer to an earlier round or to another run)
+or that is larger than the global adapter it answers (``reply_size_problem``) is left out before
+any of its arrays is read. With ``strategy.validate-updates``: a reply whose arrays have other
+keys, shapes or dtypes than the global model, hold NaN or Inf, or whose update norm (distance from the global model) is beyond the bound is left out
 with a logged reason; the round goes on with the rest. With fewer valid replies than the minimum
 the round leaves the global model unchanged (Flower keeps the previous arrays when aggregation
 returns none).

@@ -100,8 +100,14 @@ class OmniRadStrategy(Strategy):
         return round_receipt_problem(reply, self._token) or reply_size_problem(reply, self._start)
 
     def _screened_aggregate(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        refused = [(reply, reason) for reply in replies if (reason := self._unanswerable(reply))]
-        replies = [reply for reply in replies if not any(reply is r for r, _ in refused)]
+        refused, answering = [], []
+        for reply in replies:
+            reason = self._unanswerable(reply)
+            if reason:
+                refused.append((reply, reason))
+            else:
+                answering.append(reply)
+        replies = answering
         if self.rules is None:
             self._leave_out(server_round, refused)
             return self.strategy.aggregate_train(server_round, replies)

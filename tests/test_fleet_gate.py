@@ -3,7 +3,6 @@ Control and Runtime APIs and oversized requests before they reach it (on 127.0.0
 the end-to-end deployment tests run the same gate with TLS in front of a real SuperLink)."""
 
 import http.client
-import socket
 
 import httpx
 import pytest
@@ -13,14 +12,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from omnirad_fl.server.fleet_gate import GateSettings, ThreadedServer, fleet_gate
+from omnirad_fl.server.processes import free_loopback_port
 
 LIMIT = 1 << 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Recorder:
@@ -40,7 +34,7 @@ class Recorder:
 
 @pytest.fixture
 def gate():
-    recorder, upstream_port, public_port = Recorder(), free_port(), free_port()
+    recorder, upstream_port, public_port = Recorder(), free_loopback_port(), free_loopback_port()
     app = Starlette(routes=[Route("/{path:path}", recorder.answer, methods=["GET", "POST"])])
     stand_in = ThreadedServer(app, "127.0.0.1", upstream_port)
     stand_in.start()

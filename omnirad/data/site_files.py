@@ -48,17 +48,23 @@ SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_imag
                                                "a labels CSV or a folder of class sub-folders (PNG, JPEG, TIFF)"))
 
 
+def resized_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images, (N, H, W) or (N, H, W, 3), at ``size`` x ``size`` (bilinear, antialiased)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).float()
+    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+    pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    pixels = pixels.round().clamp(0, 255).to(torch.uint8)
+    return (pixels[:, 0] if images.ndim == 3 else pixels.permute(0, 2, 3, 1)).numpy()
+
+
 def resized(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (bilinear) and masks (nearest, so classes stay classes) at ``size`` x ``size``."""
     if images.shape[1:3] == (size, size):
         return images, masks
-    pixels = torch.from_numpy(images).float()
-    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
-    pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    pixels = pixels.round().clamp(0, 255).to(torch.uint8)
-    pixels = pixels[:, 0] if images.ndim == 3 else pixels.permute(0, 2, 3, 1)
     labels = nn.functional.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="nearest")
-    return pixels.numpy(), labels[:, 0].long().numpy()
+    return resized_images(images, size), labels[:, 0].long().numpy()
 
 
 def format_of(path: Path) -> SiteFileFormat:
