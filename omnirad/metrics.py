@@ -8,8 +8,6 @@ import resource
 import numpy as np
 import torch
 from medmnist.evaluator import getACC, getAUC
-from monai.metrics.meandice import compute_dice
-from monai.metrics.meaniou import compute_iou
 from sklearn.metrics import f1_score
 
 from omnirad.tasks import MULTI_LABEL, TaskSpec
@@ -67,6 +65,11 @@ def segmentation_metrics(masks: np.ndarray, logits: torch.Tensor, num_classes: i
     with no foreground class in either is left out of the mean. ``dice-with-background`` includes
     class 0, an extra figure only: background dominates it and flatters every model.
     """
+    # Imported here: importing MONAI loads all its submodules (seconds per process), and every
+    # ClientApp process of a classification site would pay for it without using it.
+    from monai.metrics.meandice import compute_dice
+    from monai.metrics.meaniou import compute_iou
+
     prediction = _one_hot(torch.as_tensor(logits).argmax(dim=1), num_classes)
     truth = _one_hot(torch.as_tensor(masks, dtype=torch.long), num_classes)
     absent = (prediction.sum(dim=(2, 3)) == 0) & (truth.sum(dim=(2, 3)) == 0)

@@ -13,7 +13,6 @@ from typing import cast
 
 import numpy as np
 import torch
-from monai.losses.dice import DiceCELoss
 from torch import nn
 
 MULTI_CLASS = "multi-class"
@@ -69,6 +68,8 @@ class TaskSpec:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.segmentation:
+            from monai.losses.dice import DiceCELoss  # only here: see omnirad.metrics.segmentation_metrics
+
             return cast(torch.Tensor, DiceCELoss(to_onehot_y=True, softmax=True)(logits, targets.unsqueeze(1)))
         if self.multi_label:
             return nn.functional.binary_cross_entropy_with_logits(logits, targets)

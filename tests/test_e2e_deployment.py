@@ -7,7 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-import time
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -81,22 +81,6 @@ def test_three_sites_over_tls_survive_losing_one_in_round_two(federation_in):
         "site 0", "site 1", "site 2"}
 
 
-def test_an_unregistered_site_cannot_join(federation_in, tmp_path):
-    fed = federation_in(["A"], rounds=1)
-    fed.start_server()
-    write_site_keys(tmp_path / "intruder" / "B.key", "B")  # a key the server never registered
-    intruder = yaml.safe_load((tmp_path / "sites" / "A.yaml").read_text())
-    intruder["site"] = {"name": "B", "id": 1}
-    intruder["auth-key"] = str(tmp_path / "intruder" / "B.key")
-    (tmp_path / "sites" / "B.yaml").write_text(yaml.safe_dump(intruder))
-    site = fed.start_site("B")
-    assert site.wait(timeout=120) != 0
-    assert "Failed to activate SuperNode" in fed.log("site-B")
-    wait_for(lambda: "sites connected: 0 of 1" in fed.log("server"), 180, "the ServerApp to count the sites")
-    time.sleep(5)
-    assert "sites connected: 1" not in fed.log("server")
-
-
 def final_metrics(folder: Path) -> dict[str, float]:
     return json.loads((folder / "summary.json").read_text())["final"]
 
@@ -126,16 +110,32 @@ def test_a_server_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(fede
         assert value == pytest.approx(expected[name], abs=1e-4), name
 
 
-def test_deployed_sites_with_different_tasks_train_each_their_own(federation_in):
+def start_intruder(fed: LocalFederation, folder: Path) -> subprocess.Popen[bytes]:
+    """A site "C" with its own key, which the server never registered, posing as site A's peer."""
+    write_site_keys(folder / "intruder" / "C.key", "C")
+    intruder = yaml.safe_load((fed.folder / "sites" / "A.yaml").read_text())
+    intruder["site"] = {"name": "C", "id": 2}
+    intruder["auth-key"] = str(folder / "intruder" / "C.key")
+    (fed.folder / "sites" / "C.yaml").write_text(yaml.safe_dump(intruder))
+    return fed.start_site("C")
+
+
+def test_deployed_sites_with_different_tasks_train_each_their_own_and_an_unregistered_site_cannot_join(
+        federation_in, tmp_path):
     fed = federation_in(["A", "B"], rounds=1, tasks=("region", "lesions"))
     fed.start_server()
+    intruder = start_intruder(fed, tmp_path)
     for name in "AB":
         fed.start_site(name)
+    assert intruder.wait(timeout=120) != 0
+    assert "Failed to activate SuperNode" in fed.log("site-C")
     assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
+    assert "sites connected: 2 of 2" in fed.log("server") and "sites connected: 3" not in fed.log("server")
     assert "region: multi-class [0, 1, 2, 3], sites 0" in fed.log("server")
     assert "lesions: segmentation [background, class 1, class 2], sites 1" in fed.log("server")
     summary = json.loads((fed.run_folder() / "summary.json").read_text())
     assert summary["tasks"] == {"lesions": [1], "region": [0]} and not summary["failures"]
+    assert summary["sites-per-round"] == {"1": ["0", "1"]}
     assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-federated-val"])
 
 
@@ -158,14 +158,14 @@ def test_a_site_refuses_an_app_signed_by_a_publisher_it_does_not_trust(federatio
     assert not list((fed.folder / "state" / "site-A").glob("apps/*/pyproject.toml"))  # nothing was installed
 
 
-def test_a_dp_federation_survives_a_site_killed_mid_training_and_two_server_restarts(tmp_path):
+def test_a_dp_federation_survives_a_site_killed_mid_training_and_a_server_restart(tmp_path):
     # the load test's short version: 3 sites under DP-SGD; a site killed while it runs a ClientApp in
-    # round 3 and restarted; the server killed after round 1 and again after round 2, resumed each time
-    plan = LoadPlan(sites=3, rounds=3, kill_every=2, server_restarts=(1, 2), num_train=300, down_seconds=2.0)
+    # round 3 and restarted; the server killed after round 1 and resumed
+    plan = LoadPlan(sites=3, rounds=3, kill_every=2, server_restarts=(1,), num_train=300, down_seconds=2.0)
     report = run_load(tmp_path, plan)
-    assert [fault.split(" ")[0] for fault in report.faults] == ["server", "site", "server"], report.faults
+    assert [fault.split(" ")[0] for fault in report.faults] == ["server", "site"], report.faults
     assert report.rounds_completed == report.rounds_accounted == report.checkpoint_round == 3
-    assert report.last_resumed_after == 2
+    assert report.last_resumed_after == 1
     # every site's privacy account went on across the restarts: its epsilon grew with each round it trained
     assert report.epsilon_monotone and set(report.epsilon_by_site) == {"0", "1", "2"}
     assert report.site_rounds_trained >= 8 and all(len(v) >= 2 for v in report.epsilon_by_site.values())

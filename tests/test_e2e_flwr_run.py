@@ -1,7 +1,6 @@
 """End to end: `flwr run .` on a loopback SuperLink each test owns, then the run folder's contents."""
 
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,16 +10,11 @@ import psutil
 import pytest
 
 from omnirad.site_state import SiteStateStore
+from omnirad_fl.server.processes import free_loopback_port
 from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_federation(tmp_path: Path, num_sites: int, run_config: str) -> Path:
@@ -33,7 +27,7 @@ def run_federations(tmp_path: Path, num_sites: int, *run_configs: str) -> list[P
     return the run folders in order."""
     flwr_home = tmp_path / "flwr"
     write_flower_config(flwr_home, num_supernodes=num_sites)
-    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
+    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port())
     folders = []
     with link:
         for number, run_config in enumerate(run_configs):
@@ -77,7 +71,7 @@ def test_without_data_num_sites_a_run_takes_the_size_of_flowers_federation(tmp_p
     """As in a plain Flower set-up, whose federation size is not the project's: no data.num-sites."""
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
     write_flower_config(flwr_home, num_supernodes=3)
-    with LocalSuperLink(flwr_home, PROJECT, http_port=free_port()) as link:
+    with LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port()) as link:
         completed = flwr_run(PROJECT, link.env, "num-server-rounds=1 data.num-train=150 data.num-test=30 data.size=32 "
                              f"train.local-epochs=1 model.adapter='linear' model.head-init='random' run.output-dir='{runs}'",
                              timeout=900)
@@ -167,7 +161,7 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
 
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
     write_flower_config(flwr_home, num_supernodes=2)
-    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
+    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port())
     with link:
         command = flwr_run_command(PROJECT, f"{config} data.num-sites=2 run.output-dir='{runs}'", 2)
         client = subprocess.Popen(command, cwd=PROJECT, env=link.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,7 +175,7 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
     stopped_after = json.loads((folder / "checkpoint.json").read_text())["round"]
     assert stopped_after < 4 and not (folder / "summary.json").exists()
 
-    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_port())
+    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port())
     with link:
         completed = flwr_run(PROJECT, link.env, f"{config} data.num-sites=2 run.output-dir='{runs}' run.resume-from='{folder}'", num_supernodes=2)
     assert completed.returncode == 0
@@ -206,7 +200,7 @@ def test_a_dp_fedper_run_stopped_and_resumed_ends_with_the_metrics_and_epsilon_o
     write_flower_config(flwr_home, num_supernodes=2)
     for rounds, resume in ((2, ""), (4, "run.resume-from='{folder}'")):
         folder = next(runs.iterdir()) if resume else None
-        with LocalSuperLink(flwr_home, PROJECT, http_port=free_port()) as link:
+        with LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port()) as link:
             completed = flwr_run(PROJECT, link.env, f"num-server-rounds={rounds} {config} data.num-sites=2 "
                                  f"run.output-dir='{runs}' {resume.format(folder=folder)}", timeout=900)
         assert completed.returncode == 0

@@ -88,14 +88,13 @@ def test_bad_experiment_files_are_refused_before_any_run(tmp_path):
 
 @pytest.mark.slow
 def test_omnirad_sim_on_a_shipped_configuration_writes_the_report(tmp_path):
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from omnirad_fl.server.processes import free_loopback_port
+
+    port = free_loopback_port()
     config = Path(__file__).resolve().parents[1] / "simulations" / "configs" / "quick.yaml"
     command = [str(Path(sys.executable).with_name("omnirad-sim")), str(config), f"run.output-dir={tmp_path}",
                f"model.cache-dir={tmp_path / 'cache'}", "--port", str(port)]
