@@ -30,8 +30,11 @@ class DataConfig:
                                   "per site; `deployment`: set by each site from its site file")
     test_file: str = setting("", "`files`: the server's held-out test file; empty means federated validation only")
     task: str = setting("multi-class", "`files`: `multi-class`, `binary-class`, `ordinal-regression`, `multi-label, "
-                                       "binary-class` or `segmentation`; `embedded`: `multi-class` or `segmentation` "
-                                       "(organ and lesion masks)")
+                                       "binary-class`, `segmentation` or `captioning` (caption CSVs); `embedded`: "
+                                       "`multi-class`, `segmentation` (organ and lesion masks) or `captioning` "
+                                       "(templated captions)")
+    vocabulary: str = setting("", "`files` captioning: the vocabulary file every site shares (one word per line; "
+                                  "`python -m omnirad.captions CSV... -o FILE` writes one); required there")
     label_set: str = setting("region", "`embedded` classification: which labels the images carry")
     num_classes: int = setting(0, "`files`: number of classes (labels, for multi-label; pixel classes with "
                                   "background, for segmentation); required there")
@@ -77,6 +80,12 @@ class ModelConfig:
     decoder_width: int = setting(64, "`decoder`: channels after fusing the token layers (a multiple of 4)")
     decoder_layers: str = setting("", "`decoder`: 1-based encoder blocks to read, e.g. `4,8,12`; empty: a third, "
                                       "two thirds and the last")
+    caption_length: int = setting(32, "`caption-decoder`: longest caption in tokens, start and end included; "
+                                      "longer captions in site files are cut, and decoding stops there")
+    caption_width: int = setting(128, "`caption-decoder`: width of the text decoder (a multiple of "
+                                      "`model.caption-heads`)")
+    caption_depth: int = setting(2, "`caption-decoder`: transformer decoder layers")
+    caption_heads: int = setting(4, "`caption-decoder`: attention heads")
     feature_cache: bool = setting(False, "keep each site's encoded features (heads) or token maps (decoder) on its "
                                          "disk, so later rounds and new processes skip the encoder; ignored, with a "
                                          "warning, for adapters that read images")
