@@ -67,13 +67,13 @@ def caption_tokenizer(vocabulary: tuple[str, ...]) -> Tokenizer:
     return tokenizer
 
 
-def encode_captions(captions: Sequence[str], vocabulary: tuple[str, ...], length: int) -> np.ndarray:
+def encode_captions(captions: Sequence[str], vocabulary: tuple[str, ...], length: int | None = None) -> np.ndarray:
     """(N, ``length``) int64 token ids: BOS, the words, EOS, then padding; longer captions are cut
-    (their EOS kept)."""
-    tokenizer = caption_tokenizer(vocabulary)
+    (their EOS kept). Without ``length``, as long as the longest caption."""
+    encodings = [e.ids for e in caption_tokenizer(vocabulary).encode_batch(list(captions))]
+    length = length if length is not None else max(map(len, encodings), default=2)
     ids = np.full((len(captions), length), PAD_ID, dtype=np.int64)
-    for row, encoding in enumerate(tokenizer.encode_batch(list(captions))):
-        tokens = encoding.ids
+    for row, tokens in enumerate(encodings):
         if len(tokens) > length:
             tokens = [*tokens[: length - 1], EOS_ID]
         ids[row, : len(tokens)] = tokens
@@ -88,3 +88,25 @@ def decode_captions(ids: np.ndarray, vocabulary: tuple[str, ...]) -> list[str]:
         ends = np.flatnonzero(row == EOS_ID)
         rows.append([int(i) for i in row[: ends[0] if len(ends) else len(row)]])
     return list(tokenizer.decode_batch(rows, skip_special_tokens=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m omnirad.captions CSV... -o FILE``: a vocabulary file from caption CSVs' words."""
+    import argparse
+
+    from omnirad.data.caption_files import caption_rows
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("csv", nargs="+", type=Path, help="caption CSVs (a caption column)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="the vocabulary file to write")
+    parser.add_argument("--min-count", type=int, default=2, help="keep words seen at least this often")
+    args = parser.parse_args(argv)
+    captions = [c for path in args.csv for c in caption_rows(path)[1] if c]
+    vocabulary = build_vocabulary(captions, args.min_count)
+    write_vocabulary(vocabulary, args.output)
+    print(f"{args.output}: {len(vocabulary) - len(SPECIAL_TOKENS)} words from {len(captions)} captions")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

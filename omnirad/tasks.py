@@ -85,8 +85,9 @@ class TaskSpec:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Captioning: ``logits`` (B, T-1, V) predict the words ``targets[:, 1:]`` (the first is BOS)."""
-        if self.captioning:
-            return nn.functional.cross_entropy(logits.transpose(1, 2), targets[:, 1:], ignore_index=PAD_ID)
+        if self.captioning:  # a decoder shorter than the captions learns their beginnings
+            words = targets[:, 1 : logits.shape[1] + 1]
+            return nn.functional.cross_entropy(logits.transpose(1, 2), words, ignore_index=PAD_ID)
         if self.segmentation:
             return cast(torch.Tensor, DiceCELoss(to_onehot_y=True, softmax=True)(logits, targets.unsqueeze(1)))
         if self.multi_label:

@@ -10,6 +10,8 @@ import numpy as np
 import psutil
 import pytest
 
+from omnirad.config import load_config
+from omnirad.models import new_model
 from omnirad.site_state import SiteStateStore
 from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
 
@@ -125,6 +127,18 @@ def test_federated_segmentation_with_the_decoder(tmp_path):
     assert {"dice", "iou", "dice-with-background"} <= set(summary["final"])
     assert summary["best"]["selected-by"] == "federated-val dice"
     assert 0.0 < summary["final"]["dice"] <= 1.0
+
+
+def test_federated_captioning_selects_by_cider_and_sends_only_the_decoder(tmp_path):
+    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                                         "data.task='captioning' model.adapter='caption-decoder' "
+                                         "model.caption-width=32 train.local-epochs=2")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"cider", "bleu-4", "rouge-l", "finding-accuracy"} <= set(summary["final"])
+    assert summary["best"]["selected-by"] == "federated-val cider"
+    decoder = new_model(load_config({"data.task": "captioning", "model.adapter": "caption-decoder", "data.size": 32,
+                                     "model.caption-width": 32}))
+    assert summary["adapter-parameter-bytes"] == 4 * sum(p.numel() for p in decoder.parameters())
 
 
 def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):

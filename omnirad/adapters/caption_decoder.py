@@ -53,8 +53,8 @@ class CaptionDecoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, captions: torch.Tensor | None = None) -> torch.Tensor:
         memory = self.encode_memory(tokens)
-        if captions is not None:
-            return self.next_word_logits(memory, captions[:, :-1])
+        if captions is not None:  # cut to the positions the decoder has
+            return self.next_word_logits(memory, captions[:, : min(captions.shape[1] - 1, self.max_length)])
         return self.greedy(memory)
 
     @torch.no_grad()

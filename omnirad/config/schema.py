@@ -33,9 +33,9 @@ class DataConfig:
                                        "binary-class`, `segmentation` or `captioning` (caption CSVs); `embedded`: "
                                        "`multi-class`, `segmentation` (organ and lesion masks) or `captioning` "
                                        "(templated captions)")
+    label_set: str = setting("region", "`embedded` classification: which labels the images carry")
     vocabulary: str = setting("", "`files` captioning: the vocabulary file every site shares (one word per line; "
                                   "`python -m omnirad.captions CSV... -o FILE` writes one); required there")
-    label_set: str = setting("region", "`embedded` classification: which labels the images carry")
     num_classes: int = setting(0, "`files`: number of classes (labels, for multi-label; pixel classes with "
                                   "background, for segmentation); required there")
     size: int = setting(64, "image size in pixels the encoder sees (28 to 224; for MedMNIST 28, 64, 128 or 224: "
@@ -61,7 +61,7 @@ class ModelConfig:
     weights: str = setting("", "a local weights file, `hub`, `hf_hub:<id>`, or empty for a random init (with a "
                                "loud warning)")
     adapter: str = setting("linear", "what each site trains: a head on pooled features, LoRA or full fine-tuning "
-                                  "on images, or a segmentation decoder")
+                                  "on images, a segmentation decoder, or a caption decoder (`caption-decoder`, for `data.task=captioning`)")
     hidden_dim: int = setting(256, "hidden width of `mlp` heads")
     head_init: str = setting("auto", "how the head starts: its own random initialisation (`random`), or a closed-form "
                                      "solution from statistics every site sends once before round 1 (exactly the "
