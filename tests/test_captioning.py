@@ -14,6 +14,7 @@ from omnirad.config.schema import TrainConfig
 from omnirad.data import synthetic
 from omnirad.data.embedded_captions import FINDING_KEYS, REGION_KEYS, embedded_captions, embedded_vocabulary
 from omnirad.data.sites import task_info
+from omnirad.multitask import site_view
 from omnirad.tasks import CAPTIONING, PAD_ID, TaskSpec
 from omnirad.training import evaluate_model, train_model
 
@@ -91,3 +92,12 @@ def test_captioning_configuration_and_its_refusals():
         load_config({"data.task": "captioning", "model.adapter": "caption-decoder", "privacy.dp": True})
     with pytest.raises(ConfigError, match="model.caption-width"):
         load_config({"data.task": "captioning", "model.adapter": "caption-decoder", "model.caption-width": 30})
+
+
+def test_a_captioning_site_joins_a_multitask_federation_with_its_own_decoder():
+    cfg = load_config({"data.num-sites": 4, "data.size": 32, "multitask.site-tasks": "region,region,captions,captions"})
+    captions = site_view(cfg, 2)
+    assert task_info(captions).captioning and captions.model.adapter == "caption-decoder"
+    assert site_view(cfg, 0).model.adapter == "linear"
+    with pytest.raises(ConfigError, match="model.adapter"):
+        load_config({"data.num-sites": 2, "model.adapter": "lora", "multitask.site-tasks": "region,captions"})

@@ -35,13 +35,15 @@ class ModelRecipe:
 class AdapterSpec:
     """``reads``: POOLED, TOKENS or IMAGES. ``segmentation``: the adapter serves segmentation
     tasks, ``captioning``: captioning tasks (neither: classification). ``segmentation_twin``: in a multi-task run, what the sites of a
-    segmentation task train when the others train this adapter (empty: not in multi-task runs)."""
+    segmentation task train when the others train this adapter (empty: not in multi-task runs);
+    ``captioning_twin``: the same for the sites of a captioning task (empty: none may join)."""
 
     reads: str
     segmentation: bool
     build: Callable[[ModelRecipe], nn.Module]
     segmentation_twin: str = ""
     captioning: bool = False
+    captioning_twin: str = ""
 
     @property
     def family(self) -> str:
