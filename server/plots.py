@@ -94,6 +94,20 @@ def plot_confusion(matrix: Any, names: tuple[str, ...], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_captions(images: Any, references: Any, generated: Any, path: Path) -> None:
+    """Captioning: each test image with its reference caption and the final model's."""
+    count = len(images)
+    fig = Figure(figsize=(3.2 * count, 4.0))
+    axes = fig.subplots(1, count, squeeze=False)
+    for k in range(count):
+        ax = axes[0, k]
+        ax.imshow(images[k], cmap="gray")
+        ax.set_title(f"reference: {references[k]}\ngenerated: {generated[k]}", fontsize="x-small", wrap=True)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot_overlays(images: Any, truth: Any, predicted: Any, path: Path) -> None:
     """Segmentation: each test image with its true mask and the final model's prediction."""
     count = len(images)
