@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +98,14 @@ def plot_confusion(matrix: Any, names: tuple[str, ...], path: Path) -> None:
 def plot_captions(images: Any, references: Any, generated: Any, path: Path) -> None:
     """Captioning: each test image with its reference caption and the final model's."""
     count = len(images)
-    fig = Figure(figsize=(3.2 * count, 4.0))
+    fig = Figure(figsize=(2.6 * count, 3.6))
     axes = fig.subplots(1, count, squeeze=False)
     for k in range(count):
         ax = axes[0, k]
         ax.imshow(images[k], cmap="gray")
-        ax.set_title(f"reference: {references[k]}\ngenerated: {generated[k]}", fontsize="x-small", wrap=True)
+        text = [textwrap.fill(f"{label}: {caption}", 36) for label, caption in (("reference", references[k]),
+                                                                                    ("generated", generated[k]))]
+        ax.set_title("\n".join(text), fontsize="x-small", loc="left")
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
