@@ -78,6 +78,26 @@ def test_the_decoder_overfits_a_handful_of_captions():
     assert after["loss"] < 0.1 * before["loss"]
     assert after["bleu-4"] == pytest.approx(1.0) and after["cider"] > before["cider"]
     assert decode_captions(decoder(tokens).numpy(), vocabulary) == REFS
+    assert decode_captions(decoder.beam_search(decoder.encode_memory(tokens), 3).numpy(), vocabulary) == REFS
+
+
+def test_beam_search_of_one_beam_is_greedy_and_wider_beams_find_likelier_captions():
+    torch.manual_seed(1)
+    decoder = CaptionDecoder(8, 1, 4, 12, 8, width=16, heads=2).eval()
+    memory = decoder.encode_memory(torch.randn(16, 8, 2, 2))
+    greedy = decoder.greedy(memory)
+    assert torch.equal(decoder.beam_search(memory, 1), greedy)
+    wide = decoder.beam_search(memory, 4)
+    assert wide.shape == greedy.shape and (wide[:, 0] == BOS_ID).all()
+
+    def mean_log_probability(words: torch.Tensor) -> torch.Tensor:
+        logits = decoder.next_word_logits(memory, words[:, :-1]).log_softmax(dim=-1)
+        picked = logits.gather(2, words[:, 1:, None])[..., 0]
+        counted = (words[:, 1:] != PAD_ID).float()
+        return (picked * counted).sum(dim=1) / counted.sum(dim=1)
+
+    with torch.no_grad():
+        assert mean_log_probability(wide).mean() > mean_log_probability(greedy).mean()
 
 
 def test_captioning_configuration_and_its_refusals():

@@ -98,6 +98,7 @@ def check_model(cfg: Config) -> None:
     require(m.caption_width >= 8 and m.caption_width % m.caption_heads == 0, "model.caption-width", m.caption_width,
             f">= 8 and a multiple of model.caption-heads ({m.caption_heads})")
     require(m.caption_depth >= 1, "model.caption-depth", m.caption_depth, ">= 1")
+    require(m.caption_beams >= 1, "model.caption-beams", m.caption_beams, ">= 1 (1: greedy decoding)")
     if family == "captioning":
         require(not cfg.privacy.dp, "privacy.dp", cfg.privacy.dp,
                 "false with data.task=captioning (DP-SGD of the caption decoder is not supported yet)")

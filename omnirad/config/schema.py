@@ -86,6 +86,7 @@ class ModelConfig:
                                       "`model.caption-heads`)")
     caption_depth: int = setting(2, "`caption-decoder`: transformer decoder layers")
     caption_heads: int = setting(4, "`caption-decoder`: attention heads")
+    caption_beams: int = setting(1, "`caption-decoder`: beams of the beam search that writes captions; 1: greedy")
     feature_cache: bool = setting(False, "keep each site's encoded features (heads) or token maps (decoder) on its "
                                          "disk, so later rounds and new processes skip the encoder; ignored, with a "
                                          "warning, for adapters that read images")
