@@ -273,3 +273,14 @@ def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites
             assert ("macro-f1" if task == "region" else "dice") in entry["evaluate"]
     assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-worst-site"])
     assert summary["best"]["selected-by"] == "federated-val multitask-score"
+
+
+def test_a_captioning_group_trains_beside_a_classification_group(tmp_path):
+    folder = run_federation(tmp_path, 4, "num-server-rounds=2 data.num-train=320 data.num-test=40 data.size=32 "
+                                         "train.local-epochs=1 model.adapter='linear' model.head-init='random' "
+                                         "model.caption-width=32 multitask.site-tasks='region,region,captions,captions'")
+    tasks = json.loads((folder / "tasks.json").read_text())["groups"]
+    assert {name: g["sites"] for name, g in tasks.items()} == {"captions": [2, 3], "region": [0, 1]}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"region/macro-f1", "captions/cider", "captions/bleu-4"} <= set(summary["final"])
+    assert summary["task-adapter-bytes"]["region"] == (192 * 4 + 4) * 4
