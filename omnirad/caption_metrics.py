@@ -1,4 +1,4 @@
-"""Caption scores as the ImageCLEFmedical caption task reports them, computed by the libraries:
+"""Caption scores of the kind ROCOv2 and the ImageCLEFmedical caption task report, computed by the libraries:
 BLEU-4 and ROUGE-L (F-measure) by torchmetrics, CIDEr-D by pycocoevalcap. METEOR and SPICE need
 Java, which sites are not assumed to have: they are left out.
 

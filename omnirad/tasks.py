@@ -64,8 +64,8 @@ class TaskSpec:
 
     @property
     def selection_metric(self) -> str:
-        """The validation metric that picks the best round: foreground Dice, CIDEr (the ImageCLEF
-        caption task's main score), or OmniRad's macro-F1."""
+        """The validation metric that picks the best round: foreground Dice, CIDEr (consensus with
+        the reference, weighting the words that tell captions apart), or OmniRad's macro-F1."""
         return {SEGMENTATION: "dice", CAPTIONING: "cider"}.get(self.kind, "macro-f1")
 
     @property
