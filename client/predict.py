@@ -121,8 +121,8 @@ def run_config(run: Path, weights: str | None, device: str) -> Config:
                        **({"model.weights": weights} if weights is not None else {})})
     if cfg.multitask.site_tasks:
         raise ConfigError(f"{run}: a multi-task run; omnirad-predict applies single-task runs only")
-    if task_info(cfg).segmentation:
-        raise ConfigError(f"{run}: a segmentation run; omnirad-predict writes classification predictions only")
+    if task_info(cfg).family != "classification":
+        raise ConfigError(f"{run}: a {task_info(cfg).kind} run; omnirad-predict writes classification predictions only")
     if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
         raise ConfigError(f"{run}: no single global model (FedPer keeps heads at the sites; spectral prompts need "
                           "the bank)")

@@ -1,5 +1,6 @@
 """Task metrics: classification as MedMNIST defines it plus macro-F1 (OmniRad's selection metric);
-segmentation as Dice and IoU per image over the foreground classes."""
+segmentation as Dice and IoU per image over the foreground classes; captioning as BLEU-4, ROUGE-L,
+CIDEr (``omnirad.caption_metrics``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score
 
+from omnirad.caption_metrics import caption_metrics
+from omnirad.captions import decode_captions
 from omnirad.tasks import MULTI_LABEL, TaskSpec
 
 
@@ -49,6 +52,9 @@ def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskS
 def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
     """The metrics of ``task``'s kind for a batch of predictions; all NaN when the predictions are
     (a model poisoned by a NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
+    if task.captioning:  # ``logits``: generated token ids
+        return caption_metrics(decode_captions(labels, task.label_names),
+                               decode_captions(torch.as_tensor(logits).long().numpy(), task.label_names))
     if not torch.isfinite(torch.as_tensor(logits)).all():
         names = ("dice", "iou", "dice-with-background") if task.segmentation else ("accuracy", "macro_f1", "auc")
         return dict.fromkeys(names, float("nan"))

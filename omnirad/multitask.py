@@ -23,7 +23,7 @@ from omnirad.data.sites import task_info
 from omnirad.data.sources.embedded import EMBEDDED_TASKS
 from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.errors import require
-from omnirad.tasks import SEGMENTATION, TaskSpec
+from omnirad.tasks import CAPTIONING, SEGMENTATION, TaskSpec
 
 SHARED = "shared"  # prefix of the shared tensors in the global record; not a task name
 SITS_OUT = "-"  # multitask.site-tasks: a site without a task this run
@@ -81,6 +81,11 @@ def check_multitask(cfg: Config) -> None:
     require(cfg.model.adapter in paired, "model.adapter", cfg.model.adapter,
             f"{', '.join(paired)} with {key} (classification sites train it; segmentation sites a decoder, "
             "under LoRA on the same encoder with lora)")
+    captioned = [n for n in names if n in EMBEDDED_TASKS and EMBEDDED_TASKS[n].kind == CAPTIONING]
+    with_captions = [name for name, spec in ADAPTERS.items() if spec.captioning_twin]
+    require(not captioned or cfg.model.adapter in with_captions, "model.adapter", cfg.model.adapter,
+            f"{' or '.join(with_captions)} with captioning sites in {key} (they train the caption decoder beside "
+            "these heads; LoRA has no caption twin yet)")
     for setting, value, off in (("personalization.mode", cfg.personalization.mode, "none"),
                                 ("privacy.dp", cfg.privacy.dp, False),
                                 ("privacy.central-noise-multiplier", cfg.privacy.central_noise_multiplier, 0.0),
@@ -102,7 +107,8 @@ def site_task(cfg: Config, site_id: int) -> str:
 
 def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
     """The single-task configuration of task ``name``: its labels, and its adapter (classification
-    sites train ``model.adapter``; segmentation sites a decoder, under the same LoRA with ``lora``).
+    sites train ``model.adapter``; segmentation sites a decoder, under the same LoRA with ``lora``;
+    captioning sites the caption decoder beside a head).
     On the embedded data the name says what the task is; in deployment the site's declaration
     (``spec``: kind and classes) does."""
     if cfg.data.dataset == DEPLOYMENT:
@@ -114,10 +120,12 @@ def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
     else:
         raise ConfigError(f"multitask.site-tasks: unknown task '{name}'; known: {', '.join(EMBEDDED_TASKS)}")
     flat = {**to_flat(cfg), **overrides, "multitask.site-tasks": "", "multitask.task": name}
-    if flat["data.task"] == SEGMENTATION:
+    if flat["data.task"] in (SEGMENTATION, CAPTIONING):
         from omnirad.adapters import ADAPTERS
 
-        flat["model.adapter"] = ADAPTERS[cfg.model.adapter].segmentation_twin
+        adapter = ADAPTERS[cfg.model.adapter]
+        twin = adapter.segmentation_twin if flat["data.task"] == SEGMENTATION else adapter.captioning_twin
+        flat["model.adapter"] = twin
         flat["model.head-init"] = "random"  # a decoder has no closed form: it starts from its initialisation
     return load_config(flat)
 

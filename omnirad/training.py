@@ -78,7 +78,8 @@ def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task
                 batch = order[start : start + batch_size]
                 optimizer.zero_grad()
                 with placement.autocast():
-                    loss = task.loss(model(placement.move(inputs[batch])), placement.move(targets[batch]))
+                    y = placement.move(targets[batch])
+                    loss = task.loss(task_outputs(model, placement.move(inputs[batch]), y, task), y)
                 objective = loss
                 if anchor:
                     objective = loss + proximal_mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(trainable, anchor, strict=True))
@@ -91,22 +92,37 @@ def train_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task
     return {"train_loss": epoch_loss}
 
 
+def task_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """What the loss scores: the model's outputs, or for captioning its teacher-forced next-word
+    logits (the decoder reads the reference words before each one)."""
+    return torch.as_tensor(model(inputs, targets) if task.captioning else model(inputs))
+
+
 @torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, *, placement: Placement = CPU) -> torch.Tensor:
-    """The model's outputs for all inputs, in batches (images and token maps are large), computed
-    on ``placement`` and returned as float32 on the CPU."""
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, *, placement: Placement = CPU,
+            targets: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's outputs for all inputs (with ``targets``: teacher-forced, as ``task_outputs``),
+    in batches (images and token maps are large), computed on ``placement`` and returned as
+    float32 on the CPU. A caption decoder without targets returns generated token ids."""
     placement.place(model).eval()
     outputs = []
     with placement.autocast():
         for i in range(0, len(inputs), batch_size):
-            outputs.append(model(placement.move(inputs[i : i + batch_size])).float().cpu())
+            x = placement.move(inputs[i : i + batch_size])
+            out = model(x) if targets is None else model(x, placement.move(targets[i : i + batch_size]))
+            outputs.append(out.float().cpu())
     return torch.cat(outputs)
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *,
                    placement: Placement = CPU) -> dict[str, float]:
-    """Loss and the task's metrics (accuracy, macro-F1, AUC; or Dice, IoU) of the model."""
+    """Loss and the task's metrics (accuracy, macro-F1, AUC; Dice, IoU; or caption scores of the
+    greedily generated captions) of the model."""
+    targets = task.targets(labels)
+    if task.captioning:
+        loss = task.loss(predict(model, inputs, placement=placement, targets=targets), targets).item()
+        return {"loss": loss, **task_metrics(labels, predict(model, inputs, placement=placement), task)}
     logits = predict(model, inputs, placement=placement)
-    loss = task.loss(logits, task.targets(labels)).item()
+    loss = task.loss(logits, targets).item()
     return {"loss": loss, **task_metrics(labels, logits, task)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,22 @@ def plot_confusion(matrix: Any, names: tuple[str, ...], path: Path) -> None:
     ax.set_yticks(range(len(names)), names, fontsize="small")
     ax.set(xlabel="predicted", ylabel="true", title="Final global model, server test set")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_captions(images: Any, references: Any, generated: Any, path: Path) -> None:
+    """Captioning: each test image with its reference caption and the final model's."""
+    count = len(images)
+    fig = Figure(figsize=(2.6 * count, 3.6))
+    axes = fig.subplots(1, count, squeeze=False)
+    for k in range(count):
+        ax = axes[0, k]
+        ax.imshow(images[k], cmap="gray")
+        text = [textwrap.fill(f"{label}: {caption}", 36) for label, caption in (("reference", references[k]),
+                                                                                    ("generated", generated[k]))]
+        ax.set_title("\n".join(text), fontsize="x-small", loc="left")
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

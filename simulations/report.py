@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix
 
+from omnirad.captions import decode_captions
 from omnirad.config import Config, load_config
 from omnirad.data.sites import task_info
 from omnirad.data.sources import source_of
@@ -30,7 +31,7 @@ from omnirad.evaluation import CentralEvaluator
 from omnirad.methods import site_method
 from omnirad.multitask import TaskGroup, group_view, is_multitask, task_config
 from omnirad_fl.server.multitask import read_tasks
-from omnirad_fl.server.plots import plot_confusion, plot_overlays, plot_site_bars
+from omnirad_fl.server.plots import plot_captions, plot_confusion, plot_overlays, plot_site_bars
 from omnirad_fl.server.run_folder import read_broadcast
 
 OVERLAY_IMAGES = 6
@@ -70,6 +71,14 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
         grey = images if images.ndim == 3 else images.mean(axis=-1)
         plot_overlays(grey, test.labels[:OVERLAY_IMAGES], outputs[:OVERLAY_IMAGES].argmax(dim=1).numpy(), path)
         return path.name, "final global model: true and predicted masks on the first test images"
+    if task.captioning:
+        path = folder / f"{prefix}captions.png"
+        images = test.images[:OVERLAY_IMAGES]
+        generated = outputs[:OVERLAY_IMAGES].long().numpy()
+        plot_captions(images if images.ndim == 3 else images.mean(axis=-1),
+                      decode_captions(test.labels[:OVERLAY_IMAGES], task.label_names),
+                      decode_captions(generated, task.label_names), path)
+        return path.name, "final global model: reference and generated captions of the first test images"
     if task.kind.startswith("multi-label"):
         return "", "multi-label task: per-label metrics are in the tables (no single confusion matrix)"
     predicted = outputs.argmax(dim=1).numpy() if outputs.shape[1] > 1 else (torch.sigmoid(outputs[:, 0]) > 0.5).long().numpy()

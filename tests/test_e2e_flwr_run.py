@@ -9,6 +9,8 @@ import numpy as np
 import psutil
 import pytest
 
+from omnirad.config import load_config
+from omnirad.models import new_model
 from omnirad.site_state import SiteStateStore
 from omnirad_fl.server.processes import free_loopback_port
 from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
@@ -119,6 +121,18 @@ def test_federated_segmentation_with_the_decoder(tmp_path):
     assert {"dice", "iou", "dice-with-background"} <= set(summary["final"])
     assert summary["best"]["selected-by"] == "federated-val dice"
     assert 0.0 < summary["final"]["dice"] <= 1.0
+
+
+def test_federated_captioning_selects_by_cider_and_sends_only_the_decoder(tmp_path):
+    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                                         "data.task='captioning' model.adapter='caption-decoder' "
+                                         "model.caption-width=32 train.local-epochs=2")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"cider", "bleu-4", "rouge-l", "finding-accuracy"} <= set(summary["final"])
+    assert summary["best"]["selected-by"] == "federated-val cider"
+    decoder = new_model(load_config({"data.task": "captioning", "model.adapter": "caption-decoder", "data.size": 32,
+                                     "model.caption-width": 32}))
+    assert summary["adapter-parameter-bytes"] == 4 * sum(p.numel() for p in decoder.parameters())
 
 
 def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):
@@ -253,3 +267,14 @@ def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites
             assert ("macro-f1" if task == "region" else "dice") in entry["evaluate"]
     assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-worst-site"])
     assert summary["best"]["selected-by"] == "federated-val multitask-score"
+
+
+def test_a_captioning_group_trains_beside_a_classification_group(tmp_path):
+    folder = run_federation(tmp_path, 4, "num-server-rounds=2 data.num-train=320 data.num-test=40 data.size=32 "
+                                         "train.local-epochs=1 model.adapter='linear' model.head-init='random' "
+                                         "model.caption-width=32 multitask.site-tasks='region,region,captions,captions'")
+    tasks = json.loads((folder / "tasks.json").read_text())["groups"]
+    assert {name: g["sites"] for name, g in tasks.items()} == {"captions": [2, 3], "region": [0, 1]}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"region/macro-f1", "captions/cider", "captions/bleu-4"} <= set(summary["final"])
+    assert summary["task-adapter-bytes"]["region"] == (192 * 4 + 4) * 4

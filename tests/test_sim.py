@@ -125,6 +125,23 @@ def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
     assert (folder.path / "overlays.png").stat().st_size > 0
 
 
+def test_a_captioning_run_report_shows_reference_and_generated_captions(tmp_path):
+    from omnirad.adapters import trainable_state
+    from omnirad.config import load_config
+    from omnirad.models import new_model
+    from omnirad_fl.server.run_folder import RunFolder
+    from omnirad_fl.simulations.report import write_run_report
+
+    cfg = load_config({"run.output-dir": str(tmp_path), "data.task": "captioning", "model.adapter": "caption-decoder",
+                       "model.caption-width": 32, "data.size": 32, "data.num-test": 8, "data.num-sites": 2})
+    folder = RunFolder.create(cfg)
+    folder.end_round(1, {"cider": 0.5, "bleu-4": 0.2, "rouge-l": 0.4, "finding-accuracy": 0.25})
+    folder.finish(trainable_state(new_model(cfg)), {"adapter": "caption-decoder"})
+    text = write_run_report(folder.path).read_text()
+    assert "](captions.png)" in text and "| final global model, server test | 0.500 | 0.200 | 0.400 | 0.250 |" in text
+    assert (folder.path / "captions.png").stat().st_size > 0
+
+
 def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     from pathlib import Path
 

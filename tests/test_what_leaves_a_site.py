@@ -26,6 +26,7 @@ SETUPS = {
     "mlp head": {},
     "linear head, fedprox": {"model.adapter": "linear", "strategy.name": "fedprox"},
     "decoder": {"data.task": "segmentation", "model.adapter": "decoder"},
+    "caption decoder": {"data.task": "captioning", "model.adapter": "caption-decoder", "model.caption-width": 32},
     "lora": {"model.adapter": "lora", "model.lora-rank": 2},
     "fedbn": {"strategy.name": "fedbn", "model.adapter": "mlp"},
     "fedper, fine-tuning": {"strategy.name": "fedper", "model.adapter": "mlp", "personalization.finetune-epochs": 1},

@@ -1,4 +1,4 @@
-"""What a site trains on the frozen encoder: heads, LoRA, full fine-tuning, segmentation decoders.
+"""What a site trains on the frozen encoder: heads, LoRA, full fine-tuning, segmentation and caption decoders.
 
 Importing this package registers every adapter (``ADAPTERS``) and head (``HEADS``).
 """
@@ -7,7 +7,7 @@ Importing this package registers every adapter (``ADAPTERS``) and head (``HEADS`
 from omnirad.adapters import heads  # noqa: F401
 
 # isort: split
-from omnirad.adapters import decoder, finetune  # noqa: F401
+from omnirad.adapters import caption_decoder, decoder, finetune  # noqa: F401
 from omnirad.adapters.registry import (
     ADAPTERS,
     HEADS,

@@ -90,7 +90,8 @@ def _head_on_features(name: str) -> AdapterSpec:
     def build(recipe: ModelRecipe) -> nn.Module:
         return create_head(name, recipe.encoder.num_features, recipe.task.num_outputs, recipe.model)
 
-    return AdapterSpec(POOLED, segmentation=False, build=build, segmentation_twin="decoder")
+    return AdapterSpec(POOLED, segmentation=False, build=build, segmentation_twin="decoder",
+                       captioning_twin="caption-decoder")
 
 
 ADAPTERS.add("linear", _head_on_features("linear"))

@@ -34,13 +34,21 @@ class ModelRecipe:
 @dataclass(frozen=True)
 class AdapterSpec:
     """``reads``: POOLED, TOKENS or IMAGES. ``segmentation``: the adapter serves segmentation
-    tasks (else classification). ``segmentation_twin``: in a multi-task run, what the sites of a
-    segmentation task train when the others train this adapter (empty: not in multi-task runs)."""
+    tasks, ``captioning``: captioning tasks (neither: classification). ``segmentation_twin``: in a multi-task run, what the sites of a
+    segmentation task train when the others train this adapter (empty: not in multi-task runs);
+    ``captioning_twin``: the same for the sites of a captioning task (empty: none may join)."""
 
     reads: str
     segmentation: bool
     build: Callable[[ModelRecipe], nn.Module]
     segmentation_twin: str = ""
+    captioning: bool = False
+    captioning_twin: str = ""
+
+    @property
+    def family(self) -> str:
+        """The task family served, as ``TaskSpec.family`` names it."""
+        return "segmentation" if self.segmentation else "captioning" if self.captioning else "classification"
 
 
 ADAPTERS: Registry[AdapterSpec] = Registry("model.adapter")

@@ -75,11 +75,12 @@ def check_model(cfg: Config) -> None:
     m = cfg.model
     ENCODERS.check(m.encoder)
     spec = ADAPTERS[m.adapter]
-    segmentation = cfg.data.task == "segmentation"
-    if spec.segmentation != segmentation:
-        wanted = [name for name, other in ADAPTERS.items() if other.segmentation == segmentation]
-        require(False, "model.adapter", m.adapter, f"{' or '.join(wanted)} for data.task=segmentation" if segmentation
-                else f"{', '.join(wanted)} for classification (segmentation adapters need data.task=segmentation)")
+    family = cfg.data.task if cfg.data.task in ("segmentation", "captioning") else "classification"
+    if spec.family != family:
+        wanted = [name for name, other in ADAPTERS.items() if other.family == family]
+        require(False, "model.adapter", m.adapter, f"{' or '.join(wanted)} for data.task={cfg.data.task}"
+                if family != "classification" else f"{', '.join(wanted)} for classification (segmentation and "
+                "caption adapters need data.task=segmentation or captioning)")
     require(m.hidden_dim >= 1, "model.hidden-dim", m.hidden_dim, ">= 1")
     HEADS.check(m.head)
     require(m.lora_rank >= 1, "model.lora-rank", m.lora_rank, ">= 1")
@@ -92,6 +93,15 @@ def check_model(cfg: Config) -> None:
             "a multiple of 4, >= 8")
     require(all(x.isdigit() and int(x) >= 1 for x in comma_list(m.decoder_layers)), "model.decoder-layers",
             m.decoder_layers, "comma-separated 1-based encoder block numbers, e.g. 4,8,12, or empty")
+    require(m.caption_length >= 4, "model.caption-length", m.caption_length, ">= 4 tokens")
+    require(m.caption_heads >= 1, "model.caption-heads", m.caption_heads, ">= 1")
+    require(m.caption_width >= 8 and m.caption_width % m.caption_heads == 0, "model.caption-width", m.caption_width,
+            f">= 8 and a multiple of model.caption-heads ({m.caption_heads})")
+    require(m.caption_depth >= 1, "model.caption-depth", m.caption_depth, ">= 1")
+    require(m.caption_beams >= 1, "model.caption-beams", m.caption_beams, ">= 1 (1: greedy decoding)")
+    if family == "captioning":
+        require(not cfg.privacy.dp, "privacy.dp", cfg.privacy.dp,
+                "false with data.task=captioning (DP-SGD of the caption decoder is not supported yet)")
     if m.standardise_features:
         check_standardisation(cfg)
     check_head_init(cfg)

@@ -30,9 +30,12 @@ class DataConfig:
                                   "per site; `deployment`: set by each site from its site file")
     test_file: str = setting("", "`files`: the server's held-out test file; empty means federated validation only")
     task: str = setting("multi-class", "`files`: `multi-class`, `binary-class`, `ordinal-regression`, `multi-label, "
-                                       "binary-class` or `segmentation`; `embedded`: `multi-class` or `segmentation` "
-                                       "(organ and lesion masks)")
+                                       "binary-class`, `segmentation` or `captioning` (caption CSVs); `embedded`: "
+                                       "`multi-class`, `segmentation` (organ and lesion masks) or `captioning` "
+                                       "(templated captions)")
     label_set: str = setting("region", "`embedded` classification: which labels the images carry")
+    vocabulary: str = setting("", "`files` captioning: the vocabulary file every site shares (one word per line; "
+                                  "`python -m omnirad.captions CSV... -o FILE` writes one); required there")
     num_classes: int = setting(0, "`files`: number of classes (labels, for multi-label; pixel classes with "
                                   "background, for segmentation); required there")
     size: int = setting(64, "image size in pixels the encoder sees (28 to 224; for MedMNIST 28, 64, 128 or 224: "
@@ -58,7 +61,7 @@ class ModelConfig:
     weights: str = setting("", "a local weights file, `hub`, `hf_hub:<id>`, or empty for a random init (with a "
                                "loud warning)")
     adapter: str = setting("linear", "what each site trains: a head on pooled features, LoRA or full fine-tuning "
-                                  "on images, or a segmentation decoder")
+                                  "on images, a segmentation decoder, or a caption decoder (`caption-decoder`, for `data.task=captioning`)")
     hidden_dim: int = setting(256, "hidden width of `mlp` heads")
     head_init: str = setting("auto", "how the head starts: its own random initialisation (`random`), or a closed-form "
                                      "solution from statistics every site sends once before round 1 (exactly the "
@@ -77,6 +80,13 @@ class ModelConfig:
     decoder_width: int = setting(64, "`decoder`: channels after fusing the token layers (a multiple of 4)")
     decoder_layers: str = setting("", "`decoder`: 1-based encoder blocks to read, e.g. `4,8,12`; empty: a third, "
                                       "two thirds and the last")
+    caption_length: int = setting(32, "`caption-decoder`: longest caption in tokens, start and end included; "
+                                      "longer captions in site files are cut, and decoding stops there")
+    caption_width: int = setting(128, "`caption-decoder`: width of the text decoder (a multiple of "
+                                      "`model.caption-heads`)")
+    caption_depth: int = setting(2, "`caption-decoder`: transformer decoder layers")
+    caption_heads: int = setting(4, "`caption-decoder`: attention heads")
+    caption_beams: int = setting(1, "`caption-decoder`: beams of the beam search that writes captions; 1: greedy")
     feature_cache: bool = setting(False, "keep each site's encoded features (heads) or token maps (decoder) on its "
                                          "disk, so later rounds and new processes skip the encoder; ignored, with a "
                                          "warning, for adapters that read images")

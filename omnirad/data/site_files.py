@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnirad.data.caption_files import is_caption_csv, read_caption_csv
 from omnirad.data.image_folder import is_image_folder_source, read_image_folder
 from omnirad.data.labelled import LabelledImages
 from omnirad.data.npz import DataFileError, read_classification_npz, read_segmentation_npz
@@ -44,6 +45,8 @@ def read_npz(path: Path, task: TaskSpec, size: int) -> dict[str, LabelledImages]
 
 SITE_FILE_FORMATS.add("npz", SiteFileFormat(lambda path: path.suffix == ".npz", read_npz,
                                             "MedMNIST- or MedSegBench-format .npz"))
+SITE_FILE_FORMATS.add("captions", SiteFileFormat(is_caption_csv, read_caption_csv,
+                                                 "a captions CSV (path or id, caption), ROCOv2-style"))
 SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_image_folder,
                                                "a labels CSV or a folder of class sub-folders (PNG, JPEG, TIFF)"))
 

@@ -1,7 +1,7 @@
 """``data.dataset=embedded``: the synthetic radiology images every machine generates (no download).
 
 One pool of images, several ways to label it (``EMBEDDED_TASKS``): body region, finding, lesion
-masks. Every view is split among sites by body region, so a site holds the same images whatever
+masks, captions. Every view is split among sites by body region, so a site holds the same images whatever
 it labels, which is what lets one federation train different tasks on them.
 """
 
@@ -14,16 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from omnirad.captions import encode_captions
 from omnirad.config.schema import Config
 from omnirad.data import synthetic
+from omnirad.data.embedded_captions import embedded_captions, embedded_vocabulary
 from omnirad.data.labelled import LabelledImages
 from omnirad.data.sources.registry import DataSource, register_source
 from omnirad.errors import bad_value
 from omnirad.registry import Registry
-from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
+from omnirad.tasks import CAPTIONING, MULTI_CLASS, SEGMENTATION, TaskSpec
 
 EMBEDDED_TRAIN_SEED = 0  # fixed, so runs with different run.seed share one dataset
 EMBEDDED_TEST_SEED = 1
+EMBEDDED_CAPTION_LENGTH = 16  # tokens, BOS and EOS included: the longest template caption has 12
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ EMBEDDED_TASKS: Registry[EmbeddedTask] = Registry("multitask.site-tasks")
 EMBEDDED_TASKS.add("region", EmbeddedTask(MULTI_CLASS, lambda s: s.labels, synthetic.CLASS_NAMES))
 EMBEDDED_TASKS.add("finding", EmbeddedTask(MULTI_CLASS, lambda s: s.findings, synthetic.FINDING_NAMES))
 EMBEDDED_TASKS.add("lesions", EmbeddedTask(SEGMENTATION, lambda s: s.masks.astype(np.int64), synthetic.MASK_CLASSES))
+EMBEDDED_TASKS.add("captions", EmbeddedTask(
+    CAPTIONING, lambda s: encode_captions(embedded_captions(s), embedded_vocabulary(), EMBEDDED_CAPTION_LENGTH),
+    embedded_vocabulary()))
 
 
 def label_sets() -> tuple[str, ...]:
@@ -76,7 +82,7 @@ class EmbeddedSource(DataSource):
     name = "embedded"
 
     def check(self, cfg: Config) -> None:
-        kinds = sorted({task.kind for _, task in EMBEDDED_TASKS.items()}, key=[MULTI_CLASS, SEGMENTATION].index)
+        kinds = sorted({task.kind for _, task in EMBEDDED_TASKS.items()}, key=[MULTI_CLASS, SEGMENTATION, CAPTIONING].index)
         if cfg.data.task not in kinds:
             raise bad_value("data.task", cfg.data.task, "one of " + ", ".join(kinds))
         if cfg.data.label_set not in label_sets():

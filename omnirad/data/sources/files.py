@@ -7,6 +7,9 @@ configuration (``omnirad-client`` puts it in the site's view of ``data.site-file
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from omnirad.captions import read_vocabulary
 from omnirad.config.federation import require_num_sites
 from omnirad.config.io import comma_list
 from omnirad.config.schema import Config
@@ -14,11 +17,14 @@ from omnirad.data.labelled import LabelledImages
 from omnirad.data.site_files import read_site_file
 from omnirad.data.sources.registry import DataSource, register_source
 from omnirad.errors import bad_value
-from omnirad.tasks import KINDS, SEGMENTATION, TaskSpec
+from omnirad.tasks import CAPTIONING, KINDS, SEGMENTATION, TaskSpec
 
 
-def file_task(kind: str, num_classes: int) -> TaskSpec:
-    """The task of a site file: files carry no label names, so classes are numbered."""
+def file_task(kind: str, num_classes: int, vocabulary: str = "") -> TaskSpec:
+    """The task of a site file: files carry no label names, so classes are numbered; captions are
+    read with the shared vocabulary file."""
+    if kind == CAPTIONING:
+        return TaskSpec(CAPTIONING, read_vocabulary(vocabulary))
     if kind == SEGMENTATION:
         return TaskSpec(SEGMENTATION, ("background", *(f"class {k}" for k in range(1, num_classes))))
     return TaskSpec(kind, tuple(str(k) for k in range(num_classes)))
@@ -33,11 +39,16 @@ class NaturalSplit(DataSource):
             return
         if d.task not in KINDS:
             raise bad_value("data.task", d.task, "one of " + ", ".join(KINDS))
+        if d.task == CAPTIONING:
+            if not Path(d.vocabulary).expanduser().is_file():
+                raise bad_value("data.vocabulary", d.vocabulary, "the vocabulary file every site shares "
+                                "(python -m omnirad.captions CSV... -o FILE writes one)")
+            return
         if not (d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1)):
             raise bad_value("data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
 
     def task(self, cfg: Config) -> TaskSpec:
-        return file_task(cfg.data.task, cfg.data.num_classes)
+        return file_task(cfg.data.task, cfg.data.num_classes, cfg.data.vocabulary)
 
     def test_set(self, cfg: Config) -> LabelledImages | None:
         if not cfg.data.test_file:
