@@ -11,7 +11,6 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score
 
-from omnirad.caption_metrics import caption_metrics
 from omnirad.captions import decode_captions
 from omnirad.tasks import MULTI_LABEL, TaskSpec
 
@@ -53,6 +52,9 @@ def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> di
     """The metrics of ``task``'s kind for a batch of predictions; all NaN when the predictions are
     (a model poisoned by a NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
     if task.captioning:  # ``logits``: generated token ids
+        # imported here: torchmetrics and pycocoevalcap cost every ClientApp process of the other tasks
+        from omnirad.caption_metrics import caption_metrics
+
         return caption_metrics(decode_captions(labels, task.label_names),
                                decode_captions(torch.as_tensor(logits).long().numpy(), task.label_names))
     if not torch.isfinite(torch.as_tensor(logits)).all():
