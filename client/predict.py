@@ -30,9 +30,9 @@ from omnirad.adapters import load_trainable_state
 from omnirad.config import Config, ConfigError, load_config
 from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
 from omnirad.data.npz import SPLITS, DataFileError
-from omnirad.data.site_files import resized_images
 from omnirad.data.sites import task_info
 from omnirad.devices import placement_for
+from omnirad.images import resized_images
 from omnirad.logs import show_progress
 from omnirad.methods import site_method
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model

@@ -14,15 +14,36 @@ from sklearn.metrics import f1_score
 
 from omnirad.tasks import MULTI_LABEL, TaskSpec
 
+VOLUME_SCORES = ("mean", "max")
+
 
 def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
-    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of a batch of predictions.
+    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of a batch of predictions."""
+    return score_metrics(labels, task.scores(torch.as_tensor(logits)), task)
+
+
+def volume_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec, volumes: np.ndarray,
+                   pooling: str = "mean") -> dict[str, float]:
+    """Classification metrics per volume (``volume_*``): a volume's scores are the mean or max of
+    its slices' probabilities, its label that of its slices (one label per volume)."""
+    scores, labels = task.scores(torch.as_tensor(logits)), np.asarray(labels)
+    ids = np.unique(volumes)
+    pool = np.mean if pooling == "mean" else np.max
+    pooled = np.stack([pool(scores[volumes == v], axis=0) for v in ids])
+    if not task.multi_label:
+        pooled = pooled / pooled.sum(axis=1, keepdims=True)  # max pooling leaves rows that do not sum to one
+    firsts = np.array([np.flatnonzero(volumes == v)[0] for v in ids])
+    found = score_metrics(labels[firsts], pooled, task)
+    return {f"volume_{key}": value for key, value in found.items() if key != "auc_classes"}
+
+
+def score_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskSpec) -> dict[str, float]:
+    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of class probabilities.
 
     AUC is one-vs-rest per class (per label for multi-label), averaged. A site's local split may
     lack some classes (label skew): AUC is undefined for those, so the average is then taken over
     the classes present, and ``auc_classes`` says how many that was.
     """
-    scores = task.scores(torch.as_tensor(logits))
     labels = np.asarray(labels)
     if task.multi_label:
         columns = [(labels[:, c], scores[:, c]) for c in range(task.num_outputs)]
@@ -48,15 +69,18 @@ def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskS
     }
 
 
-def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
-    """The metrics of ``task``'s kind for a batch of predictions; all NaN when the predictions are
-    (a model poisoned by a NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
+def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec, volumes: np.ndarray | None = None,
+                 volume_score: str = "mean") -> dict[str, float]:
+    """The metrics of ``task``'s kind for a batch of predictions, and per volume where the images
+    are slices of volumes (classification); all NaN when the predictions are (a model poisoned by a
+    NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
     if not torch.isfinite(torch.as_tensor(logits)).all():
         names = ("dice", "iou", "dice-with-background") if task.segmentation else ("accuracy", "macro_f1", "auc")
         return dict.fromkeys(names, float("nan"))
     if task.segmentation:
         return segmentation_metrics(labels, logits, task.num_outputs)
-    return classification_metrics(labels, logits, task)
+    per_volume = {} if volumes is None else volume_metrics(labels, logits, task, volumes, volume_score)
+    return {**classification_metrics(labels, logits, task), **per_volume}
 
 
 def segmentation_metrics(masks: np.ndarray, logits: torch.Tensor, num_classes: int) -> dict[str, float]:

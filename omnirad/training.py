@@ -105,8 +105,10 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, *, pl
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *,
-                   placement: Placement = CPU) -> dict[str, float]:
-    """Loss and the task's metrics (accuracy, macro-F1, AUC; or Dice, IoU) of the model."""
+                   placement: Placement = CPU, volumes: np.ndarray | None = None,
+                   volume_score: str = "mean") -> dict[str, float]:
+    """Loss and the task's metrics (accuracy, macro-F1, AUC; or Dice, IoU) of the model, and per
+    volume (``volume_*``) when ``volumes`` gives each input's volume."""
     logits = predict(model, inputs, placement=placement)
     loss = task.loss(logits, task.targets(labels)).item()
-    return {"loss": loss, **task_metrics(labels, logits, task)}
+    return {"loss": loss, **task_metrics(labels, logits, task, volumes, volume_score)}

@@ -51,6 +51,8 @@ def check_ssl(cfg: Config) -> None:
 def check_data(cfg: Config) -> None:
     from omnirad.data.partition import PARTITIONS
     from omnirad.data.sources import source_of
+    from omnirad.data.volumes import WINDOWS
+    from omnirad.metrics import VOLUME_SCORES
 
     d = cfg.data
     source = source_of(d.dataset)
@@ -65,6 +67,9 @@ def check_data(cfg: Config) -> None:
     require(d.num_test >= 1, "data.num-test", d.num_test, ">= 1")
     require(0 < d.val_fraction < 1, "data.val-fraction", d.val_fraction, "between 0 and 1")
     require(d.min_site_samples >= 2, "data.min-site-samples", d.min_site_samples, ">= 2")
+    WINDOWS.check(d.window)
+    require(d.slice_axis in (0, 1, 2), "data.slice-axis", d.slice_axis, "0, 1 or 2")
+    require(d.volume_score in VOLUME_SCORES, "data.volume-score", d.volume_score, " or ".join(VOLUME_SCORES))
 
 
 def check_model(cfg: Config) -> None:
