@@ -26,15 +26,19 @@ def volume_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec, vol
                    pooling: str = "mean") -> dict[str, float]:
     """Classification metrics per volume (``volume_*``): a volume's scores are the mean or max of
     its slices' probabilities, its label that of its slices (one label per volume)."""
-    scores, labels = task.scores(torch.as_tensor(logits)), np.asarray(labels)
+    ids, pooled = pool_volumes(task.scores(torch.as_tensor(logits)), volumes, pooling, task.multi_label)
+    firsts = np.array([np.flatnonzero(volumes == v)[0] for v in ids])
+    found = score_metrics(np.asarray(labels)[firsts], pooled, task)
+    return {f"volume_{key}": value for key, value in found.items() if key != "auc_classes"}
+
+
+def pool_volumes(scores: np.ndarray, volumes: np.ndarray, pooling: str, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each volume's id and its scores: the mean or max of its slices' probabilities (class
+    probabilities renormalised to sum to one; per-label ones left as they are)."""
     ids = np.unique(volumes)
     pool = np.mean if pooling == "mean" else np.max
     pooled = np.stack([pool(scores[volumes == v], axis=0) for v in ids])
-    if not task.multi_label:
-        pooled = pooled / pooled.sum(axis=1, keepdims=True)  # max pooling leaves rows that do not sum to one
-    firsts = np.array([np.flatnonzero(volumes == v)[0] for v in ids])
-    found = score_metrics(labels[firsts], pooled, task)
-    return {f"volume_{key}": value for key, value in found.items() if key != "auc_classes"}
+    return ids, pooled if multi_label else pooled / pooled.sum(axis=1, keepdims=True)
 
 
 def score_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskSpec) -> dict[str, float]:

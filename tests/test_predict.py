@@ -71,3 +71,25 @@ def test_an_npz_keeps_its_labels_and_a_csv_names_unreadable_files(tmp_path, run,
     assert not (tmp_path / "x.csv").exists()
     assert main(["--run", str(tmp_path), "--input", str(tmp_path / "site.npz")]) == 2
     assert "not a run folder" in caplog.text
+
+
+def test_volumes_get_a_row_per_slice_and_one_per_volume_with_its_slices_mean(tmp_path, run, capsys):
+    import nibabel as nib
+
+    _, folder, _ = run
+    for n in range(2):
+        values = np.random.default_rng(n).random((10, 12, 3 + n)).astype(np.float32)
+        nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / f"v{n}.nii.gz")
+    (tmp_path / "held-out.csv").write_text("path,label\nv0.nii.gz,2\nv1.nii.gz,\n")
+    out = tmp_path / "predictions.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "held-out.csv"), "--out", str(out), "--device", "cpu"]) == 0
+    slices, volumes = rows(out), rows(tmp_path / "predictions-volumes.csv")
+    assert [r["image"] for r in slices] == [f"v0.nii.gz#{k}" for k in range(3)] + [f"v1.nii.gz#{k}" for k in range(4)]
+    assert [(r["volume"], r["label"]) for r in volumes] == [("v0.nii.gz", "2"), ("v1.nii.gz", "")]
+    names = cfg_names(slices)
+    for volume, members in zip(volumes, (slices[:3], slices[3:]), strict=True):
+        mean = np.mean([[float(r[f"p-{name}"]) for name in names] for r in members], axis=0)
+        np.testing.assert_allclose([float(volume[f"p-{name}"]) for name in names], mean, atol=1e-5)
+    (tmp_path / "bad.csv").write_text("path\nv0.nii.gz\nmissing.nii.gz\n")
+    assert main(["--run", str(folder), "--input", str(tmp_path / "bad.csv"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "bad.csv: missing.nii.gz: file not found" in capsys.readouterr().err
