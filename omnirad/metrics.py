@@ -46,9 +46,12 @@ def score_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskSpec) -> dic
 
     AUC is one-vs-rest per class (per label for multi-label), averaged. A site's local split may
     lack some classes (label skew): AUC is undefined for those, so the average is then taken over
-    the classes present, and ``auc_classes`` says how many that was.
+    the classes present, and ``auc_classes`` says how many that was. A single example (a site
+    validating on one volume) is scored twice: MedMNIST's evaluator squeezes one to a scalar.
     """
     labels = np.asarray(labels)
+    if len(labels) == 1:
+        labels, scores = np.concatenate([labels, labels]), np.concatenate([scores, scores])
     if task.multi_label:
         columns = [(labels[:, c], scores[:, c]) for c in range(task.num_outputs)]
         predictions = (scores > 0.5).astype(int)

@@ -2,14 +2,13 @@
 site file format registry: MONAI reads and windows them, they are cut into slices that keep their
 volume, split by patient, every bad input named before training, and scored per volume."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from omnirad.config import ConfigError, load_config
 from omnirad.data.labelled import ReadOptions
@@ -20,6 +19,8 @@ from omnirad.data.sources.files import file_task
 from omnirad.metrics import task_metrics, volume_metrics
 from omnirad_fl.client.cli import check_data
 from omnirad_fl.client.site_config import SiteConfig
+from omnirad_fl.simulations.bench_volumes import write_dicom_series
+from tests.test_e2e_flwr_run import run_federations
 
 TWO = file_task("binary-class", 2)
 
@@ -29,31 +30,6 @@ def write_nifti(path: Path, values: np.ndarray, dtype: type = np.float32) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(values.astype(dtype), np.eye(4)), path)
     return path
-
-
-def write_dicom_series(folder: Path, hu: np.ndarray, patient: str = "p1") -> Path:
-    """A CT series, one file per slice along the last axis, stored as raw values with the
-    RescaleSlope/Intercept that turn them into Hounsfield units (``hu``: (columns, rows, slices))."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(), generate_uid()
-    for k in range(hu.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, "Doe^Jane"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, k + 1
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelSpacing, ds.SliceThickness = [1, 1], 2
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2 * k], [1, 0, 0, 0, 1, 0]
-        ds.PixelData = (hu[:, :, k].T + 1024).astype(np.int16).tobytes()  # stored rows x columns
-        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
-    return folder
 
 
 def write_csv(folder: Path, rows: list[str], header: str = "path,label,patient") -> Path:
@@ -143,7 +119,7 @@ def test_every_bad_input_is_named_with_its_row_before_training(tmp_path):
     write_nifti(tmp_path / "ok.nii.gz", np.zeros((4, 4, 3)))
     write_nifti(tmp_path / "short_mask.nii.gz", np.zeros((4, 4, 2)), np.uint8)
     write_dicom_series(tmp_path / "corrupt", np.zeros((4, 4, 2)))
-    (tmp_path / "corrupt" / "001.dcm").write_bytes(b"not a DICOM file")
+    (tmp_path / "corrupt" / "0001.dcm").write_bytes(b"not a DICOM file")
     (tmp_path / "empty").mkdir()
     (tmp_path / "flat.png").write_bytes(b"")
     rows = ["ok.nii.gz,0,ok.nii.gz", "missing.nii.gz,1,", "ok.nii.gz,5,", "corrupt,1,", "empty,0,",
@@ -157,7 +133,7 @@ def test_every_bad_input_is_named_with_its_row_before_training(tmp_path):
         read_site_file(str(path), file_task("segmentation", 2), ReadOptions(8))
     text = str(err.value)
     for expected in ("volumes.csv:3: missing.nii.gz: file not found",
-                     "volumes.csv:5: corrupt/001.dcm is not a readable DICOM file (InvalidDicomError)",
+                     "volumes.csv:5: corrupt/0001.dcm is not a readable DICOM file (InvalidDicomError)",
                      "volumes.csv:6: empty/ is empty: no DICOM series",
                      "volumes.csv:7: flat.png is a 2D image; a site file lists volumes or 2D images, not both",
                      "volumes.csv:8: mask short_mask.nii.gz has shape (4, 4, 2), its image ok.nii.gz (4, 4, 3)",
@@ -198,3 +174,40 @@ def test_volume_keys_are_checked_by_name():
         load_config({"data.slice-axis": 3})
     with pytest.raises(ConfigError, match="data.volume-score"):
         load_config({"data.volume-score": "median"})
+
+
+def write_volume_site(folder: Path, kind: str, num_volumes: int, seed: int) -> Path:
+    """A site's CSV of CT volumes in either format; class 1 is denser (150 HU) than class 0 (-100 HU)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in range(num_volumes):
+        hu = rng.normal(-100 + 250 * (n % 2), 30, (16, 16, 4))
+        name = f"{kind}{n}" if kind == "dicom" else f"{kind}{n}.nii.gz"
+        if kind == "dicom":
+            write_dicom_series(folder / name, hu.round(), patient=f"{folder.name}-{n}")
+        else:
+            write_nifti(folder / name, hu)
+        rows.append(f"{name},{n % 2},{folder.name}-{n}")
+    return write_csv(folder, rows)
+
+
+@pytest.mark.slow
+def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volumes(tmp_path):
+    runs = []
+    for kind in ("nifti", "dicom"):
+        sites = ",".join(str(write_volume_site(tmp_path / f"{kind}-{s}", kind, 10, seed)) for seed, s in enumerate("ab"))
+        test = write_volume_site(tmp_path / f"{kind}-test", kind, 6, 9)
+        runs.append(f"data.dataset='files' data.site-files='{sites}' data.test-file='{test}' data.task='binary-class' "
+                    "data.num-classes=2 data.size=28 data.window='abdomen' model.adapter='linear' "
+                    "model.head-init='random' num-server-rounds=2 train.local-epochs=3")
+    for folder in run_federations(tmp_path, 2, *runs):
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["rounds"] == 2 and summary["final"]["accuracy"] > 0.8
+        assert summary["final"]["volume-accuracy"] > 0.8  # the server's 6 held-out volumes, 4 slices each
+        last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+        assert all("volume-accuracy" in site["evaluate"] for site in last["sites"].values())
+
+
+def test_a_site_validating_on_one_volume_still_scores_it():
+    found = volume_metrics(np.array([1, 1]), torch.tensor([[0.0, 2.0], [0.0, 1.0]]), TWO, np.array([4, 4]))
+    assert found["volume_accuracy"] == 1.0 and found["volume_macro_f1"] == 0.5  # one class present of two
