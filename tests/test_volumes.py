@@ -153,6 +153,10 @@ def test_medmnist_3d_arrays_are_cut_into_slices_each_sample_a_volume(tmp_path):
     train = splits["train"]
     assert train.images.shape == (4 * 28, 32, 32) and list(np.unique(train.volumes)) == [0, 1, 2, 3]
     assert list(train.labels[train.volumes == 1]) == [1] * 28 and len(splits["val"]) == 28
+    np.savez(tmp_path / "mixed.npz", train_images=volumes[:4], train_labels=np.array([[0], [1], [2], [1]]),
+             val_images=volumes[4, :3], val_labels=np.array([[2], [2], [2]]))
+    with pytest.raises(DataFileError, match="train hold.s. volumes .N, D, H, W., val 2D images: mixed 2D/3D"):
+        read_site_file(str(tmp_path / "mixed.npz"), file_task("multi-class", 3), ReadOptions(32))
 
 
 def test_a_volume_is_scored_by_the_mean_or_max_of_its_slices(tmp_path):

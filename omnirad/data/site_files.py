@@ -38,7 +38,11 @@ def read_npz(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, Labe
     and masks are resized to ``options.size``, where Dice is scored."""
     if not task.segmentation:
         splits = read_classification_npz(path, task)
-        return {name: slice_volume_array(s.images, s.labels, options) if is_volume_array(s.images)
+        volumes = {name for name, s in splits.items() if is_volume_array(s.images)}
+        if volumes and volumes != set(splits):
+            raise DataFileError(f"{path}: {', '.join(sorted(volumes))} hold(s) volumes (N, D, H, W), "
+                                f"{', '.join(sorted(set(splits) - volumes))} 2D images: mixed 2D/3D")
+        return {name: slice_volume_array(s.images, s.labels, options) if name in volumes
                 else LabelledImages(s.images, s.labels) for name, s in splits.items()}
     segmentation = read_segmentation_npz(path, task.num_outputs)
     return {name: LabelledImages(*resized(s.images, s.labels, options.size)) for name, s in segmentation.items()}
