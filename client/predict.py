@@ -12,8 +12,10 @@ MedMNIST-format ``.npz`` (every split's images, and labels when present; MedMNIS
 too). Volumes are read, windowed and sliced as the run read its sites' volumes (its
 ``data.window``, ``data.slice-axis``); each slice gets a row, and each volume a row in
 ``<out>-volumes.csv`` with the mean or max (``data.volume-score``) of its slices' probabilities.
-Every unreadable file is named before any image is encoded. Classification runs only: a
-segmentation run's masks and multi-task runs' per-task adapters are not written by this command yet.
+Every unreadable file is named before any image is encoded. A segmentation run's masks are
+written for volumes: one NIfTI file per volume on the volume's own grid (RAS), in ``<out>-masks/``,
+listed in ``<out>`` with voxels per class; 2D masks and multi-task runs' per-task adapters are not
+written by this command yet.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -37,7 +40,7 @@ from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError, is_volume_array
 from omnirad.data.sites import task_info
 from omnirad.data.sources.files import read_options
-from omnirad.data.volumes import VolumeRow, file_problems, is_volume, read_volume, slice_volume_array
+from omnirad.data.volumes import VolumeRow, file_problems, is_volume, read_volume, slice_volume_array, uncut
 from omnirad.devices import placement_for
 from omnirad.images import resized_images
 from omnirad.logs import show_progress
@@ -60,6 +63,7 @@ class Images:
     labels: np.ndarray
     volumes: np.ndarray | None = None
     volume_names: tuple[str, ...] = ()
+    grids: tuple[tuple[np.ndarray, tuple[int, int, int]], ...] = ()  # NIfTI/DICOM: each volume's affine and shape
 
 
 def read_input(path: Path, options: ReadOptions) -> Images:
@@ -75,7 +79,7 @@ def read_input(path: Path, options: ReadOptions) -> Images:
     elif path.suffix.lower() == ".csv":
         entries = csv_entries(path)
     else:
-        raise DataFileError(f"{path}: expected a folder of images, a CSV with a path column, or an .npz file")
+        raise DataFileError(f"{path}: expected a folder of images, a CSV with a path column, a NIfTI file or an .npz file")
     if not entries:
         raise DataFileError(f"{path}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     if any(is_volume(file) for _, file, _ in entries):
@@ -110,19 +114,20 @@ def read_volumes(path: Path, entries: list[tuple[str, Path, int]], options: Read
     them; every bad entry is named before any is read."""
     rows = [VolumeRow(file, label, "", name, path.name, None) for name, file, label in entries]
     problems = [problem for row in rows for problem in file_problems(row, segmentation=False)]
-    slices = []
+    read = []
     for row in rows if not problems else []:
         try:
-            slices.append(read_volume(row, options, 0, segmentation=False).slices)
+            read.append(read_volume(row, options, 0, segmentation=False))
         except Exception as err:  # noqa: BLE001 - MONAI's readers raise many kinds; each is reported by name
             problems.append(f"{row.where}: {row.file.name} could not be read as a volume ({type(err).__name__})")
     if problems:
         raise DataFileError(summary(path, problems))
+    slices = [volume.slices for volume in read]
     names = [f"{name}#{k}" for (name, _, _), volume in zip(entries, slices, strict=True) for k in range(len(volume))]
     return Images(names, np.concatenate(slices),
                   np.concatenate([np.full(len(v), label, np.int64) for (_, _, label), v in zip(entries, slices, strict=True)]),
                   np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(slices)]),
-                  tuple(name for name, _, _ in entries))
+                  tuple(name for name, _, _ in entries), tuple((volume.affine, volume.shape) for volume in read))
 
 
 def read_npz_images(path: Path, options: ReadOptions) -> Images:
@@ -170,8 +175,6 @@ def run_config(run: Path, weights: str | None, device: str) -> Config:
                        **({"model.weights": weights} if weights is not None else {})})
     if cfg.multitask.site_tasks:
         raise ConfigError(f"{run}: a multi-task run; omnirad-predict applies single-task runs only")
-    if task_info(cfg).segmentation:
-        raise ConfigError(f"{run}: a segmentation run; omnirad-predict writes classification predictions only")
     if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
         raise ConfigError(f"{run}: no single global model (FedPer keeps heads at the sites; spectral prompts need "
                           "the bank)")
@@ -201,6 +204,23 @@ def write_predictions(out: Path, cfg: Config, images: Images, probs: np.ndarray)
         ids, pooled = pool_volumes(probs, images.volumes, cfg.data.volume_score, task_info(cfg).multi_label)
         labels = np.array([images.labels[images.volumes == v][0] for v in ids])
         write_rows(volume_csv(out), cfg, "volume", [images.volume_names[v] for v in ids], labels, pooled)
+
+
+def write_masks(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> Path:
+    """Each volume's predicted mask as NIfTI on the volume's own grid and affine (RAS), in
+    ``<out>-masks/``; ``out`` lists them with voxels per class. Returns the mask folder."""
+    folder = out.with_name(f"{out.stem}-masks")
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = task_info(cfg).label_names
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["volume", "mask", *(f"voxels-{name}" for name in classes)])
+        for v, (name, (affine, shape)) in enumerate(zip(images.volume_names, images.grids, strict=True)):
+            mask = uncut(probs[images.volumes == v].argmax(axis=1).astype(np.uint8), cfg.data.slice_axis, shape)
+            file = folder / f"mask-{v:04d}.nii.gz"
+            nib.save(nib.Nifti1Image(mask, affine), file)
+            writer.writerow([name, file.relative_to(out.parent).as_posix(), *np.bincount(mask.ravel(), minlength=len(classes))])
+    return folder
 
 
 def volume_csv(out: Path) -> Path:
@@ -241,11 +261,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.run / f"{args.adapter}_adapter.safetensors").is_file():
             raise ConfigError(f"{args.run}: no {args.adapter}_adapter.safetensors (has the run finished?)")
         images = read_input(args.input, read_options(cfg))
+        if task_info(cfg).segmentation and not images.grids:
+            raise ConfigError(f"{args.run}: a segmentation run; omnirad-predict writes its masks for NIfTI or DICOM "
+                              "volumes only")
     except (ConfigError, DataFileError) as err:
         log.error("omnirad-predict: %s", err)
         return 2
     log.info("omnirad-predict: %d images from %s, %s adapter of %s", len(images.names), args.input, args.adapter, args.run.name)
     probs = predict_images(cfg, args.run, args.adapter, images)
+    if task_info(cfg).segmentation:
+        log.info("wrote %s and the masks in %s", args.out, write_masks(args.out, cfg, images, probs))
+        return 0
     write_predictions(args.out, cfg, images, probs)
     known = images.labels >= 0
     if known.any() and not task_info(cfg).multi_label:

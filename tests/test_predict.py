@@ -93,3 +93,32 @@ def test_volumes_get_a_row_per_slice_and_one_per_volume_with_its_slices_mean(tmp
     (tmp_path / "bad.csv").write_text("path\nv0.nii.gz\nmissing.nii.gz\n")
     assert main(["--run", str(folder), "--input", str(tmp_path / "bad.csv"), "--out", str(out), "--device", "cpu"]) == 2
     assert "bad.csv: missing.nii.gz: file not found" in capsys.readouterr().err
+
+
+def test_a_segmentation_run_writes_each_volumes_mask_as_nifti_on_its_own_grid(tmp_path, capsys):
+    import nibabel as nib
+
+    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "data.task": "segmentation", "model.adapter": "decoder",
+                       "data.size": 32, "data.num-sites": 2})
+    folder = RunFolder.create(cfg).path
+    torch.manual_seed(0)
+    model = new_model(cfg)
+    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / "best_adapter.safetensors"))
+    affine = np.diag([2.0, 1.5, 3.0, 1.0])  # anisotropic voxels, RAS
+    values = np.random.default_rng(0).random((32, 32, 5)).astype(np.float32)  # slice plane at data.size: no resize
+    nib.save(nib.Nifti1Image(values, affine), tmp_path / "ct.nii.gz")
+    out = tmp_path / "masks.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "ct.nii.gz"), "--out", str(out), "--device", "cpu"]) == 0
+    (row,) = rows(out)
+    written = nib.load(tmp_path / row["mask"])
+    assert row["volume"] == "ct.nii.gz" and written.shape == (32, 32, 5) and np.allclose(written.affine, affine)
+    assert sum(int(row[key]) for key in row if key.startswith("voxels-")) == 32 * 32 * 5
+    slices = np.moveaxis(((values - np.percentile(values, 1)) / (np.percentile(values, 99) - np.percentile(values, 1)))
+                         .clip(0, 1) * 255, 2, 0).round().astype(np.uint8)
+    expected = predict(model, model_inputs(cfg, encoder_for(cfg), slices, "test", use_cache=False)).argmax(dim=1)
+    agree = (np.asarray(written.dataobj) == np.moveaxis(expected.numpy(), 0, 2)).mean()
+    assert agree > 0.99  # the model's own masks, back on the volume's grid (a rounding step may move a pixel)
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "a.png")
+    assert main(["--run", str(folder), "--input", str(tmp_path / "flat"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "masks for NIfTI or DICOM volumes only" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import SITE_FILE_FORMATS, format_of, read_site_file
 from omnirad.data.sites import load_site
 from omnirad.data.sources.files import file_task
+from omnirad.data.volumes import cut, uncut
 from omnirad.metrics import task_metrics, volume_metrics
 from omnirad_fl.client.cli import check_data
 from omnirad_fl.client.site_config import SiteConfig
@@ -157,6 +158,14 @@ def test_medmnist_3d_arrays_are_cut_into_slices_each_sample_a_volume(tmp_path):
              val_images=volumes[4, :3], val_labels=np.array([[2], [2], [2]]))
     with pytest.raises(DataFileError, match="train hold.s. volumes .N, D, H, W., val 2D images: mixed 2D/3D"):
         read_site_file(str(tmp_path / "mixed.npz"), file_task("multi-class", 3), ReadOptions(32))
+
+
+def test_predicted_slices_go_back_onto_their_volumes_grid():
+    mask = np.zeros((10, 6, 4), np.uint8)
+    mask[2:6, 0:3, 1] = 2
+    slices = cut(mask, 0)  # (10, 6, 4) cut along x: ten 6x4 slices, enlarged 2x as the encoder would see them
+    enlarged = slices.repeat(2, axis=1).repeat(2, axis=2)
+    assert np.array_equal(uncut(enlarged, 0, (10, 6, 4)), mask)
 
 
 def test_a_volume_is_scored_by_the_mean_or_max_of_its_slices(tmp_path):

@@ -25,9 +25,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from monai.data.meta_tensor import MetaTensor
 from monai.transforms.intensity.array import ScaleIntensityRange, ScaleIntensityRangePercentiles
 from monai.transforms.io.array import LoadImage
 from monai.transforms.spatial.array import Orientation
@@ -80,10 +82,13 @@ class VolumeRow(Row):
 
 @dataclass(frozen=True)
 class Volume:
-    """A volume's slices (uint8, (D, size, size)) and, for segmentation, their masks."""
+    """A volume's slices (uint8, (D, size, size)) and, for segmentation, their masks; its RAS grid
+    (voxel-to-world affine and shape), where predicted masks are written back."""
 
     slices: np.ndarray
     masks: np.ndarray | None
+    affine: np.ndarray
+    shape: tuple[int, int, int]
 
 
 def is_volume(path: Path) -> bool:
@@ -167,12 +172,13 @@ def modality(file: Path) -> str:
     return str(dcmread(first, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "unknown"))
 
 
-def load_oriented(file: Path) -> torch.Tensor:
-    """A volume as MONAI reads it, channel first and in RAS orientation: (1, X, Y, Z), metadata dropped."""
+def load_oriented(file: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """A volume as MONAI reads it, channel first and in RAS orientation, (1, X, Y, Z), with its RAS
+    affine; every other metadata element is dropped here."""
     reader = "PydicomReader" if file.is_dir() else "NibabelReader"
     image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(file))
-    oriented = Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
-    return torch.as_tensor(oriented).float()  # a plain tensor: no header travels further
+    oriented = cast(MetaTensor, Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
+    return torch.as_tensor(oriented).float(), np.asarray(oriented.affine, dtype=np.float64)
 
 
 def cut(volume: np.ndarray, axis: int) -> np.ndarray:
@@ -183,15 +189,16 @@ def cut(volume: np.ndarray, axis: int) -> np.ndarray:
 def read_volume(row: VolumeRow, options: ReadOptions, num_classes: int, segmentation: bool) -> Volume:
     """A volume's windowed slices at ``options.size`` and, with a mask, its mask slices; a
     ``DataFileError`` naming the row when the mask does not fit."""
-    image = load_oriented(row.file)
+    image, affine = load_oriented(row.file)
     if image.ndim != 4 or image.shape[0] != 1:
         raise DataFileError(f"{row.where}: {row.file.name} has shape {tuple(image.shape)}; expected one 3D volume")
     windowed = WINDOWS[options.window]()(image)
     slices = (torch.as_tensor(windowed)[0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
     slices = cut(slices, options.slice_axis)
+    grid = (int(image.shape[1]), int(image.shape[2]), int(image.shape[3]))
     if not segmentation or row.mask is None:
-        return Volume(resized_images(slices, options.size), None)
-    mask = load_oriented(row.mask)
+        return Volume(resized_images(slices, options.size), None, affine, grid)
+    mask, _ = load_oriented(row.mask)
     if mask.shape != image.shape:
         raise DataFileError(f"{row.where}: mask {row.mask.name} has shape {tuple(mask.shape[1:])}, its image "
                             f"{row.file.name} {tuple(image.shape[1:])}")
@@ -201,7 +208,15 @@ def read_volume(row: VolumeRow, options: ReadOptions, num_classes: int, segmenta
         raise DataFileError(f"{row.where}: mask {row.mask.name} holds {bad[0]}, out of range for {num_classes} "
                             f"pixel classes (0 to {num_classes - 1})")
     images, masks = resized(slices, cut(classes, options.slice_axis), options.size)
-    return Volume(images, masks)
+    return Volume(images, masks, affine, grid)
+
+
+def uncut(masks: np.ndarray, axis: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Slices of class indices (D, size, size) back on their volume's grid (X, Y, Z), nearest
+    neighbour: the inverse of ``cut`` and the resize."""
+    plane = tuple(side for i, side in enumerate(shape) if i != axis)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(masks)[:, None].float(), size=plane, mode="nearest")
+    return np.moveaxis(resized[:, 0].to(torch.uint8).numpy(), 0, axis)
 
 
 def read_volume_csv(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
