@@ -15,7 +15,7 @@ from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import SITE_FILE_FORMATS, format_of, read_site_file
 from omnirad.data.sites import load_site
-from omnirad.data.sources.files import file_task
+from omnirad.data.sources.files import file_task, read_options
 from omnirad.data.volumes import cut, uncut
 from omnirad.metrics import task_metrics, volume_metrics
 from omnirad_fl.client.cli import check_data
@@ -89,6 +89,20 @@ def test_masks_are_sliced_alongside_their_volumes_for_segmentation(tmp_path):
     assert masks.shape == (3, 20, 20) and masks.sum(axis=(1, 2)).tolist() == [0, 64, 0]  # 4x4 at 2x, nearest
     images = splits["train"].images
     assert (images[1, 5:11, 5:11] == 255).all() and images[0].max() == 0  # the lesion inside, percentile-scaled
+
+
+def test_data_spacing_resamples_every_volume_to_one_voxel_size(tmp_path):
+    path = tmp_path / "coarse.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32), np.diag([2.0, 2.0, 4.0, 1.0])),
+             path)
+    write_csv(tmp_path, ["coarse.nii.gz,0,p0,train"], header="path,label,patient,split")
+    cfg = load_config({"data.dataset": "files", "data.site-files": str(tmp_path / "volumes.csv"), "data.num-sites": 1,
+                       "data.num-classes": 2, "data.task": "binary-class", "data.spacing": "1,1,2"})
+    as_stored = read_site_file(str(tmp_path / "volumes.csv"), TWO, ReadOptions(16))["train"]
+    fine = read_site_file(str(tmp_path / "volumes.csv"), TWO, read_options(cfg))["train"]
+    assert len(as_stored) == 3 and len(fine) == 5  # 3 slices 4 mm apart span 8 mm: 5 slices 2 mm apart
+    with pytest.raises(ConfigError, match="data.spacing"):
+        load_config({"data.spacing": "1,1"})
 
 
 def test_no_patient_has_volumes_in_two_splits(tmp_path):

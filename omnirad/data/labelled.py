@@ -32,11 +32,13 @@ class LabelledImages:
 @dataclass(frozen=True)
 class ReadOptions:
     """How a site file is read: the image side the encoder sees and, for volumes, the intensity
-    window (``data.window``) and the axis cut into slices (``data.slice-axis``)."""
+    window (``data.window``), the axis cut into slices (``data.slice-axis``) and the voxel
+    spacing to resample to (``data.spacing``, mm; empty: as stored)."""
 
     size: int
     window: str = "percentile"
     slice_axis: int = 2
+    spacing: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms.intensity.array import ScaleIntensityRange, ScaleIntensityRangePercentiles
 from monai.transforms.io.array import LoadImage
-from monai.transforms.spatial.array import Orientation
+from monai.transforms.spatial.array import Orientation, Spacing
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -172,13 +172,18 @@ def modality(file: Path) -> str:
     return str(dcmread(first, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "unknown"))
 
 
-def load_oriented(file: Path) -> tuple[torch.Tensor, np.ndarray]:
-    """A volume as MONAI reads it, channel first and in RAS orientation, (1, X, Y, Z), with its RAS
-    affine; every other metadata element is dropped here."""
+def load_oriented(file: Path) -> MetaTensor:
+    """A volume as MONAI reads it, channel first and in RAS orientation: (1, X, Y, Z); its
+    metadata goes no further than ``read_volume``, which keeps only the affine."""
     reader = "PydicomReader" if file.is_dir() else "NibabelReader"
     image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(file))
-    oriented = cast(MetaTensor, Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
-    return torch.as_tensor(oriented).float(), np.asarray(oriented.affine, dtype=np.float64)
+    return cast(MetaTensor, Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
+
+
+def resampled(volume: MetaTensor, spacing: tuple[float, ...], mode: str) -> MetaTensor:
+    """The volume on a grid of ``spacing`` mm (MONAI ``Spacing``), so slices from scanners with
+    different voxel sizes show anatomy at one scale; unchanged when no spacing is configured."""
+    return cast(MetaTensor, Spacing(pixdim=spacing, mode=mode)(volume)) if spacing else volume
 
 
 def cut(volume: np.ndarray, axis: int) -> np.ndarray:
@@ -189,23 +194,26 @@ def cut(volume: np.ndarray, axis: int) -> np.ndarray:
 def read_volume(row: VolumeRow, options: ReadOptions, num_classes: int, segmentation: bool) -> Volume:
     """A volume's windowed slices at ``options.size`` and, with a mask, its mask slices; a
     ``DataFileError`` naming the row when the mask does not fit."""
-    image, affine = load_oriented(row.file)
+    image = load_oriented(row.file)
     if image.ndim != 4 or image.shape[0] != 1:
         raise DataFileError(f"{row.where}: {row.file.name} has shape {tuple(image.shape)}; expected one 3D volume")
-    windowed = WINDOWS[options.window]()(image)
-    slices = (torch.as_tensor(windowed)[0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
-    slices = cut(slices, options.slice_axis)
+    mask, mask_name = None, ""
+    if segmentation and row.mask is not None:
+        mask, mask_name = load_oriented(row.mask), row.mask.name
+        if mask.shape != image.shape:
+            raise DataFileError(f"{row.where}: mask {mask_name} has shape {tuple(mask.shape[1:])}, its image "
+                                f"{row.file.name} {tuple(image.shape[1:])}")
+    image = resampled(image, options.spacing, "bilinear")
+    affine = np.asarray(image.affine, dtype=np.float64)
     grid = (int(image.shape[1]), int(image.shape[2]), int(image.shape[3]))
-    if not segmentation or row.mask is None:
+    windowed = WINDOWS[options.window]()(torch.as_tensor(image).float())
+    slices = cut((torch.as_tensor(windowed)[0].numpy() * 255).round().clip(0, 255).astype(np.uint8), options.slice_axis)
+    if mask is None:
         return Volume(resized_images(slices, options.size), None, affine, grid)
-    mask, _ = load_oriented(row.mask)
-    if mask.shape != image.shape:
-        raise DataFileError(f"{row.where}: mask {row.mask.name} has shape {tuple(mask.shape[1:])}, its image "
-                            f"{row.file.name} {tuple(image.shape[1:])}")
-    classes = mask[0].round().long().numpy()
+    classes = torch.as_tensor(resampled(mask, options.spacing, "nearest"))[0].round().long().numpy()
     bad = classes[(classes < 0) | (classes >= num_classes)]
     if len(bad):
-        raise DataFileError(f"{row.where}: mask {row.mask.name} holds {bad[0]}, out of range for {num_classes} "
+        raise DataFileError(f"{row.where}: mask {mask_name} holds {bad[0]}, out of range for {num_classes} "
                             f"pixel classes (0 to {num_classes - 1})")
     images, masks = resized(slices, cut(classes, options.slice_axis), options.size)
     return Volume(images, masks, affine, grid)

@@ -19,7 +19,8 @@ from omnirad.tasks import KINDS, SEGMENTATION, TaskSpec
 
 def read_options(cfg: Config) -> ReadOptions:
     """How this run reads site files: its image size and, for volumes, window and slice axis."""
-    return ReadOptions(cfg.data.size, cfg.data.window, cfg.data.slice_axis)
+    spacing = tuple(float(mm) for mm in comma_list(cfg.data.spacing))
+    return ReadOptions(cfg.data.size, cfg.data.window, cfg.data.slice_axis, spacing)
 
 
 def file_task(kind: str, num_classes: int) -> TaskSpec:
