@@ -15,7 +15,8 @@ its own patient), never by slice, and every slice keeps its volume's id for per-
 Every problem (a missing file, a corrupt DICOM file, an empty series folder, a mask whose shape
 differs from its image, an unknown label, a 2D image in a volume list) is collected and reported
 together, naming the file and row, before any training starts. Only pixels and the configured
-label are kept: of a DICOM header, only the Modality tag is read, for ``omnirad-client --check``.
+label are kept: MONAI uses the geometry and rescale tags to build a volume, then only its affine is
+kept (predicted masks go back on its grid); the Modality tag is shown by ``omnirad-client --check``.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def series_problems(row: VolumeRow) -> list[str]:
 
 
 def modality(file: Path) -> str:
-    """The DICOM Modality tag of a series (the only header element read), or ``NIfTI``."""
+    """The DICOM Modality tag of a series (the only header element shown), or ``NIfTI``."""
     if not file.is_dir():
         return "NIfTI"
     first = min(f for f in file.iterdir() if f.is_file())
@@ -288,7 +289,7 @@ def slice_volume_array(volumes: np.ndarray, labels: np.ndarray, options: ReadOpt
 
 def survey(path: Path, task: TaskSpec) -> str:
     """Volumes, patients and modalities of a volume CSV, for ``omnirad-client --check``: of a DICOM
-    header only the Modality tag is read, and nothing else of it is shown."""
+    header only the Modality tag is shown."""
     rows = volume_rows(path, task)
     modalities = Counter(modality(row.file) for row in rows)
     return (f"{len(rows)} volumes, {len({row.patient for row in rows})} patients; modalities: "
