@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from omnirad.app_trust import parse_trusted
 from omnirad.config import ConfigError
+from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of
 from omnirad.data.sources.files import file_task
@@ -49,11 +50,17 @@ CHECK_SIZE = 64  # image side the data check reads at (the run's data.size comes
 
 def check_data(cfg: SiteConfig) -> str:
     """Read the site's data by its registered format as its declared task; raises
-    ``DataFileError`` listing what is wrong. Reports images per split and, for classes, per class."""
+    ``DataFileError`` listing what is wrong. Reports images (slices) per split, what the format
+    adds (volumes: patients and modalities) and, for classes, images per class."""
     path = Path(cfg.data.file)
-    splits = format_of(path).read(path, file_task(cfg.data.task, cfg.data.num_classes), CHECK_SIZE)
+    task = file_task(cfg.data.task, cfg.data.num_classes)
+    form = format_of(path)
+    splits = form.read(path, task, ReadOptions(CHECK_SIZE))
     counts = ", ".join(f"{len(split.labels)} {name}" for name, split in splits.items())
-    line = f"{path.name}: {counts} images ({cfg.data.task}, {cfg.data.num_classes} classes)"
+    kind = "slices" if any(split.volumes is not None for split in splits.values()) else "images"
+    line = f"{path.name}: {counts} {kind} ({cfg.data.task}, {cfg.data.num_classes} classes)"
+    if form.survey is not None:
+        line += f"; {form.survey(path, task)}"
     if cfg.data.task in (SEGMENTATION, MULTI_LABEL):
         return line
     per_class = np.bincount(np.concatenate([s.labels for s in splits.values()]), minlength=cfg.data.num_classes)

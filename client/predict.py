@@ -7,9 +7,15 @@ The run folder gives the configuration and the adapter (``best_adapter.safetenso
 by federated validation, or ``--adapter final``); the encoder weights are the site's own copy
 (``--weights``; the server's path in the run configuration by default). Input: a folder of images
 (PNG, JPEG, TIFF, BMP; searched recursively), a CSV with a ``path`` column (and ``label``, when
-known), or a MedMNIST-format ``.npz`` (every split's images, and labels when present). Every
-unreadable file is named before any image is encoded. Classification runs only: a segmentation
-run's masks and multi-task runs' per-task adapters are not written by this command yet.
+known) naming images or volumes (NIfTI files, DICOM series folders), a NIfTI file, or a
+MedMNIST-format ``.npz`` (every split's images, and labels when present; MedMNIST 3D volumes
+too). Volumes are read, windowed and sliced as the run read its sites' volumes (its
+``data.window``, ``data.slice-axis``); each slice gets a row, and each volume a row in
+``<out>-volumes.csv`` with the mean or max (``data.volume-score``) of its slices' probabilities.
+Every unreadable file is named before any image is encoded. A segmentation run's masks are
+written for volumes: one NIfTI file per volume on the volume's own grid (RAS), in ``<out>-masks/``,
+listed in ``<out>`` with voxels per class; 2D masks and multi-task runs' per-task adapters are not
+written by this command yet.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -29,12 +36,16 @@ from safetensors.torch import load_file
 from omnirad.adapters import load_trainable_state
 from omnirad.config import Config, ConfigError, load_config
 from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
-from omnirad.data.npz import SPLITS, DataFileError
-from omnirad.data.site_files import resized_images
+from omnirad.data.labelled import ReadOptions
+from omnirad.data.npz import SPLITS, DataFileError, is_volume_array
 from omnirad.data.sites import task_info
+from omnirad.data.sources.files import read_options
+from omnirad.data.volumes import VolumeRow, file_problems, is_volume, read_volume, slice_volume_array, uncut
 from omnirad.devices import placement_for
+from omnirad.images import resized_images
 from omnirad.logs import show_progress
 from omnirad.methods import site_method
+from omnirad.metrics import pool_volumes
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
 from omnirad.training import predict
 from omnirad_fl.server.run_folder import read_broadcast
@@ -44,30 +55,39 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Images:
-    """What to predict on: a name per image, the pixels, and labels where the input has them (-1: none)."""
+    """What to predict on: a name per image, the pixels, and labels where the input has them (-1: none);
+    for slices of volumes, each slice's volume (an index into ``volume_names``)."""
 
     names: list[str]
     pixels: np.ndarray
     labels: np.ndarray
+    volumes: np.ndarray | None = None
+    volume_names: tuple[str, ...] = ()
+    grids: tuple[tuple[np.ndarray, tuple[int, int, int]], ...] = ()  # NIfTI/DICOM: each volume's affine and shape
 
 
-def read_input(path: Path, size: int) -> Images:
-    """The images of a folder, a CSV or an ``.npz``; ``DataFileError`` naming every unreadable file."""
+def read_input(path: Path, options: ReadOptions) -> Images:
+    """The images of a folder, a CSV, a NIfTI file or an ``.npz``; ``DataFileError`` naming every
+    unreadable file."""
     if path.suffix.lower() == ".npz":
-        return read_npz_images(path, size)
+        return read_npz_images(path, options)
+    if path.is_file() and is_volume(path):
+        return read_volumes(path, [(path.name, path, -1)], options)
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         entries = [(f.relative_to(path).as_posix(), f, -1) for f in files]
     elif path.suffix.lower() == ".csv":
         entries = csv_entries(path)
     else:
-        raise DataFileError(f"{path}: expected a folder of images, a CSV with a path column, or an .npz file")
+        raise DataFileError(f"{path}: expected a folder of images, a CSV with a path column, a NIfTI file or an .npz file")
     if not entries:
         raise DataFileError(f"{path}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    if any(is_volume(file) for _, file, _ in entries):
+        return read_volumes(path, entries, options)
     images, problems = [], []
     for name, file, _ in entries:
         try:
-            images.append(read_image(file, size))
+            images.append(read_image(file, options.size))
         except (OSError, ValueError) as err:
             problems.append(f"{name}: could not be read as an image ({type(err).__name__})")
     if problems:
@@ -89,26 +109,60 @@ def csv_entries(path: Path) -> list[tuple[str, Path, int]]:
     return entries
 
 
-def read_npz_images(path: Path, size: int) -> Images:
-    """Every split's images of a MedMNIST-format file, resized to ``size``, with its labels."""
+def read_volumes(path: Path, entries: list[tuple[str, Path, int]], options: ReadOptions) -> Images:
+    """Every slice of the volumes named (NIfTI files, DICOM series folders), as the run's sites read
+    them; every bad entry is named before any is read."""
+    rows = [VolumeRow(file, label, "", name, path.name, None) for name, file, label in entries]
+    problems = [problem for row in rows for problem in file_problems(row, segmentation=False)]
+    read = []
+    for row in rows if not problems else []:
+        try:
+            read.append(read_volume(row, options, 0, segmentation=False))
+        except Exception as err:  # noqa: BLE001 - MONAI's readers raise many kinds; each is reported by name
+            problems.append(f"{row.where}: {row.file.name} could not be read as a volume ({type(err).__name__})")
+    if problems:
+        raise DataFileError(summary(path, problems))
+    slices = [volume.slices for volume in read]
+    names = [f"{name}#{k}" for (name, _, _), volume in zip(entries, slices, strict=True) for k in range(len(volume))]
+    return Images(names, np.concatenate(slices),
+                  np.concatenate([np.full(len(v), label, np.int64) for (_, _, label), v in zip(entries, slices, strict=True)]),
+                  np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(slices)]),
+                  tuple(name for name, _, _ in entries), tuple((volume.affine, volume.shape) for volume in read))
+
+
+def read_npz_images(path: Path, options: ReadOptions) -> Images:
+    """Every split's images of a MedMNIST-format file, resized to ``size``, with its labels; 3D
+    volumes (MedMNIST 3D) as slices, each sample a volume."""
     try:
         arrays = dict(np.load(path))
     except (OSError, ValueError) as err:
         raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__})") from err
     names: list[str] = []
-    pixels, labels = [], []
+    pixels, labels, volumes, volume_names = [], [], [], []
     for split in SPLITS:
         if f"{split}_images" not in arrays:
             continue
         images = arrays[f"{split}_images"]
         found = arrays.get(f"{split}_labels")
-        names += [f"{split}/{i}" for i in range(len(images))]
-        pixels.append(resized_images(images, size))
         single = found is not None and found.ndim <= 2 and found.size == len(images)  # one class index per image
-        labels.append(found.reshape(-1).astype(np.int64) if single else np.full(len(images), -1, np.int64))
+        known = found.reshape(-1).astype(np.int64) if single else np.full(len(images), -1, np.int64)  # type: ignore[union-attr]
+        if is_volume_array(images):
+            sliced = slice_volume_array(images, known, options)
+            volumes.append(sliced.volumes + len(volume_names))  # type: ignore[operator]
+            names += [f"{split}/{v}#{k}" for v in range(len(images)) for k in range(len(sliced) // len(images))]
+            volume_names += [f"{split}/{v}" for v in range(len(images))]
+            pixels.append(sliced.images)
+            labels.append(sliced.labels)
+            continue
+        names += [f"{split}/{i}" for i in range(len(images))]
+        pixels.append(resized_images(images, options.size))
+        labels.append(known)
     if not names:
         raise DataFileError(f"{path}: no {{split}}_images arrays (train_images, val_images or test_images)")
-    return Images(names, np.concatenate(pixels), np.concatenate(labels))
+    if volumes and len(volumes) != len(pixels):
+        raise DataFileError(f"{path}: some splits hold volumes (N, D, H, W) and others 2D images: mixed 2D/3D")
+    return Images(names, np.concatenate(pixels), np.concatenate(labels),
+                  np.concatenate(volumes) if volumes else None, tuple(volume_names))
 
 
 def run_config(run: Path, weights: str | None, device: str) -> Config:
@@ -121,8 +175,8 @@ def run_config(run: Path, weights: str | None, device: str) -> Config:
                        **({"model.weights": weights} if weights is not None else {})})
     if cfg.multitask.site_tasks:
         raise ConfigError(f"{run}: a multi-task run; omnirad-predict applies single-task runs only")
-    if task_info(cfg).family != "classification":
-        raise ConfigError(f"{run}: a {task_info(cfg).kind} run; omnirad-predict writes classification predictions only")
+    if task_info(cfg).captioning:
+        raise ConfigError(f"{run}: a captioning run; omnirad-predict writes class probabilities or masks only")
     if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
         raise ConfigError(f"{run}: no single global model (FedPer keeps heads at the sites; spectral prompts need "
                           "the bank)")
@@ -146,13 +200,43 @@ def predict_images(cfg: Config, run: Path, adapter: str, images: Images) -> np.n
 
 
 def write_predictions(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> None:
-    names = task_info(cfg).label_names
+    """One row per image (slice) in ``out``; for volumes also one row per volume in ``<out>-volumes.csv``."""
+    write_rows(out, cfg, "image", images.names, images.labels, probs)
+    if images.volumes is not None:
+        ids, pooled = pool_volumes(probs, images.volumes, cfg.data.volume_score, task_info(cfg).multi_label)
+        labels = np.array([images.labels[images.volumes == v][0] for v in ids])
+        write_rows(volume_csv(out), cfg, "volume", [images.volume_names[v] for v in ids], labels, pooled)
+
+
+def write_masks(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> Path:
+    """Each volume's predicted mask as NIfTI on the volume's own grid and affine (RAS), in
+    ``<out>-masks/``; ``out`` lists them with voxels per class. Returns the mask folder."""
+    folder = out.with_name(f"{out.stem}-masks")
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = task_info(cfg).label_names
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["volume", "mask", *(f"voxels-{name}" for name in classes)])
+        for v, (name, (affine, shape)) in enumerate(zip(images.volume_names, images.grids, strict=True)):
+            mask = uncut(probs[images.volumes == v].argmax(axis=1).astype(np.uint8), cfg.data.slice_axis, shape)
+            file = folder / f"mask-{v:04d}.nii.gz"
+            nib.save(nib.Nifti1Image(mask, affine), file)
+            writer.writerow([name, file.relative_to(out.parent).as_posix(), *np.bincount(mask.ravel(), minlength=len(classes))])
+    return folder
+
+
+def volume_csv(out: Path) -> Path:
+    return out.with_name(f"{out.stem}-volumes{out.suffix or '.csv'}")
+
+
+def write_rows(out: Path, cfg: Config, what: str, names: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    classes = task_info(cfg).label_names
     multi_label = task_info(cfg).multi_label
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        columns = names if len(names) == probs.shape[1] else tuple(str(k) for k in range(probs.shape[1]))
-        writer.writerow(["image", "label", "predicted", *(f"p-{name}" for name in columns)])
-        for name, label, row in zip(images.names, images.labels, probs, strict=True):
+        columns = classes if len(classes) == probs.shape[1] else tuple(str(k) for k in range(probs.shape[1]))
+        writer.writerow([what, "label", "predicted", *(f"p-{name}" for name in columns)])
+        for name, label, row in zip(names, labels, probs, strict=True):
             predicted = ";".join(str(k) for k in np.flatnonzero(row > 0.5)) if multi_label else str(int(row.argmax()))
             writer.writerow([name, "" if label < 0 else int(label), predicted, *(f"{p:.6f}" for p in row)])
 
@@ -161,7 +245,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="omnirad-predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished run folder (config.yaml and adapters)")
-    parser.add_argument("--input", type=Path, required=True, help="a folder of images, a CSV with a path column, or an .npz")
+    parser.add_argument("--input", type=Path, required=True,
+                        help="a folder of images, a CSV with a path column (images or volumes), a NIfTI file, or an .npz")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV to write (default: predictions.csv)")
     parser.add_argument("--adapter", choices=("best", "final"), default="best",
                         help="the adapter of the best round by federated validation (default) or of the last round")
@@ -177,18 +262,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = run_config(args.run, args.weights, args.device)
         if not (args.run / f"{args.adapter}_adapter.safetensors").is_file():
             raise ConfigError(f"{args.run}: no {args.adapter}_adapter.safetensors (has the run finished?)")
-        images = read_input(args.input, cfg.data.size)
+        images = read_input(args.input, read_options(cfg))
+        if task_info(cfg).segmentation and not images.grids:
+            raise ConfigError(f"{args.run}: a segmentation run; omnirad-predict writes its masks for NIfTI or DICOM "
+                              "volumes only")
     except (ConfigError, DataFileError) as err:
         log.error("omnirad-predict: %s", err)
         return 2
     log.info("omnirad-predict: %d images from %s, %s adapter of %s", len(images.names), args.input, args.adapter, args.run.name)
     probs = predict_images(cfg, args.run, args.adapter, images)
+    if task_info(cfg).segmentation:
+        log.info("wrote %s and the masks in %s", args.out, write_masks(args.out, cfg, images, probs))
+        return 0
     write_predictions(args.out, cfg, images, probs)
     known = images.labels >= 0
     if known.any() and not task_info(cfg).multi_label:
         accuracy = float((probs[known].argmax(axis=1) == images.labels[known]).mean())
         log.info("accuracy on the %d labelled images: %.3f", int(known.sum()), accuracy)
-    log.info("wrote %s", args.out)
+    log.info("wrote %s%s", args.out, f" and {volume_csv(args.out)}" if images.volumes is not None else "")
     return 0
 
 

@@ -36,7 +36,8 @@ class CentralEvaluator:
         if self.test is None:
             return {}
         return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg),
-                                        placement=placement_for(self.cfg)))
+                                        placement=placement_for(self.cfg), volumes=self.test.data.volumes,
+                                        volume_score=self.cfg.data.volume_score))
 
     def with_broadcast(self, broadcast: Broadcast | None) -> CentralEvaluator:
         """This evaluator with another broadcast (a site alone's own standardisation), sharing the

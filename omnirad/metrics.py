@@ -14,16 +14,44 @@ from sklearn.metrics import f1_score
 from omnirad.captions import decode_captions
 from omnirad.tasks import MULTI_LABEL, TaskSpec
 
+VOLUME_SCORES = ("mean", "max")
+
 
 def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
-    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of a batch of predictions.
+    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of a batch of predictions."""
+    return score_metrics(labels, task.scores(torch.as_tensor(logits)), task)
+
+
+def volume_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec, volumes: np.ndarray,
+                   pooling: str = "mean") -> dict[str, float]:
+    """Classification metrics per volume (``volume_*``): a volume's scores are the mean or max of
+    its slices' probabilities, its label that of its slices (one label per volume)."""
+    ids, pooled = pool_volumes(task.scores(torch.as_tensor(logits)), volumes, pooling, task.multi_label)
+    firsts = np.array([np.flatnonzero(volumes == v)[0] for v in ids])
+    found = score_metrics(np.asarray(labels)[firsts], pooled, task)
+    return {f"volume_{key}": value for key, value in found.items() if key != "auc_classes"}
+
+
+def pool_volumes(scores: np.ndarray, volumes: np.ndarray, pooling: str, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each volume's id and its scores: the mean or max of its slices' probabilities (class
+    probabilities renormalised to sum to one; per-label ones left as they are)."""
+    ids = np.unique(volumes)
+    pool = np.mean if pooling == "mean" else np.max
+    pooled = np.stack([pool(scores[volumes == v], axis=0) for v in ids])
+    return ids, pooled if multi_label else pooled / pooled.sum(axis=1, keepdims=True)
+
+
+def score_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskSpec) -> dict[str, float]:
+    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of class probabilities.
 
     AUC is one-vs-rest per class (per label for multi-label), averaged. A site's local split may
     lack some classes (label skew): AUC is undefined for those, so the average is then taken over
-    the classes present, and ``auc_classes`` says how many that was.
+    the classes present, and ``auc_classes`` says how many that was. A single example (a site
+    validating on one volume) is scored twice: MedMNIST's evaluator squeezes one to a scalar.
     """
-    scores = task.scores(torch.as_tensor(logits))
     labels = np.asarray(labels)
+    if len(labels) == 1:
+        labels, scores = np.concatenate([labels, labels]), np.concatenate([scores, scores])
     if task.multi_label:
         columns = [(labels[:, c], scores[:, c]) for c in range(task.num_outputs)]
         predictions = (scores > 0.5).astype(int)
@@ -48,9 +76,11 @@ def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskS
     }
 
 
-def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
-    """The metrics of ``task``'s kind for a batch of predictions; all NaN when the predictions are
-    (a model poisoned by a NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
+def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec, volumes: np.ndarray | None = None,
+                 volume_score: str = "mean") -> dict[str, float]:
+    """The metrics of ``task``'s kind for a batch of predictions, and per volume where the images
+    are slices of volumes (classification); all NaN when the predictions are (a model poisoned by a
+    NaN update has no accuracy worth reporting, and sklearn refuses NaN)."""
     if task.captioning:  # ``logits``: generated token ids
         # imported here: torchmetrics and pycocoevalcap cost every ClientApp process of the other tasks
         from omnirad.caption_metrics import caption_metrics
@@ -62,7 +92,8 @@ def task_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> di
         return dict.fromkeys(names, float("nan"))
     if task.segmentation:
         return segmentation_metrics(labels, logits, task.num_outputs)
-    return classification_metrics(labels, logits, task)
+    per_volume = {} if volumes is None else volume_metrics(labels, logits, task, volumes, volume_score)
+    return {**classification_metrics(labels, logits, task), **per_volume}
 
 
 def segmentation_metrics(masks: np.ndarray, logits: torch.Tensor, num_classes: int) -> dict[str, float]:

@@ -175,7 +175,8 @@ class LocalSite:
         site's training split first (``finetuned-*``: the local fine-tuning baseline)."""
         model = self.model_for(inputs)
         metrics = wire_keys(evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task,
-                                           placement=self.placement))
+                                           placement=self.placement, volumes=self.val_set.data.volumes,
+                                           volume_score=self.cfg.data.volume_score))
         if finetune_epochs > 0:
             self.train(model, self.cfg.num_server_rounds + 1, epochs=finetune_epochs)
             tuned = evaluate_model(model, self.val_set.inputs, self.val_set.labels, self.task, placement=self.placement)

@@ -116,13 +116,15 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, *, pl
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, task: TaskSpec, *,
-                   placement: Placement = CPU) -> dict[str, float]:
+                   placement: Placement = CPU, volumes: np.ndarray | None = None,
+                   volume_score: str = "mean") -> dict[str, float]:
     """Loss and the task's metrics (accuracy, macro-F1, AUC; Dice, IoU; or caption scores of the
-    greedily generated captions) of the model."""
+    greedily generated captions) of the model, and per volume (``volume_*``) when ``volumes`` gives
+    each input's volume."""
     targets = task.targets(labels)
     if task.captioning:
         loss = task.loss(predict(model, inputs, placement=placement, targets=targets), targets).item()
         return {"loss": loss, **task_metrics(labels, predict(model, inputs, placement=placement), task)}
     logits = predict(model, inputs, placement=placement)
     loss = task.loss(logits, targets).item()
-    return {"loss": loss, **task_metrics(labels, logits, task)}
+    return {"loss": loss, **task_metrics(labels, logits, task, volumes, volume_score)}

@@ -21,6 +21,7 @@ from omnirad.config.io import to_wire
 from omnirad.data.partition import PARTITIONS
 from omnirad.data.sources import DATA_SOURCES
 from omnirad.data.sources.embedded import EMBEDDED_TASKS, label_sets
+from omnirad.data.volumes import WINDOWS
 from omnirad.encoders import ENCODERS
 from omnirad.faults import FAULTS
 from omnirad.personalization import PERSONALIZATION
@@ -30,7 +31,7 @@ from omnirad_fl.strategies import STRATEGIES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 REGISTRIES: tuple[Registry[Any], ...] = (ENCODERS, ADAPTERS, HEADS, PARTITIONS, PERSONALIZATION, FAULTS, SSL_OBJECTIVES,
-                                         STRATEGIES, EMBEDDED_TASKS)
+                                         STRATEGIES, EMBEDDED_TASKS, WINDOWS)
 
 
 def choices() -> dict[str, str]:

@@ -7,6 +7,7 @@ from PIL import Image
 
 from omnirad.captions import decode_captions, main, read_vocabulary
 from omnirad.config import ConfigError, load_config
+from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of, read_site_file
 from omnirad.data.sites import load_site, task_info
@@ -49,7 +50,7 @@ def test_bad_rows_are_all_named_with_file_and_row(tmp_path):
     vocabulary = tmp_path / "v.txt"
     vocabulary.write_text("a\nfine\ncaption\n")
     with pytest.raises(DataFileError) as err:
-        read_site_file(str(path), task_info(load_config(captioning(tmp_path, str(path), vocabulary))), 16)
+        read_site_file(str(path), task_info(load_config(captioning(tmp_path, str(path), vocabulary))), ReadOptions(16))
     message = str(err.value)
     assert "4 problem(s)" in message  # the row without an id also has no image
     assert f"{path}:3: caption missing" in message

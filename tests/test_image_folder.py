@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from omnirad.config import load_config
+from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of, read_site_file
 from omnirad.data.sites import load_site
@@ -41,7 +42,7 @@ def test_a_labels_csv_is_split_by_patient_and_read_as_pixels(tmp_path):
         rows.append(f"img/{n}.{suffix},{n % 3},{patient}")
     path = write_csv(tmp_path, rows)
     assert format_of(path) is format_of(tmp_path)  # the CSV and a folder: the same registered format
-    splits = read_site_file(str(path), THREE, 16)
+    splits = read_site_file(str(path), THREE, ReadOptions(16))
     assert set(splits) == {"train", "val"} and len(splits["train"]) + len(splits["val"]) == 60
     assert splits["train"].images.shape[1:] == (16, 16, 3) and splits["train"].images.dtype == np.uint8  # one RGB image
     assert 0 < len(splits["val"]) < 30 and len(splits["val"]) % 3 == 0  # whole patients only
@@ -53,7 +54,7 @@ def test_a_patient_never_sits_in_two_splits(tmp_path):
     rows = [f"{n}.png,{n % 2},p{n // 4}" for n in range(200)]
     for n in range(200):
         write_image(tmp_path / f"{n}.png", n % 250)
-    splits = read_site_file(str(write_csv(tmp_path, rows)), file_task("binary-class", 2), 8)
+    splits = read_site_file(str(write_csv(tmp_path, rows)), file_task("binary-class", 2), ReadOptions(8))
     pixel_of = {int(splits[s].images[i, 0, 0]): s for s in splits for i in range(len(splits[s]))}
     split_of_patient: dict[int, set[str]] = {}
     for n in range(200):
@@ -66,7 +67,7 @@ def test_class_folders_give_the_labels(tmp_path):
     for label, name in enumerate(["0-normal", "1_benign", "2"]):
         for n in range(5):
             write_image(tmp_path / "images" / name / f"{n}.png", 40 * label)
-    splits = read_site_file(str(tmp_path / "images"), THREE, 8)
+    splits = read_site_file(str(tmp_path / "images"), THREE, ReadOptions(8))
     everything = np.concatenate([s.labels for s in splits.values()])
     assert sorted(np.bincount(everything)) == [5, 5, 5]
     images = np.concatenate([s.images for s in splits.values()])
@@ -81,7 +82,7 @@ def test_every_problem_is_named_with_its_row_before_training(tmp_path):
             "ok.png,x,train,f", "ok.png,1,holdout,g", "ok.png,1,train,h", "ok.png,1,val,h"]
     path = write_csv(tmp_path, rows, header="path,label,split,patient")
     with pytest.raises(DataFileError) as err:
-        read_site_file(str(path), THREE, 8)
+        read_site_file(str(path), THREE, ReadOptions(8))
     text = str(err.value)
     for expected in ("labels.csv:3: broken.png could not be read as an image", "labels.csv:4: missing.png: file not found",
                      "labels.csv:5: label missing", "labels.csv:6: label is not a class index from 0 to 2",
@@ -89,11 +90,11 @@ def test_every_problem_is_named_with_its_row_before_training(tmp_path):
                      "patient 'h' has images in more than one split (train, val)", "7 problem(s)"):
         assert expected in text, (expected, text)
     with pytest.raises(DataFileError, match="missing column.s. label"):
-        read_site_file(str(write_csv(tmp_path, ["ok.png"], header="path")), THREE, 8)
+        read_site_file(str(write_csv(tmp_path, ["ok.png"], header="path")), THREE, ReadOptions(8))
     (tmp_path / "flat").mkdir()
     write_image(tmp_path / "flat" / "stray" / "a.png", 1)
     with pytest.raises(DataFileError, match="one sub-folder per class.*found stray"):
-        read_site_file(str(tmp_path / "flat"), THREE, 8)
+        read_site_file(str(tmp_path / "flat"), THREE, ReadOptions(8))
 
 
 def test_a_simulated_natural_split_and_the_sites_data_check_read_folders(tmp_path):

@@ -71,3 +71,54 @@ def test_an_npz_keeps_its_labels_and_a_csv_names_unreadable_files(tmp_path, run,
     assert not (tmp_path / "x.csv").exists()
     assert main(["--run", str(tmp_path), "--input", str(tmp_path / "site.npz")]) == 2
     assert "not a run folder" in caplog.text
+
+
+def test_volumes_get_a_row_per_slice_and_one_per_volume_with_its_slices_mean(tmp_path, run, capsys):
+    import nibabel as nib
+
+    _, folder, _ = run
+    for n in range(2):
+        values = np.random.default_rng(n).random((10, 12, 3 + n)).astype(np.float32)
+        nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / f"v{n}.nii.gz")
+    (tmp_path / "held-out.csv").write_text("path,label\nv0.nii.gz,2\nv1.nii.gz,\n")
+    out = tmp_path / "predictions.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "held-out.csv"), "--out", str(out), "--device", "cpu"]) == 0
+    slices, volumes = rows(out), rows(tmp_path / "predictions-volumes.csv")
+    assert [r["image"] for r in slices] == [f"v0.nii.gz#{k}" for k in range(3)] + [f"v1.nii.gz#{k}" for k in range(4)]
+    assert [(r["volume"], r["label"]) for r in volumes] == [("v0.nii.gz", "2"), ("v1.nii.gz", "")]
+    names = cfg_names(slices)
+    for volume, members in zip(volumes, (slices[:3], slices[3:]), strict=True):
+        mean = np.mean([[float(r[f"p-{name}"]) for name in names] for r in members], axis=0)
+        np.testing.assert_allclose([float(volume[f"p-{name}"]) for name in names], mean, atol=1e-5)
+    (tmp_path / "bad.csv").write_text("path\nv0.nii.gz\nmissing.nii.gz\n")
+    assert main(["--run", str(folder), "--input", str(tmp_path / "bad.csv"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "bad.csv: missing.nii.gz: file not found" in capsys.readouterr().err
+
+
+def test_a_segmentation_run_writes_each_volumes_mask_as_nifti_on_its_own_grid(tmp_path, capsys):
+    import nibabel as nib
+
+    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "data.task": "segmentation", "model.adapter": "decoder",
+                       "data.size": 32, "data.num-sites": 2})
+    folder = RunFolder.create(cfg).path
+    torch.manual_seed(0)
+    model = new_model(cfg)
+    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / "best_adapter.safetensors"))
+    affine = np.diag([2.0, 1.5, 3.0, 1.0])  # anisotropic voxels, RAS
+    values = np.random.default_rng(0).random((32, 32, 5)).astype(np.float32)  # slice plane at data.size: no resize
+    nib.save(nib.Nifti1Image(values, affine), tmp_path / "ct.nii.gz")
+    out = tmp_path / "masks.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "ct.nii.gz"), "--out", str(out), "--device", "cpu"]) == 0
+    (row,) = rows(out)
+    written = nib.load(tmp_path / row["mask"])
+    assert row["volume"] == "ct.nii.gz" and written.shape == (32, 32, 5) and np.allclose(written.affine, affine)
+    assert sum(int(row[key]) for key in row if key.startswith("voxels-")) == 32 * 32 * 5
+    slices = np.moveaxis(((values - np.percentile(values, 1)) / (np.percentile(values, 99) - np.percentile(values, 1)))
+                         .clip(0, 1) * 255, 2, 0).round().astype(np.uint8)
+    expected = predict(model, model_inputs(cfg, encoder_for(cfg), slices, "test", use_cache=False)).argmax(dim=1)
+    agree = (np.asarray(written.dataobj) == np.moveaxis(expected.numpy(), 0, 2)).mean()
+    assert agree > 0.99  # the model's own masks, back on the volume's grid (a rounding step may move a pixel)
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "a.png")
+    assert main(["--run", str(folder), "--input", str(tmp_path / "flat"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "masks for NIfTI or DICOM volumes only" in capsys.readouterr().err

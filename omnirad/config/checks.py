@@ -51,6 +51,8 @@ def check_ssl(cfg: Config) -> None:
 def check_data(cfg: Config) -> None:
     from omnirad.data.partition import PARTITIONS
     from omnirad.data.sources import source_of
+    from omnirad.data.volumes import WINDOWS
+    from omnirad.metrics import VOLUME_SCORES
 
     d = cfg.data
     source = source_of(d.dataset)
@@ -65,6 +67,10 @@ def check_data(cfg: Config) -> None:
     require(d.num_test >= 1, "data.num-test", d.num_test, ">= 1")
     require(0 < d.val_fraction < 1, "data.val-fraction", d.val_fraction, "between 0 and 1")
     require(d.min_site_samples >= 2, "data.min-site-samples", d.min_site_samples, ">= 2")
+    WINDOWS.check(d.window)
+    require(d.slice_axis in (0, 1, 2), "data.slice-axis", d.slice_axis, "0, 1 or 2")
+    require(valid_spacing(d.spacing), "data.spacing", d.spacing, "empty, or three voxel sizes in mm: x,y,z")
+    require(d.volume_score in VOLUME_SCORES, "data.volume-score", d.volume_score, " or ".join(VOLUME_SCORES))
 
 
 def check_model(cfg: Config) -> None:
@@ -209,3 +215,11 @@ def check_faults(cfg: Config) -> None:
             f"-1 (none) or a site from 0 to {num_sites - 1 if num_sites else 'the federation size - 1'}")
     FAULTS.check(f.kind)
     require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")
+
+
+def valid_spacing(text: str) -> bool:
+    parts = comma_list(text)
+    try:
+        return not parts or (len(parts) == 3 and all(float(mm) > 0 for mm in parts))
+    except ValueError:
+        return False

@@ -51,6 +51,15 @@ class DataConfig:
     num_test: int = setting(800, "`embedded`: the server's held-out test images")
     val_fraction: float = setting(0.15, "share of each site's images kept for local validation")
     min_site_samples: int = setting(20, "smallest allowed site; a split that cannot meet it fails with a message")
+    window: str = setting("percentile", "volumes (NIfTI, DICOM): intensities to 0-255 by a CT window in Hounsfield "
+                                        "units, or by each volume's 1st-99th percentiles (`percentile`: MR and "
+                                        "uncalibrated images)")
+    slice_axis: int = setting(2, "volumes (NIfTI, DICOM, MedMNIST 3D): the spatial axis cut into 2D slices; for "
+                                 "NIfTI and DICOM after RAS orientation: 0 sagittal, 1 coronal, 2 axial")
+    spacing: str = setting("", "volumes (NIfTI, DICOM): resample to this voxel spacing in mm, `x,y,z` (e.g. "
+                               "`0.8,0.8,2.5`), so sites' scanners agree on scale; empty: as stored")
+    volume_score: str = setting("mean", "volumes: a volume's class scores from its slices' probabilities, `mean` "
+                                        "or `max`, reported as `volume-*` metrics beside the per-slice ones")
 
 
 @dataclass

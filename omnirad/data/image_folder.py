@@ -20,7 +20,9 @@ import csv
 import hashlib
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -77,6 +79,9 @@ class Row:
         self.file, self.label, self.split, self.patient, self.where = file, label, split, patient, where
 
 
+R = TypeVar("R", bound=Row)
+
+
 def read_rows(path: Path) -> list[Row]:
     if path.is_dir():
         return class_folder_rows(path)
@@ -113,8 +118,7 @@ def csv_rows(path: Path) -> list[Row]:
         rows = []
         for number, record in enumerate(reader, start=2):  # line 1 is the header
             where = f"{path}:{number}"
-            label_text = (record.get(columns["label"]) or "").strip()
-            label = int(label_text) if re.fullmatch(r"-?\d+", label_text) else -1 if not label_text else -2
+            label = parse_label(record.get(columns["label"]))
             split = (record.get(columns["split"]) or "").strip().lower() if "split" in columns else ""
             patient = (record.get(columns["patient"]) or "").strip() if "patient" in columns else ""
             file = path.parent / (record.get(columns["path"]) or "").strip()
@@ -124,7 +128,13 @@ def csv_rows(path: Path) -> list[Row]:
     return rows if "split" in columns else assign_splits(rows)
 
 
-def assign_splits(rows: list[Row]) -> list[Row]:
+def parse_label(text: str | None) -> int:
+    """A class index as written; -1: empty, -2: not an integer (both reported by ``label_problems``)."""
+    text = (text or "").strip()
+    return int(text) if re.fullmatch(r"-?\d+", text) else -1 if not text else -2
+
+
+def assign_splits(rows: list[R]) -> list[R]:
     """Train and validation by patient: the patients hashing into the lowest ``1/VAL_SHARE``
     validate (deterministic, the same on every machine), so a patient never sits on both sides."""
     for row in rows:
@@ -133,19 +143,21 @@ def assign_splits(rows: list[Row]) -> list[Row]:
     return rows
 
 
-def label_problems(rows: list[Row], num_classes: int) -> list[str]:
+def label_problems(rows: Sequence[Row], num_classes: int) -> list[str]:
     found = []
     for row in rows:
         if row.label == -1:
             found.append(f"{row.where}: label missing")
         elif row.label == -2 or not 0 <= row.label < num_classes:
             found.append(f"{row.where}: label is not a class index from 0 to {num_classes - 1}")
-        if row.split not in SPLITS:
-            found.append(f"{row.where}: split {row.split!r} is not one of {', '.join(SPLITS)}")
-    return found
+    return found + split_problems(rows)
 
 
-def patient_problems(rows: list[Row]) -> list[str]:
+def split_problems(rows: Sequence[Row]) -> list[str]:
+    return [f"{row.where}: split {row.split!r} is not one of {', '.join(SPLITS)}" for row in rows if row.split not in SPLITS]
+
+
+def patient_problems(rows: Sequence[Row]) -> list[str]:
     """A patient whose images sit in two splits would leak between training and validation."""
     splits_of: dict[str, set[str]] = defaultdict(set)
     for row in rows:

@@ -16,15 +16,29 @@ class LabelledImages:
     labels: np.ndarray
     groups: np.ndarray | None = None  # imaging style or source dataset, for feature-skew splits
     strata: np.ndarray | None = None  # one class per sample to split by, when labels are not that
+    volumes: np.ndarray | None = None  # the volume each slice was cut from, for per-volume scores
 
     def subset(self, indices: np.ndarray) -> LabelledImages:
         def pick(values: np.ndarray | None) -> np.ndarray | None:
             return None if values is None else values[indices]
 
-        return LabelledImages(self.images[indices], self.labels[indices], pick(self.groups), pick(self.strata))
+        return LabelledImages(self.images[indices], self.labels[indices], pick(self.groups), pick(self.strata),
+                              pick(self.volumes))
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a site file is read: the image side the encoder sees and, for volumes, the intensity
+    window (``data.window``), the axis cut into slices (``data.slice-axis``) and the voxel
+    spacing to resample to (``data.spacing``, mm; empty: as stored)."""
+
+    size: int
+    window: str = "percentile"
+    slice_axis: int = 2
+    spacing: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

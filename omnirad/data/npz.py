@@ -178,11 +178,18 @@ def _checked_images(path: Path, split: str, images: np.ndarray, labels: np.ndarr
         raise DataFileError(f"{where}_images is empty: a split needs at least one image")
     if images.dtype != np.uint8:
         raise DataFileError(f"{where}_images has dtype {images.dtype}; expected uint8 (0-255) as MedMNIST stores them")
-    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
-        raise DataFileError(f"{where}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)")
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3)) or is_volume_array(images)):
+        raise DataFileError(f"{where}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 3) images, "
+                            "or (N, D, H, W) volumes")
     if len(labels) != len(images):
         raise DataFileError(f"{where}_images holds {len(images)} images but {split}_{label_key} holds {len(labels)}")
     return (images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images), labels
+
+
+def is_volume_array(images: np.ndarray) -> bool:
+    """(N, D, H, W) grey volumes, as MedMNIST 3D stores them (W=28 or 64), rather than (N, H, W, C)
+    images with 1, 3 or (refused) 4 channels."""
+    return images.ndim == 4 and images.shape[-1] > 4
 
 
 def _checked_labels(where: str, labels: np.ndarray, task: TaskSpec) -> np.ndarray:

@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
 from omnirad.data.caption_files import is_caption_csv, read_caption_csv
 from omnirad.data.image_folder import is_image_folder_source, read_image_folder
-from omnirad.data.labelled import LabelledImages
-from omnirad.data.npz import DataFileError, read_classification_npz, read_segmentation_npz
+from omnirad.data.labelled import LabelledImages, ReadOptions
+from omnirad.data.npz import DataFileError, is_volume_array, read_classification_npz, read_segmentation_npz
+from omnirad.data.volumes import is_volume_csv, read_volume_csv, slice_volume_array, survey
+from omnirad.images import resized
 from omnirad.registry import Registry
 from omnirad.tasks import TaskSpec
 
@@ -27,47 +25,48 @@ from omnirad.tasks import TaskSpec
 @dataclass(frozen=True)
 class SiteFileFormat:
     matches: Callable[[Path], bool]
-    read: Callable[[Path, TaskSpec, int], dict[str, LabelledImages]]  # (file, task, image size) -> splits
+    read: Callable[[Path, TaskSpec, ReadOptions], dict[str, LabelledImages]]  # (file, task, how) -> splits
     describes: str
+    survey: Callable[[Path, TaskSpec], str] | None = None  # more to say in `omnirad-client --check`
 
 
 SITE_FILE_FORMATS: Registry[SiteFileFormat] = Registry("data.site-files")
 
 
-def read_npz(path: Path, task: TaskSpec, size: int) -> dict[str, LabelledImages]:
-    """MedMNIST (classification) or MedSegBench (segmentation) format; segmentation images and
-    masks are resized to ``size``, where Dice is scored."""
+def read_npz(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
+    """MedMNIST (classification, 2D or 3D) or MedSegBench (segmentation) format; 3D volumes
+    (MedMNIST 3D: (N, D, H, W)) are cut into slices, each sample a volume; segmentation images
+    and masks are resized to ``options.size``, where Dice is scored."""
     if not task.segmentation:
-        return {name: LabelledImages(s.images, s.labels) for name, s in read_classification_npz(path, task).items()}
-    splits = read_segmentation_npz(path, task.num_outputs)
-    return {name: LabelledImages(*resized(s.images, s.labels, size)) for name, s in splits.items()}
+        splits = read_classification_npz(path, task)
+        volumes = {name for name, s in splits.items() if is_volume_array(s.images)}
+        if volumes and volumes != set(splits):
+            raise DataFileError(f"{path}: {', '.join(sorted(volumes))} hold(s) volumes (N, D, H, W), "
+                                f"{', '.join(sorted(set(splits) - volumes))} 2D images: mixed 2D/3D")
+        return {name: slice_volume_array(s.images, s.labels, options) if name in volumes
+                else LabelledImages(s.images, s.labels) for name, s in splits.items()}
+    segmentation = read_segmentation_npz(path, task.num_outputs)
+    return {name: LabelledImages(*resized(s.images, s.labels, options.size)) for name, s in segmentation.items()}
 
 
+def read_folder(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
+    return read_image_folder(path, task, options.size)
+
+
+def read_captions(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
+    return read_caption_csv(path, task, options.size)
+
+
+# Formats are tried in this order: a captions or volume CSV before the image folder's, which takes any CSV.
 SITE_FILE_FORMATS.add("npz", SiteFileFormat(lambda path: path.suffix == ".npz", read_npz,
-                                            "MedMNIST- or MedSegBench-format .npz"))
-SITE_FILE_FORMATS.add("captions", SiteFileFormat(is_caption_csv, read_caption_csv,
+                                            "MedMNIST- or MedSegBench-format .npz (MedMNIST 3D volumes as slices)"))
+SITE_FILE_FORMATS.add("captions", SiteFileFormat(is_caption_csv, read_captions,
                                                  "a captions CSV (path or id, caption), ROCOv2-style"))
-SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_image_folder,
+SITE_FILE_FORMATS.add("volumes", SiteFileFormat(is_volume_csv, read_volume_csv,
+                                                "a CSV of NIfTI volumes or DICOM series folders (path, label or "
+                                                "mask)", survey))
+SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_folder,
                                                "a labels CSV or a folder of class sub-folders (PNG, JPEG, TIFF)"))
-
-
-def resized_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 images, (N, H, W) or (N, H, W, 3), at ``size`` x ``size`` (bilinear, antialiased)."""
-    if images.shape[1:3] == (size, size):
-        return images
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).float()
-    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
-    pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    pixels = pixels.round().clamp(0, 255).to(torch.uint8)
-    return (pixels[:, 0] if images.ndim == 3 else pixels.permute(0, 2, 3, 1)).numpy()
-
-
-def resized(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images (bilinear) and masks (nearest, so classes stay classes) at ``size`` x ``size``."""
-    if images.shape[1:3] == (size, size):
-        return images, masks
-    labels = nn.functional.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="nearest")
-    return resized_images(images, size), labels[:, 0].long().numpy()
 
 
 def format_of(path: Path) -> SiteFileFormat:
@@ -80,6 +79,6 @@ def format_of(path: Path) -> SiteFileFormat:
 
 
 @lru_cache(maxsize=8)
-def read_site_file(path: str, task: TaskSpec, size: int) -> dict[str, LabelledImages]:
+def read_site_file(path: str, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
     """A site's file, read once per process by its format."""
-    return format_of(Path(path)).read(Path(path), task, size)
+    return format_of(Path(path)).read(Path(path), task, options)

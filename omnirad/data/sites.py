@@ -18,7 +18,7 @@ from omnirad.data.labelled import LabelledImages, SiteData
 from omnirad.data.partition import partition_indices, split_train_val
 from omnirad.data.site_files import read_site_file
 from omnirad.data.sources import source_of
-from omnirad.data.sources.files import file_task
+from omnirad.data.sources.files import file_task, read_options
 from omnirad.seeds import site_split_seed
 from omnirad.tasks import TaskSpec
 
@@ -97,10 +97,14 @@ def _split_site_file(cfg: Config, site_id: int, path: str) -> SiteData:
     """A natural split: the site's own file; its val split, or a local split of its train data."""
     if not path:
         raise ValueError(f"site {site_id}: data.dataset={cfg.data.dataset} but no data file was given for this site")
-    splits = read_site_file(path, task_info(cfg), cfg.data.size)
+    splits = read_site_file(path, task_info(cfg), read_options(cfg))
     train = splits["train"]
     if "val" in splits:
         return SiteData(site_id, train, splits["val"])
-    everything = np.arange(len(train))
-    train_idx, val_idx = split_train_val(everything, cfg.data.val_fraction, site_split_seed(cfg.run.seed, site_id))
+    seed = site_split_seed(cfg.run.seed, site_id)
+    if train.volumes is not None:  # slices: whole volumes to validation, never a volume on both sides
+        _, val_volumes = split_train_val(np.unique(train.volumes), cfg.data.val_fraction, seed)
+        held = np.isin(train.volumes, val_volumes)
+        return SiteData(site_id, train.subset(np.flatnonzero(~held)), train.subset(np.flatnonzero(held)))
+    train_idx, val_idx = split_train_val(np.arange(len(train)), cfg.data.val_fraction, seed)
     return SiteData(site_id, train.subset(train_idx), train.subset(val_idx))

@@ -13,11 +13,17 @@ from omnirad.captions import read_vocabulary
 from omnirad.config.federation import require_num_sites
 from omnirad.config.io import comma_list
 from omnirad.config.schema import Config
-from omnirad.data.labelled import LabelledImages
+from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.site_files import read_site_file
 from omnirad.data.sources.registry import DataSource, register_source
 from omnirad.errors import bad_value
 from omnirad.tasks import CAPTIONING, KINDS, SEGMENTATION, TaskSpec
+
+
+def read_options(cfg: Config) -> ReadOptions:
+    """How this run reads site files: its image size and, for volumes, window and slice axis."""
+    spacing = tuple(float(mm) for mm in comma_list(cfg.data.spacing))
+    return ReadOptions(cfg.data.size, cfg.data.window, cfg.data.slice_axis, spacing)
 
 
 def file_task(kind: str, num_classes: int, vocabulary: str = "") -> TaskSpec:
@@ -53,7 +59,7 @@ class NaturalSplit(DataSource):
     def test_set(self, cfg: Config) -> LabelledImages | None:
         if not cfg.data.test_file:
             return None
-        splits = read_site_file(cfg.data.test_file, self.task(cfg), cfg.data.size)
+        splits = read_site_file(cfg.data.test_file, self.task(cfg), read_options(cfg))
         return splits.get("test", splits["train"])
 
 
