@@ -54,7 +54,7 @@ def test_bad_rows_are_all_named_with_file_and_row(tmp_path):
     message = str(err.value)
     assert "4 problem(s)" in message  # the row without an id also has no image
     assert f"{path}:3: caption missing" in message
-    assert f"{path}:4: ROCO_999: image file not found" in message
+    assert f"{path}:4: ROCO_999: file not found" in message
     assert f"{path}:5: id missing" in message
 
 

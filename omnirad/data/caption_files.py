@@ -16,17 +16,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
-from PIL import UnidentifiedImageError
-
 from omnirad.captions import encode_captions
 from omnirad.data.image_folder import (
     IMAGE_SUFFIXES,
     Row,
-    as_colour,
     assign_splits,
     patient_problems,
-    read_image,
+    read_row_images,
+    stack_splits,
     summary,
 )
 from omnirad.data.labelled import LabelledImages
@@ -89,25 +86,7 @@ def read_caption_csv(path: Path, task: TaskSpec, size: int) -> dict[str, Labelle
         raise DataFileError(f"{path}: a caption CSV is read for data.task=captioning, not {task.kind}")
     rows, captions, problems = caption_rows(path)
     problems += patient_problems(rows)
-    images: dict[int, np.ndarray] = {}
-    for index, row in enumerate(rows):
-        if not row.file.is_file():
-            problems.append(f"{row.where}: {row.file.name}: image file not found")
-            continue
-        try:
-            images[index] = read_image(row.file, size)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            problems.append(f"{row.where}: {row.file.name} could not be read as an image ({type(err).__name__})")
+    images = read_row_images(rows, size, problems)
     if problems:
         raise DataFileError(summary(path, problems))
-    colour = any(image.ndim == 3 for image in images.values())
-    ids = encode_captions(captions, task.label_names)
-    splits: dict[str, LabelledImages] = {}
-    for split in SPLITS:
-        members = [i for i, row in enumerate(rows) if row.split == split]
-        if members:
-            pixels = np.stack([as_colour(images[i]) if colour else images[i] for i in members])
-            splits[split] = LabelledImages(pixels, ids[members])
-    if "train" not in splits:
-        raise DataFileError(f"{path}: no training images (every row is in another split)")
-    return splits
+    return stack_splits(path, rows, images, encode_captions(captions, task.label_names))

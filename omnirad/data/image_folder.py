@@ -49,6 +49,15 @@ def read_image_folder(path: Path, task: TaskSpec, size: int) -> dict[str, Labell
                             f"for {task.kind} data")
     rows = read_rows(path)
     problems = label_problems(rows, task.num_outputs) + patient_problems(rows)
+    images = read_row_images(rows, size, problems)
+    if problems:
+        raise DataFileError(summary(path, problems))
+    return stack_splits(path, rows, images, np.array([row.label for row in rows], dtype=np.int64))
+
+
+def read_row_images(rows: list[Row], size: int, problems: list[str]) -> dict[int, np.ndarray]:
+    """Each readable row's image by row index; a problem added, naming the row, for each missing
+    or unreadable file (all are found before the caller refuses the file)."""
     images: dict[int, np.ndarray] = {}
     for index, row in enumerate(rows):
         if not row.file.is_file():
@@ -58,15 +67,18 @@ def read_image_folder(path: Path, task: TaskSpec, size: int) -> dict[str, Labell
             images[index] = read_image(row.file, size)
         except (OSError, UnidentifiedImageError, ValueError) as err:
             problems.append(f"{row.where}: {row.file.name} could not be read as an image ({type(err).__name__})")
-    if problems:
-        raise DataFileError(summary(path, problems))
+    return images
+
+
+def stack_splits(path: Path, rows: list[Row], images: dict[int, np.ndarray], labels: np.ndarray) -> dict[str, LabelledImages]:
+    """The rows' images and labels per split (all RGB when any image is colour); a training split is required."""
     colour = any(image.ndim == 3 for image in images.values())
     splits: dict[str, LabelledImages] = {}
     for split in SPLITS:
         members = [i for i, row in enumerate(rows) if row.split == split]
         if members:
             pixels = np.stack([as_colour(images[i]) if colour else images[i] for i in members])
-            splits[split] = LabelledImages(pixels, np.array([rows[i].label for i in members], dtype=np.int64))
+            splits[split] = LabelledImages(pixels, labels[members])
     if "train" not in splits:
         raise DataFileError(f"{path}: no training images (every row is in another split)")
     return splits
