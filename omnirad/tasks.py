@@ -28,6 +28,11 @@ KINDS = (*CLASSIFICATION_KINDS, SEGMENTATION, CAPTIONING)
 PAD_ID = 0  # captioning: the padding token's id, first in every vocabulary; the loss ignores it
 
 
+# The full scale of a selection metric that does not run from 0 to 1: pycocoevalcap's CIDEr-D is
+# 10 x a mean cosine similarity (0 to 10). A multi-task run divides by it, so every task weighs alike.
+SELECTION_FULL_SCALE = {"cider": 10.0}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """``label_names``: the classes (labels) of a classification task; for segmentation the pixel

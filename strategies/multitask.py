@@ -22,10 +22,11 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from omnirad.multitask import SHARED, TaskGroup, group_view
 from omnirad.protocol import NUM_EXAMPLES, TASK
+from omnirad.tasks import SELECTION_FULL_SCALE
 from omnirad_fl.strategies.wrapper import flower_strategy
 
 log = logging.getLogger(__name__)
-SCORE = "multitask-score"  # mean over tasks of each task's selection metric (macro-F1 or Dice)
+SCORE = "multitask-score"  # mean over tasks of each task's selection metric (macro-F1, Dice, CIDEr / 10)
 WEIGHT = NUM_EXAMPLES
 
 
@@ -154,7 +155,8 @@ class MultiTaskStrategy(Strategy):
 
 
 def add_score(metrics: MetricRecord | dict[str, float], selection: dict[str, str]) -> None:
-    """``SCORE``: the mean of every task's selection metric, when each task has one."""
+    """``SCORE``: the mean of every task's selection metric on a 0-1 scale, when each task has one."""
     scores = [metrics.get(f"{task}/{metric}") for task, metric in selection.items()]
     if scores and all(score is not None for score in scores):
-        metrics[SCORE] = float(sum(scores)) / len(scores)
+        scales = [SELECTION_FULL_SCALE.get(metric, 1.0) for metric in selection.values()]
+        metrics[SCORE] = sum(float(score) / scale for score, scale in zip(scores, scales, strict=True)) / len(scores)

@@ -27,7 +27,7 @@ from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
 from omnirad_fl.client.deployment import check_task
 from omnirad_fl.server.multitask import MultiTaskEvaluator, expected_tasks, initial_record, multitask_strategy
 from omnirad_fl.server.run_folder import RunFolder
-from omnirad_fl.strategies.multitask import SCORE
+from omnirad_fl.strategies.multitask import SCORE, add_score
 from tests.conftest import FakeGrid, answering
 
 pytestmark = pytest.mark.usefixtures("task_identity", "mock_round_token")
@@ -192,6 +192,15 @@ def test_a_group_without_replies_keeps_its_adapter(tmp_path):
     arrays, _ = strategy.aggregate_train(1, replies)
     assert np.allclose(arrays["lesions/classify.weight"].numpy(), 7.0)
     assert np.allclose(arrays["shared/lora.A"].numpy(), 4.0) and np.allclose(arrays["region/fc.weight"].numpy(), 1.0)
+
+
+def test_the_mean_score_puts_cider_on_the_0_to_1_scale_of_the_other_tasks():
+    metrics = {"region/macro-f1": 0.5, "captions/cider": 3.0}
+    add_score(metrics, {"region": "macro-f1", "captions": "cider"})
+    assert metrics[SCORE] == pytest.approx((0.5 + 0.3) / 2)  # CIDEr-D runs 0 to 10
+    partial = {"region/macro-f1": 0.5}
+    add_score(partial, {"region": "macro-f1", "captions": "cider"})
+    assert SCORE not in partial  # a task without its metric: no score rather than a lopsided one
 
 
 def test_evaluation_is_per_task_with_a_mean_score(tmp_path):
