@@ -12,10 +12,10 @@ MedMNIST-format ``.npz`` (every split's images, and labels when present; MedMNIS
 too). Volumes are read, windowed and sliced as the run read its sites' volumes (its
 ``data.window``, ``data.slice-axis``); each slice gets a row, and each volume a row in
 ``<out>-volumes.csv`` with the mean or max (``data.volume-score``) of its slices' probabilities.
-Every unreadable file is named before any image is encoded. A segmentation run's masks are
-written for volumes: one NIfTI file per volume on the volume's own grid (RAS), in ``<out>-masks/``,
-listed in ``<out>`` with voxels per class; 2D masks and multi-task runs' per-task adapters are not
-written by this command yet.
+Every unreadable file is named before any image is encoded. A segmentation run's masks go to
+``<out>-masks/``, listed in ``<out>`` with voxels (pixels) per class: one NIfTI file per volume on
+the volume's own grid (RAS), one PNG per 2D image at the run's image size (``data.size``), its
+pixel values the class indices. Multi-task runs' per-task adapters are not applied by this command.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 from safetensors.torch import load_file
 
 from omnirad.adapters import load_trainable_state
@@ -209,20 +210,37 @@ def write_predictions(out: Path, cfg: Config, images: Images, probs: np.ndarray)
 
 
 def write_masks(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> Path:
-    """Each volume's predicted mask as NIfTI on the volume's own grid and affine (RAS), in
-    ``<out>-masks/``; ``out`` lists them with voxels per class. Returns the mask folder."""
+    """Each predicted mask in ``<out>-masks/``: NIfTI on each volume's own grid and affine (RAS), or
+    PNG per 2D image; ``out`` lists them with voxels (pixels) per class. Returns the mask folder."""
     folder = out.with_name(f"{out.stem}-masks")
     folder.mkdir(parents=True, exist_ok=True)
     classes = task_info(cfg).label_names
+    saved = volume_masks(cfg, images, probs, folder) if images.grids else image_masks(images, probs, folder)
+    what, unit = ("volume", "voxels") if images.grids else ("image", "pixels")
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["volume", "mask", *(f"voxels-{name}" for name in classes)])
-        for v, (name, (affine, shape)) in enumerate(zip(images.volume_names, images.grids, strict=True)):
-            mask = uncut(probs[images.volumes == v].argmax(axis=1).astype(np.uint8), cfg.data.slice_axis, shape)
-            file = folder / f"mask-{v:04d}.nii.gz"
-            nib.save(nib.Nifti1Image(mask, affine), file)
+        writer.writerow([what, "mask", *(f"{unit}-{name}" for name in classes)])
+        for name, file, mask in saved:
             writer.writerow([name, file.relative_to(out.parent).as_posix(), *np.bincount(mask.ravel(), minlength=len(classes))])
     return folder
+
+
+def volume_masks(cfg: Config, images: Images, probs: np.ndarray, folder: Path) -> Iterator[tuple[str, Path, np.ndarray]]:
+    """Each volume's mask, its slices put back on the volume's grid, saved as NIfTI with its affine."""
+    for v, (name, (affine, shape)) in enumerate(zip(images.volume_names, images.grids, strict=True)):
+        mask = uncut(probs[images.volumes == v].argmax(axis=1).astype(np.uint8), cfg.data.slice_axis, shape)
+        file = folder / f"mask-{v:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(mask, affine), file)
+        yield name, file, mask
+
+
+def image_masks(images: Images, probs: np.ndarray, folder: Path) -> Iterator[tuple[str, Path, np.ndarray]]:
+    """Each 2D image's mask as a PNG of class indices (numbered, as image names may hold folders)."""
+    for i, (name, scores) in enumerate(zip(images.names, probs, strict=True)):
+        mask = scores.argmax(axis=0).astype(np.uint8)
+        file = folder / f"mask-{i:05d}.png"
+        Image.fromarray(mask).save(file)
+        yield name, file, mask
 
 
 def volume_csv(out: Path) -> Path:
@@ -263,9 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.run / f"{args.adapter}_adapter.safetensors").is_file():
             raise ConfigError(f"{args.run}: no {args.adapter}_adapter.safetensors (has the run finished?)")
         images = read_input(args.input, read_options(cfg))
-        if task_info(cfg).segmentation and not images.grids:
-            raise ConfigError(f"{args.run}: a segmentation run; omnirad-predict writes its masks for NIfTI or DICOM "
-                              "volumes only")
+        if task_info(cfg).segmentation and images.volumes is not None and not images.grids:
+            raise ConfigError(f"{args.input}: MedMNIST 3D volumes have no grid to put a mask on; give NIfTI or "
+                              "DICOM volumes, or 2D images")
     except (ConfigError, DataFileError) as err:
         log.error("omnirad-predict: %s", err)
         return 2

@@ -118,7 +118,28 @@ def test_a_segmentation_run_writes_each_volumes_mask_as_nifti_on_its_own_grid(tm
     expected = predict(model, model_inputs(cfg, encoder_for(cfg), slices, "test", use_cache=False)).argmax(dim=1)
     agree = (np.asarray(written.dataobj) == np.moveaxis(expected.numpy(), 0, 2)).mean()
     assert agree > 0.99  # the model's own masks, back on the volume's grid (a rounding step may move a pixel)
-    (tmp_path / "flat").mkdir()
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "a.png")
-    assert main(["--run", str(folder), "--input", str(tmp_path / "flat"), "--out", str(out), "--device", "cpu"]) == 2
-    assert "masks for NIfTI or DICOM volumes only" in capsys.readouterr().err
+
+
+def test_a_segmentation_run_writes_a_png_mask_per_2d_image_and_refuses_volumes_without_a_grid(tmp_path, capsys):
+    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "data.task": "segmentation", "model.adapter": "decoder",
+                       "data.size": 32, "data.num-sites": 2})
+    folder = RunFolder.create(cfg).path
+    torch.manual_seed(0)
+    model = new_model(cfg)
+    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / "best_adapter.safetensors"))
+    (tmp_path / "scans" / "ward").mkdir(parents=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32), dtype=np.uint8)
+    for name, image in zip(("a.png", "ward/b.png"), pixels, strict=True):
+        Image.fromarray(image).save(tmp_path / "scans" / name)
+    out = tmp_path / "masks.csv"
+    assert main(["--run", str(folder), "--input", str(tmp_path / "scans"), "--out", str(out), "--device", "cpu"]) == 0
+    written = rows(out)
+    assert [row["image"] for row in written] == ["a.png", "ward/b.png"]
+    expected = predict(model, model_inputs(cfg, encoder_for(cfg), pixels, "test", use_cache=False)).argmax(dim=1).numpy()
+    for row, mask in zip(written, expected, strict=True):
+        saved = np.asarray(Image.open(tmp_path / row["mask"]))
+        assert saved.shape == (32, 32) and (saved == mask).all()
+        assert sum(int(row[key]) for key in row if key.startswith("pixels-")) == 32 * 32
+    np.savez(tmp_path / "nodules3d.npz", test_images=np.zeros((1, 4, 32, 32), np.uint8))
+    assert main(["--run", str(folder), "--input", str(tmp_path / "nodules3d.npz"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "MedMNIST 3D volumes have no grid" in capsys.readouterr().err
