@@ -51,7 +51,8 @@ CHECK_SIZE = 64  # image side the data check reads at (the run's data.size comes
 def check_data(cfg: SiteConfig) -> str:
     """Read the site's data by its registered format as its declared task; raises
     ``DataFileError`` listing what is wrong. Reports images (slices) per split, what the format
-    adds (volumes: patients and modalities) and, for classes, images per class."""
+    adds (volumes: patients and modalities; image folders: patients and stored image sizes) and,
+    for classes, images per class."""
     path = Path(cfg.data.file)
     task = file_task(cfg.data.task, cfg.data.num_classes)
     form = format_of(path)

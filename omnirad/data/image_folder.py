@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -53,6 +53,19 @@ def read_image_folder(path: Path, task: TaskSpec, size: int) -> dict[str, Labell
     if problems:
         raise DataFileError(summary(path, problems))
     return stack_splits(path, rows, images, np.array([row.label for row in rows], dtype=np.int64))
+
+
+def survey_images(path: Path, task: TaskSpec) -> str:
+    """Patients and the image sizes as stored (read from each file's header), for
+    ``omnirad-client --check``: mixed sizes are all resized to ``data.size`` for the encoder."""
+    rows = read_rows(path)
+    sizes: Counter[str] = Counter()
+    for row in rows:
+        with Image.open(row.file) as image:
+            sizes[f"{image.width}x{image.height}"] += 1
+    shown = ", ".join(f"{size}: {n}" for size, n in sizes.most_common(5))
+    more = f" and {len(sizes) - 5} more sizes" if len(sizes) > 5 else ""
+    return f"{len({row.patient for row in rows})} patients; image sizes: {shown}{more}"
 
 
 def read_row_images(rows: list[Row], size: int, problems: list[str]) -> dict[int, np.ndarray]:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from omnirad.data.caption_files import is_caption_csv, read_caption_csv
-from omnirad.data.image_folder import is_image_folder_source, read_image_folder
+from omnirad.data.image_folder import is_image_folder_source, read_image_folder, survey_images
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import DataFileError, is_volume_array, read_classification_npz, read_segmentation_npz
 from omnirad.data.volumes import is_volume_csv, read_volume_csv, slice_volume_array, survey
@@ -66,7 +66,8 @@ SITE_FILE_FORMATS.add("volumes", SiteFileFormat(is_volume_csv, read_volume_csv,
                                                 "a CSV of NIfTI volumes or DICOM series folders (path, label or "
                                                 "mask)", survey))
 SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_folder,
-                                               "a labels CSV or a folder of class sub-folders (PNG, JPEG, TIFF)"))
+                                               "a labels CSV or a folder of class sub-folders (PNG, JPEG, TIFF)",
+                                               survey_images))
 
 
 def format_of(path: Path) -> SiteFileFormat:
