@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,13 +44,15 @@ from omnirad.data.sites import task_info
 from omnirad.data.sources.files import read_options
 from omnirad.data.volumes import VolumeRow, file_problems, is_volume, read_volume, slice_volume_array, uncut
 from omnirad.devices import placement_for
+from omnirad.encoders import weights_fingerprint
 from omnirad.images import resized_images
 from omnirad.logs import show_progress
 from omnirad.methods import site_method
 from omnirad.metrics import pool_volumes
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
 from omnirad.training import predict
-from omnirad_fl.server.run_folder import read_broadcast
+from omnirad_fl.client.bundle import export_bundle
+from omnirad_fl.server.run_folder import ENCODER_FILE, read_broadcast
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,23 @@ def run_config(run: Path, weights: str | None, device: str) -> Config:
     return cfg
 
 
+def check_encoder(run: Path, cfg: Config) -> None:
+    """The encoder weights this machine will use must be the ones the run trained its adapters on
+    (``encoder.json``, written at the run's start; older run folders have none and are not checked)."""
+    recorded = run / ENCODER_FILE
+    if not recorded.is_file():
+        return
+    expected = json.loads(recorded.read_text()).get("sha256", "")
+    try:
+        actual = weights_fingerprint(cfg.model.weights)
+    except OSError as err:
+        raise ConfigError(f"model.weights={cfg.model.weights}: cannot be read ({type(err).__name__}); give this "
+                          "machine's copy with --weights") from err
+    if expected and actual != expected:
+        raise ConfigError(f"model.weights={cfg.model.weights or '(random init)'}: sha256 {actual[:16]}... is not the "
+                          f"encoder the run trained on ({recorded}: sha256 {expected[:16]}...)")
+
+
 def probabilities(cfg: Config, outputs: torch.Tensor) -> np.ndarray:
     """Class probabilities: softmax over classes, sigmoid per label (multi-label, one-output binary)."""
     if task_info(cfg).multi_label or outputs.shape[1] == 1:
@@ -263,8 +283,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="omnirad-predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished run folder (config.yaml and adapters)")
-    parser.add_argument("--input", type=Path, required=True,
+    parser.add_argument("--input", type=Path,
                         help="a folder of images, a CSV with a path column (images or volumes), a NIfTI file, or an .npz")
+    parser.add_argument("--export", type=Path, metavar="BUNDLE",
+                        help="instead of predicting: write the run's model bundle (configuration, the chosen adapter, "
+                             "encoder fingerprint, metrics card) to this new folder; --run BUNDLE reads it")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV to write (default: predictions.csv)")
     parser.add_argument("--adapter", choices=("best", "final"), default="best",
                         help="the adapter of the best round by federated validation (default) or of the last round")
@@ -277,9 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_progress()
     args = parse_args(argv)
     try:
+        if (args.input is None) == (args.export is None):
+            raise ConfigError("give --input (to predict) or --export (to write a model bundle), one of the two")
         cfg = run_config(args.run, args.weights, args.device)
         if not (args.run / f"{args.adapter}_adapter.safetensors").is_file():
             raise ConfigError(f"{args.run}: no {args.adapter}_adapter.safetensors (has the run finished?)")
+        if args.export is not None:
+            log.info("omnirad-predict: wrote the model bundle %s", export_bundle(args.run, args.export, args.adapter))
+            return 0
+        check_encoder(args.run, cfg)
         images = read_input(args.input, read_options(cfg))
         if task_info(cfg).segmentation and images.volumes is not None and not images.grids:
             raise ConfigError(f"{args.input}: MedMNIST 3D volumes have no grid to put a mask on; give NIfTI or "

@@ -2,6 +2,7 @@
 
     <run.output-dir>/<timestamp>-<name>/
         config.yaml               the resolved configuration (flat keys)
+        encoder.json              the encoder and the SHA-256 of its weights, which omnirad-predict checks
         run.json                  the run's key, which names each site's state file for it (kept on resume)
         site-state/site-<id>/     simulation: each site's state for the run (privacy account, own layers)
         checkpoint.json, checkpoint-round-N.safetensors, strategy-state-round-N.safetensors   the last round, to resume from
@@ -36,6 +37,7 @@ from omnirad.broadcast import Broadcast
 from omnirad.config import Config, ConfigError, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
+from omnirad.encoders import weights_fingerprint
 from omnirad.metrics import peak_rss_mb
 from omnirad.protocol import ARRAYS, EPSILON, METRICS, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID, SITE_INFO
 from omnirad.standardise import Standardisation
@@ -60,7 +62,19 @@ class RoundRecord:
 
 
 STANDARDISATION_FILE = "feature-standardisation.safetensors"
+ENCODER_FILE = "encoder.json"
 RUN_FILE = "run.json"
+
+
+def encoder_record(cfg: Config) -> dict[str, str]:
+    """Which encoder the run's adapters were trained on: its name and the fingerprint of its weights
+    (the file's SHA-256, or ``random-init``), never the weights themselves."""
+    weights = cfg.model.weights
+    try:
+        fingerprint = weights_fingerprint(weights)
+    except OSError:  # a file this machine cannot read: the run's own weight checks report it
+        fingerprint = ""
+    return {"encoder": cfg.model.encoder, "weights": Path(weights).name if weights else "", "sha256": fingerprint}
 
 
 def read_broadcast(folder: Path) -> Broadcast:
@@ -104,6 +118,7 @@ class RunFolder:
             path = base / f"{stamp}-{name}-{suffix}"
         path.mkdir(parents=True)
         (path / "config.yaml").write_text(to_yaml(cfg))
+        (path / ENCODER_FILE).write_text(json.dumps(encoder_record(cfg), indent=2))
         return cls(cfg, path)
 
     @classmethod

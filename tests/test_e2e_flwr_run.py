@@ -63,6 +63,7 @@ def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
     assert summary["adapter-parameter-bytes"] == (192 * 4 + 4) * 4
     assert summary["adapter-parameter-bytes"] <= summary["bytes-up-per-site-round"] < 1.5 * summary["adapter-parameter-bytes"]
     assert "data.num-sites: 3" in (folder / "config.yaml").read_text()
+    assert json.loads((folder / "encoder.json").read_text()) == {"encoder": "vit-tiny", "weights": "", "sha256": "random-init"}
     partition = json.loads((folder / "partition.json").read_text())
     assert sum(s["num-samples"] for s in partition["sites"]) == 600
     for name in ("final_adapter.safetensors", "curves.png", "partition.png"):

@@ -2,6 +2,7 @@
 the model itself outputs for each, whatever form the images come in."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -143,3 +144,34 @@ def test_a_segmentation_run_writes_a_png_mask_per_2d_image_and_refuses_volumes_w
     np.savez(tmp_path / "nodules3d.npz", test_images=np.zeros((1, 4, 32, 32), np.uint8))
     assert main(["--run", str(folder), "--input", str(tmp_path / "nodules3d.npz"), "--out", str(out), "--device", "cpu"]) == 2
     assert "MedMNIST 3D volumes have no grid" in capsys.readouterr().err
+
+
+def test_an_exported_bundle_predicts_as_its_run_and_carries_a_metrics_card(tmp_path, run, capsys):
+    cfg, folder, _ = run
+    summary = {"rounds": 3, "best": {"round": 2, "selected-by": "federated-val macro-f1", "global": {"accuracy": 0.5}},
+               "final": {"accuracy": 0.4}, "sites-per-round": {"1": ["0", "1"]}, "final-federated-val": {}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    bundle = tmp_path / "bundle"
+    assert main(["--run", str(folder), "--export", str(bundle)]) == 0
+    assert sorted(p.name for p in bundle.iterdir()) == ["best_adapter.safetensors", "card.json", "card.md",
+                                                         "config.yaml", "encoder.json"]
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["round"] == 2 and card["test-metrics"] == {"accuracy": 0.5} and card["sites"] == 2
+    assert card["encoder"] == {"encoder": "vit-tiny", "weights": "", "sha256": "random-init"}
+    assert "| accuracy | 0.5000 |" in (bundle / "card.md").read_text()
+    assert main(["--run", str(folder), "--export", str(bundle)]) == 2  # never over a folder already written
+    assert "already exists" in capsys.readouterr().err
+
+    np.savez(tmp_path / "scans.npz", test_images=np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8))
+    for source, out in ((folder, tmp_path / "from-run.csv"), (bundle, tmp_path / "from-bundle.csv")):
+        assert main(["--run", str(source), "--input", str(tmp_path / "scans.npz"), "--out", str(out), "--device", "cpu"]) == 0
+    assert rows(tmp_path / "from-run.csv") == rows(tmp_path / "from-bundle.csv")
+
+
+def test_encoder_weights_other_than_the_runs_are_refused_before_any_image_is_read(tmp_path, run, capsys):
+    _, folder, _ = run
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    assert main(["--run", str(folder), "--input", str(tmp_path / "nothing-here"), "--weights",
+                 str(tmp_path / "other.safetensors"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "other.safetensors: sha256" in err and "is not the encoder the run trained on" in err
