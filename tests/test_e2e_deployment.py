@@ -124,11 +124,11 @@ def test_deployed_sites_with_different_tasks_train_each_their_own_and_an_unregis
         federation_in, tmp_path):
     fed = federation_in(["A", "B"], rounds=1, tasks=("region", "lesions"))
     fed.start_server()
-    intruder = start_intruder(fed, tmp_path)
-    for name in "AB":
-        fed.start_site(name)
+    intruder = start_intruder(fed, tmp_path)  # refused before A starts: it copies A's site file, local ports too
     assert intruder.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in fed.log("site-C")
+    for name in "AB":
+        fed.start_site(name)
     assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
     assert "sites connected: 2 of 2" in fed.log("server") and "sites connected: 3" not in fed.log("server")
     assert "region: multi-class [0, 1, 2, 3], sites 0" in fed.log("server")

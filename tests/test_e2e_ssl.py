@@ -44,11 +44,12 @@ def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_
 def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path):
     encoder_file = Path(tmp_path) / "mae.safetensors"
     flwr_runs = tmp_path / "runs"
+    from omnirad_fl.server.processes import free_loopback_port
     from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
-    from tests.test_e2e_flwr_run import PROJECT, free_port
+    from tests.test_e2e_flwr_run import PROJECT
 
     write_flower_config(tmp_path / "flwr", num_supernodes=2)
-    with LocalSuperLink(tmp_path / "flwr", PROJECT, http_port=free_port()) as link:
+    with LocalSuperLink(tmp_path / "flwr", PROJECT, http_port=free_loopback_port()) as link:
         completed = flwr_run(PROJECT, link.env, f"ssl.rounds=2 ssl.objective='mae' ssl.save-encoder='{encoder_file}' "
                                                 f"num-server-rounds=0 data.num-sites=2 data.num-train=48 data.size=32 "
                                                 f"run.output-dir='{flwr_runs}'", timeout=600)
