@@ -19,17 +19,27 @@ from omnirad_fl.client.predict import main
 from omnirad_fl.server.run_folder import RunFolder
 
 
-@pytest.fixture
-def run(tmp_path):
-    """A run folder as the server leaves it: configuration and adapters (a seeded random head)."""
-    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "model.encoder": "vit-tiny", "data.size": 28,
-                       "model.adapter": "linear", "data.num-classes": 4})
+def saved_run(tmp_path, keys: dict, seed: int):
+    """A run folder as the server leaves it: configuration and adapters (a seeded random model)."""
+    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), **keys})
     folder = RunFolder.create(cfg).path
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = new_model(cfg)
     for name in ("best", "final"):
         save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / f"{name}_adapter.safetensors"))
     return cfg, folder, model
+
+
+@pytest.fixture
+def run(tmp_path):
+    return saved_run(tmp_path, {"model.encoder": "vit-tiny", "data.size": 28, "model.adapter": "linear",
+                                "data.num-classes": 4}, seed=3)
+
+
+@pytest.fixture
+def segmentation_run(tmp_path):
+    return saved_run(tmp_path, {"data.task": "segmentation", "model.adapter": "decoder", "data.size": 32,
+                                "data.num-sites": 2}, seed=0)
 
 
 def rows(path):
@@ -96,15 +106,10 @@ def test_volumes_get_a_row_per_slice_and_one_per_volume_with_its_slices_mean(tmp
     assert "bad.csv: missing.nii.gz: file not found" in capsys.readouterr().err
 
 
-def test_a_segmentation_run_writes_each_volumes_mask_as_nifti_on_its_own_grid(tmp_path, capsys):
+def test_a_segmentation_run_writes_each_volumes_mask_as_nifti_on_its_own_grid(tmp_path, segmentation_run):
     import nibabel as nib
 
-    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "data.task": "segmentation", "model.adapter": "decoder",
-                       "data.size": 32, "data.num-sites": 2})
-    folder = RunFolder.create(cfg).path
-    torch.manual_seed(0)
-    model = new_model(cfg)
-    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / "best_adapter.safetensors"))
+    cfg, folder, model = segmentation_run
     affine = np.diag([2.0, 1.5, 3.0, 1.0])  # anisotropic voxels, RAS
     values = np.random.default_rng(0).random((32, 32, 5)).astype(np.float32)  # slice plane at data.size: no resize
     nib.save(nib.Nifti1Image(values, affine), tmp_path / "ct.nii.gz")
@@ -121,13 +126,8 @@ def test_a_segmentation_run_writes_each_volumes_mask_as_nifti_on_its_own_grid(tm
     assert agree > 0.99  # the model's own masks, back on the volume's grid (a rounding step may move a pixel)
 
 
-def test_a_segmentation_run_writes_a_png_mask_per_2d_image_and_refuses_volumes_without_a_grid(tmp_path, capsys):
-    cfg = load_config({"run.output-dir": str(tmp_path / "runs"), "data.task": "segmentation", "model.adapter": "decoder",
-                       "data.size": 32, "data.num-sites": 2})
-    folder = RunFolder.create(cfg).path
-    torch.manual_seed(0)
-    model = new_model(cfg)
-    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(folder / "best_adapter.safetensors"))
+def test_a_segmentation_run_writes_a_png_mask_per_2d_image_and_refuses_volumes_without_a_grid(tmp_path, capsys, segmentation_run):
+    cfg, folder, model = segmentation_run
     (tmp_path / "scans" / "ward").mkdir(parents=True)
     pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32), dtype=np.uint8)
     for name, image in zip(("a.png", "ward/b.png"), pixels, strict=True):

@@ -26,7 +26,7 @@ from omnirad.data.image_folder import (
     stack_splits,
     summary,
 )
-from omnirad.data.labelled import LabelledImages
+from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError
 from omnirad.tasks import TaskSpec
 
@@ -79,14 +79,14 @@ def image_of(folder: Path, image_id: str) -> Path:
     return folder / image_id
 
 
-def read_caption_csv(path: Path, task: TaskSpec, size: int) -> dict[str, LabelledImages]:
-    """The splits of a caption CSV: images as uint8 ``size`` x ``size`` (grey when every image is
+def read_caption_csv(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
+    """The splits of a caption CSV: images as uint8 ``options.size`` squared (grey when every image is
     grey), labels the captions' token ids; ``DataFileError`` listing every problem found."""
     if not task.captioning:
         raise DataFileError(f"{path}: a caption CSV is read for data.task=captioning, not {task.kind}")
     rows, captions, problems = caption_rows(path)
     problems += patient_problems(rows)
-    images = read_row_images(rows, size, problems)
+    images = read_row_images(rows, options.size, problems)
     if problems:
         raise DataFileError(summary(path, problems))
     return stack_splits(path, rows, images, encode_captions(captions, task.label_names))

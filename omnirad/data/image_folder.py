@@ -27,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from omnirad.data.labelled import LabelledImages
+from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError
 from omnirad.tasks import TaskSpec
 
@@ -41,15 +41,15 @@ def is_image_folder_source(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == ".csv"
 
 
-def read_image_folder(path: Path, task: TaskSpec, size: int) -> dict[str, LabelledImages]:
-    """The splits of a labels CSV or class-folder tree, images as uint8 ``size`` x ``size`` (grey
+def read_image_folder(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
+    """The splits of a labels CSV or class-folder tree, images as uint8 ``options.size`` squared (grey
     when every image is grey, RGB otherwise); ``DataFileError`` listing every problem found."""
     if task.multi_label or task.segmentation:
         raise DataFileError(f"{path}: image folders hold binary or multi-class labels; use a .npz file "
                             f"for {task.kind} data")
     rows = read_rows(path)
     problems = label_problems(rows, task.num_outputs) + patient_problems(rows)
-    images = read_row_images(rows, size, problems)
+    images = read_row_images(rows, options.size, problems)
     if problems:
         raise DataFileError(summary(path, problems))
     return stack_splits(path, rows, images, np.array([row.label for row in rows], dtype=np.int64))

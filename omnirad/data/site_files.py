@@ -49,23 +49,15 @@ def read_npz(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, Labe
     return {name: LabelledImages(*resized(s.images, s.labels, options.size)) for name, s in segmentation.items()}
 
 
-def read_folder(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
-    return read_image_folder(path, task, options.size)
-
-
-def read_captions(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, LabelledImages]:
-    return read_caption_csv(path, task, options.size)
-
-
 # Formats are tried in this order: a captions or volume CSV before the image folder's, which takes any CSV.
 SITE_FILE_FORMATS.add("npz", SiteFileFormat(lambda path: path.suffix == ".npz", read_npz,
                                             "MedMNIST- or MedSegBench-format .npz (MedMNIST 3D volumes as slices)"))
-SITE_FILE_FORMATS.add("captions", SiteFileFormat(is_caption_csv, read_captions,
+SITE_FILE_FORMATS.add("captions", SiteFileFormat(is_caption_csv, read_caption_csv,
                                                  "a captions CSV (path or id, caption), ROCOv2-style"))
 SITE_FILE_FORMATS.add("volumes", SiteFileFormat(is_volume_csv, read_volume_csv,
                                                 "a CSV of NIfTI volumes or DICOM series folders (path, label or "
                                                 "mask)", survey))
-SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_folder,
+SITE_FILE_FORMATS.add("folder", SiteFileFormat(is_image_folder_source, read_image_folder,
                                                "a labels CSV or a folder of class sub-folders (PNG, JPEG, TIFF)",
                                                survey_images))
 
