@@ -297,12 +297,14 @@ def slices_of(rows: list[VolumeRow], volumes: dict[int, Volume], members: list[i
     return LabelledImages(images, labels, volumes=ids)
 
 
-def slice_volume_array(volumes: np.ndarray, labels: np.ndarray, options: ReadOptions) -> LabelledImages:
+def slice_volume_array(volumes: np.ndarray, labels: np.ndarray, options: ReadOptions,
+                       groups: np.ndarray | None = None) -> LabelledImages:
     """uint8 volumes (N, D, H, W), as MedMNIST 3D stores them, as slices along ``options.slice_axis``
-    at ``options.size``, each slice with its volume's label and id."""
+    at ``options.size``, each slice with its volume's label, group (if any) and id."""
     slices = np.concatenate([resized_images(cut(volume, options.slice_axis), options.size) for volume in volumes])
     depth = volumes.shape[1 + options.slice_axis]
-    return LabelledImages(slices, np.repeat(labels, depth, axis=0), volumes=np.repeat(np.arange(len(volumes)), depth))
+    return LabelledImages(slices, np.repeat(labels, depth, axis=0),
+                          None if groups is None else np.repeat(groups, depth), volumes=np.repeat(np.arange(len(volumes)), depth))
 
 
 def survey(path: Path, task: TaskSpec) -> str:
