@@ -60,7 +60,8 @@ class DataConfig:
     slice_axis: int = setting(2, "volumes (NIfTI, DICOM, MedMNIST 3D): the spatial axis cut into 2D slices; for "
                                  "NIfTI and DICOM after RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     spacing: str = setting("", "volumes (NIfTI, DICOM): resample to this voxel spacing in mm, `x,y,z` (e.g. "
-                               "`0.8,0.8,2.5`), so sites' scanners agree on scale; empty: as stored")
+                               "`0.8,0.8,2.5`), so sites' scanners agree on scale; 0 for an axis keeps it as stored "
+                               "(required on the slice axis with per-slice labels); empty: as stored")
     volume_score: str = setting("mean", "volumes: a volume's class scores from its slices' probabilities, `mean` "
                                         "or `max`, reported as `volume-*` metrics beside the per-slice ones")
 
