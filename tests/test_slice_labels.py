@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from pydicom import dcmread
+
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import read_site_file
@@ -16,6 +18,7 @@ from omnirad.data.sources.files import file_task
 from omnirad.metrics import volume_metrics
 from omnirad_fl.client.cli import check_data
 from omnirad_fl.client.site_config import SiteConfig
+from omnirad_fl.simulations.bench_volumes import write_dicom_series
 from tests.test_volumes import write_csv
 
 TWO = file_task("binary-class", 2)
@@ -51,6 +54,26 @@ def test_slice_labels_follow_the_ras_grid_not_the_stored_order(tmp_path, axis):
         slices, marks = train.images[train.volumes == volume], train.labels[train.volumes == volume]
         bright = [int(k) for k in np.flatnonzero(slices.reshape(depth, -1).mean(axis=1) > 100)]
         assert bright == [depth - 1] == [int(k) for k in np.flatnonzero(marks)], volume  # the label is on the bright slice
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_a_dicom_series_is_labelled_on_the_ras_grid_whatever_its_file_order(tmp_path, axis):
+    shape = (6, 7, 5)
+    hu = np.full(shape, -1000.0)
+    hu[(slice(0, 1) if axis == 0 else slice(None), slice(None), slice(0, 1) if axis == 2 else slice(None))] = 100.0
+    folder = write_dicom_series(tmp_path / "series", hu)
+    files = sorted(folder.iterdir())
+    for k, file in enumerate(files):  # file 0000 (the bright one, for axis 2) now lies at the top: Superior
+        ds = dcmread(file)
+        ds.ImagePositionPatient = [0, 0, 2 * (len(files) - 1 - k)]
+        ds.save_as(file)
+    # axis 0: DICOM columns run to the patient's Left (LPS), so column 0 is the Right end: RAS's last slice
+    depth = shape[axis]
+    (tmp_path / "labels.txt").write_text("\n".join(["0"] * (depth - 1) + ["1"]))
+    path = write_csv(tmp_path, ["series,,labels.txt,train"], header="path,label,slice-labels,split")
+    train = read_site_file(str(path), TWO, ReadOptions(8, window="abdomen", slice_axis=axis))["train"]
+    bright = np.flatnonzero(train.images.reshape(depth, -1).mean(axis=1) > 100)
+    assert list(bright) == [depth - 1] == list(np.flatnonzero(train.labels))
 
 
 def test_every_bad_slice_labels_row_is_named_with_its_line_and_file_before_any_volume_is_kept(tmp_path):
