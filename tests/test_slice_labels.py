@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from pydicom import dcmread
 
 from omnirad.data.labelled import ReadOptions
