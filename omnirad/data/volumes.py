@@ -5,16 +5,16 @@ The CSV names one volume per row: ``path`` (a ``.nii``/``.nii.gz`` file, or a fo
 DICOM series; relative to the CSV), ``label`` (the volume's class index: every slice of the volume
 gets it) and/or ``mask`` (a NIfTI label map of the same shape, sliced alongside, for segmentation),
 optionally ``slice-labels`` (a file of one class index per slice, indexed on the RAS grid:
-``omnirad.data.slice_labels``), ``patient`` and ``split``. MONAI reads them (``LoadImage`` with its nibabel and pydicom
-readers, so DICOM rescale slope and intercept are applied: CT arrives in Hounsfield units), turns
-them to RAS (``Orientation``) and windows the intensities (``data.window``: a CT window by name, or
-1st-99th percentile scaling for MR and anything without calibrated units). ``data.slice-axis``
-picks the spatial axis cut into slices (after RAS: 0 sagittal, 1 coronal, 2 axial).
+``omnirad.data.slice_labels``), ``patient`` and ``split``. MONAI reads them (``LoadImage`` with its
+nibabel and pydicom readers, so DICOM rescale slope and intercept are applied: CT arrives in
+Hounsfield units), turns them to RAS (``Orientation``) and windows the intensities (``data.window``:
+a CT window by name, or 1st-99th percentile scaling for MR and anything without calibrated units).
+``data.slice-axis`` picks the spatial axis cut into slices (after RAS: 0 sagittal, 1 coronal, 2 axial).
 
 Splits are made by patient (the image folder's hashing; without a ``patient`` column each volume is
 its own patient), never by slice, and every slice keeps its volume's id for per-volume scores.
 Every problem (a missing file, a corrupt DICOM file, an empty series folder, a mask whose shape
-differs from its image, an unknown label, a 2D image in a volume list) is collected and reported
+differs from its image, an unknown label or per-slice label, a 2D image in a volume list) is collected and reported
 together, naming the file and row, before any training starts. Only pixels and the configured
 label are kept: MONAI uses the geometry and rescale tags to build a volume, then only its affine is
 kept (predicted masks go back on its grid); the Modality tag is shown by ``omnirad-client --check``.

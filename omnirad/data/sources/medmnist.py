@@ -66,8 +66,9 @@ def _medmnist_slices(root: str, dataset: str, size: int, slice_axis: int, downlo
     sliced = {}
     for name, split in volumes.items():
         if not is_volume_array(split.images):
-            raise DataFileError(f"{medmnist_path(Path(root), dataset.split('+')[0], size)}: {name}_images has shape "
-                                f"{split.images.shape}; a 3D flag's file holds (N, D, H, W) volumes")
+            files = " or ".join(str(medmnist_path(Path(root), flag, size)) for flag in dataset.split("+"))
+            raise DataFileError(f"{files}: {name}_images has shape {split.images.shape}; a 3D flag's file holds "
+                                "(N, D, H, W) volumes")
         sliced[name] = slice_volume_array(split.images, split.labels, ReadOptions(size, slice_axis=slice_axis),
                                           split.groups)
     return sliced
