@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydicom import dcmread
 
+from omnirad.config import ConfigError, load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import read_site_file
@@ -110,6 +111,9 @@ def test_a_slice_axis_resampling_is_refused_and_an_in_plane_one_kept(tmp_path):
         read_site_file(str(path), TWO, ReadOptions(8, spacing=(0.5, 0.5, 0.5)))
     train = read_site_file(str(path), TWO, ReadOptions(8, window="abdomen", spacing=(0.5, 0.5, 0.0)))["train"]
     assert list(train.labels) == [0, 0, 0, 0, 1] and train.images[4].mean() > 100 > train.images[3].mean()
+    assert load_config({"data.spacing": "0.8,0.8,0"}).data.spacing == "0.8,0.8,0"  # 0: that axis as stored
+    with pytest.raises(ConfigError, match=r"data.spacing.*\(0: as stored\)"):
+        load_config({"data.spacing": "0.8,0.8,-1"})
 
 
 def test_a_volume_is_scored_by_its_highest_slice_label():
