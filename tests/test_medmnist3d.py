@@ -104,3 +104,15 @@ def test_a_mix_of_3d_flags_gives_each_site_one_source(tmp_path):
         sources.append({*(site.train.labels >= 2).tolist(), *(site.val.labels >= 2).tolist()})
         assert not set(site.train.volumes) & set(site.val.volumes)
     assert sorted(map(sorted, sources)) == [[False], [True]]
+
+
+def test_the_study_file_writer_makes_a_pool_the_3d_source_reads(tmp_path):
+    from omnirad_fl.simulations.study_files import write_medmnist3d
+
+    path = write_medmnist3d(tmp_path, 28, sizes=(12, 2, 4))
+    assert path.name == "nodulemnist3d.npz"
+    cfg = load_config({"data.dataset": "nodulemnist3d", "data.root": str(tmp_path), "data.size": 28})
+    pool, test = pooled_train(cfg), server_test_set(cfg)
+    assert len(pool) == 12 * 28 and test is not None and len(np.unique(test.volumes)) == 4
+    positive = pool.volumes[pool.labels == 1][0]
+    assert (pool.images[pool.volumes == positive] == 220).any(axis=(1, 2)).sum() == 5  # the cube: 5 of 28 slices
