@@ -14,9 +14,9 @@ from flwr.app import ConfigRecord, Context
 
 from omnirad.captions import vocabulary_copy
 from omnirad.config import Config, ConfigError, load_config, to_flat, with_num_sites
-from omnirad.data.sources.files import DEPLOYMENT, file_task
+from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.encoders import weights_fingerprint
-from omnirad.multitask import DECLARED, TaskMismatch, site_view, task_config
+from omnirad.multitask import DECLARED, TaskMismatch, declared_spec, site_view, task_config
 from omnirad.protocol import (
     ENCODER_FINGERPRINT,
     NODE_CACHE_DIR,
@@ -62,7 +62,8 @@ def site_of(context: Context) -> tuple[Config, int]:
                           f"this site declares task '{node[NODE_TASK_NAME]}' (data.task-name), but the server's run "
                           "is single-task: remove data.task-name or run with multitask.site-tasks='declared'")
     if declared:
-        site_cfg = task_config(site_cfg, str(node[NODE_TASK_NAME]), file_task(str(node[NODE_TASK_KIND]), int(node[NODE_NUM_CLASSES])))
+        spec = declared_spec(str(node[NODE_TASK_KIND]), int(node[NODE_NUM_CLASSES]))
+        site_cfg = task_config(site_cfg, str(node[NODE_TASK_NAME]), spec)
     return site_cfg, int(node[NODE_SITE_ID])
 
 

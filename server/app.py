@@ -175,7 +175,8 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.num_server_rounds == 0 and HEAD_INITS[cfg.model.head_init] is None:
         return  # pretraining alone (ssl.rounds): no adapter to train
     encoder = encoder_for(cfg)
-    vocabulary, shared_vocabulary = gather_vocabulary(grid, cfg) if needs_word_count(cfg) else ((), {})
+    vocabulary, counted = gather_vocabulary(grid, cfg) if needs_word_count(cfg) else ((), {})
+    vocabulary_summary = {"vocabulary": counted} if counted else {}  # a multi-task run's: by task
     folder, checkpoint = start_folder(cfg, vocabulary)
     cfg = folder.cfg  # with a federated vocabulary, it names the run folder's vocabulary.txt
     model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
@@ -186,7 +187,8 @@ def main(grid: Grid, context: Context) -> None:
     done_rounds = checkpoint.server_round if checkpoint is not None else 0
     groups = None
     if is_multitask(cfg):
-        groups, initial = start_groups(grid, cfg, folder)
+        groups, initial, by_task = start_groups(grid, cfg, folder)
+        vocabulary_summary = {"vocabulary": by_task} if by_task else {}
     if cfg.personalization.mode == "fedper":
         log.info("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
                  "to score on the server's test set; the sites' validation metrics are the result")
@@ -240,7 +242,7 @@ def main(grid: Grid, context: Context) -> None:
             **({"spectral-bank-rows": len(broadcast.bank)} if broadcast.bank is not None else {}),
             "standardise-features": broadcast.standardisation is not None,
             **closed_form,
-            **({"vocabulary": shared_vocabulary} if shared_vocabulary else {}),
+            **vocabulary_summary,
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")

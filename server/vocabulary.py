@@ -8,6 +8,7 @@ its words, so that a site holding no vocabulary file gives every word the run's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -19,11 +20,12 @@ from omnirad.captions import SPECIAL_TOKENS
 from omnirad.config import Config
 from omnirad.data.sites import task_info
 from omnirad.data.sources import source_of
-from omnirad.multitask import is_multitask
+from omnirad.multitask import TaskGroup, is_multitask
 from omnirad.protocol import QUERY_WORD_COUNTS, VOCABULARY, WORD_COUNTS
-from omnirad.tasks import CAPTIONING
+from omnirad.tasks import CAPTIONING, TaskSpec
 from omnirad.vocabulary import SiteWordCounts, federated_vocabulary
 from omnirad_fl.server.closed_form import site_label
+from omnirad_fl.strategies.multitask import GroupGrid
 from omnirad_fl.strategies.site_queries import ask_every_site
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,18 @@ def gather_vocabulary(grid: Grid, cfg: Config) -> tuple[tuple[str, ...], dict[st
     return vocabulary, {"words": words, "min-count": cfg.data.vocabulary_min_count,
                         "max-words": cfg.data.vocabulary_max_words,
                         "bytes-per-site": dict(sorted(sent.items())), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def group_vocabularies(grid: Grid, cfg: Config, groups: dict[str, TaskGroup]
+                       ) -> tuple[dict[str, TaskGroup], dict[str, dict[str, Any]]]:
+    """A multi-task run: each captioning group declared without words gets the vocabulary its own
+    sites count (no other site is asked); summary.json's entries by task."""
+    counted, entries = dict(groups), {}
+    for name, group in groups.items():
+        if group.spec.captioning and not group.spec.label_names:
+            vocabulary, entries[name] = gather_vocabulary(GroupGrid(grid, group.nodes), cfg)
+            counted[name] = dataclasses.replace(group, spec=TaskSpec(CAPTIONING, vocabulary))
+    return counted, entries
 
 
 def vocabulary_instructions(cfg: Config) -> dict[str, list[str]]:

@@ -14,12 +14,34 @@ from omnirad.captions import SPECIAL_TOKENS, build_vocabulary, caption_words, de
 from omnirad.config import ConfigError, load_config, to_flat
 from omnirad.data.sites import load_site, task_info, training_captions
 from omnirad.models import new_model
-from omnirad.protocol import ARRAYS, CONFIG, METRICS, SITE_ID, WORD_COUNTS
+from omnirad.multitask import declaration, group_sites, task_config
+from omnirad.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    NODE_CACHE_DIR,
+    NODE_DATA_FILE,
+    NODE_NUM_CLASSES,
+    NODE_SITE_ID,
+    NODE_TASK_KIND,
+    NODE_TASK_NAME,
+    NODE_WEIGHTS,
+    SITE_ID,
+    WORD_COUNTS,
+)
+from omnirad.tasks import TaskSpec
 from omnirad.vocabulary import SiteWordCounts, federated_vocabulary
 from omnirad_fl.client import app as client_app
-from omnirad_fl.client.deployment import with_shared_vocabulary
+from omnirad_fl.client.cli import check_data
+from omnirad_fl.client.deployment import site_of, with_shared_vocabulary
+from omnirad_fl.client.site_config import SiteConfig
 from omnirad_fl.server.run_folder import VOCABULARY_FILE, RunFolder
-from omnirad_fl.server.vocabulary import gather_vocabulary, needs_word_count, vocabulary_instructions
+from omnirad_fl.server.vocabulary import (
+    gather_vocabulary,
+    group_vocabularies,
+    needs_word_count,
+    vocabulary_instructions,
+)
 from omnirad_fl.simulations.flower_local import instruction
 from tests.conftest import QueryGrid
 
@@ -185,3 +207,55 @@ def test_the_vocabulary_phase_through_the_sites_handlers_then_a_site_reads_its_c
     context = WordCountSites(flat, 2).contexts[101]
     answer = client_app.evaluate(instruction("evaluate", content, 101), context)
     assert not answer.has_error() and np.isfinite(answer.content[METRICS]["cider"])
+
+
+class DeployedSites(WordCountSites):
+    """Deployed SuperNodes as omnirad-client starts them (the site's file, task and cache in its node
+    config); node 100 + i is site i. Keeps which nodes were asked."""
+
+    def __init__(self, run_config: dict, files: list, tasks: list[tuple[str, str]], cache) -> None:
+        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config=run_config,
+                                          node_config={NODE_SITE_ID: i, NODE_DATA_FILE: str(file), NODE_WEIGHTS: "",
+                                                       NODE_CACHE_DIR: str(cache / f"site-{i}"), NODE_TASK_NAME: name,
+                                                       NODE_TASK_KIND: kind, NODE_NUM_CLASSES: 0 if kind == "captioning" else 4})
+                         for i, (file, (name, kind)) in enumerate(zip(files, tasks, strict=True))}
+        self.asked: list[int] = []
+
+    def send_and_receive(self, messages, timeout=None):
+        self.asked += [msg.metadata.dst_node_id for msg in messages]
+        return super().send_and_receive(messages, timeout)
+
+
+def test_a_deployed_captioning_group_counts_its_vocabulary_at_its_own_sites_only(tmp_path, task_identity):
+    paths, _ = two_sites(tmp_path)
+    flat = {"data.dataset": "deployment", "multitask.site-tasks": "declared", "model.adapter": "mlp",
+            "model.encoder": "vit-tiny", "data.size": 28, "data.num-sites": 3, "model.cache-dir": str(tmp_path / "server")}
+    cfg = load_config(flat)
+    sites = DeployedSites(flat, [*paths, tmp_path / "region.npz"],
+                          [("captions", "captioning"), ("captions", "captioning"), ("region", "multi-class")],
+                          tmp_path / "cache")
+    declared = {node: (node - 100, declaration(site_of(context)[0])) for node, context in sites.contexts.items()}
+    assert declared[100][1].spec == TaskSpec("captioning", ())  # no words yet: the run counts them
+    groups = group_sites(declared, None)
+
+    counted, entries = group_vocabularies(sites, cfg, groups)
+    assert sorted(sites.asked) == [100, 101]  # the region site is never asked for words
+    assert set(entries) == {"captions"} and set(entries["captions"]["bytes-per-site"]) == {"site 0", "site 1"}
+    vocabulary = counted["captions"].spec.label_names
+    assert {"chest", "pelvis"} <= set(vocabulary) and "john" not in vocabulary and counted["region"] == groups["region"]
+
+    server_view = task_config(cfg, "captions", counted["captions"].spec)  # the server's copy, in its cache folder
+    assert task_info(server_view).label_names == vocabulary
+    instructions = ConfigRecord(vocabulary_instructions(server_view))
+    site_cfg, _ = site_of(sites.contexts[101])
+    assert site_cfg.data.vocabulary == "" and site_cfg.multitask.task == "captions"
+    taken = with_shared_vocabulary(site_cfg, instructions)
+    assert task_info(taken).label_names == vocabulary
+    assert taken.data.vocabulary.startswith(str(tmp_path / "cache" / "site-1"))
+
+
+def test_a_site_checks_its_caption_file_without_a_vocabulary_file(tmp_path):
+    site_file = SiteConfig()
+    site_file.data.file, site_file.data.task = str(write_site(tmp_path / "a", CAPTIONS * 3)), "captioning"
+    report = check_data(site_file)
+    assert report == "captions.csv: 11 train, 1 val images (captioning, 16 distinct words)"  # the comma is a word
