@@ -37,8 +37,9 @@ def captions_from_site_files(cfg: Config) -> bool:
 
 
 def needs_word_count(cfg: Config) -> bool:
-    """The sites' captions name no shared vocabulary file: the run counts one before round 1."""
-    return captions_from_site_files(cfg) and not cfg.data.vocabulary
+    """The sites' captions name no shared vocabulary file: a new run counts one before round 1 (a
+    resumed run names its folder's ``vocabulary.txt``, or ``run.resume-from`` refuses it by that key)."""
+    return captions_from_site_files(cfg) and not cfg.data.vocabulary and not cfg.run.resume_from
 
 
 def gather_vocabulary(grid: Grid, cfg: Config) -> tuple[tuple[str, ...], dict[str, Any]]:

@@ -165,6 +165,7 @@ def test_captioning_without_a_vocabulary_file_counts_one_and_the_threshold_is_ch
     vocabulary = tmp_path / "v.txt"
     vocabulary.write_text("ct\n")
     assert not needs_word_count(load_config(caption_run(tmp_path, ["a.csv"], **{"data.vocabulary": str(vocabulary)})))
+    assert not needs_word_count(load_config(caption_run(tmp_path, ["a.csv"], **{"run.resume-from": str(tmp_path)})))
 
 
 def test_training_captions_are_the_rows_a_site_trains_on(tmp_path):
