@@ -176,7 +176,7 @@ def main(grid: Grid, context: Context) -> None:
         return  # pretraining alone (ssl.rounds): no adapter to train
     encoder = encoder_for(cfg)
     vocabulary, counted = gather_vocabulary(grid, cfg) if needs_word_count(cfg) else ((), {})
-    vocabulary_summary = {"vocabulary": counted} if counted else {}  # a multi-task run's: by task
+    vocabulary_summary = {"vocabulary": counted} if counted else {}
     folder, checkpoint = start_folder(cfg, vocabulary)
     cfg = folder.cfg  # with a federated vocabulary, it names the run folder's vocabulary.txt
     model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
@@ -188,7 +188,7 @@ def main(grid: Grid, context: Context) -> None:
     groups = None
     if is_multitask(cfg):
         groups, initial, by_task = start_groups(grid, cfg, folder)
-        vocabulary_summary = {"vocabulary": by_task} if by_task else {}
+        vocabulary_summary = {"vocabulary": by_task} if by_task else {}  # each captioning group's count
     if cfg.personalization.mode == "fedper":
         log.info("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
                  "to score on the server's test set; the sites' validation metrics are the result")
