@@ -12,6 +12,7 @@ from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score
 
 from omnirad.captions import decode_captions
+from omnirad.data.labelled import volume_labels
 from omnirad.tasks import MULTI_LABEL, TaskSpec
 
 VOLUME_SCORES = ("mean", "max")
@@ -25,10 +26,9 @@ def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskS
 def volume_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec, volumes: np.ndarray,
                    pooling: str = "mean") -> dict[str, float]:
     """Classification metrics per volume (``volume_*``): a volume's scores are the mean or max of
-    its slices' probabilities, its label that of its slices (one label per volume)."""
-    ids, pooled = pool_volumes(task.scores(torch.as_tensor(logits)), volumes, pooling, task.multi_label)
-    firsts = np.array([np.flatnonzero(volumes == v)[0] for v in ids])
-    found = score_metrics(np.asarray(labels)[firsts], pooled, task)
+    its slices' probabilities, its label the highest of its slices' (``volume_labels``)."""
+    _, pooled = pool_volumes(task.scores(torch.as_tensor(logits)), volumes, pooling, task.multi_label)
+    found = score_metrics(volume_labels(labels, volumes)[1], pooled, task)
     return {f"volume_{key}": value for key, value in found.items() if key != "auc_classes"}
 
 

@@ -33,6 +33,7 @@ from omnirad.privacy import statistics_noise
 from omnirad.protocol import (
     ARRAYS,
     CONFIG,
+    EPSILON,
     LOGIT_SCALES,
     METRICS,
     NUM_EXAMPLES,
@@ -57,9 +58,10 @@ def site_label(node: int, content: RecordDict) -> str:
 
 
 def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, *,
-                      feature_width: int) -> tuple[HeadStatistics, dict[str, int]]:
-    """Every site's statistics, checked and added exactly; and the bytes each site sent, by site. Raises
-    ``RuntimeError`` naming the site whose reply is missing or malformed."""
+                      feature_width: int) -> tuple[HeadStatistics, dict[str, int], dict[str, float]]:
+    """Every site's statistics, checked and added exactly; the bytes each site sent, by site; and
+    under DP each site's epsilon after the release, by site id. Raises ``RuntimeError`` naming the
+    site whose reply is missing or malformed."""
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: no statistics to ask for")
@@ -68,7 +70,7 @@ def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
         dim = head.closed_form_inputs(torch.zeros(1, feature_width)).shape[1]
     replies = ask_every_site(grid, QUERY_HEAD_STATISTICS, "closed-form head",
                              content=RecordDict({CONFIG: instructions}))
-    pooled, sent = None, {}
+    pooled, sent, epsilons = None, {}, {}
     for node, content in replies.items():
         who = site_label(node, content)
         arrays = content.get(ARRAYS)
@@ -83,10 +85,12 @@ def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
         except ValueError as err:
             raise RuntimeError(f"closed-form head: {who}: {err}") from err
         sent[who.split(" (node")[0]] = stats.nbytes
+        if EPSILON in content[METRICS] and SITE_ID in content[METRICS]:
+            epsilons[str(int(content[METRICS][SITE_ID]))] = float(content[METRICS][EPSILON])
         pooled = stats if pooled is None else pooled + stats
     if pooled is None:
         raise RuntimeError("closed-form head: no site is connected")
-    return pooled, sent
+    return pooled, sent, epsilons
 
 
 def pooled_scale(grid: Grid, state: dict[str, torch.Tensor], instructions: ConfigRecord) -> tuple[float, list[float]]:
@@ -112,7 +116,7 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: nothing to solve")
-    stats, sent = pooled_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    stats, sent, epsilons = pooled_statistics(grid, cfg, model, instructions, feature_width=feature_width)
     model_keys = cfg.model
     if cfg.privacy.dp and spec.with_gram:
         floor = noise_floor(cfg, num_sites=len(sent), dim=stats.feature_sum.numel())
@@ -134,7 +138,7 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
         "head-init": cfg.model.head_init, "examples": float(stats.num_samples),
         "statistics-bytes-per-site": dict(sorted(sent.items(), key=lambda item: item[0])), "logit-scale": scale,
         "logit-scales": list(SCALES) if losses else [], "pooled-training-loss": losses,
-        "seconds": round(time.perf_counter() - started, 3)}
+        **({"epsilon-per-site": epsilons} if epsilons else {}), "seconds": round(time.perf_counter() - started, 3)}
 
 
 def closed_form_phase(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, folder: RunFolder, *,
@@ -143,7 +147,10 @@ def closed_form_phase(grid: Grid, cfg: Config, model: nn.Module, instructions: C
     and summary.json's entries."""
     state, report = solve_head(grid, cfg, model, instructions, feature_width=feature_width)
     keep_reports(folder, report, [report])
-    return state, {"closed-form": summary_entry(report)}
+    # under DP the release's epsilon is the run's when no training round follows (training replies
+    # report the sites' cumulative epsilon, which supersedes it in summary.json)
+    privacy = {"epsilon-per-site": report["epsilon-per-site"]} if "epsilon-per-site" in report else {}
+    return state, {"closed-form": summary_entry(report), **privacy}
 
 
 def closed_form_tasks(grid: Grid, cfg: Config, groups: dict[str, TaskGroup], record: dict[str, torch.Tensor],

@@ -261,9 +261,15 @@ def run_key(folder: Path) -> str:
 
 
 def newest_summary(output_dir: Path, since: float) -> Path | None:
-    """The summary.json of the newest run folder written after ``since``."""
-    summaries = [p for p in output_dir.glob("*/summary.json") if p.stat().st_mtime >= since]
-    return max(summaries, key=lambda p: p.stat().st_mtime, default=None)
+    """The summary.json of the one run folder written after ``since``, or None. Raises
+    ``RuntimeError`` when several were: another run shares ``output_dir``, and taking the newest
+    could hand this run's caller the other run's results."""
+    summaries = sorted(p for p in output_dir.glob("*/summary.json") if p.stat().st_mtime >= since)
+    if len(summaries) > 1:
+        raise RuntimeError(f"{len(summaries)} runs finished in {output_dir} meanwhile "
+                           f"({', '.join(p.parent.name for p in summaries)}): which one is this run's is unknown; "
+                           "give concurrent runs their own run.output-dir")
+    return summaries[0] if summaries else None
 
 
 def best_round(rounds: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:

@@ -153,7 +153,7 @@ def run_sweep(variants: list[str], splits: list[str], seeds: list[int], *, share
     out.parent.mkdir(parents=True, exist_ok=True)
     given = parse_config_args([shared_overrides]) if shared_overrides.strip() else {}
     defaults = {"model.feature-cache": "true", "model.cache-dir": f"'{out.parent / 'feature-cache'}'",
-                "run.output-dir": f"'{out.parent / 'runs'}'"}  # the sweep's own, unless the user set them
+                "run.output-dir": f"'{out.parent / 'runs' / out.stem}'"}  # the sweep's own, unless the user set them
     shared = " ".join([*(f"{k}={v}" for k, v in defaults.items() if k not in given), shared_overrides]).strip()
     references = list(REFERENCES) if with_references else []
     cells: list[tuple[str, str]] = []  # (variant, reference or "")

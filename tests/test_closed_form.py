@@ -91,8 +91,10 @@ def test_the_server_adds_the_sites_sums_and_refuses_a_malformed_reply_naming_the
     answers = {100 + s.site_id: reply(s.site_id, st.to_arrays(), len(s.train_set.labels))
                for s, st in zip(sites, per_site, strict=True)}
     model, width = new_model(cfg), encoder_for(cfg).num_features
-    summed, sent = pooled_statistics(QueryGrid("head_statistics", answers), cfg, model, ConfigRecord(), feature_width=width)
+    summed, sent, epsilons = pooled_statistics(QueryGrid("head_statistics", answers), cfg, model, ConfigRecord(),
+                                               feature_width=width)
     torch.testing.assert_close(summed.gram, pooled.gram, rtol=1e-12, atol=1e-9)
+    assert epsilons == {}  # no DP, nothing spent
     assert set(sent) == {f"site {s}" for s in range(4)}
     assert all(size == per_site[0].nbytes for size in sent.values())  # D^2 + C D + C + D + 1 float64s
 
@@ -107,6 +109,20 @@ def test_the_server_adds_the_sites_sums_and_refuses_a_malformed_reply_naming_the
     lying = {**answers, 101: reply(1, per_site[1].to_arrays(), 3)}
     with pytest.raises(RuntimeError, match=r"site 1 \(node 101\).*the site reports 3"):
         pooled_statistics(QueryGrid("head_statistics", lying), cfg, model, ConfigRecord(), feature_width=width)
+
+
+def test_the_epsilon_of_private_statistics_reaches_the_run_summary(task_identity):
+    """A closed-form-only run under DP has no training reply to report epsilon: the release's own does."""
+    cfg = load_config({**SMALL, "privacy.dp": True, "privacy.epsilon": 3.0, "num-server-rounds": 0})
+    answers = {}
+    for site_id in range(4):
+        stats, metrics = get_site(cfg, site_id).head_statistics()
+        answers[100 + site_id] = RecordDict({ARRAYS: ArrayRecord(stats.to_arrays()), METRICS: MetricRecord(metrics)})
+    model, width = new_model(cfg), encoder_for(cfg).num_features
+    _, _, epsilons = pooled_statistics(QueryGrid("head_statistics", answers), cfg, model, ConfigRecord(),
+                                       feature_width=width)
+    assert set(epsilons) == {"0", "1", "2", "3"}
+    assert all(eps == pytest.approx(3.0, rel=0.02) for eps in epsilons.values())
 
 
 def test_a_sites_statistics_reply_carries_only_the_named_sums(task_identity):

@@ -1,6 +1,8 @@
 """The run folder and the observed strategy, driven with mock replies and no network."""
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from omnirad.config import load_config
-from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.server.run_folder import RunFolder, newest_summary
 from omnirad_fl.strategies import build_strategy
 from tests.conftest import answering
 
@@ -100,3 +102,22 @@ def test_two_nodes_claiming_one_site_number_are_reported(tmp_path):
         answer.metadata.__dict__["_src_node_id"] = instruction.metadata.dst_node_id
     folder.on_replies(1, "train", replies)
     assert folder.current.failures == ["train: nodes 11 and 12 both say they are site 0: give each site its own site.id"]
+
+
+def test_the_summary_of_a_run_is_never_taken_from_another_run_sharing_its_output_dir(tmp_path):
+    """Two sweeps writing to one output folder once handed one sweep the other's result."""
+    old = tmp_path / "old-run" / "summary.json"
+    old.parent.mkdir()
+    old.write_text("{}")
+    os.utime(old, (1.0, 1.0))
+    since = time.time() - 1
+    assert newest_summary(tmp_path, since) is None
+    mine = tmp_path / "mine" / "summary.json"
+    mine.parent.mkdir()
+    mine.write_text("{}")
+    assert newest_summary(tmp_path, since) == mine
+    other = tmp_path / "other" / "summary.json"
+    other.parent.mkdir()
+    other.write_text("{}")
+    with pytest.raises(RuntimeError, match="2 runs finished in .*mine, other.*run.output-dir"):
+        newest_summary(tmp_path, since)

@@ -69,7 +69,7 @@ def check_data(cfg: Config) -> None:
     require(d.min_site_samples >= 2, "data.min-site-samples", d.min_site_samples, ">= 2")
     WINDOWS.check(d.window)
     require(d.slice_axis in (0, 1, 2), "data.slice-axis", d.slice_axis, "0, 1 or 2")
-    require(valid_spacing(d.spacing), "data.spacing", d.spacing, "empty, or three voxel sizes in mm: x,y,z")
+    require(valid_spacing(d.spacing), "data.spacing", d.spacing, "empty, or three voxel sizes in mm: x,y,z (0: as stored)")
     require(d.volume_score in VOLUME_SCORES, "data.volume-score", d.volume_score, " or ".join(VOLUME_SCORES))
 
 
@@ -220,6 +220,6 @@ def check_faults(cfg: Config) -> None:
 def valid_spacing(text: str) -> bool:
     parts = comma_list(text)
     try:
-        return not parts or (len(parts) == 3 and all(float(mm) > 0 for mm in parts))
+        return not parts or (len(parts) == 3 and all(float(mm) >= 0 for mm in parts))
     except ValueError:
         return False

@@ -22,7 +22,9 @@ class DataConfig:
     """Where each site's images come from and how a simulated pool is split among sites."""
 
     dataset: str = setting("embedded", "the data source: `embedded` (synthetic, generated on every machine), a 2D "
-                           "MedMNIST flag (`bloodmnist`, `chestmnist`, ...) or several joined by `+`, `files` (one "
+                           "MedMNIST flag (`bloodmnist`, `chestmnist`, ...) or several joined by `+`, a 3D MedMNIST flag "
+                           "(`organmnist3d`, `nodulemnist3d`, ...; or several joined by `+`) read from `data.root`, "
+                           "cut into slices along `data.slice-axis` and split among sites by volume, `files` (one "
                            "file per site: a natural split), or `deployment` (each site names its own file)")
     root: str = setting("data", "folder holding MedMNIST `.npz` files")
     download: bool = setting(False, "fetch a missing MedMNIST file through the medmnist package (needs a network)")
@@ -43,8 +45,8 @@ class DataConfig:
                                            "the sites send")
     num_classes: int = setting(0, "`files`: number of classes (labels, for multi-label; pixel classes with "
                                   "background, for segmentation); required there")
-    size: int = setting(64, "image size in pixels the encoder sees (28 to 224; for MedMNIST 28, 64, 128 or 224: "
-                            "picks the file); segmentation masks are scored at this size")
+    size: int = setting(64, "image size in pixels the encoder sees (28 to 224; for MedMNIST 28, 64, 128 or 224, "
+                            "for MedMNIST 3D 28 or 64: picks the file); segmentation masks are scored at this size")
     partition: str = setting("dirichlet", "how a pool is split among simulated sites")
     alpha: float = setting(0.5, "`dirichlet`: concentration; smaller is more skewed")
     classes_per_site: int = setting(2, "`pathological`: classes each site holds")
@@ -55,14 +57,16 @@ class DataConfig:
     num_train: int = setting(2400, "`embedded`: pooled training images shared out among the sites")
     num_test: int = setting(800, "`embedded`: the server's held-out test images")
     val_fraction: float = setting(0.15, "share of each site's images kept for local validation")
-    min_site_samples: int = setting(20, "smallest allowed site; a split that cannot meet it fails with a message")
+    min_site_samples: int = setting(20, "smallest allowed site (in volumes, for a pool of volumes: MedMNIST 3D); a "
+                                        "split that cannot meet it fails with a message")
     window: str = setting("percentile", "volumes (NIfTI, DICOM): intensities to 0-255 by a CT window in Hounsfield "
                                         "units, or by each volume's 1st-99th percentiles (`percentile`: MR and "
                                         "uncalibrated images)")
     slice_axis: int = setting(2, "volumes (NIfTI, DICOM, MedMNIST 3D): the spatial axis cut into 2D slices; for "
                                  "NIfTI and DICOM after RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     spacing: str = setting("", "volumes (NIfTI, DICOM): resample to this voxel spacing in mm, `x,y,z` (e.g. "
-                               "`0.8,0.8,2.5`), so sites' scanners agree on scale; empty: as stored")
+                               "`0.8,0.8,2.5`), so sites' scanners agree on scale; 0 for an axis keeps it as stored "
+                               "(required on the slice axis with per-slice labels); empty: as stored")
     volume_score: str = setting("mean", "volumes: a volume's class scores from its slices' probabilities, `mean` "
                                         "or `max`, reported as `volume-*` metrics beside the per-slice ones")
 

@@ -29,6 +29,14 @@ class LabelledImages:
         return len(self.labels)
 
 
+def volume_labels(labels: np.ndarray, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each volume's id and label: the highest label among its slices (per label, for multi-label).
+    That is the volume's own label when every slice carries it; with per-slice labels it is the
+    volume's worst finding ("any positive slice", for a binary task)."""
+    ids = np.unique(volumes)
+    return ids, np.stack([np.asarray(labels)[volumes == v].max(axis=0) for v in ids])
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How a site file is read: the image side the encoder sees and, for volumes, the intensity

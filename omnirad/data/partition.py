@@ -23,6 +23,7 @@ from flwr_datasets.partitioner import (
 )
 
 from omnirad.config.schema import DataConfig
+from omnirad.data.labelled import LabelledImages, volume_labels
 from omnirad.registry import Registry
 
 
@@ -66,6 +67,21 @@ def partition_indices(labels: np.ndarray, data: DataConfig, *, seed: int = 0,
             f"data.min-site-samples={min_site_samples}; lower data.num-sites or data.min-site-samples"
         )
     return [np.sort(p) for p in parts]
+
+
+def partition_volumes(labels: np.ndarray, volumes: np.ndarray, data: DataConfig, *, seed: int = 0,
+                      groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Sorted slice indices for each site, a whole volume at a time: the scheme splits the volumes
+    (each by its label, ``volume_labels``, and its first slice's group), so every slice of a volume
+    goes to one site, and ``data.min-site-samples`` counts volumes."""
+    ids, per_volume = volume_labels(labels, volumes)
+    firsts = np.unique(volumes, return_index=True)[1]
+    try:
+        parts = partition_indices(per_volume, data, seed=seed, groups=None if groups is None else groups[firsts])
+    except PartitionError as err:
+        raise PartitionError(f"{err} (a pool of volumes is split by volume: here a sample is one of its "
+                             f"{len(ids)} volumes)") from err
+    return [np.flatnonzero(np.isin(volumes, ids[part])) for part in parts]
 
 
 def _flower_partition(request: SplitRequest, partitioner: Partitioner) -> list[np.ndarray]:
@@ -166,3 +182,14 @@ def split_train_val(indices: np.ndarray, val_fraction: float, seed: int) -> tupl
     shuffled = rng.permutation(indices)
     num_val = max(1, int(round(len(indices) * val_fraction)))
     return np.sort(shuffled[num_val:]), np.sort(shuffled[:num_val])
+
+
+def split_site(data: LabelledImages, val_fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
+    """A site's images as local train and validation sets; slices of volumes by whole volumes
+    (``val_fraction`` of the volumes validate), so no volume sits on both sides."""
+    if data.volumes is None:
+        train_idx, val_idx = split_train_val(np.arange(len(data)), val_fraction, seed)
+        return data.subset(train_idx), data.subset(val_idx)
+    _, val_volumes = split_train_val(np.unique(data.volumes), val_fraction, seed)
+    held = np.isin(data.volumes, val_volumes)
+    return data.subset(np.flatnonzero(~held)), data.subset(np.flatnonzero(held))

@@ -17,7 +17,7 @@ from omnirad.config.federation import require_num_sites
 from omnirad.config.schema import Config
 from omnirad.data.caption_files import captions_by_split
 from omnirad.data.labelled import LabelledImages, SiteData
-from omnirad.data.partition import partition_indices, split_train_val
+from omnirad.data.partition import partition_indices, partition_volumes, split_site, split_train_val
 from omnirad.data.site_files import read_site_file
 from omnirad.data.sources import source_of
 from omnirad.data.sources.files import file_task, read_options
@@ -65,14 +65,17 @@ _PARTITIONS: dict[tuple[str, int], list[np.ndarray]] = {}
 def site_partitions(cfg: Config) -> list[np.ndarray]:
     """Pooled-sample indices of every site (deterministic in ``run.seed``), computed once per
     process and split: a simulation worker serves many sites, and partitioning the pool for
-    every one of them cost a 100-site run about a third of a second per new site."""
+    every one of them cost a 100-site run about a third of a second per new site. A pool of slices
+    is split a whole volume at a time (``partition_volumes``)."""
     require_num_sites(cfg)
     key = (repr(cfg.data), cfg.run.seed)  # everything the split depends on
     if key not in _PARTITIONS:
         pool = pooled_train(cfg)
         if len(_PARTITIONS) >= 8:
             _PARTITIONS.pop(next(iter(_PARTITIONS)))
-        _PARTITIONS[key] = partition_indices(partition_labels(pool), cfg.data, seed=cfg.run.seed, groups=pool.groups)
+        labels = partition_labels(pool)
+        _PARTITIONS[key] = (partition_indices(labels, cfg.data, seed=cfg.run.seed, groups=pool.groups) if pool.volumes is None
+                            else partition_volumes(labels, pool.volumes, cfg.data, seed=cfg.run.seed, groups=pool.groups))
     return _PARTITIONS[key]
 
 
@@ -90,8 +93,11 @@ def load_site(cfg: Config, site_id: int) -> SiteData:
         return _split_site_file(cfg, site_id, source.site_file(cfg, site_id))
     check_site_id(cfg, site_id)
     indices = site_partitions(cfg)[site_id]
-    train_idx, val_idx = split_train_val(indices, cfg.data.val_fraction, site_split_seed(cfg.run.seed, site_id))
     pool = pooled_train(cfg)
+    seed = site_split_seed(cfg.run.seed, site_id)
+    if pool.volumes is not None:  # slices: whole volumes to validation
+        return SiteData(site_id, *split_site(pool.subset(indices), cfg.data.val_fraction, seed))
+    train_idx, val_idx = split_train_val(indices, cfg.data.val_fraction, seed)
     return SiteData(site_id, pool.subset(train_idx), pool.subset(val_idx))
 
 
@@ -103,13 +109,10 @@ def training_captions(cfg: Config, site_id: int) -> list[str]:
     train = by_split["train"]
     if by_split["val"]:
         return train
-    train_idx, _ = _local_split(cfg, site_id, np.arange(len(train)))
+    # the split `split_site` makes of a file without volumes (caption files hold 2D images only)
+    seed = site_split_seed(cfg.run.seed, site_id)
+    train_idx, _ = split_train_val(np.arange(len(train)), cfg.data.val_fraction, seed)
     return [train[i] for i in train_idx]
-
-
-def _local_split(cfg: Config, site_id: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A site file without a validation split: the site's own seeded split of its training part."""
-    return split_train_val(indices, cfg.data.val_fraction, site_split_seed(cfg.run.seed, site_id))
 
 
 def _split_site_file(cfg: Config, site_id: int, path: str) -> SiteData:
@@ -120,9 +123,4 @@ def _split_site_file(cfg: Config, site_id: int, path: str) -> SiteData:
     train = splits["train"]
     if "val" in splits:
         return SiteData(site_id, train, splits["val"])
-    if train.volumes is not None:  # slices: whole volumes to validation, never a volume on both sides
-        _, val_volumes = _local_split(cfg, site_id, np.unique(train.volumes))
-        held = np.isin(train.volumes, val_volumes)
-        return SiteData(site_id, train.subset(np.flatnonzero(~held)), train.subset(np.flatnonzero(held)))
-    train_idx, val_idx = _local_split(cfg, site_id, np.arange(len(train)))
-    return SiteData(site_id, train.subset(train_idx), train.subset(val_idx))
+    return SiteData(site_id, *split_site(train, cfg.data.val_fraction, site_split_seed(cfg.run.seed, site_id)))

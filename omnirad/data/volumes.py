@@ -4,16 +4,17 @@ slices the encoder reads. Registered as the ``volumes`` site file format.
 The CSV names one volume per row: ``path`` (a ``.nii``/``.nii.gz`` file, or a folder holding one
 DICOM series; relative to the CSV), ``label`` (the volume's class index: every slice of the volume
 gets it) and/or ``mask`` (a NIfTI label map of the same shape, sliced alongside, for segmentation),
-optionally ``patient`` and ``split``. MONAI reads them (``LoadImage`` with its nibabel and pydicom
-readers, so DICOM rescale slope and intercept are applied: CT arrives in Hounsfield units), turns
-them to RAS (``Orientation``) and windows the intensities (``data.window``: a CT window by name, or
-1st-99th percentile scaling for MR and anything without calibrated units). ``data.slice-axis``
-picks the spatial axis cut into slices (after RAS: 0 sagittal, 1 coronal, 2 axial).
+optionally ``slice-labels`` (a file of one class index per slice, indexed on the RAS grid:
+``omnirad.data.slice_labels``), ``patient`` and ``split``. MONAI reads them (``LoadImage`` with its
+nibabel and pydicom readers, so DICOM rescale slope and intercept are applied: CT arrives in
+Hounsfield units), turns them to RAS (``Orientation``) and windows the intensities (``data.window``:
+a CT window by name, or 1st-99th percentile scaling for MR and anything without calibrated units).
+``data.slice-axis`` picks the spatial axis cut into slices (after RAS: 0 sagittal, 1 coronal, 2 axial).
 
 Splits are made by patient (the image folder's hashing; without a ``patient`` column each volume is
 its own patient), never by slice, and every slice keeps its volume's id for per-volume scores.
 Every problem (a missing file, a corrupt DICOM file, an empty series folder, a mask whose shape
-differs from its image, an unknown label, a 2D image in a volume list) is collected and reported
+differs from its image, an unknown label or per-slice label, a 2D image in a volume list) is collected and reported
 together, naming the file and row, before any training starts. Only pixels and the configured
 label are kept: MONAI uses the geometry and rescale tags to build a volume, then only its affine is
 kept (predicted masks go back on its grid); the Modality tag is shown by ``omnirad-client --check``.
@@ -45,6 +46,13 @@ from omnirad.data.image_folder import (
 )
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError
+from omnirad.data.slice_labels import (
+    SLICE_LABELS,
+    count_problem,
+    read_slice_labels,
+    spacing_problem,
+    volume_label_problem,
+)
 from omnirad.images import resized, resized_images
 from omnirad.registry import Registry
 from omnirad.tasks import TaskSpec
@@ -87,11 +95,15 @@ WINDOWS.add("bone", ct_window(400, 1800))
 
 
 class VolumeRow(Row):
-    """One volume: a Row (file, label, split, patient, where) and its mask, if any."""
+    """One volume: a Row (file, label, split, patient, where), its mask and its per-slice labels'
+    file (``slice_labels``), if any; ``slice_values`` holds those labels once checked."""
 
-    def __init__(self, file: Path, label: int, split: str, patient: str, where: str, mask: Path | None) -> None:
+    def __init__(self, file: Path, label: int, split: str, patient: str, where: str, mask: Path | None,
+                 slice_labels: Path | None = None) -> None:
         super().__init__(file, label, split, patient, where)
         self.mask = mask
+        self.slice_labels = slice_labels
+        self.slice_values: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -130,18 +142,20 @@ def volume_rows(path: Path, task: TaskSpec) -> list[VolumeRow]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        needed = ("path", "mask") if task.segmentation else ("path", "label")
+        needed = ("path", "mask") if task.segmentation else ("path", "label") if SLICE_LABELS not in columns else ("path",)
         missing = [c for c in needed if c not in columns]
         if missing:
             raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; expected "
-                                f"path,{'mask' if task.segmentation else 'label'}[,split][,patient] for {task.kind} volumes")
+                                f"path,{'mask' if task.segmentation else 'label'}[,split][,patient]"
+                                f"{'' if task.segmentation else f'[,{SLICE_LABELS}]'} for {task.kind} volumes")
         rows = []
         for number, record in enumerate(reader, start=2):  # line 1 is the header
             values = {name: (record.get(column) or "").strip() for name, column in columns.items()}
             label = 0 if task.segmentation else parse_label(values.get("label"))
             mask = path.parent / values["mask"] if values.get("mask") else None
+            slice_labels = path.parent / values[SLICE_LABELS] if values.get(SLICE_LABELS) else None
             rows.append(VolumeRow(path.parent / values.get("path", ""), label, values.get("split", "").lower(),
-                                  values.get("patient") or f"row {number}", f"{path}:{number}", mask))
+                                  values.get("patient") or f"row {number}", f"{path}:{number}", mask, slice_labels))
     if not rows:
         raise DataFileError(f"{path}: no rows below the header")
     return rows if "split" in columns else assign_splits(rows)
@@ -223,6 +237,11 @@ def read_volume(row: VolumeRow, options: ReadOptions, num_classes: int, segmenta
             raise DataFileError(f"{row.where}: mask {mask_name} has shape {tuple(mask.shape[1:])}, its image "
                                 f"{row.file.name} {tuple(image.shape[1:])}")
     image = resampled(image, options.spacing, "bilinear")
+    if row.slice_values is not None and row.slice_labels is not None:
+        found = count_problem(row.where, row.slice_labels, len(row.slice_values), int(image.shape[1 + options.slice_axis]),
+                              options.slice_axis)
+        if found:
+            raise DataFileError(found)
     affine = np.asarray(image.affine, dtype=np.float64)
     grid = (int(image.shape[1]), int(image.shape[2]), int(image.shape[3]))
     windowed = WINDOWS[options.window]()(torch.as_tensor(image).float())
@@ -251,7 +270,7 @@ def read_volume_csv(path: Path, task: TaskSpec, options: ReadOptions) -> dict[st
     volume id; ``DataFileError`` listing every problem found before any volume is kept."""
     if task.multi_label:
         raise DataFileError(f"{path}: volumes carry one class per volume or a mask; multi-label needs a .npz file")
-    rows = read_rows_checked(path, task)
+    rows = read_rows_checked(path, task, options)
     problems: list[str] = []
     volumes: dict[int, Volume] = {}
     for index, row in enumerate(rows):
@@ -274,35 +293,61 @@ def read_volume_csv(path: Path, task: TaskSpec, options: ReadOptions) -> dict[st
     return splits
 
 
-def read_rows_checked(path: Path, task: TaskSpec) -> list[VolumeRow]:
-    """Rows whose labels, splits and patients are sound; ``DataFileError`` listing every fault."""
+def read_rows_checked(path: Path, task: TaskSpec, options: ReadOptions) -> list[VolumeRow]:
+    """Rows whose labels (per volume and per slice), splits and patients are sound;
+    ``DataFileError`` listing every fault."""
     if not path.is_file():
         raise DataFileError(f"{path}: no such volume CSV")
     rows = volume_rows(path, task)
-    problems = (split_problems(rows) if task.segmentation else label_problems(rows, task.num_outputs)) + \
-        patient_problems(rows)
+    problems = slice_label_problems(rows, task)
+    spacing = spacing_problem(path, [row.where.rsplit(":", 1)[1] for row in rows if row.slice_labels], options)
+    problems += ([spacing] if spacing else []) + \
+        (split_problems(rows) if task.segmentation else label_problems(rows, task.num_outputs)) + patient_problems(rows)
     if problems:
         raise DataFileError(summary(path, problems))
     return rows
 
 
+def slice_label_problems(rows: list[VolumeRow], task: TaskSpec) -> list[str]:
+    """Read and check each row's per-slice labels (``omnirad.data.slice_labels``) into
+    ``slice_values``; a row that gives them without a ``label`` takes the highest."""
+    found = []
+    for row in rows:
+        if row.slice_labels is None:
+            continue
+        if task.segmentation:
+            found.append(f"{row.where}: {SLICE_LABELS} are for classification; segmentation reads the mask")
+            continue
+        values, problems = read_slice_labels(row.slice_labels, task.num_outputs, row.where)
+        contradiction = None if problems else volume_label_problem(row.label, values, row.where, row.slice_labels)
+        found += problems + ([contradiction] if contradiction else [])
+        if not problems:
+            row.slice_values = values
+            row.label = int(values.max()) if row.label == -1 else row.label
+    return found
+
+
 def slices_of(rows: list[VolumeRow], volumes: dict[int, Volume], members: list[int], segmentation: bool) -> LabelledImages:
-    """Every slice of the member volumes; a volume's label goes to each of its slices."""
+    """Every slice of the member volumes, labelled by its per-slice label where the row gives
+    them, else by its volume's label."""
     images = np.concatenate([volumes[i].slices for i in members])
     ids = np.concatenate([np.full(len(volumes[i].slices), i, np.int64) for i in members])
     if segmentation:
         labels = np.concatenate([volumes[i].masks for i in members if volumes[i].masks is not None])
     else:
-        labels = np.concatenate([np.full(len(volumes[i].slices), rows[i].label, np.int64) for i in members])
+        labels = np.concatenate([np.full(len(volumes[i].slices), rows[i].label, np.int64) if rows[i].slice_values is None
+                                 else rows[i].slice_values for i in members])
     return LabelledImages(images, labels, volumes=ids)
 
 
-def slice_volume_array(volumes: np.ndarray, labels: np.ndarray, options: ReadOptions) -> LabelledImages:
+def slice_volume_array(volumes: np.ndarray, labels: np.ndarray, options: ReadOptions,
+                       groups: np.ndarray | None = None) -> LabelledImages:
     """uint8 volumes (N, D, H, W), as MedMNIST 3D stores them, as slices along ``options.slice_axis``
-    at ``options.size``, each slice with its volume's label and id."""
+    at ``options.size``, each slice with its volume's label, group (if any) and id."""
     slices = np.concatenate([resized_images(cut(volume, options.slice_axis), options.size) for volume in volumes])
     depth = volumes.shape[1 + options.slice_axis]
-    return LabelledImages(slices, np.repeat(labels, depth, axis=0), volumes=np.repeat(np.arange(len(volumes)), depth))
+    return LabelledImages(slices, np.repeat(labels, depth, axis=0),
+                          None if groups is None else np.repeat(groups, depth), volumes=np.repeat(np.arange(len(volumes)), depth))
 
 
 def survey(path: Path, task: TaskSpec) -> str:
@@ -310,5 +355,7 @@ def survey(path: Path, task: TaskSpec) -> str:
     header only the Modality tag is shown."""
     rows = volume_rows(path, task)
     modalities = Counter(modality(row.file) for row in rows)
-    return (f"{len(rows)} volumes, {len({row.patient for row in rows})} patients; modalities: "
+    per_slice = sum(row.slice_labels is not None for row in rows)
+    labelled = f" ({per_slice} with per-slice labels, indexed on the RAS grid)" if per_slice else ""
+    return (f"{len(rows)} volumes{labelled}, {len({row.patient for row in rows})} patients; modalities: "
             + ", ".join(f"{name}: {n}" for name, n in sorted(modalities.items())))

@@ -1,4 +1,9 @@
-"""``data.dataset=<flag>``: a 2D MedMNIST dataset, or several joined by ``+`` into one pool."""
+"""``data.dataset=<flag>``: a MedMNIST dataset, or several joined by ``+`` into one pool.
+
+2D flags (``bloodmnist``, ...) are images; 3D flags (``organmnist3d``, ...) are volumes, cut into
+2D slices along ``data.slice-axis`` that keep their volume's id, so that the split among sites,
+each site's validation split and the scores all work on whole volumes.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,22 @@ from pathlib import Path
 import numpy as np
 
 from omnirad.config.schema import Config
-from omnirad.data.labelled import LabelledImages
-from omnirad.data.npz import load_medmnist, medmnist_task
+from omnirad.data.labelled import LabelledImages, ReadOptions
+from omnirad.data.npz import DataFileError, is_volume_array, load_medmnist, medmnist_path, medmnist_task
 from omnirad.data.sources.registry import DataSource, register_source
+from omnirad.data.volumes import slice_volume_array
 from omnirad.errors import bad_value
 from omnirad.tasks import MULTI_CLASS, TaskSpec
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
+MEDMNIST_3D_SIZES = (28, 64)
 
 
-def medmnist_flags() -> tuple[str, ...]:
-    """The 2D MedMNIST datasets the medmnist package describes."""
+def medmnist_flags(volumes: bool = False) -> tuple[str, ...]:
+    """The 2D (or, with ``volumes``, the 3D) MedMNIST datasets the medmnist package describes."""
     from medmnist import INFO  # imported here: the package is slow to import and often not needed
 
-    return tuple(flag for flag in INFO if not flag.endswith("3d"))
+    return tuple(flag for flag in INFO if flag.endswith("3d") == volumes)
 
 
 @lru_cache(maxsize=2)
@@ -37,7 +44,7 @@ def _medmnist(root: str, dataset: str, size: int, download: bool = False) -> dic
     if len(parts) == 1:
         return {name: LabelledImages(s.images, s.labels) for name, s in parts[0].items()}
     offsets = np.cumsum([0] + [medmnist_task(flag).num_outputs for flag in dataset.split("+")])
-    rgb = any(split.images.ndim == 4 for part in parts for split in part.values())
+    rgb = any(split.images.ndim == 4 and not is_volume_array(split.images) for part in parts for split in part.values())
     pooled = {}
     for name in ("train", "val", "test"):
         images = [_as_rgb(part[name].images) if rgb else part[name].images for part in parts]
@@ -51,18 +58,36 @@ def _as_rgb(images: np.ndarray) -> np.ndarray:
     return images if images.ndim == 4 else np.repeat(images[..., None], 3, axis=-1)
 
 
+@lru_cache(maxsize=2)
+def _medmnist_slices(root: str, dataset: str, size: int, slice_axis: int, download: bool = False) -> dict[str, LabelledImages]:
+    """3D MedMNIST datasets (joined as ``_medmnist`` joins them) cut into slices along
+    ``slice_axis``; a slice keeps its volume's label, source dataset (group) and id."""
+    volumes = _medmnist.__wrapped__(root, dataset, size, download)  # not cached: only the slices are kept
+    sliced = {}
+    for name, split in volumes.items():
+        if not is_volume_array(split.images):
+            files = " or ".join(str(medmnist_path(Path(root), flag, size)) for flag in dataset.split("+"))
+            raise DataFileError(f"{files}: {name}_images has shape {split.images.shape}; a 3D flag's file holds "
+                                "(N, D, H, W) volumes")
+        sliced[name] = slice_volume_array(split.images, split.labels, ReadOptions(size, slice_axis=slice_axis),
+                                          split.groups)
+    return sliced
+
+
 class MedMnistSource(DataSource):
     name = "medmnist"
     describes = "2D MedMNIST flags joined by '+' (e.g. bloodmnist, organamnist+pneumoniamnist)"
+    volumes = False  # 3D flags: the subclass below
+    sizes: tuple[int, ...] = MEDMNIST_SIZES
 
     def claims(self, dataset: str) -> bool:
-        flags = medmnist_flags()
+        flags = medmnist_flags(self.volumes)
         return all(part in flags for part in dataset.split("+"))
 
     def check(self, cfg: Config) -> None:
         d = cfg.data
-        if d.size not in MEDMNIST_SIZES:
-            raise bad_value("data.size", d.size, f"a MedMNIST size: {MEDMNIST_SIZES}")
+        if d.size not in self.sizes:
+            raise bad_value("data.size", d.size, f"a MedMNIST{' 3D' if self.volumes else ''} size: {self.sizes}")
         if "+" in d.dataset and "chestmnist" in d.dataset:
             raise bad_value("data.dataset", d.dataset, "single-label datasets only in a mix (chestmnist is multi-label)")
         if d.task != MULTI_CLASS:
@@ -88,4 +113,18 @@ class MedMnistSource(DataSource):
         return self._splits(cfg)["test"]
 
 
+class MedMnist3dSource(MedMnistSource):
+    """3D flags: every sample a volume, read at its stored size (28 or 64 voxels a side) and sliced."""
+
+    name = "medmnist3d"
+    describes = "3D MedMNIST flags joined by '+' (e.g. organmnist3d, nodulemnist3d), sliced along data.slice-axis"
+    volumes = True
+    sizes = MEDMNIST_3D_SIZES
+
+    def _splits(self, cfg: Config) -> dict[str, LabelledImages]:
+        d = cfg.data
+        return _medmnist_slices(d.root, d.dataset, d.size, d.slice_axis, d.download)
+
+
 register_source(MedMnistSource())
+register_source(MedMnist3dSource())
