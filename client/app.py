@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from omnirad.broadcast import Broadcast
 from omnirad.config import Config, ConfigError
 from omnirad.data.npz import DataFileError
+from omnirad.data.sites import training_captions
 from omnirad.encoders import EncoderWeightsError
 from omnirad.faults import SiteCrash, crash_if_due, misbehave
 from omnirad.logs import show_progress
@@ -39,6 +40,7 @@ from omnirad.protocol import (
     QUERY_LOGIT_SCALE,
     QUERY_SPECTRAL,
     QUERY_TASK,
+    QUERY_WORD_COUNTS,
     ROUND_TOKEN,
     SERVER_ROUND,
     SITE_FAILED,
@@ -49,6 +51,7 @@ from omnirad.protocol import (
     TEACHER,
     TRAIN_SSL,
     WEIGHTS_UNREADABLE,
+    WORD_COUNTS,
     WRONG_ENCODER,
     WRONG_TASK,
 )
@@ -57,7 +60,15 @@ from omnirad.site import LocalSite, RoundInputs
 from omnirad.site_cache import get_site
 from omnirad.site_state import SiteStateError
 from omnirad.ssl import SslRound, from_wire, site_round, to_wire
-from omnirad_fl.client.deployment import EncoderMismatch, check_encoder, check_task, site_of, with_pretrained_encoder
+from omnirad.vocabulary import SiteWordCounts
+from omnirad_fl.client.deployment import (
+    EncoderMismatch,
+    check_encoder,
+    check_task,
+    site_of,
+    with_pretrained_encoder,
+    with_shared_vocabulary,
+)
 from omnirad_fl.client.run_state import RunState, load_run_state, rounds_seen
 
 app = ClientApp()
@@ -113,6 +124,7 @@ def site_for(msg: Message, context: Context) -> tuple[Config, LocalSite]:
     passed the site's checks: the server's encoder weights are this site's, the adapter its task's."""
     cfg, site_id = site_of(context)
     cfg = with_pretrained_encoder(cfg, msg.content[CONFIG])
+    cfg = with_shared_vocabulary(cfg, msg.content[CONFIG])
     check_encoder(cfg, msg.content[CONFIG])
     check_task(cfg, msg.content[CONFIG])
     return cfg, get_site(cfg, site_id)
@@ -211,6 +223,17 @@ def logit_scale(msg: Message, context: Context) -> Message:
     losses = site.scale_losses(round_inputs(msg, run_state(cfg, site, msg, context), training=False), scales)
     metrics = MetricRecord({NUM_EXAMPLES: float(len(site.train_set.labels)), SITE_ID: float(site.site_id)})
     return Message(content=RecordDict({ARRAYS: ArrayRecord({"losses": losses}), METRICS: metrics}), reply_to=msg)
+
+
+@app.query(QUERY_WORD_COUNTS)
+@replies_safely
+def word_counts(msg: Message, context: Context) -> Message:
+    """How often this site's training captions use each word, for the federated vocabulary: only
+    words seen at least ``data.vocabulary-min-count`` times leave; captions and images stay."""
+    cfg, site_id = site_of(context)
+    counts = SiteWordCounts.of(training_captions(cfg, site_id), cfg.data.vocabulary_min_count)
+    content = RecordDict({WORD_COUNTS: ConfigRecord(counts.to_record()), METRICS: MetricRecord({SITE_ID: site_id})})
+    return Message(content=content, reply_to=msg)
 
 
 @app.query(QUERY_TASK)

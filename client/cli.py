@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from omnirad.app_trust import parse_trusted
+from omnirad.captions import SPECIAL_TOKENS, build_vocabulary
 from omnirad.config import ConfigError
+from omnirad.data.caption_files import captions_by_split
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of
@@ -40,7 +42,7 @@ from omnirad.protocol import (
     NODE_TASK_NAME,
     NODE_WEIGHTS,
 )
-from omnirad.tasks import MULTI_LABEL, SEGMENTATION
+from omnirad.tasks import CAPTIONING, MULTI_LABEL, SEGMENTATION, TaskSpec
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.site_config import SiteConfig, load_site_config, problems
 from omnirad_fl.client.verified_app import TRUSTED_ENV
@@ -54,18 +56,25 @@ def check_data(cfg: SiteConfig) -> str:
     adds (volumes: patients and modalities; image folders: patients and stored image sizes) and,
     for classes, images per class."""
     path = Path(cfg.data.file)
-    task = file_task(cfg.data.task, cfg.data.num_classes)
+    task = file_task(cfg.data.task, cfg.data.num_classes) if cfg.data.task != CAPTIONING else own_words(path)
     form = format_of(path)
     splits = form.read(path, task, ReadOptions(CHECK_SIZE))
     counts = ", ".join(f"{len(split.labels)} {name}" for name, split in splits.items())
     kind = "slices" if any(split.volumes is not None for split in splits.values()) else "images"
-    line = f"{path.name}: {counts} {kind} ({cfg.data.task}, {cfg.data.num_classes} classes)"
+    what = f"{task.num_outputs - len(SPECIAL_TOKENS)} distinct words" if task.captioning else f"{cfg.data.num_classes} classes"
+    line = f"{path.name}: {counts} {kind} ({cfg.data.task}, {what})"
     if form.survey is not None:
         line += f"; {form.survey(path, task)}"
-    if cfg.data.task in (SEGMENTATION, MULTI_LABEL):
+    if cfg.data.task in (SEGMENTATION, MULTI_LABEL, CAPTIONING):
         return line
     per_class = np.bincount(np.concatenate([s.labels for s in splits.values()]), minlength=cfg.data.num_classes)
     return f"{line}; per class: {', '.join(f'{k}: {n}' for k, n in enumerate(per_class))}"
+
+
+def own_words(path: Path) -> TaskSpec:
+    """A caption file checked with its own words as vocabulary: every row and image is read; the
+    run's vocabulary is counted with the other sites before round 1, and nothing here leaves."""
+    return TaskSpec(CAPTIONING, build_vocabulary(c for split in captions_by_split(path).values() for c in split))
 
 
 def check_encoder_weights(cfg: SiteConfig) -> str:

@@ -8,12 +8,15 @@ encoder weights and feature cache are. Nothing here leaves the site.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.app import ConfigRecord, Context
 
+from omnirad.captions import vocabulary_copy
 from omnirad.config import Config, ConfigError, load_config, to_flat, with_num_sites
-from omnirad.data.sources.files import DEPLOYMENT, file_task
+from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.encoders import weights_fingerprint
-from omnirad.multitask import DECLARED, TaskMismatch, site_view, task_config
+from omnirad.multitask import DECLARED, TaskMismatch, declared_spec, site_view, task_config
 from omnirad.protocol import (
     ENCODER_FINGERPRINT,
     NODE_CACHE_DIR,
@@ -27,7 +30,9 @@ from omnirad.protocol import (
     NODE_WEIGHTS,
     PRETRAINED_ENCODER,
     TASK,
+    VOCABULARY,
 )
+from omnirad.tasks import CAPTIONING
 
 
 class EncoderMismatch(RuntimeError):
@@ -46,6 +51,7 @@ def site_of(context: Context) -> tuple[Config, int]:
                           f"data.dataset={cfg.data.dataset!r}; a deployed federation needs data.dataset='deployment'")
     local = {"data.site-files": str(node[NODE_DATA_FILE]), "model.weights": str(node[NODE_WEIGHTS]),
              "model.cache-dir": str(node[NODE_CACHE_DIR]),
+             "data.vocabulary": "",  # a path on the server's disk: the site takes the run's words from its messages
              # the site's own device and precision, never the server's
              "run.device": str(node.get(NODE_DEVICE, "auto")), "run.precision": str(node.get(NODE_PRECISION, "auto"))}
     site_cfg = load_config({**to_flat(cfg), **local})
@@ -56,7 +62,8 @@ def site_of(context: Context) -> tuple[Config, int]:
                           f"this site declares task '{node[NODE_TASK_NAME]}' (data.task-name), but the server's run "
                           "is single-task: remove data.task-name or run with multitask.site-tasks='declared'")
     if declared:
-        site_cfg = task_config(site_cfg, str(node[NODE_TASK_NAME]), file_task(str(node[NODE_TASK_KIND]), int(node[NODE_NUM_CLASSES])))
+        spec = declared_spec(str(node[NODE_TASK_KIND]), int(node[NODE_NUM_CLASSES]))
+        site_cfg = task_config(site_cfg, str(node[NODE_TASK_NAME]), spec)
     return site_cfg, int(node[NODE_SITE_ID])
 
 
@@ -92,3 +99,14 @@ def with_pretrained_encoder(cfg: Config, instructions: ConfigRecord) -> Config:
     if not path or cfg.data.dataset == DEPLOYMENT or path == cfg.model.weights:
         return cfg
     return load_config({**to_flat(cfg), "model.weights": path})
+
+
+def with_shared_vocabulary(cfg: Config, instructions: ConfigRecord) -> Config:
+    """A captioning site without the run's vocabulary file (a federated vocabulary, or any deployed
+    site) reads its captions with the words the server's messages carry, kept in its cache folder
+    under a name made from them."""
+    words = instructions.get(VOCABULARY)
+    if cfg.data.task != CAPTIONING or cfg.data.vocabulary or not isinstance(words, list) or not words:
+        return cfg
+    path = vocabulary_copy([str(word) for word in words], Path(cfg.model.cache_dir).expanduser())
+    return load_config({**to_flat(cfg), "data.vocabulary": str(path)})

@@ -10,6 +10,8 @@ from the word list. Words are lower-cased and split on whitespace and punctuatio
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +21,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 
+from omnirad.durable import write_atomically
 from omnirad.tasks import PAD_ID
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
@@ -33,6 +36,25 @@ def _blank() -> Tokenizer:
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     return tokenizer
+
+
+@lru_cache(maxsize=1)
+def _splitter() -> Tokenizer:
+    return _blank()
+
+
+def caption_words(caption: str) -> list[str]:
+    """The words of a caption as every tokenizer here sees them (normalised, then split): what a
+    federated word count counts, so that its words are the ones the tokenizer will find."""
+    tokenizer = _splitter()
+    assert tokenizer.normalizer is not None and tokenizer.pre_tokenizer is not None
+    text = tokenizer.normalizer.normalize_str(caption)
+    return [word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+
+
+def word_counts(captions: Iterable[str]) -> Counter[str]:
+    """How often each word occurs in ``captions``."""
+    return Counter(word for caption in captions for word in caption_words(caption))
 
 
 def build_vocabulary(captions: Iterable[str], min_count: int = 1) -> tuple[str, ...]:
@@ -51,7 +73,20 @@ def read_vocabulary(path: str | Path) -> tuple[str, ...]:
 
 
 def write_vocabulary(vocabulary: Sequence[str], path: str | Path) -> None:
+    """One word per line, special tokens left out (``read_vocabulary`` puts them back first)."""
     Path(path).write_text("".join(f"{w}\n" for w in vocabulary if w not in SPECIAL_TOKENS), encoding="utf-8")
+
+
+def vocabulary_copy(vocabulary: Sequence[str], folder: Path) -> Path:
+    """``vocabulary`` as a file in ``folder`` named by its content, written once and atomically: the
+    processes of a site (one per message in deployment) and simulated sites sharing a disk all read one file."""
+    words = "\n".join(w for w in vocabulary if w not in SPECIAL_TOKENS)
+    digest = hashlib.sha256(words.encode("utf-8")).hexdigest()[:16]
+    path = folder / f"vocabulary-{digest}.txt"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda temporary: write_vocabulary(vocabulary, temporary))
+    return path
 
 
 @lru_cache(maxsize=8)

@@ -14,14 +14,16 @@ a site receives and returns its own model's names (``group_view``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from omnirad.captions import vocabulary_copy
 from omnirad.config import Config, ConfigError, comma_list, load_config, to_flat
 from omnirad.data.sites import task_info
 from omnirad.data.sources.embedded import EMBEDDED_TASKS
-from omnirad.data.sources.files import DEPLOYMENT
+from omnirad.data.sources.files import DEPLOYMENT, file_task
 from omnirad.errors import require
 from omnirad.tasks import CAPTIONING, SEGMENTATION, TaskSpec
 
@@ -115,6 +117,8 @@ def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
         if spec is None:
             raise ConfigError(f"task '{name}': a deployed task is what its sites declare; no declaration given")
         overrides: dict[str, Any] = {"data.task": spec.kind, "data.num-classes": spec.num_outputs}
+        if spec.captioning and spec.label_names:  # the vocabulary counted by the task's sites, as a file
+            overrides["data.vocabulary"] = str(vocabulary_copy(spec.label_names, Path(cfg.model.cache_dir).expanduser()))
     elif name in EMBEDDED_TASKS:
         overrides = EMBEDDED_TASKS[name].overrides(name)
     else:
@@ -137,9 +141,19 @@ def site_view(cfg: Config, site_id: int) -> Config:
     return task_config(cfg, site_task(cfg, site_id))
 
 
+def declared_spec(kind: str, num_classes: int) -> TaskSpec:
+    """What a deployed site's file holds, as it declares it: a captioning task without words yet
+    (the run counts its vocabulary from the task's sites before round 1), else ``file_task``'s."""
+    return TaskSpec(CAPTIONING, ()) if kind == CAPTIONING else file_task(kind, num_classes)
+
+
 def declaration(site_cfg: Config) -> TaskDeclaration | None:
     """What a site declares (None: it has no task this run)."""
-    return TaskDeclaration(site_cfg.multitask.task, task_info(site_cfg)) if site_cfg.multitask.task else None
+    if not site_cfg.multitask.task:
+        return None
+    if site_cfg.data.task == CAPTIONING and not site_cfg.data.vocabulary:
+        return TaskDeclaration(site_cfg.multitask.task, declared_spec(CAPTIONING, 0))
+    return TaskDeclaration(site_cfg.multitask.task, task_info(site_cfg))
 
 
 def group_sites(declared: dict[int, tuple[int, TaskDeclaration | None]],

@@ -13,6 +13,7 @@ ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
 TEACHER = "teacher"  # SSL rounds: the server's teacher tensors, beside the student's arrays
 DECLARATION = "declaration"  # reply to query.task: the task a site trains
 SITE_INFO = "site-info"  # train replies: where the site computed (device, precision), for the run folder
+WORD_COUNTS = "word-counts"  # reply to query.word_counts: words and their counts (omnirad.vocabulary)
 
 # Message types beyond Flower's plain train and evaluate.
 QUERY_SPECTRAL = "spectral"  # query.spectral: a site's spectral centroids
@@ -21,6 +22,7 @@ QUERY_TASK = "task"  # query.task: the task a site declares
 TRAIN_SSL = "ssl"  # train.ssl: one round of self-supervised pretraining
 QUERY_HEAD_STATISTICS = "head_statistics"  # query.head_statistics: sums for a closed-form head
 QUERY_LOGIT_SCALE = "logit_scale"  # query.logit_scale: training loss sums of the closed-form head at a few scales
+QUERY_WORD_COUNTS = "word_counts"  # query.word_counts: a site's training-caption words seen data.vocabulary-min-count times
 
 # Instructions (the config record of train and evaluate messages).
 SERVER_ROUND = "server-round"  # set by Flower's strategies
@@ -32,6 +34,7 @@ TASK = "task"  # a multi-task run: the task whose adapter a message carries
 SPECTRAL_BANK, SPECTRAL_BANK_ROWS = "spectral-bank", "spectral-bank-rows"
 FEATURE_MEAN, FEATURE_STD = "feature-mean", "feature-std"
 LOGIT_SCALES = "logit-scales"  # query.logit_scale: the scales to score
+VOCABULARY = "vocabulary"  # captioning on site files: the run's words (special tokens left out), in every message
 RUN_KEY = "run-key"  # the run's own name, kept across resumes: the file of each site's state for the run
 SIMULATION_STATE_DIR = "simulation-state-dir"  # simulation only: the run folder's site-state/, on the shared disk
 TRAINED_SITES, TRAINED_ROUNDS = "trained-sites", "trained-rounds"  # train: the rounds each site has trained so far

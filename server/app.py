@@ -32,6 +32,7 @@ from omnirad_fl.server.multitask import MultiTaskEvaluator, multitask_strategy, 
 from omnirad_fl.server.pretraining import pretrain_encoder, pretrained_instructions
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder, best_round
+from omnirad_fl.server.vocabulary import gather_vocabulary, needs_word_count, vocabulary_instructions
 from omnirad_fl.strategies import STRATEGIES, build_strategy
 from omnirad_fl.strategies.site_queries import collect_standardisation
 
@@ -78,11 +79,12 @@ def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0)
         time.sleep(poll)
 
 
-def site_instructions(cfg: Config) -> dict[str, str]:
+def site_instructions(cfg: Config) -> dict[str, str | list[str]]:
     """What every train and evaluate message carries besides the adapter: the fingerprint of the
     server's encoder weights (SHA-256 of the file, or random-init), which a deployed site compares
-    with its own before it trains."""
-    return {ENCODER_FINGERPRINT: weights_fingerprint(cfg.model.weights), **pretrained_instructions(cfg)}
+    with its own before it trains, and a captioning run's vocabulary."""
+    return {ENCODER_FINGERPRINT: weights_fingerprint(cfg.model.weights), **pretrained_instructions(cfg),
+            **vocabulary_instructions(cfg)}
 
 
 def site_state_instructions(cfg: Config, folder: RunFolder) -> dict[str, str]:
@@ -149,14 +151,15 @@ def gather_broadcast(grid: Grid, cfg: Config, folder: RunFolder) -> Broadcast:
     return Broadcast(**fields)
 
 
-def start_folder(cfg: Config) -> tuple[RunFolder, Checkpoint | None]:
-    """A new run folder (with the split described, for a simulated one), or the stopped run's."""
+def start_folder(cfg: Config, vocabulary: tuple[str, ...] = ()) -> tuple[RunFolder, Checkpoint | None]:
+    """A new run folder (with the split described, for a simulated one, and a federated vocabulary
+    kept), or the stopped run's."""
     if cfg.run.resume_from:
         resume_folder, checkpoint = resumable(cfg)
         folder = RunFolder.reopen(cfg, resume_folder, checkpoint.server_round)
         log.info("OmniRad-FL resumes %s after round %d", folder.path, checkpoint.server_round)
         return folder, checkpoint
-    folder = RunFolder.create(cfg)
+    folder = RunFolder.create(cfg, vocabulary)
     log.info("OmniRad-FL run folder: %s", folder.path)
     if not source_of(cfg.data.dataset).natural_split:  # a simulated split of a pool: the server can describe it
         labels = partition_labels(pooled_train(cfg))
@@ -172,16 +175,20 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.num_server_rounds == 0 and HEAD_INITS[cfg.model.head_init] is None:
         return  # pretraining alone (ssl.rounds): no adapter to train
     encoder = encoder_for(cfg)
+    vocabulary, counted = gather_vocabulary(grid, cfg) if needs_word_count(cfg) else ((), {})
+    vocabulary_summary = {"vocabulary": counted} if counted else {}
+    folder, checkpoint = start_folder(cfg, vocabulary)
+    cfg = folder.cfg  # with a federated vocabulary, it names the run folder's vocabulary.txt
     model = None if is_multitask(cfg) else new_model(cfg)  # a multi-task run has a model per task
     kept = kept_at_sites(cfg, model) if model is not None else frozenset()
     initial = {k: v for k, v in trainable_state(model).items() if k not in kept} if model is not None else {}
-    folder, checkpoint = start_folder(cfg)
     if checkpoint is not None:
         initial = checkpoint.arrays
     done_rounds = checkpoint.server_round if checkpoint is not None else 0
     groups = None
     if is_multitask(cfg):
-        groups, initial = start_groups(grid, cfg, folder)
+        groups, initial, by_task = start_groups(grid, cfg, folder)
+        vocabulary_summary = {"vocabulary": by_task} if by_task else {}  # each captioning group's count
     if cfg.personalization.mode == "fedper":
         log.info("personalization.mode=fedper: each site keeps its own output layer, so there is no global model "
                  "to score on the server's test set; the sites' validation metrics are the result")
@@ -235,6 +242,7 @@ def main(grid: Grid, context: Context) -> None:
             **({"spectral-bank-rows": len(broadcast.bank)} if broadcast.bank is not None else {}),
             "standardise-features": broadcast.standardisation is not None,
             **closed_form,
+            **vocabulary_summary,
         },
     )
     final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")

@@ -31,6 +31,7 @@ from omnirad.multitask import (
 from omnirad.protocol import DECLARATION, QUERY_TASK
 from omnirad.tasks import TaskSpec
 from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.server.vocabulary import group_vocabularies, vocabulary_instructions
 from omnirad_fl.strategies.factory import build_strategy
 from omnirad_fl.strategies.multitask import SCORE, MultiTaskStrategy, RejectedReplies, add_score
 from omnirad_fl.strategies.site_queries import ask_every_site
@@ -88,7 +89,8 @@ def multitask_strategy(cfg: Config, folder: RunFolder, groups: dict[str, TaskGro
     strategies = {name: build_strategy(task_config(cfg, name, group.spec), rejections[name], num_sites=len(group.nodes))
                   for name, group in groups.items()}
     selection = {name: group.spec.selection_metric for name, group in groups.items()}
-    return OmniRadStrategy(MultiTaskStrategy(groups, strategies, rejections, selection), folder)
+    instructions = {name: vocabulary_instructions(task_config(cfg, name, group.spec)) for name, group in groups.items()}
+    return OmniRadStrategy(MultiTaskStrategy(groups, strategies, rejections, selection, instructions), folder)
 
 
 def write_tasks(folder: Path, groups: dict[str, TaskGroup], shared_tensors: int) -> None:
@@ -105,18 +107,21 @@ def read_tasks(folder: Path) -> dict[str, TaskGroup]:
             for name, g in groups.items()}
 
 
-def start_groups(grid: Grid, cfg: Config, folder: RunFolder) -> tuple[dict[str, TaskGroup], dict[str, torch.Tensor]]:
-    """Ask every site, check and report the groups, keep them in the run folder (tasks.json), and
-    return them with the initial global record."""
+def start_groups(grid: Grid, cfg: Config, folder: RunFolder
+                 ) -> tuple[dict[str, TaskGroup], dict[str, torch.Tensor], dict[str, Any]]:
+    """Ask every site, check and report the groups, count the vocabulary of a captioning group, keep
+    them in the run folder (tasks.json), and return them with the initial global record and
+    summary.json's vocabulary entries."""
     groups = group_sites(collect_declarations(grid), expected_tasks(cfg))
     if not groups:
         raise RuntimeError("task groups: no site declared a task (data.task-name in each site's file)")
+    groups, vocabularies = group_vocabularies(grid, cfg, groups)
     initial, shared = initial_record(cfg, groups)
     log.info("%s", task_report(groups, shared, cfg.multitask.shared))
     write_tasks(folder.path, groups, len(shared))
     folder.track_tasks({name: g.spec.selection_metric for name, g in groups.items()}, SCORE,
                        {name: list(g.sites) for name, g in groups.items()})
-    return groups, initial
+    return groups, initial, vocabularies
 
 
 

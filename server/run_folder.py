@@ -11,6 +11,7 @@
         summary.json              final and best metrics, totals, peak memory
         final_adapter.safetensors best_adapter.safetensors   adapter checkpoints
         feature-standardisation.safetensors   model.standardise-features: the mean and std the heads read with
+        vocabulary.txt            a federated caption vocabulary, one word a line (config.yaml names it)
         partition.json, .png      each site's sample count and label histogram
         curves.png                metrics per round
 """
@@ -34,7 +35,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from omnirad.broadcast import Broadcast
-from omnirad.config import Config, ConfigError, to_flat, to_yaml
+from omnirad.captions import write_vocabulary
+from omnirad.config import Config, ConfigError, load_config, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
 from omnirad.encoders import weights_fingerprint
@@ -62,6 +64,7 @@ class RoundRecord:
 
 
 STANDARDISATION_FILE = "feature-standardisation.safetensors"
+VOCABULARY_FILE = "vocabulary.txt"
 ENCODER_FILE = "encoder.json"
 RUN_FILE = "run.json"
 
@@ -106,7 +109,9 @@ class RunFolder:
         self.run_key = run_key(path)
 
     @classmethod
-    def create(cls, cfg: Config) -> RunFolder:
+    def create(cls, cfg: Config, vocabulary: tuple[str, ...] = ()) -> RunFolder:
+        """A new folder; with a federated ``vocabulary``, kept there and named by the folder's
+        configuration (``data.vocabulary``), which then reruns the run with the same word ids."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         personal = "" if cfg.personalization.mode == "none" else f"-{cfg.personalization.mode}"
         name = cfg.run.name or f"{cfg.data.dataset}-{cfg.model.encoder}-{cfg.model.adapter}-{cfg.strategy.name}{personal}"
@@ -117,6 +122,9 @@ class RunFolder:
             suffix += 1
             path = base / f"{stamp}-{name}-{suffix}"
         path.mkdir(parents=True)
+        if vocabulary:
+            write_vocabulary(vocabulary, path / VOCABULARY_FILE)
+            cfg = load_config({**to_flat(cfg), "data.vocabulary": str(path / VOCABULARY_FILE)})
         (path / "config.yaml").write_text(to_yaml(cfg))
         (path / ENCODER_FILE).write_text(json.dumps(encoder_record(cfg), indent=2))
         return cls(cfg, path)

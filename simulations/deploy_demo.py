@@ -9,8 +9,9 @@ registers the public keys alone (``omnirad-certs demo/certs --site A=sites/A.pub
     python -m omnirad_fl.simulations.deploy_demo demo --sites A B C
     python -m omnirad_fl.simulations.deploy_demo demo --sites A B C --tasks region region lesions   # multi-task
 
-With ``--tasks`` each site holds one task of the embedded data (body region, finding, or lesion
-masks in MedSegBench's layout) and names it in its site file (``data.task-name``); the run has
+With ``--tasks`` each site holds one task of the embedded data (body region, finding, lesion
+masks in MedSegBench's layout, or captions as a ROCOv2-style CSV with PNG images, whose vocabulary
+the run counts at its sites) and names it in its site file (``data.task-name``); the run has
 ``multitask.site-tasks: declared`` and no server test file (each task is scored at its sites).
 """
 
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 from safetensors.torch import save_file
 
+from omnirad.captions import decode_captions
 from omnirad.config import Config, load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import create_encoder, weights_fingerprint
@@ -43,6 +46,17 @@ def write_npz(path: Path, data: LabelledImages) -> Path:
     else:
         np.savez_compressed(path, train_images=data.images, train_labels=data.labels.reshape(-1, 1))
     return path
+
+
+def write_caption_csv(folder: Path, data: LabelledImages, vocabulary: tuple[str, ...]) -> Path:
+    """ROCOv2's layout: PNG images and a CSV of ``path,caption`` (the captions' text from their ids)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,caption"]
+    for n, (image, caption) in enumerate(zip(data.images, decode_captions(data.labels, vocabulary), strict=True)):
+        Image.fromarray(image).save(folder / f"{n:04d}.png")
+        lines.append(f'{n:04d}.png,"{caption}"')
+    (folder / "captions.csv").write_text("\n".join(lines) + "\n")
+    return folder / "captions.csv"
 
 
 def write_encoder_weights(path: Path) -> Path:
@@ -66,7 +80,9 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
         share = load_site(site_view(simulated, index), index)
         pooled = LabelledImages(np.concatenate([share.train.images, share.val.images]),
                                 np.concatenate([share.train.labels, share.val.labels]))
-        written.append(write_npz(folder / "data" / f"site-{name}.npz", pooled))
+        task = task_info(site_view(simulated, index))
+        written.append(write_caption_csv(folder / "data" / f"site-{name}", pooled, task.label_names) if task.captioning
+                       else write_npz(folder / "data" / f"site-{name}.npz", pooled))
     test_file = write_npz(folder / "data" / "test.npz", server_test_set(simulated))
     weights = write_encoder_weights(folder / "weights" / f"{ENCODER}.safetensors")
     sha256 = weights_fingerprint(str(weights))
@@ -76,7 +92,7 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
             "site": {"name": name, "id": index},
             "server": {"address": f"{host}:{port}", "ca-certificate": f"../certs/{CA_CERT}"},
             "auth-key": f"{name}.key",  # made at the site: omnirad-client --site NAME --keygen
-            "data": site_data(site_view(simulated, index), name),
+            "data": site_data(site_view(simulated, index), f"../data/{written[index].relative_to(folder / 'data')}"),
             "encoder": {"name": ENCODER, "weights": f"../weights/{weights.name}", "sha256": sha256},
             "cache-dir": f"../cache/site-{name}",
             "state-dir": f"../state/site-{name}",
@@ -97,7 +113,8 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
         "num-server-rounds": rounds,
         "data": data,
         "model": {"encoder": ENCODER, "weights": str(weights), "adapter": "mlp", "feature-cache": True,
-                  "cache-dir": str(folder / "cache" / "server")},
+                  "cache-dir": str(folder / "cache" / "server"),
+                  **({"caption-width": 32} if "captions" in tasks else {})},
         "train": {"local-epochs": 2},
         "strategy": {"name": "fedavg", "min-sites": max(1, len(sites) - 1), "round-timeout": 600.0},
         **({"multitask": {"site-tasks": DECLARED}} if tasks else {}),
@@ -106,10 +123,10 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
     return [*written, test_file, weights, folder / "federation.yaml"]
 
 
-def site_data(site_cfg: Config, name: str) -> dict[str, object]:
-    """The ``data`` section of a site file: its file, and what it holds."""
+def site_data(site_cfg: Config, file: str) -> dict[str, object]:
+    """The ``data`` section of a site file: its file, and what it holds (a caption CSV: no classes)."""
     task = task_info(site_cfg)
-    data: dict[str, object] = {"file": f"../data/site-{name}.npz", "task": task.kind, "num-classes": task.num_outputs}
+    data: dict[str, object] = {"file": file, "task": task.kind, "num-classes": 0 if task.captioning else task.num_outputs}
     return {**data, "task-name": site_cfg.multitask.task} if site_cfg.multitask.task else data
 
 

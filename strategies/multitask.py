@@ -76,8 +76,10 @@ class MultiTaskStrategy(Strategy):
     """
 
     def __init__(self, groups: dict[str, TaskGroup], strategies: dict[str, Strategy],
-                 rejections: dict[str, RejectedReplies], selection: dict[str, str]) -> None:
+                 rejections: dict[str, RejectedReplies], selection: dict[str, str],
+                 instructions: dict[str, dict[str, Any]] | None = None) -> None:
         self.groups, self.strategies, self.rejections, self.selection = groups, strategies, rejections, selection
+        self.instructions = instructions or {}  # what a group's messages carry besides the run's (its vocabulary)
         self.task_of_node = {node: name for name, group in groups.items() for node in group.nodes}
         self._global: dict[str, Any] = {}
         self.sat_out: set[str] = set()  # tasks with too few sites connected in the phase being configured
@@ -98,7 +100,7 @@ class MultiTaskStrategy(Strategy):
                 self.sat_out.add(name)
                 continue
             view = ArrayRecord(group_view(dict(arrays.items()), name))
-            instructions = ConfigRecord({**config, TASK: name})
+            instructions = ConfigRecord({**config, **self.instructions.get(name, {}), TASK: name})
             messages += configure(strategy)(server_round, view, instructions, group_grid)
         return messages
 

@@ -114,7 +114,7 @@ def start_intruder(fed: LocalFederation, folder: Path) -> subprocess.Popen[bytes
     """A site "C" with its own key, which the server never registered, posing as site A's peer."""
     write_site_keys(folder / "intruder" / "C.key", "C")
     intruder = yaml.safe_load((fed.folder / "sites" / "A.yaml").read_text())
-    intruder["site"] = {"name": "C", "id": 2}
+    intruder["site"] = {"name": "C", "id": 3}
     intruder["auth-key"] = str(folder / "intruder" / "C.key")
     (fed.folder / "sites" / "C.yaml").write_text(yaml.safe_dump(intruder))
     return fed.start_site("C")
@@ -122,21 +122,28 @@ def start_intruder(fed: LocalFederation, folder: Path) -> subprocess.Popen[bytes
 
 def test_deployed_sites_with_different_tasks_train_each_their_own_and_an_unregistered_site_cannot_join(
         federation_in, tmp_path):
-    fed = federation_in(["A", "B"], rounds=1, tasks=("region", "lesions"))
+    """Three tasks, one a captioning site with no vocabulary file: the run counts its vocabulary at
+    that site alone before round 1."""
+    fed = federation_in(["A", "B", "D"], rounds=1, tasks=("region", "lesions", "captions"))
     fed.start_server()
     intruder = start_intruder(fed, tmp_path)  # refused before A starts: it copies A's site file, local ports too
     assert intruder.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in fed.log("site-C")
-    for name in "AB":
+    for name in "ABD":
         fed.start_site(name)
     assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
-    assert "sites connected: 2 of 2" in fed.log("server") and "sites connected: 3" not in fed.log("server")
+    assert "sites connected: 3 of 3" in fed.log("server") and "sites connected: 4" not in fed.log("server")
     assert "region: multi-class [0, 1, 2, 3], sites 0" in fed.log("server")
     assert "lesions: segmentation [background, class 1, class 2], sites 1" in fed.log("server")
+    assert "Caption vocabulary: " in fed.log("server") and "from the word counts of 1 sites" in fed.log("server")
     summary = json.loads((fed.run_folder() / "summary.json").read_text())
-    assert summary["tasks"] == {"lesions": [1], "region": [0]} and not summary["failures"]
-    assert summary["sites-per-round"] == {"1": ["0", "1"]}
-    assert {"region/macro-f1", "lesions/dice"} <= set(summary["final-federated-val"])
+    assert summary["tasks"] == {"captions": [2], "lesions": [1], "region": [0]} and not summary["failures"]
+    assert summary["sites-per-round"] == {"1": ["0", "1", "2"]}
+    assert {"region/macro-f1", "lesions/dice", "captions/cider"} <= set(summary["final-federated-val"])
+    counted = summary["vocabulary"]["captions"]
+    assert counted["words"] > 10 and set(counted["bytes-per-site"]) == {"site 2"}
+    tasks = json.loads((fed.run_folder() / "tasks.json").read_text())["groups"]
+    assert len(tasks["captions"]["labels"]) == counted["words"] + 4  # the special tokens first
 
 
 def test_a_site_refuses_an_app_signed_by_a_publisher_it_does_not_trust(federation_in, tmp_path):

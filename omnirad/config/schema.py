@@ -36,8 +36,13 @@ class DataConfig:
                                        "`multi-class`, `segmentation` (organ and lesion masks) or `captioning` "
                                        "(templated captions)")
     label_set: str = setting("region", "`embedded` classification: which labels the images carry")
-    vocabulary: str = setting("", "`files` captioning: the vocabulary file every site shares (one word per line; "
-                                  "`python -m omnirad.captions CSV... -o FILE` writes one); required there")
+    vocabulary: str = setting("", "`files`/`deployment` captioning: the vocabulary file every site shares (one word "
+                                  "per line; `python -m omnirad.captions CSV... -o FILE` writes one); empty: a "
+                                  "federated word count of the sites' training captions before round 1")
+    vocabulary_min_count: int = setting(2, "federated vocabulary: a site sends only words it has seen at least this "
+                                           "often in its training captions (rarer words never leave it)")
+    vocabulary_max_words: int = setting(0, "federated vocabulary: keep the most frequent words only; 0: every word "
+                                           "the sites send")
     num_classes: int = setting(0, "`files`: number of classes (labels, for multi-label; pixel classes with "
                                   "background, for segmentation); required there")
     size: int = setting(64, "image size in pixels the encoder sees (28 to 224; for MedMNIST 28, 64, 128 or 224, "

@@ -70,6 +70,19 @@ def caption_rows(path: Path) -> tuple[list[Row], list[str], list[str]]:
     return (rows if "split" in columns else assign_splits(rows)), captions, problems
 
 
+def captions_by_split(path: Path) -> dict[str, list[str]]:
+    """The captions of each split in row order, as ``read_caption_csv`` keeps the rows, without
+    reading an image (for a federated word count); ``DataFileError`` listing every bad row."""
+    if not is_caption_csv(path):
+        raise DataFileError(f"{path}: not a caption CSV (a CSV with a 'caption' column)")
+    rows, captions, problems = caption_rows(path)
+    problems += patient_problems(rows)
+    if problems:
+        raise DataFileError(summary(path, problems))
+    return {split: [caption for row, caption in zip(rows, captions, strict=True) if row.split == split]
+            for split in SPLITS}
+
+
 def image_of(folder: Path, image_id: str) -> Path:
     """ROCOv2's naming: ``<id>.<suffix>`` beside the CSV or in ``images/``; the first that exists."""
     for place in (folder, folder / "images"):

@@ -8,12 +8,14 @@ business (``omnirad.data.sources``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 import numpy as np
 
 from omnirad.config.federation import require_num_sites
 from omnirad.config.schema import Config
+from omnirad.data.caption_files import captions_by_split
 from omnirad.data.labelled import LabelledImages, SiteData
 from omnirad.data.partition import partition_indices, partition_volumes, split_site, split_train_val
 from omnirad.data.site_files import read_site_file
@@ -23,7 +25,7 @@ from omnirad.seeds import site_split_seed
 from omnirad.tasks import TaskSpec
 
 __all__ = ["LabelledImages", "SiteData", "file_task", "load_site", "partition_class_names", "partition_labels",
-           "pooled_train", "server_test_set", "site_partitions", "task_info"]
+           "pooled_train", "server_test_set", "site_partitions", "task_info", "training_captions"]
 
 
 def task_info(cfg: Config) -> TaskSpec:
@@ -97,6 +99,20 @@ def load_site(cfg: Config, site_id: int) -> SiteData:
         return SiteData(site_id, *split_site(pool.subset(indices), cfg.data.val_fraction, seed))
     train_idx, val_idx = split_train_val(indices, cfg.data.val_fraction, seed)
     return SiteData(site_id, pool.subset(train_idx), pool.subset(val_idx))
+
+
+def training_captions(cfg: Config, site_id: int) -> list[str]:
+    """The captions a site of a natural split trains on: its file's training rows, less those the
+    local split keeps for validation (as ``load_site`` splits them). Validation and test captions
+    are never counted into a federated vocabulary."""
+    by_split = captions_by_split(Path(source_of(cfg.data.dataset).site_file(cfg, site_id)))
+    train = by_split["train"]
+    if by_split["val"]:
+        return train
+    # the split `split_site` makes of a file without volumes (caption files hold 2D images only)
+    seed = site_split_seed(cfg.run.seed, site_id)
+    train_idx, _ = split_train_val(np.arange(len(train)), cfg.data.val_fraction, seed)
+    return [train[i] for i in train_idx]
 
 
 def _split_site_file(cfg: Config, site_id: int, path: str) -> SiteData:

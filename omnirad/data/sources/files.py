@@ -16,7 +16,7 @@ from omnirad.config.schema import Config
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.site_files import read_site_file
 from omnirad.data.sources.registry import DataSource, register_source
-from omnirad.errors import bad_value
+from omnirad.errors import ConfigError, bad_value, require
 from omnirad.tasks import CAPTIONING, KINDS, SEGMENTATION, TaskSpec
 
 
@@ -30,6 +30,9 @@ def file_task(kind: str, num_classes: int, vocabulary: str = "") -> TaskSpec:
     """The task of a site file: files carry no label names, so classes are numbered; captions are
     read with the shared vocabulary file."""
     if kind == CAPTIONING:
+        if not vocabulary:
+            raise ConfigError("data.vocabulary: no vocabulary yet; with none configured the run builds one by a "
+                              "federated word count before round 1, and sites read captions only after it")
         return TaskSpec(CAPTIONING, read_vocabulary(vocabulary))
     if kind == SEGMENTATION:
         return TaskSpec(SEGMENTATION, ("background", *(f"class {k}" for k in range(1, num_classes))))
@@ -46,9 +49,13 @@ class NaturalSplit(DataSource):
         if d.task not in KINDS:
             raise bad_value("data.task", d.task, "one of " + ", ".join(KINDS))
         if d.task == CAPTIONING:
-            if not Path(d.vocabulary).expanduser().is_file():
+            if d.vocabulary and not Path(d.vocabulary).expanduser().is_file():
                 raise bad_value("data.vocabulary", d.vocabulary, "the vocabulary file every site shares "
-                                "(python -m omnirad.captions CSV... -o FILE writes one)")
+                                "(python -m omnirad.captions CSV... -o FILE writes one), or empty for a "
+                                "federated word count")
+            require(d.vocabulary_min_count >= 1, "data.vocabulary-min-count", d.vocabulary_min_count, ">= 1")
+            require(d.vocabulary_max_words >= 0, "data.vocabulary-max-words", d.vocabulary_max_words,
+                    ">= 0 (0: no limit)")
             return
         if not (d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1)):
             raise bad_value("data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
