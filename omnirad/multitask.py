@@ -22,6 +22,7 @@ import torch
 from omnirad.captions import vocabulary_copy
 from omnirad.config import Config, ConfigError, comma_list, load_config, to_flat
 from omnirad.data.sites import task_info
+from omnirad.data.sources import source_of
 from omnirad.data.sources.embedded import EMBEDDED_TASKS
 from omnirad.data.sources.files import DEPLOYMENT, file_task
 from omnirad.errors import require
@@ -151,7 +152,8 @@ def declaration(site_cfg: Config) -> TaskDeclaration | None:
     """What a site declares (None: it has no task this run)."""
     if not site_cfg.multitask.task:
         return None
-    if site_cfg.data.task == CAPTIONING and not site_cfg.data.vocabulary:
+    counted = source_of(site_cfg.data.dataset).natural_split  # site files: the run counts the words
+    if site_cfg.data.task == CAPTIONING and counted and not site_cfg.data.vocabulary:
         return TaskDeclaration(site_cfg.multitask.task, declared_spec(CAPTIONING, 0))
     return TaskDeclaration(site_cfg.multitask.task, task_info(site_cfg))
 

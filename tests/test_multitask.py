@@ -57,6 +57,17 @@ def test_each_site_trains_its_own_task_on_the_same_images():
     assert task_info(finding).label_names == ("normal", "mass", "nodules", "diffuse")
 
 
+def test_an_embedded_captioning_site_declares_the_words_the_server_expects():
+    # Only caption site files wait for a federated word count; the embedded captions' vocabulary
+    # is known to every participant, so its sites declare it and the server's check passes.
+    cfg = load_config({**SIX, "multitask.site-tasks": "region,region,region,captions,captions,captions",
+                       "model.caption-width": 32})
+    declared = declaration(site_view(cfg, 4))
+    assert declared is not None and declared.spec.label_names
+    groups = group_sites({100 + s: (s, declaration(site_view(cfg, s))) for s in range(6)}, expected_tasks(cfg))
+    assert groups["captions"].sites == (3, 4, 5) and groups["captions"].spec == declared.spec
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
     ({"multitask.site-tasks": "region,lesions"}, "multitask.site-tasks"),  # 2 names for 6 sites
     ({"multitask.site-tasks": "region,region,region,lesions,lesions,tumours"}, "multitask.site-tasks"),
