@@ -41,9 +41,9 @@ STRATEGIES: Registry[StrategySpec] = Registry("strategy.name")
 
 
 def check_strategy(cfg: Config) -> None:
-    """What the server knows of ``strategy.name``: that it exists, and what it asks of the sites."""
-    import omnirad_fl.strategies  # noqa: F401 - registers every strategy (its modules import this one)
-
+    """What the server knows of ``strategy.name``: that it exists, and what it asks of the sites.
+    Every strategy is registered by then: importing this module runs the package's ``__init__``,
+    which imports the modules that register them."""
     spec = STRATEGIES[cfg.strategy.name]
     if cfg.privacy.dp:
         plain = [name for name, other in STRATEGIES.items() if not other.proximal]
