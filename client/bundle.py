@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from omnirad.config import ConfigError, load_config
 from omnirad.data.sites import task_info
-from omnirad_fl.server.run_folder import ENCODER_FILE, STANDARDISATION_FILE, encoder_record
+from omnirad.run_files import ENCODER_FILE, STANDARDISATION_FILE, encoder_record
 
 
 def export_bundle(run: Path, out: Path, adapter: str) -> Path:

@@ -7,18 +7,12 @@ public key alone (``omnirad-certs FOLDER --site NAME=NAME.pub``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret readable by its owner only, refusing to overwrite one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+from omnirad.private_files import write_private
 
 
 def write_site_keys(private_path: Path, site: str) -> Path:

@@ -50,9 +50,9 @@ from omnirad.logs import show_progress
 from omnirad.methods import site_method
 from omnirad.metrics import pool_volumes
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
+from omnirad.run_files import ENCODER_FILE, read_broadcast
 from omnirad.training import predict
 from omnirad_fl.client.bundle import export_bundle
-from omnirad_fl.server.run_folder import ENCODER_FILE, read_broadcast
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from omnirad.app_trust import SIGNED_FILES, signature_table
-from omnirad_fl.client.keys import write_private
+from omnirad.private_files import write_private
 
 PUBLISHER_KEY, PUBLISHER_PUB = "publisher.key", "publisher.pub"
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from omnirad.logs import show_progress
-from omnirad_fl.client.keys import write_private
+from omnirad.private_files import write_private
 from omnirad_fl.server.app_bundle import write_publisher_key
 
 log = logging.getLogger(__name__)

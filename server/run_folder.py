@@ -32,16 +32,15 @@ from typing import Any
 import torch
 from flwr.app import Message, MetricRecord
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from omnirad.broadcast import Broadcast
 from omnirad.captions import write_vocabulary
 from omnirad.config import Config, ConfigError, load_config, to_flat, to_yaml
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
-from omnirad.encoders import weights_fingerprint
 from omnirad.metrics import peak_rss_mb
 from omnirad.protocol import ARRAYS, EPSILON, METRICS, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID, SITE_INFO
+from omnirad.run_files import ENCODER_FILE, STANDARDISATION_FILE, encoder_record
 from omnirad.standardise import Standardisation
 from omnirad.tasks import TaskSpec
 from omnirad_fl.server.plots import plot_curves
@@ -63,28 +62,8 @@ class RoundRecord:
     aggregated: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-STANDARDISATION_FILE = "feature-standardisation.safetensors"
 VOCABULARY_FILE = "vocabulary.txt"
-ENCODER_FILE = "encoder.json"
 RUN_FILE = "run.json"
-
-
-def encoder_record(cfg: Config) -> dict[str, str]:
-    """Which encoder the run's adapters were trained on: its name and the fingerprint of its weights
-    (the file's SHA-256, or ``random-init``), never the weights themselves."""
-    weights = cfg.model.weights
-    try:
-        fingerprint = weights_fingerprint(weights)
-    except OSError:  # a file this machine cannot read: the run's own weight checks report it
-        fingerprint = ""
-    return {"encoder": cfg.model.encoder, "weights": Path(weights).name if weights else "", "sha256": fingerprint}
-
-
-def read_broadcast(folder: Path) -> Broadcast:
-    """What a finished run's global model needs besides its adapter tensors (the feature
-    standardisation when the run used it; a spectral run's bank is not kept)."""
-    path = folder / STANDARDISATION_FILE
-    return Broadcast(standardisation=Standardisation.from_arrays(load_file(path)) if path.exists() else None)
 
 
 def _metrics(record: MetricRecord | None) -> dict[str, float]:

@@ -30,9 +30,9 @@ from omnirad.data.sources import source_of
 from omnirad.evaluation import CentralEvaluator
 from omnirad.methods import site_method
 from omnirad.multitask import TaskGroup, group_view, is_multitask, task_config
+from omnirad.run_files import read_broadcast
 from omnirad_fl.server.multitask import read_tasks
 from omnirad_fl.server.plots import plot_captions, plot_confusion, plot_overlays, plot_site_bars
-from omnirad_fl.server.run_folder import read_broadcast
 
 OVERLAY_IMAGES = 6
 
