@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from omnirad.app_trust import parse_trusted
 from omnirad.captions import SPECIAL_TOKENS, build_vocabulary
 from omnirad.config import ConfigError
-from omnirad.data.caption_files import captions_by_split
+from omnirad.data.caption_csv import captions_by_split
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of

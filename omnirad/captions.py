@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m omnirad.captions CSV... -o FILE``: a vocabulary file from caption CSVs' words."""
     import argparse
 
-    from omnirad.data.caption_files import caption_rows
+    from omnirad.data.caption_csv import caption_rows
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("csv", nargs="+", type=Path, help="caption CSVs (a caption column)")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from omnirad.data.caption_files import is_caption_csv, read_caption_csv
+from omnirad.data.caption_csv import is_caption_csv
+from omnirad.data.caption_files import read_caption_csv
 from omnirad.data.image_folder import is_image_folder_source, read_image_folder, survey_images
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import DataFileError, is_volume_array, read_classification_npz, read_segmentation_npz

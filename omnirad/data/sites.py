@@ -15,7 +15,7 @@ import numpy as np
 
 from omnirad.config.federation import require_num_sites
 from omnirad.config.schema import Config
-from omnirad.data.caption_files import captions_by_split
+from omnirad.data.caption_csv import captions_by_split
 from omnirad.data.labelled import LabelledImages, SiteData
 from omnirad.data.partition import partition_indices, partition_volumes, split_site, split_train_val
 from omnirad.data.site_files import read_site_file
