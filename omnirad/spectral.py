@@ -42,7 +42,7 @@ from omnirad.config.schema import Config
 from omnirad.encoders import FrozenEncoder
 from omnirad.errors import require
 from omnirad.images import images_to_tensor
-from omnirad.methods import SITE_METHODS, SiteMethod
+from omnirad.methods.registry import SITE_METHODS, SiteMethod
 from omnirad.protocol import SPECTRAL_BANK, SPECTRAL_BANK_ROWS
 
 MIN_IMAGES_PER_PROTOTYPE = 10  # no centroid summarises fewer images than this

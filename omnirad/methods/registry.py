@@ -4,6 +4,7 @@ Most strategies need nothing at the site (Flower's FedProx sends its proximal we
 round's instructions, and local training adds the term). A strategy that changes the model a site
 trains, what it reads, or the weight of its proximal term registers a ``SiteMethod`` under its
 ``strategy.name``; the server's half is registered with the strategy (``omnirad_fl.strategies``).
+A new method's module is imported in ``omnirad/methods/__init__.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ SITE_METHODS: Registry[SiteMethod] = Registry("strategy.name")
 
 
 def site_method(cfg: Config) -> SiteMethod | None:
-    """The client-side pieces of the configured strategy, if it has any."""
-    import omnirad.spectral  # noqa: F401 - registers "spectral" (its module imports this one)
-
+    """The client-side pieces of the configured strategy, if it has any (every method is
+    registered by then: importing this module runs ``omnirad.methods``, which imports them)."""
     return SITE_METHODS.get(cfg.strategy.name)
