@@ -253,6 +253,10 @@ class RunConfig:
     name: str = setting("", "run folder name suffix (default: dataset-encoder-adapter-strategy)")
     resume_from: str = setting("", "a stopped run's folder: the server goes on after its last checkpointed round, "
                                    "with the same configuration (`num-server-rounds` may grow)")
+    verbose: bool = setting(False, "`make demo`, `omnirad-sim` and sweeps print Flower's and Ray's full log on the "
+                                   "terminal too (`OMNIRAD_VERBOSE=1` does the same); by default it goes only to the "
+                                   "run folder's `flower.log`, and the terminal shows the project's messages, the "
+                                   "round table and warnings")
 
 
 @dataclass
