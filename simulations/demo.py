@@ -26,6 +26,7 @@ from omnirad_fl.simulations.flower_local import (
     DEFAULT_HTTP_PORT,
     DEFAULT_NUM_SUPERNODES,
     LocalSuperLink,
+    flower_log,
     flwr_run,
     gpus_per_site,
     write_flower_config,
@@ -34,12 +35,13 @@ from omnirad_fl.simulations.flower_local import (
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def local_superlink(http_port: int = DEFAULT_HTTP_PORT) -> LocalSuperLink:
-    """The project's loopback SuperLink (not started): ``with`` it to own one for many runs."""
+def local_superlink(http_port: int = DEFAULT_HTTP_PORT, verbose: bool = False) -> LocalSuperLink:
+    """The project's loopback SuperLink (not started): ``with`` it to own one for many runs;
+    ``verbose`` prints Flower's and Ray's full log on the terminal (else only to a file)."""
     flwr_home = PROJECT / ".flwr"
     if not (flwr_home / "config.toml").exists():
         write_flower_config(flwr_home)
-    return LocalSuperLink(flwr_home, PROJECT, http_port)
+    return LocalSuperLink(flwr_home, PROJECT, http_port, verbose)
 
 
 def simulation_config(flat: Mapping[str, Any]) -> Config:
@@ -51,13 +53,15 @@ def simulation_config(flat: Mapping[str, Any]) -> Config:
 def run_simulation(run_config: str, http_port: int = DEFAULT_HTTP_PORT) -> Path | None:
     """``flwr run .`` with these overrides on a loopback SuperLink; the run's summary.json, or None.
 
-    Raises ``ConfigError`` for bad keys or values before anything starts.
+    Raises ``ConfigError`` for bad keys or values before anything starts. Flower's log of the run
+    (where the SuperLink writes one) ends up in the run folder as ``flower.log``.
     """
     try:
         cfg = simulation_config(parse_config_args([run_config]) if run_config else {})
     except click.ClickException as err:
         raise ConfigError(err.message) from err
-    link = local_superlink(http_port)
+    link = local_superlink(http_port, cfg.run.verbose)
+    link.flower_log.unlink(missing_ok=True)  # what a run that left no summary wrote
     started = time.time()
     gpus = gpus_per_site(cfg.data.num_sites, cfg.run.device)
     if link.healthy():
@@ -67,7 +71,10 @@ def run_simulation(run_config: str, http_port: int = DEFAULT_HTTP_PORT) -> Path 
         with link:
             flwr_run(PROJECT, link.env, run_config, num_supernodes=cfg.data.num_sites, gpus_per_site=gpus)
     output_dir = Path(cfg.run.output_dir)
-    return newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
+    summary = newest_summary(output_dir if output_dir.is_absolute() else PROJECT / output_dir, started)
+    if summary is not None and link.flower_log.exists():
+        link.flower_log.replace(summary.parent / "flower.log")
+    return summary
 
 
 def main(argv: list[str]) -> int:
@@ -78,7 +85,8 @@ def main(argv: list[str]) -> int:
         print(f"make demo ARGS=\"{run_config}\": {err}", file=sys.stderr)
         return 2
     if summary is None:
-        print("The run did not finish: no summary.json was written. See the log above.", file=sys.stderr)
+        print("The run did not finish: no summary.json was written. See the log above and Flower's in "
+              f"{flower_log(PROJECT / '.flwr')}.", file=sys.stderr)
         return 1
     final = json.loads(summary.read_text())["final"]
     cfg = load_run_config(parse_config_args([run_config]) if run_config else {})

@@ -17,15 +17,30 @@ from pathlib import Path
 
 from flwr.app import Message, Metadata, RecordDict
 
+from omnirad import logs
 from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
 
 DEFAULT_HTTP_PORT = 39091
 DEFAULT_NUM_SUPERNODES = 4  # the project's federation (.flwr), and what its tools start when data.num-sites is 0
 
 
-def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT) -> dict[str, str]:
-    """Environment for flwr and flower-superlink: local state, offline, loopback, no installs."""
+def flower_log(flwr_home: Path) -> Path:
+    """Where the simulations of a SuperLink started here write Flower's full log (``omnirad.logs``)."""
+    return flwr_home / "local-superlink" / "flower.log"
+
+
+def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT, verbose: bool = False) -> dict[str, str]:
+    """Environment for flwr and flower-superlink: local state, offline, loopback, no installs, and
+    a quiet terminal: Flower's log goes to ``flower_log`` and only its warnings to the terminal,
+    unless ``verbose`` (``run.verbose``) or ``OMNIRAD_VERBOSE=1``."""
     env = os.environ.copy()
+    env[logs.FLOWER_LOG_ENV] = str(flower_log(flwr_home))
+    if verbose or logs.verbose():
+        env[logs.VERBOSE_ENV] = "1"
+    else:
+        # Flower's own switch, read by every flwr process on import: it also quiets what the
+        # simulation logs before the ServerApp is imported (omnirad.logs quiets the rest).
+        env.setdefault("FLWR_LOG_LEVEL", "WARNING")
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_UPDATE_CHECK="1",
@@ -60,12 +75,14 @@ def write_flower_config(flwr_home: Path, num_supernodes: int = DEFAULT_NUM_SUPER
 class LocalSuperLink:
     """A simulation SuperLink on 127.0.0.1 that this process starts and stops, by PID."""
 
-    def __init__(self, flwr_home: Path, workdir: Path, http_port: int = DEFAULT_HTTP_PORT) -> None:
+    def __init__(self, flwr_home: Path, workdir: Path, http_port: int = DEFAULT_HTTP_PORT,
+                 verbose: bool = False) -> None:
         self.flwr_home = flwr_home
         self.workdir = workdir
         self.http_port = http_port
-        self.env = flower_env(flwr_home, http_port)
+        self.env = flower_env(flwr_home, http_port, verbose)
         self.log_file = flwr_home / "local-superlink" / "superlink.log"
+        self.flower_log = flower_log(flwr_home)
         self.process: subprocess.Popen | None = None
         self.started_pids: list[int] = []  # every process stop() ended, for tests to check
 
