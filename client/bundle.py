@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.data.sites import task_info
 from omnirad.run_files import ENCODER_FILE, STANDARDISATION_FILE, encoder_record
 

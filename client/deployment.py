@@ -13,10 +13,12 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 
 from omnirad.captions import vocabulary_copy
-from omnirad.config import Config, ConfigError, load_config, to_flat, with_num_sites
+from omnirad.config import Config, ConfigError, to_flat, with_num_sites
+from omnirad.configure import load_config
 from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.encoders import weights_fingerprint
-from omnirad.multitask import DECLARED, TaskMismatch, declared_spec, site_view, task_config
+from omnirad.multitask import TaskMismatch, declared_spec, site_view, task_config
+from omnirad.multitask_check import DECLARED
 from omnirad.protocol import (
     ENCODER_FINGERPRINT,
     NODE_CACHE_DIR,

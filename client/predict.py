@@ -36,7 +36,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from omnirad.adapters import load_trainable_state
-from omnirad.config import Config, ConfigError, load_config
+from omnirad.config import Config, ConfigError
+from omnirad.configure import load_config
 from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError, is_volume_array

@@ -164,7 +164,7 @@ def one_hot_scale(num_classes: int) -> float:
 
 
 RANDOM_INIT = "random"
-AUTO_INIT = "auto"  # resolved when the configuration loads (omnirad.config.load.resolve_head_init)
+AUTO_INIT = "auto"  # resolved when the configuration loads (omnirad.configure.resolve_head_init)
 HEAD_INITS: Registry[HeadInit | None] = Registry("model.head-init")
 HEAD_INITS.add(RANDOM_INIT, None)  # the heads' own random initialisation: no statistics phase
 HEAD_INITS.add("ridge", HeadInit(True, ("linear", "mlp"), lambda stats, m: ridge_solution(stats, m.ridge_lambda),

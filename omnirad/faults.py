@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from omnirad.config.schema import FaultsConfig
+from omnirad.config.schema import Config, FaultsConfig
+from omnirad.errors import require
 from omnirad.registry import Registry
 
 Tensors = dict[str, torch.Tensor]
@@ -36,3 +37,12 @@ def misbehave(faults: FaultsConfig, site_id: int, start: dict[str, torch.Tensor]
     if faults.site != site_id:
         return trained
     return FAULTS[faults.kind](faults, start, trained)
+
+
+def check_faults(cfg: Config) -> None:
+    """The ``faults`` keys: a site of the federation and a registered kind."""
+    f, num_sites = cfg.faults, cfg.data.num_sites
+    require(-1 <= f.site and (not num_sites or f.site < num_sites), "faults.site", f.site,
+            f"-1 (none) or a site from 0 to {num_sites - 1 if num_sites else 'the federation size - 1'}")
+    FAULTS.check(f.kind)
+    require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from omnirad.errors import ConfigError
+from omnirad.config.schema import Config
+from omnirad.errors import ConfigError, require
 from omnirad.registry import Registry
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -73,3 +74,10 @@ def local_keys(model: nn.Module, mode: str, adapter: str) -> frozenset[str]:
             "full, decoder)"
         )
     return frozenset(keys | declared)
+
+
+def check_personalization(cfg: Config) -> None:
+    """The ``personalization`` keys."""
+    PERSONALIZATION.check(cfg.personalization.mode)
+    require(cfg.personalization.finetune_epochs >= 0, "personalization.finetune-epochs",
+            cfg.personalization.finetune_epochs, ">= 0")

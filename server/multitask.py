@@ -17,8 +17,6 @@ from omnirad.data.sites import task_info
 from omnirad.evaluation import CentralEvaluator
 from omnirad.models import new_model
 from omnirad.multitask import (
-    DECLARED,
-    SITS_OUT,
     TaskDeclaration,
     TaskGroup,
     global_record,
@@ -28,6 +26,7 @@ from omnirad.multitask import (
     task_config,
     task_report,
 )
+from omnirad.multitask_check import DECLARED, SITS_OUT
 from omnirad.protocol import DECLARATION, QUERY_TASK
 from omnirad.tasks import TaskSpec
 from omnirad_fl.server.run_folder import RunFolder

@@ -24,7 +24,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from omnirad.adapters import tensor_bytes
-from omnirad.config import Config, ConfigError, load_config, to_flat
+from omnirad.config import Config, ConfigError, to_flat
+from omnirad.configure import load_config
 from omnirad.encoders import weights_fingerprint
 from omnirad.protocol import PRETRAINED_ENCODER, SSL_ROUNDS, TEACHER, TRAIN_SSL
 from omnirad.ssl import (

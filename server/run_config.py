@@ -7,14 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from omnirad.config import FEDERATION_SIZE, Config, load_config
+from omnirad.config import FEDERATION_SIZE, Config
+from omnirad.configure import load_config
 from omnirad.data.sources import source_of
 from omnirad.errors import require
 from omnirad_fl.strategies import check_strategy
 
 
 def load_run_config(flat: Mapping[str, Any] | None = None) -> Config:
-    """``omnirad.config.load_config`` and the server-side checks; ``ConfigError`` names the key."""
+    """``omnirad.configure.load_config`` and the server-side checks; ``ConfigError`` names the key."""
     cfg = load_config(flat)
     check_strategy(cfg)
     if source_of(cfg.data.dataset).deployed:  # sites join over minutes: the server must know how many to wait for

@@ -35,7 +35,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from omnirad.captions import write_vocabulary
-from omnirad.config import Config, ConfigError, load_config, to_flat, to_yaml
+from omnirad.config import Config, ConfigError, to_flat, to_yaml
+from omnirad.configure import load_config
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
 from omnirad.metrics import peak_rss_mb

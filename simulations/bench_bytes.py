@@ -15,7 +15,7 @@ import json
 from flwr.app import ArrayRecord
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.models import encoder_for, new_model
 from omnirad.site import LocalSite, RoundInputs
 

@@ -32,7 +32,7 @@ import timm
 import torch
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.devices import Placement, resolve_placement
 from omnirad.encoders import ENCODERS, create_encoder, encoder_input
 from omnirad.models import new_model

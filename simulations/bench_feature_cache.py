@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad.site import LocalSite, RoundInputs
 

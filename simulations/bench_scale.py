@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.common.config import parse_config_args
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad_fl.simulations.demo import run_simulation
 from omnirad_fl.simulations.flower_local import instruction

@@ -23,7 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.site_files import format_of
 from omnirad.data.sources.files import file_task

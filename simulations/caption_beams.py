@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from omnirad.adapters.caption_decoder import CaptionDecoder
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.devices import placement_for
 from omnirad.models import encoder_for, model_inputs, new_model

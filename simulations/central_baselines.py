@@ -28,7 +28,8 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from omnirad.adapters import create_head
-from omnirad.config import Config, load_config
+from omnirad.config import Config
+from omnirad.configure import load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.devices import placement_for
 from omnirad.images import images_to_tensor

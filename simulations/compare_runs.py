@@ -17,7 +17,7 @@ import sys
 
 from flwr.common.config import parse_config_args
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.sites import task_info
 from omnirad_fl.simulations.demo import run_simulation
 

@@ -27,10 +27,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from omnirad.captions import decode_captions
-from omnirad.config import Config, load_config
+from omnirad.config import Config
+from omnirad.configure import load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import create_encoder, weights_fingerprint
-from omnirad.multitask import DECLARED, site_view
+from omnirad.multitask import site_view
+from omnirad.multitask_check import DECLARED
 from omnirad_fl.server.app_bundle import PUBLISHER_PUB
 from omnirad_fl.server.certs import CA_CERT
 

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from omnirad.config import comma_list
-from omnirad.multitask import SITS_OUT
+from omnirad.multitask_check import SITS_OUT
 from omnirad_fl.simulations.demo import run_simulation
 from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from omnirad.config import load_config, with_num_sites
+from omnirad.config import with_num_sites
+from omnirad.configure import load_config
 from omnirad.data.report import format_report, partition_report, plot_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
 from omnirad_fl.simulations.flower_local import DEFAULT_NUM_SUPERNODES

@@ -17,7 +17,8 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend
 from sklearn.manifold import TSNE
 
-from omnirad.config import Config, load_config, parse_overrides, with_num_sites
+from omnirad.config import Config, parse_overrides, with_num_sites
+from omnirad.configure import load_config
 from omnirad.data.sites import partition_class_names, pooled_train, site_partitions
 from omnirad.encoders import create_encoder
 from omnirad.training import encode

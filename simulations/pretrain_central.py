@@ -14,7 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from omnirad.config import load_config, parse_overrides
+from omnirad.config import parse_overrides
+from omnirad.configure import load_config
 from omnirad.data.sites import pooled_train
 from omnirad.ssl import SSL_OBJECTIVES, pretrain, save_encoder
 

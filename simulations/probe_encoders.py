@@ -27,7 +27,8 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from omnirad.config import Config, load_config, parse_overrides
+from omnirad.config import Config, parse_overrides
+from omnirad.configure import load_config
 from omnirad.data.sites import LabelledImages, pooled_train, server_test_set
 from omnirad.encoders import create_encoder
 from omnirad.training import encode

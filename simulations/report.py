@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix
 
 from omnirad.captions import decode_captions
-from omnirad.config import Config, load_config
+from omnirad.config import Config
+from omnirad.configure import load_config
 from omnirad.data.sites import task_info
 from omnirad.data.sources import source_of
 from omnirad.evaluation import CentralEvaluator

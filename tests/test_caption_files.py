@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from omnirad.captions import decode_captions, main, read_vocabulary
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of, read_site_file

@@ -9,8 +9,9 @@ from pycocoevalcap.cider.cider import Cider
 from omnirad.adapters.caption_decoder import CaptionDecoder
 from omnirad.caption_metrics import caption_metrics
 from omnirad.captions import BOS_ID, EOS_ID, SPECIAL_TOKENS, build_vocabulary, decode_captions, encode_captions
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
 from omnirad.config.schema import TrainConfig
+from omnirad.configure import load_config
 from omnirad.data import synthetic
 from omnirad.data.embedded_captions import FINDING_KEYS, REGION_KEYS, embedded_captions, embedded_vocabulary
 from omnirad.data.sites import task_info

@@ -21,7 +21,8 @@ from omnirad.closed_form import (
     ridge_solution,
     statistics_targets,
 )
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.models import encoder_for, new_model
 from omnirad.multitask import declaration, group_sites, site_view, task_config
 from omnirad.privacy import PrivacyLedger, round_plan, statistics_noise

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from omnirad.config import ConfigError, flat_defaults, load_config, to_yaml
+from omnirad.config import ConfigError, flat_defaults, to_yaml
+from omnirad.configure import load_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from omnirad import devices
 from omnirad.adapters import create_head, trainable_state
-from omnirad.config import ConfigError, TrainConfig, load_config
+from omnirad.config import ConfigError, TrainConfig
+from omnirad.configure import load_config
 from omnirad.devices import CPU, Placement, resolve_placement
 from omnirad.encoders import create_encoder
 from omnirad.tasks import MULTI_CLASS, TaskSpec

@@ -9,7 +9,7 @@ import numpy as np
 import psutil
 import pytest
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad.site_state import SiteStateStore
 from omnirad_fl.server.processes import free_loopback_port

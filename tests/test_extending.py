@@ -9,7 +9,8 @@ from flwr.serverapp.strategy import MultiKrum
 from torch import nn
 
 from omnirad.adapters import ADAPTERS, POOLED, AdapterSpec, trainable_state
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.data.labelled import LabelledImages
 from omnirad.data.sources import DATA_SOURCES, DataSource
 from omnirad.models import new_model

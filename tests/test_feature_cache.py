@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from omnirad import feature_cache
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.encoders import create_encoder
 from omnirad.feature_cache import cached_features
 from omnirad.site import LocalSite

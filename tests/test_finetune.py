@@ -8,7 +8,8 @@ from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
 from omnirad.adapters import trainable_state
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.encoders import create_encoder
 from omnirad.models import encoder_for, new_model
 from omnirad.site import LocalSite, RoundInputs

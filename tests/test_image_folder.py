@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import format_of, read_site_file

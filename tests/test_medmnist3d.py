@@ -5,7 +5,8 @@ train and validation sets, a whole volume at a time."""
 import numpy as np
 import pytest
 
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.data.npz import DataFileError
 from omnirad.data.partition import PartitionError
 from omnirad.data.sites import load_site, pooled_train, server_test_set, site_partitions, task_info

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.npz import DataFileError, load_medmnist, medmnist_path, read_classification_npz
 from omnirad.data.sites import load_site, pooled_train, server_test_set, task_info
 from omnirad.tasks import MULTI_CLASS, MULTI_LABEL, TaskSpec

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from omnirad.config import DataConfig, load_config
+from omnirad.config import DataConfig
+from omnirad.configure import load_config
 from omnirad.data.partition import PartitionError, partition_indices, split_train_val
 from omnirad.data.sites import load_site, site_partitions
 

@@ -6,7 +6,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from omnirad.adapters import trainable_state
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.evaluation import CentralEvaluator
 from omnirad.models import new_model
 from omnirad.personalization import local_keys

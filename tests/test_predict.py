@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.image_folder import read_image
 from omnirad.models import encoder_for, model_inputs, new_model
 from omnirad.training import predict

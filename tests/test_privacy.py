@@ -9,7 +9,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from opacus.accountants import RDPAccountant
 
 from omnirad.adapters import trainable_state
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad.privacy import PrivacyBudgetSpent, PrivacyLedger, check_budget, round_plan
 from omnirad.protocol import SIMULATION_STATE_DIR

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.protocol import ROUND_TOKEN, SITE_INFO
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import build_strategy

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.data.report import format_report, label_counts, partition_report
 from omnirad_fl.server.run_folder import RunFolder
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad_fl.server.run_folder import RunFolder, newest_summary
 from omnirad_fl.strategies import build_strategy
 from tests.conftest import answering

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from omnirad.adapters.decoder import SegmentationDecoder, default_token_layers, token_layers
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.encoders import create_encoder
 from omnirad.metrics import segmentation_metrics
 from omnirad.models import build_model, new_model

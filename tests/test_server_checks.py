@@ -1,6 +1,7 @@
 import pytest
 
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad_fl.server.app import check_federation
 from tests.conftest import FakeGrid
 

@@ -6,7 +6,8 @@ import time
 import pytest
 from flwr.common.config import parse_config_args
 
-from omnirad.config import ConfigError, load_config, to_flat
+from omnirad.config import ConfigError, to_flat
+from omnirad.configure import load_config
 from omnirad_fl.server.cli import finished_run, latest_checkpointed_run, main, run_configuration, write_run_config
 
 

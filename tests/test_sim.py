@@ -110,7 +110,7 @@ def test_omnirad_sim_on_a_shipped_configuration_writes_the_report(tmp_path):
 
 def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
     from omnirad.adapters import trainable_state
-    from omnirad.config import load_config
+    from omnirad.configure import load_config
     from omnirad.models import new_model
     from omnirad_fl.server.run_folder import RunFolder
     from omnirad_fl.simulations.report import write_run_report
@@ -127,7 +127,7 @@ def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
 
 def test_a_captioning_run_report_shows_reference_and_generated_captions(tmp_path):
     from omnirad.adapters import trainable_state
-    from omnirad.config import load_config
+    from omnirad.configure import load_config
     from omnirad.models import new_model
     from omnirad_fl.server.run_folder import RunFolder
     from omnirad_fl.simulations.report import write_run_report
@@ -145,7 +145,8 @@ def test_a_captioning_run_report_shows_reference_and_generated_captions(tmp_path
 def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     from pathlib import Path
 
-    from omnirad.config import load_config, read_config_file
+    from omnirad.config import read_config_file
+    from omnirad.configure import load_config
     from omnirad.data.sites import task_info
     from omnirad.multitask import TaskGroup, task_config
     from omnirad_fl.server.multitask import initial_record, task_summary, write_tasks

@@ -1,7 +1,8 @@
 """One site's local work without Flower: what a notebook or a hospital's ClientApp calls."""
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config, to_flat, to_yaml
+from omnirad.config import to_flat, to_yaml
+from omnirad.configure import load_config
 from omnirad.evaluation import CentralEvaluator
 from omnirad.models import new_model
 from omnirad.site import RoundInputs

@@ -10,7 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from omnirad.adapters import trainable_state
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad.privacy import PrivacyLedger
 from omnirad.protocol import (

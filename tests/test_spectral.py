@@ -7,7 +7,8 @@ from flwr.app import ArrayRecord, RecordDict
 
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.data.sites import pooled_train
 from omnirad.images import images_to_tensor
 from omnirad.models import new_model

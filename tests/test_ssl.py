@@ -120,7 +120,8 @@ def test_a_pretrained_encoder_loads_through_the_factory_with_identical_features(
 
 # --- masked image modelling and the federated pieces ----------------------------------------------
 
-from omnirad.config import ConfigError, SslConfig, load_config  # noqa: E402
+from omnirad.config import ConfigError, SslConfig  # noqa: E402
+from omnirad.configure import load_config  # noqa: E402
 from omnirad.ssl import (  # noqa: E402
     CENTER_KEY,
     MaeSettings,

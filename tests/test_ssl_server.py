@@ -4,7 +4,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.protocol import TEACHER
 from omnirad_fl.server.pretraining import SslFedAvg, pretrain_encoder, pretrained_instructions
 

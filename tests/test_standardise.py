@@ -7,7 +7,8 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad.site_cache import get_site
 from omnirad.standardise import FeatureMoments, Standardisation, StandardisedHead

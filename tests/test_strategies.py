@@ -6,7 +6,8 @@ import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategies
 
-from omnirad.config import ConfigError, FaultsConfig, TrainConfig, load_config
+from omnirad.config import ConfigError, FaultsConfig, TrainConfig
+from omnirad.configure import load_config
 from omnirad.faults import misbehave
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder

@@ -7,7 +7,8 @@ import pytest
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from omnirad.config import ConfigError, load_config, parse_overrides
+from omnirad.config import ConfigError, parse_overrides
+from omnirad.configure import load_config
 from omnirad.protocol import CONFIG_REFUSED, DATA_UNREADABLE, SITE_FAILED
 from omnirad_fl.client import app as client_app
 from omnirad_fl.client.site_config import load_site_config

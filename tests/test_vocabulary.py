@@ -11,7 +11,8 @@ from PIL import Image
 
 from omnirad.adapters import trainable_state
 from omnirad.captions import SPECIAL_TOKENS, build_vocabulary, caption_words, decode_captions, read_vocabulary
-from omnirad.config import ConfigError, load_config, to_flat
+from omnirad.config import ConfigError, to_flat
+from omnirad.configure import load_config
 from omnirad.data.sites import load_site, task_info, training_captions
 from omnirad.models import new_model
 from omnirad.multitask import declaration, group_sites, task_config

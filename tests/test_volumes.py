@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from omnirad.config import ConfigError, load_config
+from omnirad.config import ConfigError
+from omnirad.configure import load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import SITE_FILE_FORMATS, format_of, read_site_file

@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
 from omnirad.adapters import trainable_state
-from omnirad.config import load_config
+from omnirad.configure import load_config
 from omnirad.models import new_model
 from omnirad.protocol import SIMULATION_STATE_DIR
 from omnirad.site_cache import get_site

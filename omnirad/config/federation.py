@@ -9,12 +9,23 @@ splits data or counts sites needs the number: it resolves the configuration firs
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from omnirad.config.io import to_flat
-from omnirad.config.load import load_config
 from omnirad.config.schema import Config
 from omnirad.errors import ConfigError
 
 FEDERATION_SIZE = 0  # data.num-sites' default: the federation's size
+
+Loader = Callable[[Mapping[str, Any]], Config]
+_loaders: list[Loader] = []
+
+
+def validate_with(load: Loader) -> None:
+    """Called once by ``omnirad.configure``, whose ``load_config`` made every ``Config`` there is:
+    it sees every registry, which this package may not import."""
+    _loaders.append(load)
 
 
 def with_num_sites(cfg: Config, federation_size: int) -> Config:
@@ -22,7 +33,9 @@ def with_num_sites(cfg: Config, federation_size: int) -> Config:
     validated again (keys that count sites are checked against the number); unchanged otherwise."""
     if cfg.data.num_sites != FEDERATION_SIZE:
         return cfg
-    return load_config({**to_flat(cfg), "data.num-sites": federation_size})
+    if not _loaders:
+        raise RuntimeError("with_num_sites validates with omnirad.configure.load_config: load the configuration with it")
+    return _loaders[-1]({**to_flat(cfg), "data.num-sites": federation_size})
 
 
 def require_num_sites(cfg: Config) -> int:

@@ -45,3 +45,10 @@ def site_method(cfg: Config) -> SiteMethod | None:
     """The client-side pieces of the configured strategy, if it has any (every method is
     registered by then: importing this module runs ``omnirad.methods``, which imports them)."""
     return SITE_METHODS.get(cfg.strategy.name)
+
+
+def check_site_method(cfg: Config) -> None:
+    """The configured strategy's site-side keys, when it has site-side pieces."""
+    method = site_method(cfg)
+    if method is not None:
+        method.check(cfg)

@@ -20,12 +20,12 @@ from omnirad.ssl.federated import (
 )
 from omnirad.ssl.local import encoder_state, pretrain, save_encoder, train_locally
 from omnirad.ssl.mae import MaeSettings, MaskedAutoencoder
-from omnirad.ssl.objectives import CENTER_KEY, SSL_OBJECTIVES, Learner, new_learner
+from omnirad.ssl.objectives import CENTER_KEY, SSL_OBJECTIVES, Learner, check_ssl, new_learner
 from omnirad.ssl.schedules import Schedule, learning_rate, teacher_momentum
 from omnirad.ssl.views import RadiologyViews
 
 __all__ = ["CENTER_KEY", "SSL_OBJECTIVES", "DinoSettings", "Learner", "MaeSettings", "MaskedAutoencoder",
-           "RadiologyViews", "Schedule", "SelfDistillation", "SslRound", "encoder_state", "from_wire",
+           "RadiologyViews", "Schedule", "SelfDistillation", "SslRound", "check_ssl", "encoder_state", "from_wire",
            "initial_states", "learning_rate", "new_learner", "pretrain", "round_momentum", "save_encoder",
            "site_round", "teacher_encoder", "teacher_momentum", "teacher_temperature", "to_wire",
            "train_locally", "update_server_teacher"]

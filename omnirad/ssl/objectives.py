@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from omnirad.config.schema import Config
+from omnirad.errors import require
 from omnirad.registry import Registry
 
 CENTER_KEY = "center"  # the DINO centre travels with the student's tensors and is averaged with them
@@ -73,3 +75,15 @@ def new_learner(objective: str, vit: nn.Module, input_size: int, settings: Any =
     for param in vit.parameters():
         param.requires_grad_(True)
     return spec.build(vit, input_size, spec.settings if settings is None else settings)
+
+
+def check_ssl(cfg: Config) -> None:
+    """The ``ssl`` keys (every objective is registered once ``omnirad.ssl`` is imported)."""
+    s = cfg.ssl
+    require(s.rounds >= 0, "ssl.rounds", s.rounds, ">= 0 (0: no pretraining)")
+    require(s.local_epochs >= 1, "ssl.local-epochs", s.local_epochs, ">= 1")
+    require(s.lr > 0, "ssl.lr", s.lr, "> 0")
+    require(s.batch_size >= 2, "ssl.batch-size", s.batch_size, ">= 2")
+    SSL_OBJECTIVES.check(s.objective)
+    require(not s.save_encoder or s.save_encoder.endswith(".safetensors"), "ssl.save-encoder", s.save_encoder,
+            "empty or a path ending in .safetensors")
