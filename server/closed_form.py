@@ -42,6 +42,7 @@ from omnirad.protocol import (
     SITE_ID,
     TASK,
 )
+from omnirad_fl.server.phases import PHASES, ServerRun
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies.multitask import GroupGrid
 from omnirad_fl.strategies.site_queries import ask_every_site
@@ -200,3 +201,27 @@ def evaluate_round_zero(grid: Grid, strategy: Strategy, state: dict[str, torch.T
     strategy's observer (the run folder) records it as round 0."""
     messages = list(strategy.configure_evaluate(0, ArrayRecord(state), instructions, grid))
     strategy.aggregate_evaluate(0, list(grid.send_and_receive(messages, timeout=timeout)))
+
+
+def wants_closed_form(run: ServerRun) -> bool:
+    """A closed-form head is configured and the run starts now (a resumed run has its checkpoint)."""
+    return HEAD_INITS[run.cfg.model.head_init] is not None and run.checkpoint is None
+
+
+@PHASES.register("closed-form", "initialise", applies=wants_closed_form)
+def closed_form(run: ServerRun) -> None:
+    """Round 1 starts from the solved head (each task group's, in a multi-task run), scored as round 0."""
+    folder, width = run.need_folder(), run.need_encoder().num_features
+    instructions = ConfigRecord(run.instructions)
+    entries: dict[str, Any] = {}
+    if run.groups is not None:
+        run.initial, entries = closed_form_tasks(run.grid, run.cfg, run.groups, run.initial, instructions, folder,
+                                                 broadcast=run.broadcast, feature_width=width)
+    elif run.model is not None:
+        solved, entries = closed_form_phase(run.grid, run.cfg, run.broadcast.apply(run.model), instructions, folder,
+                                            feature_width=width)
+        run.initial = {k: v for k, v in solved.items() if k not in run.kept}
+    run.summary.update(entries)
+    evaluate_round_zero(run.grid, run.need_strategy(), run.initial, instructions, run.cfg.strategy.round_timeout)
+    assert run.round_end is not None  # built with the strategy
+    run.round_end.record(0, run.initial)

@@ -22,6 +22,7 @@ from omnirad.multitask import (
     global_record,
     group_sites,
     group_view,
+    is_multitask,
     shared_names,
     task_config,
     task_report,
@@ -29,6 +30,8 @@ from omnirad.multitask import (
 from omnirad.multitask_check import DECLARED, SITS_OUT
 from omnirad.protocol import DECLARATION, QUERY_TASK
 from omnirad.tasks import TaskSpec
+from omnirad_fl.server.phases import PHASES, ServerRun
+from omnirad_fl.server.round_end import RoundEnd
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.server.vocabulary import group_vocabularies, vocabulary_instructions
 from omnirad_fl.strategies.factory import build_strategy
@@ -128,3 +131,31 @@ def task_summary(groups: dict[str, TaskGroup], record: dict[str, torch.Tensor]) 
     """summary.json's multi-task keys: each task's sites and the bytes of what its sites exchange."""
     return {"tasks": {name: list(g.sites) for name, g in groups.items()},
             "task-adapter-bytes": {name: tensor_bytes(group_view(record, name).values()) for name in groups}}
+
+
+def multitask(run: ServerRun) -> bool:
+    return is_multitask(run.cfg)
+
+
+@PHASES.register("task-groups", "model", applies=multitask)
+def task_groups(run: ServerRun) -> None:
+    """A multi-task run's groups and their global record, in place of the single adapter."""
+    run.groups, run.initial, by_task = start_groups(run.grid, run.cfg, run.need_folder())
+    if by_task:
+        run.summary["vocabulary"] = by_task  # each captioning group's count
+
+
+@PHASES.register("task-strategy", "strategy", applies=multitask)
+def task_strategy(run: ServerRun) -> None:
+    """One strategy per group, scored on each group's own test set (a multi-task run is not resumed)."""
+    assert run.groups is not None  # task-groups made them
+    folder = run.need_folder()
+    run.round_end = RoundEnd(MultiTaskEvaluator(run.cfg, run.groups), folder, run.done_rounds)
+    run.strategy = multitask_strategy(run.cfg, folder, run.groups)
+    run.round_end.strategy = run.strategy
+
+
+@PHASES.register("task-summary", "report", applies=multitask)
+def summarise_tasks(run: ServerRun) -> None:
+    assert run.groups is not None
+    run.summary.update(task_summary(run.groups, run.initial))

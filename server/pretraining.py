@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from omnirad.adapters import tensor_bytes
+from omnirad.closed_form import HEAD_INITS
 from omnirad.config import Config, ConfigError, to_flat
 from omnirad.configure import load_config
 from omnirad.encoders import weights_fingerprint
@@ -38,6 +39,7 @@ from omnirad.ssl import (
     to_wire,
     update_server_teacher,
 )
+from omnirad_fl.server.phases import PHASES, ServerRun
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,13 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
     save_encoder(teacher_encoder(teacher, student), str(path))
     log.info("SSL pretraining done: encoder %s (sha256 %s)", path, weights_fingerprint(str(path))[:16])
     return load_config({**to_flat(cfg), "model.weights": str(path)})
+
+
+@PHASES.register("pretrain", "pretrain", applies=lambda run: run.cfg.ssl.rounds > 0)
+def pretrain(run: ServerRun) -> None:
+    """The encoder the adapter phase uses is the pretrained one; pretraining alone ends the run."""
+    run.cfg = pretrain_encoder(run.grid, run.cfg)
+    run.finished = run.cfg.num_server_rounds == 0 and HEAD_INITS[run.cfg.model.head_init] is None
 
 
 def pretrained_instructions(cfg: Config) -> dict[str, str]:

@@ -25,6 +25,7 @@ from omnirad.protocol import QUERY_WORD_COUNTS, VOCABULARY, WORD_COUNTS
 from omnirad.tasks import CAPTIONING, TaskSpec
 from omnirad.vocabulary import SiteWordCounts, federated_vocabulary
 from omnirad_fl.server.closed_form import site_label
+from omnirad_fl.server.phases import PHASES, ServerRun
 from omnirad_fl.strategies.multitask import GroupGrid
 from omnirad_fl.strategies.site_queries import ask_every_site
 
@@ -71,6 +72,12 @@ def gather_vocabulary(grid: Grid, cfg: Config) -> tuple[tuple[str, ...], dict[st
     return vocabulary, {"words": words, "min-count": cfg.data.vocabulary_min_count,
                         "max-words": cfg.data.vocabulary_max_words,
                         "bytes-per-site": dict(sorted(sent.items())), "seconds": round(time.perf_counter() - started, 3)}
+
+
+@PHASES.register("vocabulary", "vocabulary", applies=lambda run: needs_word_count(run.cfg))
+def count_vocabulary(run: ServerRun) -> None:
+    """Before the run folder: its config.yaml names the vocabulary.txt it keeps."""
+    run.vocabulary, run.summary["vocabulary"] = gather_vocabulary(run.grid, run.cfg)
 
 
 def group_vocabularies(grid: Grid, cfg: Config, groups: dict[str, TaskGroup]

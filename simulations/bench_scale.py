@@ -83,7 +83,7 @@ def run_benchmark(overrides: str, port: int) -> dict:
 
 def profile_sites(overrides: str, sites: list[int], top: int) -> None:
     """Each listed site's first train message, in this process, under cProfile."""
-    from omnirad_fl.client.app import train  # imported here: only the profile needs the ClientApp
+    from omnirad_fl.client.app import app  # imported here: only the profile needs the ClientApp
 
     flat = parse_config_args([overrides])
     cfg = load_config(flat)
@@ -95,7 +95,7 @@ def profile_sites(overrides: str, sites: list[int], top: int) -> None:
                           state=RecordDict(), run_config=flat)
         content = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": 1})})
         profiler.enable()
-        train(instruction("train", content, site), context)
+        app(instruction("train", content, site), context)
         profiler.disable()
     print(f"{len(sites)} sites' first train messages: {time.perf_counter() - started:.2f} s in all")
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)

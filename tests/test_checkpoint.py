@@ -9,8 +9,8 @@ from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
-from omnirad_fl.server.app import resumable
 from omnirad_fl.server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
+from omnirad_fl.server.core_phases import resumable
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import build_strategy, flower_strategy
 from tests.conftest import answering

@@ -130,7 +130,7 @@ def test_a_sites_statistics_reply_carries_only_the_named_sums(task_identity):
     cfg = load_config(SMALL)
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(),
                       run_config=SMALL)
-    answer = client_app.head_statistics(instruction("query.head_statistics", RecordDict({"config": ConfigRecord()}), 7),
+    answer = client_app.app(instruction("query.head_statistics", RecordDict({"config": ConfigRecord()}), 7),
                                         context)
     assert set(answer.content) == {ARRAYS, METRICS}
     assert set(answer.content[ARRAYS]) == {"num-samples", "feature-sum", "label-counts", "label-sums", "gram"}
@@ -210,8 +210,6 @@ class SitesGrid:
     """Sites answering the server's queries through the real ClientApp handlers, in this process:
     node 100 + i is site i. Keeps who was asked what, and for which task."""
 
-    HANDLERS = {"query.head_statistics": client_app.head_statistics, "query.logit_scale": client_app.logit_scale}
-
     def __init__(self, run_config: dict, num_sites: int) -> None:
         self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config=run_config,
                                           node_config={"partition-id": i, "num-partitions": num_sites})
@@ -227,7 +225,7 @@ class SitesGrid:
             node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
             self.asked.append((node, kind, str(msg.content["config"].get("task", ""))))
             TaskIdentity.node_id = node  # a reply's sender is the process's node identity
-            replies.append(self.HANDLERS[kind](instruction(kind, msg.content, node), self.contexts[node]))
+            replies.append(client_app.app(instruction(kind, msg.content, node), self.contexts[node]))
         return replies
 
 

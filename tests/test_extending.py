@@ -2,9 +2,13 @@
 source usable by name everywhere (checks, model building, a site's round). Each test registers
 for its own duration only."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import MultiKrum
 from torch import nn
 
@@ -15,10 +19,19 @@ from omnirad.data.labelled import LabelledImages
 from omnirad.data.sources import DATA_SOURCES, DataSource
 from omnirad.models import new_model
 from omnirad.site import LocalSite, RoundInputs
+from omnirad.site_cache import get_site
 from omnirad.tasks import MULTI_CLASS, TaskSpec
+from omnirad_fl.client import app as client_app
+from omnirad_fl.client.deployment import site_of
+from omnirad_fl.client.replies import error_replies
+from omnirad_fl.client.site_handlers import SITE_HANDLERS, install
+from omnirad_fl.server import app as server_app  # noqa: F401 - the ServerApp's module registers every phase
+from omnirad_fl.server.phases import PHASES, Phase, ServerRun, run_phases
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import STRATEGIES, StrategySpec, build_strategy, flower_strategy
+from omnirad_fl.strategies.site_queries import ask_every_site
+from tests.in_process import InProcessGrid
 
 SMALL = {"data.num-train": 160, "data.num-test": 40, "data.size": 32, "data.num-sites": 2, "data.partition": "iid"}
 
@@ -77,3 +90,30 @@ def test_a_registered_data_source_feeds_sites_and_the_server(monkeypatch):
     assert site.task.label_names == ("normal", "abnormal") and len(site.train_set.labels) > 0
     metrics = site.evaluate(RoundInputs(trainable_state(new_model(cfg)), 0))
     assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_a_new_phase_is_one_server_step_and_one_site_handler(tmp_path, monkeypatch, task_identity):
+    """A feature that asks every site for something before round 1 and reports it: its server
+    phase and its site handler, registered from one place each (here, this test), reach a whole
+    run without a line changed in the ServerApp, the ClientApp or the protocol module."""
+    def image_count(msg, context):  # the site's side: one scalar, no image
+        site = get_site(*site_of(context))
+        return Message(RecordDict({"metrics": MetricRecord({"images": len(site.train_set.labels)})}), reply_to=msg)
+
+    def gather_image_counts(run: ServerRun) -> None:  # the server's side, before round 1
+        answers = ask_every_site(run.grid, "image_count", "image counts")
+        run.summary["images-per-site"] = [int(c["metrics"]["images"]) for c in answers.values()]
+
+    monkeypatch.setitem(SITE_HANDLERS, "query.image_count", image_count)
+    monkeypatch.setattr(client_app, "app", install(ClientApp(mods=[error_replies])))
+    PHASES.add(Phase("image-counts", "gather", gather_image_counts))
+    try:
+        flat = {**SMALL, "num-server-rounds": 1, "model.head-init": "random", "run.output-dir": str(tmp_path)}
+        grid = InProcessGrid(flat, num_sites=2)
+        run = run_phases(ServerRun(grid, load_run_config(flat)))
+    finally:
+        PHASES.remove("image-counts")
+    assert grid.delivered[:2] == ["query.image_count"] * 2  # asked before the first round's messages
+    summary = json.loads((run.need_folder().path / "summary.json").read_text())
+    assert summary["rounds"] == 1 and sum(summary["images-per-site"]) > 0
+    assert "image-counts" not in PHASES.names()

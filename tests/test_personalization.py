@@ -86,7 +86,7 @@ def test_fedper_keeps_the_output_layer_at_the_site_across_rounds(tmp_path):
     for server_round in (1, 2):
         config = ConfigRecord({"server-round": server_round, SIMULATION_STATE_DIR: str(tmp_path)})
         content = RecordDict({"arrays": ArrayRecord(shared), "config": config})
-        reply = client_app.train(instruction("train", content, 7), context)
+        reply = client_app.app(instruction("train", content, 7), context)
         sent = reply.content["arrays"].to_torch_state_dict()
         assert set(sent) == set(shared)  # the output layer never leaves the site
         stored.append(SiteStateStore(tmp_path / "site-0").load("flower-run-1").personal[server_round])
@@ -98,9 +98,9 @@ def test_fedper_keeps_the_output_layer_at_the_site_across_rounds(tmp_path):
 
     config = ConfigRecord({"server-round": 2, SIMULATION_STATE_DIR: str(tmp_path)})
     content = RecordDict({"arrays": ArrayRecord(shared), "config": config})
-    personal = client_app.evaluate(instruction("evaluate", content, 7), context).content["metrics"]
+    personal = client_app.app(instruction("evaluate", content, 7), context).content["metrics"]
     elsewhere = ConfigRecord({"server-round": 2, SIMULATION_STATE_DIR: str(tmp_path / "elsewhere")})
-    untrained_head = client_app.evaluate(instruction("evaluate", RecordDict({"arrays": ArrayRecord(shared),
+    untrained_head = client_app.app(instruction("evaluate", RecordDict({"arrays": ArrayRecord(shared),
                                                                              "config": elsewhere}), 7),
                                          context).content["metrics"]
     # the site scores its own layer, not the initial one

@@ -38,7 +38,7 @@ def rounds_of(flat: dict, count: int, output: Path) -> tuple[list[Message], Priv
     state = trainable_state(new_model(load_config(flat)))
     replies = []
     for server_round in range(1, count + 1):
-        reply = client_app.train(train_message(state, server_round, output), context)
+        reply = client_app.app(train_message(state, server_round, output), context)
         replies.append(reply)
         if not reply.has_error():
             state = reply.content["arrays"].to_torch_state_dict()

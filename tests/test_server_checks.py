@@ -2,7 +2,7 @@ import pytest
 
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
-from omnirad_fl.server.app import check_federation
+from omnirad_fl.server.core_phases import check_federation
 from tests.conftest import FakeGrid
 
 

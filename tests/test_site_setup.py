@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from omnirad.config import ConfigError, to_flat
 from omnirad.encoders import weights_fingerprint
 from omnirad.protocol import ENCODER_FINGERPRINT, WRONG_ENCODER
-from omnirad_fl.client.app import declare_task, train
+from omnirad_fl.client.app import app
 from omnirad_fl.client.cli import main, preflight, supernode_command
 from omnirad_fl.client.deployment import site_of
 from omnirad_fl.client.keys import write_site_keys
@@ -134,7 +134,7 @@ def test_a_site_with_other_encoder_weights_refuses_to_train(tmp_path, weights, s
     context = deployed_context(tmp_path, weights, SERVER)
     content = RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1,
                                                                              ENCODER_FINGERPRINT: server_weights})})
-    reply = train(instruction("train", content, node_id=7), context)
+    reply = app(instruction("train", content, node_id=7), context)
     assert reply.has_error() and reply.error.code == WRONG_ENCODER
     assert server_weights[:24] in reply.error.reason
     assert str(weights.parent) not in reply.error.reason  # the reply names fingerprints, never the site's paths
@@ -152,7 +152,7 @@ def test_a_deployed_site_declares_the_task_named_in_its_site_file(tmp_path, weig
     context.node_config.update({"task-name": "body-region", "task-kind": "multi-class", "num-classes": 3})
     cfg, _ = site_of(context)
     assert cfg.multitask.task == "body-region" and cfg.data.num_classes == 3 and cfg.model.adapter == "linear"
-    reply = declare_task(instruction("query.task", RecordDict(), node_id=7), context)
+    reply = app(instruction("query.task", RecordDict(), node_id=7), context)
     assert dict(reply.content["declaration"]) == {"site-id": 1, "task": "body-region", "kind": "multi-class",
                                                   "labels": ["0", "1", "2"]}
 

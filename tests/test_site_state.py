@@ -144,7 +144,7 @@ def three_rounds(flat: dict, state_dir, restart_each_round: bool) -> list:
     for server_round in (1, 2, 3):
         if restart_each_round:
             context = a_context(flat)
-        reply = client_app.train(train_message(shared, server_round, state_dir), context)
+        reply = client_app.app(train_message(shared, server_round, state_dir), context)
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         replies.append(reply)
         shared = reply.content["arrays"].to_torch_state_dict()
@@ -169,7 +169,7 @@ def test_a_site_whose_account_is_missing_or_older_refuses_to_train(tmp_path):
     flat, kept = DP_FEDPER, SiteStateStore(tmp_path / "site-0")
     start = {k: v for k, v in trainable_state(new_model(load_config(flat))).items() if not k.startswith("net.4")}
     seen = {TRAINED_SITES: [0, 1], TRAINED_ROUNDS: [2, 2]}  # the server saw site 0 train in rounds 1 and 2
-    reply = client_app.train(train_message(start, 3, tmp_path, **seen), a_context(flat))
+    reply = client_app.app(train_message(start, 3, tmp_path, **seen), a_context(flat))
     assert reply.has_error() and reply.error.code == STATE_LOST
     assert "privacy account is missing or older" in reply.error.reason and str(tmp_path) not in reply.error.reason
     assert not kept.path(KEY).exists()  # no fresh account was started
@@ -177,12 +177,12 @@ def test_a_site_whose_account_is_missing_or_older_refuses_to_train(tmp_path):
     older = SiteState(ledger=PrivacyLedger([(1.5, 0.25, 8)]))
     older.trained(1, None)
     kept.save(KEY, older)  # restored from a backup made after round 1
-    assert client_app.train(train_message(start, 3, tmp_path, **seen), a_context(flat)).error.code == STATE_LOST
+    assert client_app.app(train_message(start, 3, tmp_path, **seen), a_context(flat)).error.code == STATE_LOST
     no_dp = {**flat, "privacy.dp": False}  # own layers lost, no account: it goes on from the initial layer
-    assert not client_app.train(train_message(start, 3, tmp_path / "x", **seen), a_context(no_dp)).has_error()
+    assert not client_app.app(train_message(start, 3, tmp_path / "x", **seen), a_context(no_dp)).has_error()
 
     kept.path(KEY).write_bytes(b"damaged")
-    damaged = client_app.train(train_message(start, 3, tmp_path), a_context(flat))
+    damaged = client_app.app(train_message(start, 3, tmp_path), a_context(flat))
     assert damaged.error.code == STATE_LOST and "unreadable" in damaged.error.reason
 
 

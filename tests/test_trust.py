@@ -11,6 +11,7 @@ from omnirad.config import ConfigError, parse_overrides
 from omnirad.configure import load_config
 from omnirad.protocol import CONFIG_REFUSED, DATA_UNREADABLE, SITE_FAILED
 from omnirad_fl.client import app as client_app
+from omnirad_fl.client import rounds as client_rounds
 from omnirad_fl.client.site_config import load_site_config
 from omnirad_fl.simulations.deploy_demo import write_encoder_weights
 from omnirad_fl.simulations.flower_local import instruction
@@ -47,7 +48,7 @@ def deployed(tmp_path, data_file, run_config):
 
 def train_reply(context):
     content = RecordDict({"arrays": ArrayRecord({}), "config": ConfigRecord({"server-round": 1})})
-    return client_app.train(instruction("train", content, node_id=7), context)
+    return client_app.app(instruction("train", content, node_id=7), context)
 
 
 def test_a_crafted_run_configuration_gets_a_fixed_message_back_and_no_environment_value(tmp_path, secret):
@@ -76,7 +77,7 @@ def test_an_unexpected_failure_names_only_its_kind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError(f"disk full while writing {tmp_path}/cache/patient-0042")
 
-    monkeypatch.setattr(client_app, "get_site", broken)
+    monkeypatch.setattr(client_rounds, "get_site", broken)
     reply = train_reply(deployed(tmp_path, data, SERVER))
     assert reply.has_error() and reply.error.code == SITE_FAILED
     assert reply.error.reason == "an unexpected RuntimeError at the site; see its log"

@@ -94,7 +94,7 @@ class WordCountSites:
         for msg in messages:
             node = msg.metadata.dst_node_id
             TaskIdentity.node_id = node
-            replies.append(client_app.word_counts(instruction(msg.metadata.message_type, msg.content, node),
+            replies.append(client_app.app(instruction(msg.metadata.message_type, msg.content, node),
                                                   self.contexts[node]))
         return replies
 
@@ -207,7 +207,7 @@ def test_the_vocabulary_phase_through_the_sites_handlers_then_a_site_reads_its_c
     model = new_model(folder.cfg)
     content = RecordDict({ARRAYS: ArrayRecord(trainable_state(model)), CONFIG: instructions})
     context = WordCountSites(flat, 2).contexts[101]
-    answer = client_app.evaluate(instruction("evaluate", content, 101), context)
+    answer = client_app.app(instruction("evaluate", content, 101), context)
     assert not answer.has_error() and np.isfinite(answer.content[METRICS]["cider"])
 
 

@@ -57,14 +57,14 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup, tmp_
     config = ConfigRecord({"server-round": 1, "proximal-mu": 0.01, "round-token": "ab12",
                            SIMULATION_STATE_DIR: str(tmp_path)})
     if cfg.strategy.name == "spectral":
-        query = client_app.spectral_prototypes(instruction("query.spectral", RecordDict()), context)
+        query = client_app.app(instruction("query.spectral", RecordDict()), context)
         assert set(query.content) == {"arrays"}
         (prototypes,) = query.content["arrays"].values()
         assert prototypes.shape[1] == cfg.spectral.frequency_size ** 2 and prototypes.shape[0] <= cfg.spectral.prototypes
         bank = torch.from_numpy(prototypes.numpy())
         config = ConfigRecord({**config, **bank_to_config(torch.cat([bank, bank]))})
     if cfg.model.standardise_features:  # moments, not features: a count and two vectors of the feature width
-        query = client_app.feature_moments(instruction("query.feature_moments", RecordDict()), context)
+        query = client_app.app(instruction("query.feature_moments", RecordDict()), context)
         assert set(query.content) == {"arrays"}
         arrays = {k: torch.from_numpy(v.numpy()) for k, v in query.content["arrays"].items()}
         width = site.train_set.inputs.shape[1]
@@ -72,7 +72,7 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup, tmp_
         standardisation = Standardisation.from_moments(FeatureMoments.from_arrays(arrays, "site 0"))
         config = ConfigRecord({**config, **standardisation.to_config()})
 
-    reply = client_app.train(instruction("train", RecordDict({"arrays": ArrayRecord(shared), "config": config})), context)
+    reply = client_app.app(instruction("train", RecordDict({"arrays": ArrayRecord(shared), "config": config})), context)
     assert set(reply.content) == {"arrays", "metrics", "site-info"}
     # where it computed and the round's token it was sent, no more
     assert dict(reply.content["site-info"]) == {"device": "cpu", "precision": "fp32", "round-token": "ab12"}
@@ -80,6 +80,6 @@ def test_replies_carry_only_the_federated_tensors_and_scalar_metrics(setup, tmp_
     assert {k: tuple(v.shape) for k, v in sent.items()} == {k: tuple(v.shape) for k, v in shared.items()}
     assert_only_scalars(reply.content["metrics"])
 
-    evaluated = client_app.evaluate(instruction("evaluate", RecordDict({"arrays": sent, "config": config})), context)
+    evaluated = client_app.app(instruction("evaluate", RecordDict({"arrays": sent, "config": config})), context)
     assert set(evaluated.content) == {"metrics"}
     assert_only_scalars(evaluated.content["metrics"])

@@ -1,0 +1,38 @@
+"""A whole federation in this process, without Flower's SuperLink or Ray: the server's phases
+send their messages through ``InProcessGrid`` to the real ClientApp, one Flower ``Context`` per
+site. For tests of how phases and site handlers fit together; the end-to-end tests run the same
+apps through ``flwr run``."""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from omnirad_fl.client import app as client_app
+from omnirad_fl.simulations.flower_local import instruction
+
+FIRST_NODE = 100  # node FIRST_NODE + i is site i
+
+
+class InProcessGrid:
+    """Just enough of Flower's Grid for a server run: node ids, and messages answered in site order
+    by ``client_app.app``. Keeps the message types it delivered, in order."""
+
+    def __init__(self, run_config: dict, num_sites: int) -> None:
+        self.contexts = {FIRST_NODE + i: Context(run_id=1, node_id=FIRST_NODE + i, state=RecordDict(),
+                                                 run_config=run_config,
+                                                 node_config={"partition-id": i, "num-partitions": num_sites})
+                         for i in range(num_sites)}
+        self.delivered: list[str] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+            self.delivered.append(kind)
+            TaskIdentity.node_id = node  # a reply's sender is the process's node identity
+            replies.append(client_app.app(instruction(kind, msg.content, node), self.contexts[node]))
+        return replies
