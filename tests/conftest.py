@@ -1,7 +1,9 @@
 """Test-wide settings: offline, loopback-only, quiet."""
 
 import os
+from pathlib import Path
 
+import psutil
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -14,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
+PROJECT = Path(__file__).resolve().parents[1]
 MOCK_ROUND_TOKEN = "mock-round-token"  # what mock replies echo (fixture ``mock_round_token``)
 
 
@@ -75,3 +78,81 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def still_running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are alive (not zombies): none, once a stop worked."""
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+class SharedSuperLinks:
+    """Loopback simulation SuperLinks, one per federation size (Flower's default ``num-supernodes``),
+    each started when a test first needs it and shared by every later run of that size: several runs
+    on one SuperLink are what ``flwr run`` does anyway, and each run gets its own run folder. A link
+    whose run failed is stopped and replaced, so one bad run cannot hold up the next test's."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.links: dict = {}  # num_sites -> LocalSuperLink
+
+    def link(self, num_sites: int):
+        from omnirad_fl.server.processes import free_loopback_port
+        from omnirad_fl.simulations.flower_local import LocalSuperLink, write_flower_config
+
+        if num_sites not in self.links:
+            flwr_home = self.root / f"flwr-{num_sites}-sites"
+            write_flower_config(flwr_home, num_supernodes=num_sites)
+            self.links[num_sites] = LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port()).start()
+        return self.links[num_sites]
+
+    def flwr_run(self, num_sites: int, run_config: str, timeout: float = 900.0) -> None:
+        """``flwr run`` with these overrides on the ``num_sites`` SuperLink; it must succeed."""
+        from omnirad_fl.simulations.flower_local import flwr_run
+
+        link = self.link(num_sites)
+        try:
+            completed = flwr_run(PROJECT, link.env, run_config, timeout=timeout)
+            assert completed.returncode == 0
+        except BaseException:
+            self.stop(num_sites)  # whatever the failed run left behind goes with its SuperLink
+            raise
+
+    def run(self, tmp_path: Path, num_sites: int, *run_configs: str, num_sites_key: bool = True) -> list[Path]:
+        """Run the app once per configuration on the ``num_sites`` SuperLink; return the run folders
+        in order. ``num_sites_key=False`` leaves ``data.num-sites`` out, as a plain Flower set-up does."""
+        folders = []
+        for number, run_config in enumerate(run_configs):
+            runs = tmp_path / f"runs-{number}"
+            sites = f" data.num-sites={num_sites}" if num_sites_key else ""
+            self.flwr_run(num_sites, f"{run_config}{sites} run.output-dir='{runs}'")
+            (folder,) = list(runs.iterdir())
+            folders.append(folder)
+        return folders
+
+    def stop(self, num_sites: int) -> None:
+        """Stop one SuperLink and all it started, by PID, and check nothing of it is left."""
+        link = self.links.pop(num_sites)
+        link.stop()
+        assert len(link.started_pids) >= 2  # the SuperLink, its SuperExec and what they started
+        assert not still_running(link.started_pids)
+
+
+@pytest.fixture(scope="session")
+def superlinks(tmp_path_factory):
+    """The session's shared simulation SuperLinks (``SharedSuperLinks``), all stopped by PID at its end."""
+    shared = SharedSuperLinks(tmp_path_factory.mktemp("superlinks"))
+    yield shared
+    failures = []
+    for num_sites in list(shared.links):
+        try:
+            shared.stop(num_sites)
+        except AssertionError as failure:  # stop the others all the same, then report
+            failures.append(f"the {num_sites}-site SuperLink: {failure!r}")
+    assert not failures, failures

@@ -1,4 +1,6 @@
-"""End to end: `flwr run .` on a loopback SuperLink each test owns, then the run folder's contents."""
+"""End to end: `flwr run .` on loopback SuperLinks the session shares (one per federation size,
+``superlinks`` in conftest.py) or, where a test stops its federation, one it owns; then the run
+folder's contents."""
 
 import json
 import subprocess
@@ -6,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from omnirad.configure import load_config
@@ -14,39 +15,37 @@ from omnirad.models import new_model
 from omnirad.site_state import SiteStateStore
 from omnirad_fl.server.processes import free_loopback_port
 from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, flwr_run_command, write_flower_config
+from tests.conftest import PROJECT, still_running
 
-PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_federation(tmp_path: Path, num_sites: int, run_config: str) -> Path:
-    """Run the app with ``num_sites`` simulated SuperNodes; return its run folder."""
-    return run_federations(tmp_path, num_sites, run_config)[0]
+@pytest.fixture
+def run_federation(superlinks, tmp_path):
+    """Run the app with ``num_sites`` simulated SuperNodes on the session's SuperLink of that size;
+    return its run folder."""
+    return lambda num_sites, run_config, folder=tmp_path: superlinks.run(folder, num_sites, run_config)[0]
 
 
-def run_federations(tmp_path: Path, num_sites: int, *run_configs: str) -> list[Path]:
-    """Run the app once per configuration on one SuperLink with ``num_sites`` simulated SuperNodes;
-    return the run folders in order."""
-    flwr_home = tmp_path / "flwr"
-    write_flower_config(flwr_home, num_supernodes=num_sites)
-    link = LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port())
-    folders = []
-    with link:
-        for number, run_config in enumerate(run_configs):
-            runs = tmp_path / f"runs-{number}"
-            completed = flwr_run(PROJECT, link.env, f"{run_config} data.num-sites={num_sites} run.output-dir='{runs}'",
-                                 timeout=900)
-            assert completed.returncode == 0
-            (folder,) = list(runs.iterdir())
-            folders.append(folder)
-    assert len(link.started_pids) >= 2  # the SuperLink, its SuperExec and what they started
-    assert not [pid for pid in link.started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    return folders
+@pytest.fixture
+def run_federations(superlinks, tmp_path):
+    """Run the app once per configuration on the session's SuperLink with ``num_sites`` simulated
+    SuperNodes; return the run folders in order."""
+    return lambda num_sites, *run_configs: superlinks.run(tmp_path, num_sites, *run_configs)
 
 
-def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
-    folder = run_federation(tmp_path, 3, "num-server-rounds=2 data.num-train=600 data.num-test=200 "
-                                         "train.local-epochs=2 model.adapter='linear' model.head-init='random'")
+@pytest.fixture(scope="module")
+def three_sites_without_data_num_sites(superlinks, tmp_path_factory):
+    """Two rounds on three sites, as in a plain Flower set-up, whose federation size is not the
+    project's: no data.num-sites, so the run takes the size of Flower's federation (3)."""
+    (folder,) = superlinks.run(tmp_path_factory.mktemp("three-sites"), 3,
+                               "num-server-rounds=2 data.num-train=600 data.num-test=200 train.local-epochs=2 "
+                               "model.adapter='linear' model.head-init='random'", num_sites_key=False)
+    return folder
+
+
+def test_two_rounds_on_three_sites_leave_a_complete_run_folder(three_sites_without_data_num_sites):
+    folder = three_sites_without_data_num_sites
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2]
     for line in lines:
@@ -70,23 +69,16 @@ def test_two_rounds_on_three_sites_leave_a_complete_run_folder(tmp_path):
         assert (folder / name).exists()
 
 
-def test_without_data_num_sites_a_run_takes_the_size_of_flowers_federation(tmp_path):
+def test_without_data_num_sites_a_run_takes_the_size_of_flowers_federation(three_sites_without_data_num_sites):
     """As in a plain Flower set-up, whose federation size is not the project's: no data.num-sites."""
-    flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
-    write_flower_config(flwr_home, num_supernodes=3)
-    with LocalSuperLink(flwr_home, PROJECT, http_port=free_loopback_port()) as link:
-        completed = flwr_run(PROJECT, link.env, "num-server-rounds=1 data.num-train=150 data.num-test=30 data.size=32 "
-                             f"train.local-epochs=1 model.adapter='linear' model.head-init='random' run.output-dir='{runs}'",
-                             timeout=900)
-    assert completed.returncode == 0
-    (folder,) = list(runs.iterdir())
+    folder = three_sites_without_data_num_sites
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["num-sites"] == 3 and summary["sites-per-round"] == {"1": ["0", "1", "2"]}
+    assert summary["num-sites"] == 3 and summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1", "2"]}
     assert "data.num-sites: 3" in (folder / "config.yaml").read_text()
     assert len(json.loads((folder / "partition.json").read_text())["sites"]) == 3
 
 
-def test_each_site_reads_its_own_file(tmp_path):
+def test_each_site_reads_its_own_file(tmp_path, run_federations):
     """A natural split: one MedMNIST-format file per hospital, and a test file for the server."""
     rng = np.random.default_rng(0)
 
@@ -101,7 +93,7 @@ def test_each_site_reads_its_own_file(tmp_path):
     test_file = write("test.npz", 60)
     shared = (f"data.dataset='files' data.site-files='{files}' data.test-file='{test_file}' data.num-classes=3 "
               "data.size=28 model.adapter='linear' model.head-init='ridge'")
-    alone, folder = run_federations(tmp_path, 2, f"{shared} num-server-rounds=0", f"{shared} num-server-rounds=2")
+    alone, folder = run_federations(2, f"{shared} num-server-rounds=0", f"{shared} num-server-rounds=2")
     closed_form = json.loads((alone / "summary.json").read_text())
     assert closed_form["rounds"] == 0 and closed_form["final"]["accuracy"] > 0.6  # the closed form alone is the result
     summary = json.loads((folder / "summary.json").read_text())
@@ -115,19 +107,19 @@ def test_each_site_reads_its_own_file(tmp_path):
     assert summary["closed-form"]["head-init"] == "ridge"
 
 
-def test_federated_segmentation_with_the_decoder(tmp_path):
-    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
-                                         "data.task='segmentation' model.adapter='decoder' train.local-epochs=2")
+def test_federated_segmentation_with_the_decoder(run_federation):
+    folder = run_federation(2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                              "data.task='segmentation' model.adapter='decoder' train.local-epochs=2")
     summary = json.loads((folder / "summary.json").read_text())
     assert {"dice", "iou", "dice-with-background"} <= set(summary["final"])
     assert summary["best"]["selected-by"] == "federated-val dice"
     assert 0.0 < summary["final"]["dice"] <= 1.0
 
 
-def test_federated_captioning_selects_by_cider_and_sends_only_the_decoder(tmp_path):
-    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
-                                         "data.task='captioning' model.adapter='caption-decoder' "
-                                         "model.caption-width=32 train.local-epochs=2")
+def test_federated_captioning_selects_by_cider_and_sends_only_the_decoder(run_federation):
+    folder = run_federation(2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                              "data.task='captioning' model.adapter='caption-decoder' "
+                              "model.caption-width=32 train.local-epochs=2")
     summary = json.loads((folder / "summary.json").read_text())
     assert {"cider", "bleu-4", "rouge-l", "finding-accuracy"} <= set(summary["final"])
     assert summary["best"]["selected-by"] == "federated-val cider"
@@ -136,9 +128,9 @@ def test_federated_captioning_selects_by_cider_and_sends_only_the_decoder(tmp_pa
     assert summary["adapter-parameter-bytes"] == 4 * sum(p.numel() for p in decoder.parameters())
 
 
-def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):
-    folder = run_federation(tmp_path, 2, "num-server-rounds=1 data.num-train=80 data.num-test=20 data.size=32 "
-                                         "model.adapter='lora' model.lora-rank=4 train.local-epochs=1")
+def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(run_federation):
+    folder = run_federation(2, "num-server-rounds=1 data.num-train=80 data.num-test=20 data.size=32 "
+                              "model.adapter='lora' model.lora-rank=4 train.local-epochs=1")
     summary = json.loads((folder / "summary.json").read_text())
     # vit-tiny: 12 blocks x rank 4 x (qkv 192+576, proj 192+192, fc1 192+768, fc2 768+192) + linear head 192x4+4
     lora_and_head = (12 * 4 * (768 + 384 + 960 + 960) + 192 * 4 + 4) * 4
@@ -146,10 +138,10 @@ def test_lora_sends_its_low_rank_factors_and_head_and_nothing_else(tmp_path):
     assert lora_and_head <= summary["bytes-up-per-site-round"] <= 1.05 * lora_and_head
 
 
-def test_fedper_keeps_the_output_layer_at_the_sites(tmp_path):
-    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
-                                         "strategy.name='fedper' model.adapter='mlp' train.local-epochs=2 "
-                                         "personalization.finetune-epochs=1")
+def test_fedper_keeps_the_output_layer_at_the_sites(run_federation):
+    folder = run_federation(2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                              "strategy.name='fedper' model.adapter='mlp' train.local-epochs=2 "
+                              "personalization.finetune-epochs=1")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["personalization"] == "fedper" and summary["final"] == {}  # no global head to test
     assert summary["local-parameter-bytes"] == (256 * 4 + 4) * 4  # the MLP head's last Linear
@@ -158,9 +150,9 @@ def test_fedper_keeps_the_output_layer_at_the_sites(tmp_path):
     assert set(summary["final-worst-site"]) >= {"accuracy", "macro-f1"}
 
 
-def test_spectral_alignment_gathers_a_bank_and_trains_prompts(tmp_path):
-    folder = run_federation(tmp_path, 2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
-                                         "data.partition='modality' strategy.name='spectral' train.local-epochs=1")
+def test_spectral_alignment_gathers_a_bank_and_trains_prompts(run_federation):
+    folder = run_federation(2, "num-server-rounds=2 data.num-train=160 data.num-test=40 data.size=32 "
+                              "data.partition='modality' strategy.name='spectral' train.local-epochs=1")
     summary = json.loads((folder / "summary.json").read_text())
     assert 2 <= summary["spectral-bank-rows"] <= 2 * 4
     assert {"accuracy", "macro-f1"} <= set(summary["final"])
@@ -169,10 +161,11 @@ def test_spectral_alignment_gathers_a_bank_and_trains_prompts(tmp_path):
     assert len(weights) == 2 and all(1.0 <= w <= 2.0 for w in weights)
 
 
-def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_path, run_federation):
     config = ("num-server-rounds=4 data.num-train=240 data.num-test=80 data.size=32 train.local-epochs=1 "
               "strategy.name='fedadam' model.adapter='linear' model.head-init='random'")
-    expected = json.loads((run_federation(tmp_path / "whole", 2, config) / "summary.json").read_text())
+    expected = json.loads((run_federation(2, config, tmp_path / "whole") / "summary.json").read_text())
+    # the interrupted run's SuperLink is its own: stopping it mid-run is the test
 
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
     write_flower_config(flwr_home, num_supernodes=2)
@@ -185,6 +178,7 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
             assert time.monotonic() < deadline and client.poll() is None, "round 2 was never checkpointed"
             time.sleep(0.5)
     # leaving the block stopped the SuperLink and, by PID, the server app and simulation with it
+    assert len(link.started_pids) >= 2 and not still_running(link.started_pids)
     client.wait(timeout=60)
     (folder,) = list(runs.iterdir())
     stopped_after = json.loads((folder / "checkpoint.json").read_text())["round"]
@@ -194,6 +188,7 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
     with link:
         completed = flwr_run(PROJECT, link.env, f"{config} data.num-sites=2 run.output-dir='{runs}' run.resume-from='{folder}'", num_supernodes=2)
     assert completed.returncode == 0
+    assert not still_running(link.started_pids)
     resumed = json.loads((folder / "summary.json").read_text())
     assert resumed["resumed-after-round"] == stopped_after and resumed["rounds"] == 4
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -202,13 +197,13 @@ def test_a_server_killed_mid_run_resumes_and_ends_as_the_uninterrupted_run(tmp_p
         assert resumed["final"][key] == pytest.approx(expected["final"][key], abs=1e-4)
 
 
-def test_a_dp_fedper_run_stopped_and_resumed_ends_with_the_metrics_and_epsilon_of_an_uninterrupted_one(tmp_path):
+def test_a_dp_fedper_run_stopped_and_resumed_ends_with_the_metrics_and_epsilon_of_an_uninterrupted_one(tmp_path, run_federation):
     """The whole federation stops after round 2 (server and sites: their processes end with the
     SuperLink), then the run is resumed for rounds 3 and 4: each site reloads its privacy account
     and its own output layer from its state store, so nothing of rounds 1-2 is lost or spent twice."""
     config = ("data.num-train=160 data.num-test=40 data.size=32 train.local-epochs=1 strategy.name='fedper' model.adapter='mlp' "
               "privacy.dp=true privacy.noise-multiplier=1.5 privacy.epsilon=50.0")
-    expected = json.loads((run_federation(tmp_path / "whole", 2, f"num-server-rounds=4 {config}") / "summary.json")
+    expected = json.loads((run_federation(2, f"num-server-rounds=4 {config}", tmp_path / "whole") / "summary.json")
                           .read_text())
 
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
@@ -219,6 +214,7 @@ def test_a_dp_fedper_run_stopped_and_resumed_ends_with_the_metrics_and_epsilon_o
             completed = flwr_run(PROJECT, link.env, f"num-server-rounds={rounds} {config} data.num-sites=2 "
                                  f"run.output-dir='{runs}' {resume.format(folder=folder)}", timeout=900)
         assert completed.returncode == 0
+        assert len(link.started_pids) >= 2 and not still_running(link.started_pids)
     (folder,) = list(runs.iterdir())
     resumed = json.loads((folder / "summary.json").read_text())
     assert resumed["resumed-after-round"] == 2 and resumed["rounds"] == 4
@@ -235,20 +231,20 @@ def test_a_dp_fedper_run_stopped_and_resumed_ends_with_the_metrics_and_epsilon_o
         assert kept.ledger.epsilon(1e-5) == pytest.approx(expected["epsilon-per-site"][str(site)], rel=1e-9)
 
 
-def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(tmp_path):
-    folder = run_federation(tmp_path, 3, "num-server-rounds=3 data.num-train=300 data.num-test=60 data.size=32 "
-                                         "train.local-epochs=1 model.adapter='linear' model.head-init='random' strategy.min-sites=2 "
-                                         "faults.site=2 faults.kind='crash' faults.from-round=2")
+def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(run_federation):
+    folder = run_federation(3, "num-server-rounds=3 data.num-train=300 data.num-test=60 data.size=32 "
+                              "train.local-epochs=1 model.adapter='linear' model.head-init='random' strategy.min-sites=2 "
+                              "faults.site=2 faults.kind='crash' faults.from-round=2")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["rounds"] == 3 and {"accuracy", "macro-f1"} <= set(summary["final"])
     assert summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1"], "3": ["0", "1"]}
     assert any("site 2 crashes in round 2" in failure for failure in summary["failures"])
 
 
-def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites(tmp_path):
-    folder = run_federation(tmp_path, 5, "num-server-rounds=2 data.num-train=500 data.num-test=100 data.size=32 "
-                                         "train.local-epochs=1 model.adapter='linear' model.head-init='ridge' "
-                                         "multitask.site-tasks='region,region,lesions,lesions,-'")
+def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites(run_federation):
+    folder = run_federation(5, "num-server-rounds=2 data.num-train=500 data.num-test=100 data.size=32 "
+                              "train.local-epochs=1 model.adapter='linear' model.head-init='ridge' "
+                              "multitask.site-tasks='region,region,lesions,lesions,-'")
     tasks = json.loads((folder / "tasks.json").read_text())["groups"]
     # the region head starts from the closed form of its own two sites' sums; the decoder from its initialisation
     closed_form = json.loads((folder / "summary.json").read_text())["closed-form"]
@@ -270,10 +266,10 @@ def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites
     assert summary["best"]["selected-by"] == "federated-val multitask-score"
 
 
-def test_a_captioning_group_trains_beside_a_classification_group(tmp_path):
-    folder = run_federation(tmp_path, 4, "num-server-rounds=2 data.num-train=320 data.num-test=40 data.size=32 "
-                                         "train.local-epochs=1 model.adapter='linear' model.head-init='random' "
-                                         "model.caption-width=32 multitask.site-tasks='region,region,captions,captions'")
+def test_a_captioning_group_trains_beside_a_classification_group(run_federation):
+    folder = run_federation(4, "num-server-rounds=2 data.num-train=320 data.num-test=40 data.size=32 "
+                              "train.local-epochs=1 model.adapter='linear' model.head-init='random' "
+                              "model.caption-width=32 multitask.site-tasks='region,region,captions,captions'")
     tasks = json.loads((folder / "tasks.json").read_text())["groups"]
     assert {name: g["sites"] for name, g in tasks.items()} == {"captions": [2, 3], "region": [0, 1]}
     summary = json.loads((folder / "summary.json").read_text())

@@ -9,17 +9,16 @@ from safetensors.torch import load_file
 
 from omnirad.encoders import create_encoder, weights_fingerprint
 from omnirad_fl.simulations.report import write_run_report
-from tests.test_e2e_flwr_run import run_federation
 
 pytestmark = pytest.mark.slow
 
 
-def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_encoder(tmp_path):
+def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_encoder(tmp_path, superlinks):
     encoder_file = tmp_path / "ssl-encoder.safetensors"
-    folder = run_federation(tmp_path, 2, f"ssl.rounds=1 ssl.objective='dino' ssl.half-precision=true "
-                                         f"ssl.batch-size=16 ssl.save-encoder='{encoder_file}' num-server-rounds=1 "
-                                         "data.num-train=64 data.num-test=32 data.size=32 model.adapter='linear' "
-                                         "model.standardise-features=true train.local-epochs=1")
+    (folder,) = superlinks.run(tmp_path, 2, f"ssl.rounds=1 ssl.objective='dino' ssl.half-precision=true "
+                                       f"ssl.batch-size=16 ssl.save-encoder='{encoder_file}' num-server-rounds=1 "
+                                       "data.num-train=64 data.num-test=32 data.size=32 model.adapter='linear' "
+                                       "model.standardise-features=true train.local-epochs=1")
     (line,) = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
     assert line["round"] == 1 and line["sites"] == 2 and line["loss"] > 0 and line["images"] > 0
     # float16 both ways: half the float32 bytes (the integer-free ViT and heads), student and teacher down
@@ -41,19 +40,12 @@ def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_
     assert "confusion.png" in write_run_report(folder).read_text()  # the final head scores again from the folder
 
 
-def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path):
+def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path, superlinks):
     encoder_file = Path(tmp_path) / "mae.safetensors"
     flwr_runs = tmp_path / "runs"
-    from omnirad_fl.server.processes import free_loopback_port
-    from omnirad_fl.simulations.flower_local import LocalSuperLink, flwr_run, write_flower_config
-    from tests.test_e2e_flwr_run import PROJECT
-
-    write_flower_config(tmp_path / "flwr", num_supernodes=2)
-    with LocalSuperLink(tmp_path / "flwr", PROJECT, http_port=free_loopback_port()) as link:
-        completed = flwr_run(PROJECT, link.env, f"ssl.rounds=2 ssl.objective='mae' ssl.save-encoder='{encoder_file}' "
-                                                f"num-server-rounds=0 data.num-sites=2 data.num-train=48 data.size=32 "
-                                                f"run.output-dir='{flwr_runs}'", timeout=600)
-    assert completed.returncode == 0
+    # the run must succeed: superlinks.flwr_run asserts its exit status
+    superlinks.flwr_run(2, f"ssl.rounds=2 ssl.objective='mae' ssl.save-encoder='{encoder_file}' num-server-rounds=0 "
+                           f"data.num-sites=2 data.num-train=48 data.size=32 run.output-dir='{flwr_runs}'", timeout=600)
     lines = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2] and lines[0]["bytes-up"] == lines[0]["bytes-up-float32"]
     assert lines[0]["bytes-down"] == lines[0]["bytes-up"]  # MAE has no teacher to send

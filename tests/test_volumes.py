@@ -22,7 +22,6 @@ from omnirad.metrics import task_metrics, volume_metrics
 from omnirad_fl.client.cli import check_data
 from omnirad_fl.client.site_config import SiteConfig
 from omnirad_fl.simulations.bench_volumes import write_dicom_series
-from tests.test_e2e_flwr_run import run_federations
 
 TWO = file_task("binary-class", 2)
 
@@ -220,7 +219,7 @@ def write_volume_site(folder: Path, kind: str, num_volumes: int, seed: int) -> P
 
 
 @pytest.mark.slow
-def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volumes(tmp_path):
+def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volumes(tmp_path, superlinks):
     runs = []
     for kind in ("nifti", "dicom"):
         sites = ",".join(str(write_volume_site(tmp_path / f"{kind}-{s}", kind, 10, seed)) for seed, s in enumerate("ab"))
@@ -228,7 +227,7 @@ def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volu
         runs.append(f"data.dataset='files' data.site-files='{sites}' data.test-file='{test}' data.task='binary-class' "
                     "data.num-classes=2 data.size=28 data.window='abdomen' model.adapter='linear' "
                     "model.head-init='random' num-server-rounds=2 train.local-epochs=3")
-    for folder in run_federations(tmp_path, 2, *runs):
+    for folder in superlinks.run(tmp_path, 2, *runs):
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["rounds"] == 2 and summary["final"]["accuracy"] > 0.8
         assert summary["final"]["volume-accuracy"] > 0.8  # the server's 6 held-out volumes, 4 slices each
