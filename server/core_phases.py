@@ -25,7 +25,7 @@ from omnirad_fl.server.checkpoint import Checkpoint, load_checkpoint, restore_st
 from omnirad_fl.server.phases import PHASES, ServerRun
 from omnirad_fl.server.pretraining import pretrained_instructions
 from omnirad_fl.server.round_end import RoundEnd
-from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.server.run_folder import RunFolder, shipped_scores
 from omnirad_fl.server.vocabulary import vocabulary_instructions
 from omnirad_fl.strategies import build_strategy
 
@@ -143,10 +143,16 @@ def single_strategy(run: ServerRun) -> None:
 
 @PHASES.register("rounds", "rounds")
 def rounds(run: ServerRun) -> None:
+    """The federated rounds; with none to run (a closed-form head alone, a finished run resumed)
+    the final adapter is the one the run starts from."""
+    num_rounds = max(0, run.cfg.num_server_rounds - run.done_rounds)
+    if num_rounds == 0:
+        run.final = run.initial
+        return
     result = run.need_strategy().start(
         grid=run.grid,
         initial_arrays=ArrayRecord(run.initial),
-        num_rounds=max(0, run.cfg.num_server_rounds - run.done_rounds),
+        num_rounds=num_rounds,
         timeout=run.cfg.strategy.round_timeout,
         train_config=ConfigRecord(run.instructions),
         evaluate_config=ConfigRecord(run.instructions),
@@ -176,8 +182,6 @@ def finish(run: ServerRun) -> None:
             **run.summary,
         },
     )
-    final, where = (summary["final"], "test") if summary["final"] else (summary["final-federated-val"], "site validation")
-    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in folder.headline_metrics)
-    log.info("Finished %d rounds in %.0f s: %s %s (%s, weights: %s, %s). Results: %s", summary["rounds"],
-             summary["wall-seconds"], where, scores, cfg.model.encoder, cfg.model.weights or "random init",
-             cfg.model.adapter, folder.path)
+    log.info("Finished %d rounds in %.0f s; the run %s (%s, weights: %s, %s). Results: %s", summary["rounds"],
+             summary["wall-seconds"], shipped_scores(summary, folder.headline_metrics), cfg.model.encoder,
+             cfg.model.weights or "random init", cfg.model.adapter, folder.path)

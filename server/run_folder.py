@@ -291,6 +291,7 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         "best": {"round": best["round"], "selected-by": f"federated-val {selection_metric}", "global": best["global"]}
         if best
         else None,
+        "shipped": shipped(rounds, best, selection_metric),
         "bytes-up": sum(r["bytes-up"] for r in rounds),
         "bytes-down": sum(r["bytes-down"] for r in rounds),
         "bytes-up-per-site-round": (sum(up_per_site) / len(up_per_site)) if up_per_site else 0,
@@ -302,6 +303,33 @@ def summarise(rounds: list[dict[str, Any]], extra: dict[str, Any], selection_met
         **({"epsilon-per-site": epsilons} if (epsilons := last_epsilon_per_site(rounds)) else {}),
         "devices": {site: s["device"] for r in rounds for site, s in sorted(r["sites"].items()) if "device" in s},
     }
+
+
+def shipped(rounds: list[dict[str, Any]], best: dict[str, Any] | None, selection_metric: str) -> dict[str, Any]:
+    """What the run ships, the adapter ``omnirad-predict`` and bundles take by default: the round
+    best on federated validation (``best_adapter.safetensors``; never chosen on the test set), or
+    the final round's adapter when no round was scored there. Its test and federated-validation
+    metrics are the run's result."""
+    if best is not None:
+        return {"adapter": "best_adapter.safetensors", "round": best["round"],
+                "selected-by": f"federated-val {selection_metric}", "global": best["global"],
+                "federated-val": best["federated-val"]}
+    last = rounds[-1] if rounds else {"round": 0, "global": {}, "federated-val": {}}
+    return {"adapter": "final_adapter.safetensors", "round": last["round"], "selected-by": "final round",
+            "global": last["global"], "federated-val": last["federated-val"]}
+
+
+def shipped_scores(summary: dict[str, Any], metrics: tuple[str, ...]) -> str:
+    """One line for people: the shipped adapter's round and its scores (on the test set, or on the
+    sites' validation splits when the server has none), and the final round's beside them."""
+    ship = summary["shipped"]
+    final, where = (ship["global"], "test") if ship["global"] else (ship["federated-val"], "site validation")
+    last = summary["final"] if ship["global"] else summary["final-federated-val"]
+    scores = ", ".join(f"{name} {final.get(name, math.nan):.3f}" for name in metrics)
+    line = f"ships round {ship['round']} ({ship['selected-by']}): {where} {scores}"
+    if summary["rounds"] and ship["round"] != summary["rounds"]:
+        line += f" (final round: {', '.join(f'{name} {last.get(name, math.nan):.3f}' for name in metrics)})"
+    return line
 
 
 def last_epsilon_per_site(rounds: list[dict[str, Any]]) -> dict[str, float]:

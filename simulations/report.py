@@ -2,9 +2,10 @@
 
     python -m omnirad_fl.simulations.report runs/<run folder>      # writes <run folder>/report.md
 
-Tables: the final and best global metrics, the worst site and the sites' own (personalized)
-validation, bytes, time and memory, and every site's final numbers. Plots: metrics per round
-(``curves.png``), per-site bars, the partition (simulated splits), and the final global model's
+Tables: the shipped model's (the round best on federated validation) and the final round's global
+metrics, the worst site and the sites' own (personalized) validation, bytes, time and memory, and
+every site's final numbers. Plots: metrics per round (``curves.png``), per-site bars, the
+partition (simulated splits), and the shipped global model's
 confusion matrix on the server's test set (classification) or its masks on test images
 (segmentation).
 """
@@ -58,7 +59,7 @@ def metric_table(rows: dict[str, dict[str, float]], metrics: Sequence[str]) -> l
 
 
 def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix: str = "") -> tuple[str, str]:
-    """The confusion matrix or mask overlays of the ``final`` global model; (file, caption) or a reason."""
+    """The confusion matrix or mask overlays of the global model ``final`` (the shipped one); (file, caption) or a reason."""
     if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
         return "", "no single global model to plot (FedPer keeps heads at the sites; spectral prompts need the bank)"
     evaluator = CentralEvaluator(cfg, read_broadcast(folder))
@@ -71,7 +72,7 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
         images = test.images[:OVERLAY_IMAGES]
         grey = images if images.ndim == 3 else images.mean(axis=-1)
         plot_overlays(grey, test.labels[:OVERLAY_IMAGES], outputs[:OVERLAY_IMAGES].argmax(dim=1).numpy(), path)
-        return path.name, "final global model: true and predicted masks on the first test images"
+        return path.name, "shipped global model: true and predicted masks on the first test images"
     if task.captioning:
         path = folder / f"{prefix}captions.png"
         images = test.images[:OVERLAY_IMAGES]
@@ -79,7 +80,7 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
         plot_captions(images if images.ndim == 3 else images.mean(axis=-1),
                       decode_captions(test.labels[:OVERLAY_IMAGES], task.label_names),
                       decode_captions(generated, task.label_names), path)
-        return path.name, "final global model: reference and generated captions of the first test images"
+        return path.name, "shipped global model: reference and generated captions of the first test images"
     if task.kind.startswith("multi-label"):
         return "", "multi-label task: per-label metrics are in the tables (no single confusion matrix)"
     predicted = outputs.argmax(dim=1).numpy() if outputs.shape[1] > 1 else (torch.sigmoid(outputs[:, 0]) > 0.5).long().numpy()
@@ -87,7 +88,7 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
     matrix = confusion_matrix(np.asarray(test.labels).reshape(-1), predicted, labels=range(len(names)))
     path = folder / f"{prefix}confusion.png"
     plot_confusion(matrix, names, path)
-    return path.name, "final global model on the server's test set"
+    return path.name, "shipped global model on the server's test set"
 
 
 def report_tasks(cfg: Config, folder: Path) -> dict[str, TaskGroup]:
@@ -109,8 +110,10 @@ def write_run_report(folder: Path) -> Path:
              f"{m.encoder} ({summary.get('weights', m.weights or 'random init')}) with a {m.adapter} adapter; "
              f"strategy {cfg.strategy.name}, personalization {cfg.personalization.mode}, seed {cfg.run.seed}.", "",
              "## Results", ""]
-    views = {"final global model, server test": summary.get("final", {}),
-             f"best round ({summary['best']['round']}), server test" if summary.get("best") else "best round": (summary.get("best") or {}).get("global", {}),
+    ship = summary.get("shipped") or {}
+    views = {f"shipped model (round {ship.get('round', '?')}, {ship.get('selected-by', '')}), server test":
+             ship.get("global", {}),
+             "final round's global model, server test": summary.get("final", {}),
              "sites' validation, mean (personalized models where kept)": summary.get("final-federated-val", {}),
              "worst site's validation": summary.get("final-worst-site", {})}
     lines += metric_table(views, metrics)
@@ -129,7 +132,7 @@ def write_run_report(folder: Path) -> Path:
         lines += [f"- round {r}: {reason}" for r, reasons in summary.get("rejected-updates", {}).items() for reason in reasons]
         lines.append("")
     per_site = {s: v.get("evaluate", {}) for s, v in last["sites"].items()}
-    final = load_file(folder / "final_adapter.safetensors")
+    final = load_file(folder / ship.get("adapter", "final_adapter.safetensors"))  # the model a site receives
     plots = ["", "## Plots", "", "![metrics per round](curves.png)", ""]
     for name, group in tasks.items():
         task = group.spec

@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
 from sklearn.linear_model import Ridge
 
 from omnirad.broadcast import Broadcast
@@ -30,11 +31,16 @@ from omnirad.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE_ID
 from omnirad.site_cache import get_site
 from omnirad.training import predict
 from omnirad_fl.client import app as client_app
+from omnirad_fl.server import app as server_app  # noqa: F401 - the ServerApp's module registers every phase
 from omnirad_fl.server.closed_form import closed_form_tasks, pooled_statistics
 from omnirad_fl.server.multitask import initial_record
+from omnirad_fl.server.phases import ServerRun, run_phases
+from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.simulations.flower_local import instruction
+from omnirad_fl.simulations.report import write_run_report
 from tests.conftest import QueryGrid
+from tests.in_process import InProcessGrid
 
 SMALL = {"data.num-train": 400, "data.num-test": 80, "data.size": 32, "data.num-sites": 4, "data.alpha": 0.1,
          "data.min-site-samples": 10, "model.head-init": "ridge", "model.adapter": "linear"}
@@ -258,3 +264,19 @@ def test_each_task_of_a_multitask_run_gets_the_closed_form_of_its_own_sites(task
     asked = {(node, task) for node, _, task in grid.asked}
     assert asked == {(100, "region"), (101, "region"), (102, "finding"), (103, "finding")}
     assert set(json.loads((folder.path / "closed-form.json").read_text())) == {"region", "finding"}
+
+
+def test_a_closed_form_head_alone_ships_the_solved_head_and_reports_it(tmp_path, task_identity):
+    """The recommended skewed-federation recipe (random-features ridge, no rounds): the final adapter
+    is the solved head, not an empty file, the run ships round 0, and its report is written."""
+    flat = {**SMALL, "data.num-sites": 2, "model.adapter": "mlp", "model.hidden-dim": 64, "model.head-init": "ridge",
+            "num-server-rounds": 0, "run.output-dir": str(tmp_path)}
+    run = run_phases(ServerRun(InProcessGrid(flat, num_sites=2), load_run_config(flat)))
+    folder = run.need_folder().path
+    final, best = load_file(folder / "final_adapter.safetensors"), load_file(folder / "best_adapter.safetensors")
+    assert final and final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds"] == 0
+    assert summary["shipped"]["round"] == 0 and summary["shipped"]["adapter"] == "best_adapter.safetensors"
+    assert summary["shipped"]["global"] == summary["final"]
+    assert "| shipped model (round 0, federated-val macro-f1), server test |" in write_run_report(folder).read_text()

@@ -103,7 +103,7 @@ def test_omnirad_sim_on_a_shipped_configuration_writes_the_report(tmp_path):
     (folder,) = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
     report = (folder / "report.md").read_text()
     assert f"Report: {folder / 'report.md'}" in completed.stdout
-    assert "| final global model, server test |" in report and "| site 2 |" in report
+    assert "| final round's global model, server test |" in report and "| site 2 |" in report
     for image in ("curves.png", "sites.png", "partition.png", "confusion.png"):
         assert f"]({image})" in report and (folder / image).stat().st_size > 0
 
@@ -121,7 +121,7 @@ def test_a_segmentation_run_report_shows_predicted_masks(tmp_path):
     folder.end_round(1, {"dice": 0.2, "iou": 0.1})
     folder.finish(trainable_state(new_model(cfg)), {"adapter": "decoder"})
     text = write_run_report(folder.path).read_text()
-    assert "](overlays.png)" in text and "| final global model, server test | 0.200 | 0.100 |" in text
+    assert "](overlays.png)" in text and "| final round's global model, server test | 0.200 | 0.100 |" in text
     assert (folder.path / "overlays.png").stat().st_size > 0
 
 
@@ -138,7 +138,7 @@ def test_a_captioning_run_report_shows_reference_and_generated_captions(tmp_path
     folder.end_round(1, {"cider": 0.5, "bleu-4": 0.2, "rouge-l": 0.4, "finding-accuracy": 0.25})
     folder.finish(trainable_state(new_model(cfg)), {"adapter": "caption-decoder"})
     text = write_run_report(folder.path).read_text()
-    assert "](captions.png)" in text and "| final global model, server test | 0.500 | 0.200 | 0.400 | 0.250 |" in text
+    assert "](captions.png)" in text and "| final round's global model, server test | 0.500 | 0.200 | 0.400 | 0.250 |" in text
     assert (folder.path / "captions.png").stat().st_size > 0
 
 
