@@ -73,9 +73,7 @@ def route_flower_log() -> None:
     """Flower's records reach the terminal once, and with ``OMNIRAD_FLOWER_LOG`` set they all go to
     that file and only warnings to the terminal (unless ``OMNIRAD_VERBOSE``): a terminal that shows
     everything hides the round table, a file that keeps everything loses nothing."""
-    from flwr.common.logger import update_console_handler  # here: importing flwr is slow
-
-    flwr = logging.getLogger("flwr")
+    flwr = logging.getLogger("flwr")  # by name: the library imports no Flower
     # opacus calls logging.basicConfig() on import: through the root logger every Flower record,
     # DEBUG included, was printed a second time with a timestamp.
     flwr.propagate = False
@@ -90,7 +88,9 @@ def route_flower_log() -> None:
         handler.setFormatter(logging.Formatter(FLOWER_LOG_FORMAT))
         flwr.addHandler(handler)
     if not verbose():
-        update_console_handler(level=logging.WARNING)
+        for console in flwr.handlers:  # Flower's own console handler, the file one excepted
+            if isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler):
+                console.setLevel(logging.WARNING)
         # Ray's advice to its own users about a future default; this project relies on today's
         # (a CPU-only site sees no GPU). A warnings filter is the only switch short of that env var.
         warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
