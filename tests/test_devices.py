@@ -1,7 +1,7 @@
 """Devices and precision (``run.device``, ``run.precision``): resolved on the machine that computes,
 refused cleanly when absent, bf16 autocast on the CPU, and taken from the configuration by every
 path that runs a model. These run on CPU-only machines; what only a GPU shows is in
-simulations/bench_device.py and docs/benchmarks.md."""
+simulations/studies/bench_device.py and docs/benchmarks.md."""
 
 from dataclasses import dataclass, field
 

@@ -1,10 +1,23 @@
 """The central encoder probes: three macro-F1 scores per encoder, and a clear error for a missing file."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
-from omnirad_fl.simulations.probe_encoders import main
+STUDY = Path(__file__).resolve().parents[1] / "simulations" / "studies" / "probe_encoders.py"
+
+
+def load_study():
+    """The study is a script in simulations/studies/ (kept and runnable, not installed): load it by its path."""
+    spec = importlib.util.spec_from_file_location("probe_encoders", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+main = load_study().main
 
 
 def test_probes_score_each_named_encoder_and_append_json_lines(tmp_path, capsys):

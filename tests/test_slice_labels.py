@@ -19,7 +19,7 @@ from omnirad.data.sources.files import file_task
 from omnirad.metrics import volume_metrics
 from omnirad_fl.client.cli import check_data
 from omnirad_fl.client.site_config import SiteConfig
-from omnirad_fl.simulations.bench_volumes import write_dicom_series
+from omnirad_fl.simulations.dicom_files import write_dicom_series
 from tests.test_volumes import write_csv
 
 TWO = file_task("binary-class", 2)

@@ -21,7 +21,7 @@ from omnirad.data.volumes import cut, uncut
 from omnirad.metrics import task_metrics, volume_metrics
 from omnirad_fl.client.cli import check_data
 from omnirad_fl.client.site_config import SiteConfig
-from omnirad_fl.simulations.bench_volumes import write_dicom_series
+from omnirad_fl.simulations.dicom_files import write_dicom_series
 
 TWO = file_task("binary-class", 2)
 

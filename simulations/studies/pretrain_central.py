@@ -1,7 +1,7 @@
 """Central self-supervised pretraining on the pooled embedded images (no labels used): the
 reference a federated pretraining is measured against, and a way to make an encoder file.
 
-    python -m omnirad_fl.simulations.pretrain_central weights/ssl-vit-tiny-32.safetensors --epochs 12 --batch-size 64 data.size=32
+    python simulations/studies/pretrain_central.py weights/ssl-vit-tiny-32.safetensors --epochs 12 --batch-size 64 data.size=32
     python -m omnirad_fl.simulations.central_baselines --models linear model.weights=weights/ssl-vit-tiny-32.safetensors data.size=32
 
 Configuration keys choose the images and encoder as in a run (``data.*``, ``model.encoder``,
@@ -21,7 +21,7 @@ from omnirad.ssl import SSL_OBJECTIVES, pretrain, save_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.pretrain_central", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python simulations/studies/pretrain_central.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="where to write the pretrained encoder (.safetensors)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

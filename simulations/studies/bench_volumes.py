@@ -6,8 +6,8 @@ only some slices cut), written by nibabel and pydicom into a temporary folder, s
 downloaded. ``--write-sites DIR`` instead writes two sites' volume CSVs, a server test CSV and a
 held-out CSV there, for an end-to-end federation (docs/volumes.md).
 
-    python -m omnirad_fl.simulations.bench_volumes [--volumes 8] [--shape 128 128 32] [--size 64]
-    python -m omnirad_fl.simulations.bench_volumes --write-sites demo-volumes
+    python simulations/studies/bench_volumes.py [--volumes 8] [--shape 128 128 32] [--size 64]
+    python simulations/studies/bench_volumes.py --write-sites demo-volumes
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from omnirad.configure import load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.site_files import format_of
 from omnirad.data.sources.files import file_task
 from omnirad.models import encoder_for, model_inputs
+from omnirad_fl.simulations.dicom_files import write_dicom_series
 
 
 def synthetic_ct(label: int, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
@@ -39,29 +38,6 @@ def synthetic_ct(label: int, shape: tuple[int, int, int], rng: np.random.Generat
         grid = np.meshgrid(*(np.arange(side) for side in shape), indexing="ij")
         hu[sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) < radius**2] = 300
     return hu
-
-
-def write_dicom_series(folder: Path, hu: np.ndarray, patient: str = "p1") -> Path:
-    """One CT file per slice (last axis), raw values with RescaleIntercept -1024."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(), generate_uid()
-    for k in range(hu.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, "Doe^Jane"  # a header the site must not leak
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, k + 1
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept, ds.PixelSpacing, ds.SliceThickness = 1, -1024, [1, 1], 2
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2 * k], [1, 0, 0, 0, 1, 0]
-        ds.PixelData = (hu[:, :, k].T + 1024).round().astype(np.int16).tobytes()
-        ds.save_as(folder / f"{k:04d}.dcm", enforce_file_format=True)
-    return folder
 
 
 def write_site(folder: Path, kind: str, num_volumes: int, shape: tuple[int, int, int], seed: int) -> Path:

@@ -1,7 +1,7 @@
 """Scale benchmark: many simulated sites, a few sampled per round, on this machine.
 
-    python -m omnirad_fl.simulations.bench_scale                      # 100 sites, 10 per round, 10 rounds
-    python -m omnirad_fl.simulations.bench_scale --profile-site      # where one site's message spends its time
+    python simulations/studies/bench_scale.py                      # 100 sites, 10 per round, 10 rounds
+    python simulations/studies/bench_scale.py --profile-site      # where one site's message spends its time
 
 Prints the wall time, seconds per round (from the run folder), and the peak memory of the whole
 process tree (SuperLink, simulation, Ray workers), sampled every 0.2 s. ``--profile-site`` runs

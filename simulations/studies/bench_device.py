@@ -1,9 +1,9 @@
 """Throughput on this machine, per device and precision: the encoder as bare timm runs it against
 the project's encoding path, side by side in one run, and LoRA and DP-SGD training steps.
 
-    python -m omnirad_fl.simulations.bench_device                       # omnirad-small, -base at 224 px
-    python -m omnirad_fl.simulations.bench_device --encoders vit-tiny --size 64 --images 256
-    python -m omnirad_fl.simulations.bench_device --json results/bench-device.json
+    python simulations/studies/bench_device.py                       # omnirad-small, -base at 224 px
+    python simulations/studies/bench_device.py --encoders vit-tiny --size 64 --images 256
+    python simulations/studies/bench_device.py --json results/bench-device.json
 
 - **bare timm**: ``timm.create_model(...)`` in eval mode under ``torch.inference_mode`` (and
   autocast for bf16/fp16), fed batches already normalised and on the device: the ceiling.
@@ -120,7 +120,7 @@ def placements_here() -> list[Placement]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.bench_device", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python simulations/studies/bench_device.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoders", nargs="+", default=["omnirad-small", "omnirad-base"])
     parser.add_argument("--size", type=int, default=224)

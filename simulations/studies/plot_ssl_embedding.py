@@ -1,7 +1,7 @@
 """t-SNE of the encoder's features of every site's training images, coloured by site and by class,
 for one or more encoders side by side (as the OmniRad paper shows its latent space):
 
-    python -m omnirad_fl.simulations.plot_ssl_embedding docs/ssl-embedding.png "random init=" \\
+    python simulations/studies/plot_ssl_embedding.py docs/ssl-embedding.png "random init=" \\
         "federated MAE=weights/fedssl-modality.safetensors" data.size=32 data.partition=modality
 
 Each encoder is ``LABEL=WEIGHTS`` (empty weights: the seeded random init). Configuration keys pick
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend
+from probe_encoders import encoders_and_keys  # a study beside this one (run as a script)
 from sklearn.manifold import TSNE
 
 from omnirad.config import Config, parse_overrides, with_num_sites
@@ -23,7 +24,6 @@ from omnirad.data.sites import partition_class_names, pooled_train, site_partiti
 from omnirad.encoders import create_encoder
 from omnirad.training import encode
 from omnirad_fl.simulations.flower_local import DEFAULT_NUM_SUPERNODES
-from omnirad_fl.simulations.probe_encoders import encoders_and_keys
 
 
 def site_sample(cfg: Config, per_site: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +62,7 @@ def plot(path: Path, cfg: Config, encoders: list[tuple[str, str]], per_site: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.plot_ssl_embedding", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python simulations/studies/plot_ssl_embedding.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
     parser.add_argument("items", nargs="+", metavar="LABEL=WEIGHTS or KEY=VALUE",

@@ -6,7 +6,7 @@ with the other sites sitting out (``-``): the same images per site, the same see
 task, such as LoRA on the encoder, averaged within each task only). Prints a table per task and
 appends one JSON line per run and task to ``--out``:
 
-    python -m omnirad_fl.simulations.multitask_compare region,region,region,lesions,lesions,lesions \\
+    python simulations/studies/multitask_compare.py region,region,region,lesions,lesions,lesions \\
         --shared "data.size=48 num-server-rounds=10" --out docs/results/multitask.jsonl
 
 ``--summarise FILE.jsonl --plot FILE.png`` turns such rows (several seeds) into a table of means
@@ -89,7 +89,7 @@ def summarise(rows: list[dict[str, Any]], plot: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.multitask_compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python simulations/studies/multitask_compare.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("site_tasks", nargs="?", help="one task per site, comma-separated (region, finding, lesions)")
     parser.add_argument("--shared", default="", help="overrides for every run, as for make demo")

@@ -5,7 +5,7 @@ message), then trains the head for the configured local epochs. Without the cach
 encodes the site's images again; with it, round 1 encodes and stores, later rounds load. Both
 variants run side by side in one process, on the same sites, and the ratio is printed.
 
-    python -m omnirad_fl.simulations.bench_feature_cache [--encoders vit-tiny omnirad-small] [--sizes 64 224]
+    python simulations/studies/bench_feature_cache.py [--encoders vit-tiny omnirad-small] [--sizes 64 224]
         [--rounds 5] [--sites 4] [--images-per-site 40]
 """
 

@@ -1,6 +1,6 @@
 """Draw a grid of embedded-dataset samples (rows: imaging styles; columns: regions and findings).
 
-    python -m omnirad_fl.simulations.plot_embedded docs/embedded-samples.png [--size 96]
+    python simulations/studies/plot_embedded.py docs/embedded-samples.png [--size 96]
 """
 
 from __future__ import annotations

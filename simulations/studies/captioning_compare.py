@@ -5,7 +5,7 @@ training on the very same split, results appended to ``--out`` and resumed from 
 every caption score of the final global model on the server's test set (local only: averaged over
 the sites' own models), mean ± std over seeds, with the bytes each site sends per round:
 
-    python -m omnirad_fl.simulations.captioning_compare --out docs/results/captioning.jsonl
+    python simulations/studies/captioning_compare.py --out docs/results/captioning.jsonl
 """
 
 from __future__ import annotations

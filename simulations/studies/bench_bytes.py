@@ -4,7 +4,7 @@ For each adapter a site runs one real local round (``LocalSite.fit``) on a few e
 the reply's arrays are measured as Flower serialises them (``ArrayRecord.count_bytes``, what the
 run folder reports as bytes up). The encoder's own bytes are printed for scale.
 
-    python -m omnirad_fl.simulations.bench_bytes [--encoder omnirad-small] [--size 224]
+    python simulations/studies/bench_bytes.py [--encoder omnirad-small] [--size 224]
 """
 
 from __future__ import annotations

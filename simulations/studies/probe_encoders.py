@@ -1,7 +1,7 @@
 """Converged, central probes of frozen encoders: how well their features separate the embedded
 data's body regions and imaging styles, independent of any federated training recipe.
 
-    python -m omnirad_fl.simulations.probe_encoders "random init=" "central MAE=weights/central-mae.safetensors" data.size=32
+    python simulations/studies/probe_encoders.py "random init=" "central MAE=weights/central-mae.safetensors" data.size=32
 
 Each encoder is ``LABEL=WEIGHTS`` (empty weights: the seeded random init). Features of the pooled
 training images and the server's test images; three probes, all macro-F1 on the test images:
@@ -67,7 +67,7 @@ def encoders_and_keys(parser: argparse.ArgumentParser, items: list[str]) -> tupl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omnirad_fl.simulations.probe_encoders", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python simulations/studies/probe_encoders.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="+", metavar="LABEL=WEIGHTS or KEY=VALUE",
                         help="encoders (LABEL=WEIGHTS, the label without dots) and configuration keys (with dots)")

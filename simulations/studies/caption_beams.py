@@ -3,7 +3,7 @@ pooled caption decoder of ``captioning_compare``'s recipe (800 training images a
 as many as a site trains in its 8 rounds of 2) is trained once per seed, then its 200 test captions
 are decoded with each beam width (``model.caption-beams``; 1 is greedy) and scored.
 
-    python -m omnirad_fl.simulations.caption_beams --beams 1 3 5 --seeds 0 1 2
+    python simulations/studies/caption_beams.py --beams 1 3 5 --seeds 0 1 2
 """
 
 from __future__ import annotations
