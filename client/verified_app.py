@@ -1,9 +1,12 @@
-"""``flwr-clientapp`` that installs only app bundles this site trusts (``omnirad.app_trust``).
+"""``flwr-clientapp`` that installs only app bundles this site trusts (``omnirad.app_trust``) and
+hands each message to the site's runtime (``omnirad_fl.client.runtime``) when it has one.
 
 ``omnirad-client`` puts this program first on the SuperNode's PATH under Flower's name, so the
 SuperNode's executor starts it for every message instead of Flower's; it checks the bundle before
 Flower's installer writes or loads anything, then runs Flower's own ``flwr-clientapp``. A bundle
 that fails the check is never installed: Flower answers the server with an error naming why.
+With a runtime, Flower's ClientApp loading is replaced by a proxy to it, so this process never
+imports PyTorch (the import is the cost the runtime saves on every message).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from omnirad.app_trust import parse_trusted, verify_bundle
+from omnirad_fl.client.runtime_channel import RUNTIME_ENV
+from omnirad_fl.client.runtime_proxy import forwarding_loader
 
 TRUSTED_ENV = "OMNIRAD_TRUSTED_PUBLISHERS"  # a file of the site's trusted ssh-ed25519 publisher keys
 log = logging.getLogger(__name__)
@@ -38,10 +43,13 @@ def verifying(install: Callable[..., Path], trusted_file: Path) -> Callable[...,
 
 
 def main() -> None:
-    trusted_file = os.environ.get(TRUSTED_ENV)
-    if not trusted_file:
-        sys.exit(f"flwr-clientapp (OmniRad-FL): {TRUSTED_ENV} is not set; omnirad-client sets it")
-    flower_runtime.install_from_fab = verifying(flower_runtime.install_from_fab, Path(trusted_file))
+    trusted_file, runtime_socket = os.environ.get(TRUSTED_ENV), os.environ.get(RUNTIME_ENV)
+    if not trusted_file and not runtime_socket:
+        sys.exit(f"flwr-clientapp (OmniRad-FL): neither {TRUSTED_ENV} nor {RUNTIME_ENV} is set; omnirad-client sets them")
+    if trusted_file:
+        flower_runtime.install_from_fab = verifying(flower_runtime.install_from_fab, Path(trusted_file))
+    if runtime_socket:
+        flower_runtime.get_load_client_app_fn = forwarding_loader(Path(runtime_socket))
     flwr_clientapp()
 
 

@@ -56,6 +56,8 @@ CONFIG_REFUSED = 1004  # the site refused the run configuration (its log names t
 DATA_UNREADABLE = 1005  # the site's data could not be read
 WEIGHTS_UNREADABLE = 1006  # the site's encoder weights did not load
 STATE_LOST = 1007  # its state for the run (privacy account) is missing, older than the server's count, or unreadable
+WRONG_VERSION = 1008  # the site runtime runs another OmniRad-FL version than the app bundle's
+RUNTIME_UNAVAILABLE = 1009  # the site runtime did not answer in time, or stopped while answering
 
 # Node-config keys omnirad-client sets on a deployed SuperNode (never sent to the server).
 NODE_SITE_ID, NODE_SITE_NAME, NODE_DATA_FILE = "site-id", "site-name", "data-file"

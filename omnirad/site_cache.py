@@ -13,7 +13,7 @@ from omnirad.config.schema import Config
 from omnirad.site import LocalSite
 
 _SITES: OrderedDict[tuple[str, int], LocalSite] = OrderedDict()
-_SITE_CACHE_BYTES = 1 << 30  # what a worker keeps of its sites' images and encoded inputs
+_SITE_CACHE_BYTES = 1 << 30  # what a worker keeps of its sites' images and encoded inputs (set_cache_limit)
 
 
 def _held_bytes(site: LocalSite) -> int:
@@ -26,10 +26,19 @@ def _held_bytes(site: LocalSite) -> int:
     return held
 
 
+def set_cache_limit(limit_bytes: int) -> None:
+    """What this process keeps of its sites before the least recently used goes: a deployed site
+    runtime lives as long as the site and sets it from its site file (``site-cache-mib``)."""
+    global _SITE_CACHE_BYTES
+    if limit_bytes < 0:
+        raise ValueError(f"site cache limit {limit_bytes}: must be 0 or more bytes")
+    _SITE_CACHE_BYTES = limit_bytes
+
+
 def get_site(cfg: Config, site_id: int) -> LocalSite:
     """The process-wide ``LocalSite`` for this configuration. Sites are kept, least recently used
-    first out, while they hold under 1 GiB: a worker that serves 100 small sites keeps them all,
-    one with large token maps a few."""
+    first out, while they hold under the limit (1 GiB unless ``set_cache_limit``): a worker that
+    serves 100 small sites keeps them all, one with large token maps a few."""
     key = (to_yaml(cfg), site_id)
     if key in _SITES:
         _SITES.move_to_end(key)
