@@ -36,9 +36,9 @@ def head_statistics(msg: Message, context: Context) -> Message:
 
 @site_handler("query", QUERY_LOGIT_SCALE)
 def logit_scale(msg: Message, context: Context) -> Message:
-    """Summed training loss of the closed-form head at each scale the server names: S numbers."""
+    """Summed validation loss of the closed-form head at each scale the server names: S numbers."""
     cfg, site = site_for(msg, context)
     scales = tuple(float(s) for s in msg.content[CONFIG][LOGIT_SCALES])
     losses = site.scale_losses(round_inputs(msg, run_state(cfg, site, msg, context), training=False), scales)
-    metrics = MetricRecord({NUM_EXAMPLES: float(len(site.train_set.labels)), SITE_ID: float(site.site_id)})
+    metrics = MetricRecord({NUM_EXAMPLES: float(len(site.val_set.labels)), SITE_ID: float(site.site_id)})
     return Message(content=RecordDict({ARRAYS: ArrayRecord({"losses": losses}), METRICS: metrics}), reply_to=msg)

@@ -223,8 +223,8 @@ def private_statistics(inputs: torch.Tensor, targets: torch.Tensor, *, with_gram
 @torch.no_grad()
 def scaled_likelihood(head: nn.Module, features: torch.Tensor, task: TaskSpec, labels: np.ndarray,
                       scales: tuple[float, ...]) -> torch.Tensor:
-    """Summed training loss (cross-entropy, or binary cross-entropy per label) of the head's logits
-    times each scale, float64 (S,): the sums from which the server picks the pooled best scale."""
+    """Summed loss (cross-entropy, or binary cross-entropy per label) of the head's logits on these
+    images times each scale, float64 (S,): the sums from which the server picks the pooled best scale."""
     head.eval()
     logits = torch.cat([head(features[i : i + 1024]) for i in range(0, len(features), 1024)]).double()
     targets = task.targets(labels)

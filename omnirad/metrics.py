@@ -16,6 +16,28 @@ from omnirad.data.labelled import volume_labels
 from omnirad.tasks import MULTI_LABEL, TaskSpec
 
 VOLUME_SCORES = ("mean", "max")
+CALIBRATION_BINS = 15
+
+
+def calibration_error(labels: np.ndarray, scores: np.ndarray, multi_label: bool) -> float:
+    """Expected calibration error (15 equal-width confidence bins, L1): how far the probability a
+    hospital receives is from how often it is right: of the top class per image, or for multi-label
+    of each label's stated probability against how often the label is present, averaged over labels. Written here because torchmetrics' equal (tests/test_metrics.py compares them)
+    costs seconds of import in every per-message ClientApp process."""
+    if multi_label:
+        per_label = [_binned_gap(s, y.astype(bool)) for y, s in zip(labels.T, scores.T, strict=True)]
+        return float(np.mean(per_label))
+    return _binned_gap(scores.max(axis=1), scores.argmax(axis=1) == labels)
+
+
+def _binned_gap(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Sum over bins of |accuracy - mean confidence|, weighted by the bin's share of images."""
+    bins = np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    gap = 0.0
+    for b in np.unique(bins):
+        inside = bins == b
+        gap += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(gap)
 
 
 def classification_metrics(labels: np.ndarray, logits: torch.Tensor, task: TaskSpec) -> dict[str, float]:
@@ -42,7 +64,8 @@ def pool_volumes(scores: np.ndarray, volumes: np.ndarray, pooling: str, multi_la
 
 
 def score_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskSpec) -> dict[str, float]:
-    """Accuracy and AUC (MedMNIST's evaluator) and macro-F1 of class probabilities.
+    """Accuracy and AUC (MedMNIST's evaluator), macro-F1 and the expected calibration error of
+    class probabilities.
 
     AUC is one-vs-rest per class (per label for multi-label), averaged. A site's local split may
     lack some classes (label skew): AUC is undefined for those, so the average is then taken over
@@ -73,6 +96,7 @@ def score_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskSpec) -> dic
         "macro_f1": float(f1),
         "auc": auc,
         "auc_classes": float(len(present)),
+        "ece": calibration_error(labels, scores, task.multi_label),
     }
 
 

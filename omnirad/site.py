@@ -165,9 +165,11 @@ class LocalSite:
         return stats, {**metrics, EPSILON: ledger.epsilon(p.delta), "clipped-share": clipped}
 
     def scale_losses(self, inputs: RoundInputs, scales: tuple[float, ...]) -> torch.Tensor:
-        """Summed training loss of the round's head with its logits times each scale (the server
-        picks the scale with the lowest pooled loss)."""
-        return scaled_likelihood(self.model_for(inputs), self.train_set.inputs, self.task, self.train_set.labels, scales)
+        """Summed validation loss of the round's head with its logits times each scale (the server
+        picks the scale with the lowest pooled loss). Held-out images, not the training ones: a
+        closed form that separates its training images would take the largest scale there and
+        ship saturated, uncalibrated probabilities with no gradient left for fine-tuning."""
+        return scaled_likelihood(self.model_for(inputs), self.val_set.inputs, self.task, self.val_set.labels, scales)
 
     def evaluate(self, inputs: RoundInputs, finetune_epochs: int = 0) -> dict[str, float]:
         """Metrics on this site's validation split of the round's state (with the site's own local

@@ -1,9 +1,9 @@
 """The closed-form phase (``model.head-init``): before round 1 the server asks every site for
 the sums its head needs, adds them exactly, solves, chooses the softmax temperature on the pooled
-training loss, and scores the result as round 0 of the run, like any later round.
+validation loss, and scores the result as round 0 of the run, like any later round.
 
 Two queries, each one message per site: ``query.head_statistics`` (sums; with DP noised at the
-site) and ``query.logit_scale`` (the head's summed training loss at a few logit scales; skipped
+site) and ``query.logit_scale`` (the head's summed loss on the site's validation split at a few logit scales; skipped
 under DP, where a data-free scale is used instead, so that nothing but the noised sums leaves).
 """
 
@@ -95,7 +95,8 @@ def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
 
 
 def pooled_scale(grid: Grid, state: dict[str, torch.Tensor], instructions: ConfigRecord) -> tuple[float, list[float]]:
-    """The logit scale with the lowest training loss summed over every site, and those sums."""
+    """The logit scale with the lowest validation loss summed over every site, and those sums: the
+    temperature that calibrates the head's probabilities on held-out images (temperature scaling)."""
     config = ConfigRecord({**instructions, LOGIT_SCALES: list(SCALES)})
     replies = ask_every_site(grid, QUERY_LOGIT_SCALE, "closed-form head temperature",
                              content=RecordDict({ARRAYS: ArrayRecord(state), CONFIG: config}))
@@ -138,7 +139,7 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
     return dict(trainable_state(model)), {
         "head-init": cfg.model.head_init, "examples": float(stats.num_samples),
         "statistics-bytes-per-site": dict(sorted(sent.items(), key=lambda item: item[0])), "logit-scale": scale,
-        "logit-scales": list(SCALES) if losses else [], "pooled-training-loss": losses,
+        "logit-scales": list(SCALES) if losses else [], "pooled-validation-loss": losses,
         **({"epsilon-per-site": epsilons} if epsilons else {}), "seconds": round(time.perf_counter() - started, 3)}
 
 

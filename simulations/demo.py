@@ -21,7 +21,7 @@ from flwr.common.config import parse_config_args
 from omnirad.config import Config, ConfigError, with_num_sites
 from omnirad.data.sites import task_info
 from omnirad_fl.server.run_config import load_run_config
-from omnirad_fl.server.run_folder import newest_summary
+from omnirad_fl.server.run_folder import newest_summary, shipped_scores
 from omnirad_fl.simulations.flower_local import (
     DEFAULT_HTTP_PORT,
     DEFAULT_NUM_SUPERNODES,
@@ -88,10 +88,9 @@ def main(argv: list[str]) -> int:
         print("The run did not finish: no summary.json was written. See the log above and Flower's in "
               f"{flower_log(PROJECT / '.flwr')}.", file=sys.stderr)
         return 1
-    final = json.loads(summary.read_text())["final"]
     cfg = load_run_config(parse_config_args([run_config]) if run_config else {})
-    scores = ", ".join(f"{name} {final.get(name, float('nan')):.3f}" for name in task_info(cfg).headline_metrics)
-    print(f"\nDemo finished: test {scores}.\nRun folder: {summary.parent}")
+    shipped = shipped_scores(json.loads(summary.read_text()), task_info(cfg).headline_metrics)
+    print(f"\nDemo finished: the run {shipped}.\nRun folder: {summary.parent}")
     return 0
 
 

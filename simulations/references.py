@@ -15,8 +15,8 @@ weighted by validation images, as Flower weights the federated one).
 Under ``model.standardise-features`` the pooled model reads features standardised with every
 site's statistics (what the federation broadcasts), a site alone with its own. Under
 ``model.head-init`` both start from the closed-form head of the data they train on (pooled, or
-the site's own), at the logit scale with the lowest training loss, as the federation's server
-sets it; with rounds they then fine-tune it.
+the site's own), at the logit scale with the lowest loss on their validation splits, as the
+federation's server sets it; with rounds they then fine-tune it.
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def standardised_by(cfg: Config, sites: list[LocalSite]) -> Broadcast | None:
 
 
 def closed_form_start(cfg: Config, model: torch.nn.Module, inputs: torch.Tensor, labels: np.ndarray,
-                      site: LocalSite) -> None:
-    """Under ``model.head-init``: set the closed-form head of this training data on ``model``."""
+                      site: LocalSite, val: tuple[torch.Tensor, np.ndarray]) -> None:
+    """Under ``model.head-init``: set the closed-form head of this training data on ``model``, its
+    logit scale chosen on the validation images ``val`` (inputs, labels)."""
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         return
@@ -75,7 +76,7 @@ def closed_form_start(cfg: Config, model: torch.nn.Module, inputs: torch.Tensor,
     targets = statistics_targets(site.task, labels)
     weight, bias = spec.solve(HeadStatistics.of(head_inputs(head, inputs), targets, with_gram=spec.with_gram), cfg.model)
     head.set_closed_form(weight.float(), bias.float(), 1.0)
-    losses = scaled_likelihood(model, inputs, site.task, labels, SCALES)
+    losses = scaled_likelihood(model, val[0], site.task, val[1], SCALES)
     head.set_closed_form(weight.float(), bias.float(), SCALES[int(losses.argmin())])
 
 
@@ -86,7 +87,8 @@ def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     labels = np.concatenate([s.train_set.labels for s in sites])
     broadcast = standardised_by(cfg, sites)
     model = new_model(cfg, broadcast)
-    closed_form_start(cfg, model, inputs, labels, sites[0])
+    val = (torch.cat([s.val_set.inputs for s in sites]), np.concatenate([s.val_set.labels for s in sites]))
+    closed_form_start(cfg, model, inputs, labels, sites[0], val)
     train_model(model, inputs, labels, sites[0].task, train=cfg.train, epochs=federated_epochs(cfg), seed=cfg.run.seed,
                 placement=sites[0].placement)
     state = trainable_state(model)
@@ -102,7 +104,8 @@ def local_only(cfg: Config) -> dict[str, dict[str, float]]:
     for site in sites:
         broadcast = standardised_by(cfg, [site])
         model = new_model(cfg, broadcast)
-        closed_form_start(cfg, model, site.train_set.inputs, site.train_set.labels, site)
+        closed_form_start(cfg, model, site.train_set.inputs, site.train_set.labels, site,
+                          (site.val_set.inputs, site.val_set.labels))
         site.train(model, 0, epochs=federated_epochs(cfg))
         state = trainable_state(model)
         tests.append(evaluator.with_broadcast(broadcast)(state))

@@ -15,6 +15,7 @@ from sklearn.linear_model import Ridge
 from omnirad.broadcast import Broadcast
 from omnirad.closed_form import (
     HEAD_INITS,
+    SCALES,
     HeadStatistics,
     class_means,
     closed_form_head,
@@ -193,8 +194,7 @@ def test_by_default_no_rounds_means_the_closed_form_alone():
     assert load_config({"num-server-rounds": 0}).model.head_init == "ridge"
 
 
-def test_the_logit_scale_is_the_one_with_the_lowest_pooled_training_loss(task_identity):
-    from omnirad.closed_form import SCALES
+def test_the_logit_scale_is_the_one_with_the_lowest_pooled_validation_loss(task_identity):
     from omnirad.site import RoundInputs
     from omnirad_fl.server.closed_form import pooled_scale
 
@@ -280,3 +280,21 @@ def test_a_closed_form_head_alone_ships_the_solved_head_and_reports_it(tmp_path,
     assert summary["shipped"]["round"] == 0 and summary["shipped"]["adapter"] == "best_adapter.safetensors"
     assert summary["shipped"]["global"] == summary["final"]
     assert "| shipped model (round 0, federated-val macro-f1), server test |" in write_run_report(folder).read_text()
+
+
+def test_on_a_split_the_closed_form_separates_the_scale_is_chosen_on_validation_and_fine_tuning_moves(
+        tmp_path, task_identity):
+    """200 training images, 4 classes, 192 features: the ridge solution separates the training
+    images, where the largest scale (316) would win and saturate the softmax (test cross-entropy 54,
+    FedAvg changing nothing, measured before). On the validation splits the scale stays inside the
+    grid, the probabilities are calibrated and the rounds move the model."""
+    flat = {"data.num-train": 200, "data.num-test": 200, "data.size": 32, "data.num-sites": 4, "data.partition": "iid",
+            "model.head-init": "ridge", "num-server-rounds": 2, "run.output-dir": str(tmp_path)}
+    run = run_phases(ServerRun(InProcessGrid(flat, num_sites=4), load_run_config(flat)))
+    assert encoder_for(run.cfg).num_features > 200 / 4  # more features than training images per class
+    folder = run.need_folder().path
+    scale = json.loads((folder / "closed-form.json").read_text())["logit-scale"]
+    assert SCALES[0] < scale < SCALES[-1]
+    rounds = [json.loads(line)["global"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[0]["loss"] < 2.0 and rounds[0]["ece"] < 0.2
+    assert abs(rounds[2]["loss"] - rounds[0]["loss"]) > 1e-3 and rounds[2]["auc"] != rounds[0]["auc"]

@@ -57,3 +57,21 @@ def test_non_finite_predictions_give_nan_metrics_not_an_error():
     logits = torch.full((4, 3), float("nan"))
     metrics = task_metrics(np.array([0, 1, 2, 0]), logits, TaskSpec(MULTI_CLASS, ("a", "b", "c")))
     assert set(metrics) == {"accuracy", "macro_f1", "auc"} and all(math.isnan(v) for v in metrics.values())
+
+
+def test_calibration_error_equals_torchmetrics_and_names_overconfidence():
+    from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(0, 2, (500, 4)))
+    labels = rng.integers(0, 4, 500)
+    ours = classification_metrics(labels, logits, TaskSpec(MULTI_CLASS, ("a", "b", "c", "d")))["ece"]
+    theirs = multiclass_calibration_error(torch.softmax(logits, 1), torch.from_numpy(labels), num_classes=4, n_bins=15)
+    assert ours == pytest.approx(float(theirs), abs=1e-6) and ours > 0.3  # random labels, confident logits
+
+    probs = rng.uniform(0, 1, (500, 3))
+    multi = (rng.uniform(0, 1, (500, 3)) < probs).astype(int)  # each label true with its stated probability
+    ours = classification_metrics(multi, torch.logit(torch.from_numpy(probs)), TaskSpec(MULTI_LABEL, ("x", "y", "z")))["ece"]
+    theirs = np.mean([float(binary_calibration_error(torch.from_numpy(probs[:, c]), torch.from_numpy(multi[:, c]), n_bins=15))
+                      for c in range(3)])
+    assert ours == pytest.approx(theirs, abs=1e-6) and ours < 0.1  # calibrated by construction
