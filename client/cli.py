@@ -134,7 +134,7 @@ def check_keys(cfg: SiteConfig) -> str:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"auth-key: {cfg.auth_key} is not an elliptic-curve key (Flower needs a NIST curve)")
     if cfg.server.insecure:
-        return f"authentication key {Path(cfg.auth_key).name}; TLS OFF (server.insecure)"
+        return f"authentication key {Path(cfg.auth_key).name} (unused: server.insecure turns TLS and site authentication OFF)"
     try:
         x509.load_pem_x509_certificate(Path(cfg.server.ca_certificate).read_bytes())
     except ValueError as err:
@@ -169,10 +169,11 @@ def supernode_command(cfg: SiteConfig) -> list[str]:
     if cfg.data.task_name:  # a multi-task federation: this site's declaration
         node_config += (f' {NODE_TASK_NAME}="{cfg.data.task_name}" {NODE_TASK_KIND}="{cfg.data.task}" '
                         f'{NODE_NUM_CLASSES}={cfg.data.num_classes}')
-    command = [executable, "--superlink", cfg.server.address, "--auth-supernode-private-key", cfg.auth_key,
-               "--node-config", node_config, "--port", str(cfg.runtime_port)]
-    command += ["--insecure"] if cfg.server.insecure else ["--root-certificates", cfg.server.ca_certificate]
-    return command
+    command = [executable, "--superlink", cfg.server.address, "--node-config", node_config, "--port",
+               str(cfg.runtime_port)]
+    if cfg.server.insecure:  # Flower authenticates a SuperNode over TLS only (it exits with 303 otherwise)
+        return [*command, "--insecure"]
+    return [*command, "--auth-supernode-private-key", cfg.auth_key, "--root-certificates", cfg.server.ca_certificate]
 
 
 def keygen(cfg: SiteConfig, source: Path) -> int:

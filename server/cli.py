@@ -1,7 +1,8 @@
 """``omnirad-server``: the federation's SuperLink and its run, in one command.
 
-Starts ``flower-superlink`` with TLS (unless ``--insecure``), SuperNode authentication and a
-persistent state database, registers every site key that ``omnirad-certs`` wrote, submits the
+Starts ``flower-superlink`` with TLS and SuperNode authentication (neither with ``--insecure``:
+Flower authenticates SuperNodes over TLS only) and a persistent state database, registers every
+site key that ``omnirad-certs`` wrote, submits the
 run with ``flwr run`` and stops the SuperLink, and everything it started, when the run ends.
 ``--resume`` goes on from the last checkpoint of the newest run folder.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -84,11 +86,13 @@ def write_run_config(flat: dict[str, Any], path: Path) -> Path:
 
 
 def tls_files(certs: Path) -> dict[str, Path]:
+    """The SuperLink's CA, certificate and key; a missing one is refused with the command that makes it."""
     files = {"ca": certs / CA_CERT, "cert": certs / SERVER_CERT, "key": certs / SERVER_KEY}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
-        raise ConfigError(f"TLS files missing: {', '.join(missing)}; create them with `omnirad-certs {certs} "
-                          "--sites A B C`, or pass --insecure for a local test")
+        raise ConfigError(f"TLS files missing: {', '.join(missing)}; create them with `omnirad-certs "
+                          f"{shlex.quote(str(certs))}` (add --site NAME=NAME.pub for each site's public key, from "
+                          "`omnirad-client --site NAME --keygen`), or pass --insecure for a local test")
     return files
 
 
@@ -125,14 +129,14 @@ class SuperLink:
     def command(self) -> list[str]:
         command = [flower_command("flower-superlink"),
                    "--host", self.host, "--port", str(self.port),
-                   "--database", str(self.state_dir / "superlink.db"), "--enable-supernode-auth",
+                   "--database", str(self.state_dir / "superlink.db"),
                    "--isolation", "subprocess", "--disable-runtime-dependency-installation",
                    "--log-file", str(self.log_file)]
-        if self.args.insecure:
+        if self.args.insecure:  # Flower refuses SuperNode authentication without TLS (exit 104)
             return [*command, "--insecure"]
         tls = tls_files(self.args.certs)
-        return [*command, "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
-                "--ssl-keyfile", str(tls["key"])]
+        return [*command, "--enable-supernode-auth", "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile",
+                str(tls["cert"]), "--ssl-keyfile", str(tls["key"])]
 
     def start(self, timeout: float = 60.0) -> None:
         with (self.state_dir / "superlink.out").open("ab") as output:  # what fails before the log file opens
@@ -255,7 +259,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides, e.g. num-server-rounds=20")
     parser.add_argument("--config", type=Path, metavar="FILE", help="the run's configuration (YAML, keys as in pyproject.toml)")
     parser.add_argument("--certs", type=Path, default=Path("certs"), help="folder from omnirad-certs (default: certs)")
-    parser.add_argument("--insecure", action="store_true", help="no TLS (a local test only: traffic is unencrypted)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no TLS and no site authentication (a local test only: traffic is unencrypted)")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9092, help="port for sites and the flwr CLI (default: 9092)")
     parser.add_argument("--state-dir", type=Path, default=Path("omnirad-server"),
@@ -284,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("omnirad-server: %s", err)
         return 2
     if args.insecure:
-        log.warning("omnirad-server: WARNING: --insecure: TLS is OFF, model updates travel unencrypted")
+        log.warning("omnirad-server: WARNING: --insecure: TLS and site authentication are OFF: model updates "
+                    "travel unencrypted and any SuperNode that reaches the port may join")
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FLWR_HOME": str(state_dir / "flwr"), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
@@ -296,8 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         superlink, gate = start_link(args, state_dir, env)
         write_flwr_connection(state_dir / "flwr", superlink.address, None if args.insecure else args.certs / CA_CERT)
-        log.info("SuperLink on %s (%s, site authentication on, state %s)", superlink.address,
-                 "INSECURE" if args.insecure else "TLS", state_dir / "superlink.db")
+        log.info("SuperLink on %s (%s, state %s)", superlink.address,
+                 "INSECURE: no TLS, no site authentication" if args.insecure else "TLS, site authentication on",
+                 state_dir / "superlink.db")
         sites = register_sites(args.certs, env)
         log.info("registered sites: %s", ", ".join(sites) or f"none (no keys under {args.certs / SITES_DIR})")
         submitted = subprocess.run([flower_command("flwr"), "run", str(app_folder(args, state_dir)), CONNECTION,

@@ -1,14 +1,31 @@
-"""omnirad-server's work before it starts anything: the run configuration, --resume, TLS files."""
+"""omnirad-server's work before it starts anything (the run configuration, --resume, TLS files, the
+SuperLink's command line), and an insecure local server that starts."""
 
 import os
+import re
+import shlex
 import time
+import urllib.request
 
 import pytest
+import yaml
 from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, to_flat
 from omnirad.configure import load_config
-from omnirad_fl.server.cli import finished_run, latest_checkpointed_run, main, run_configuration, write_run_config
+from omnirad_fl.server.certs import main as certs_main
+from omnirad_fl.server.certs import write_federation
+from omnirad_fl.server.cli import (
+    SuperLink,
+    finished_run,
+    latest_checkpointed_run,
+    main,
+    parse_args,
+    run_configuration,
+    tls_files,
+    write_run_config,
+)
+from omnirad_fl.simulations.local_federation import BIN, LocalFederation, wait_for
 
 
 def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):
@@ -80,3 +97,46 @@ def test_bad_input_stops_the_server_before_anything_starts(tmp_path, capsys):
     assert main([*common, "--insecure", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: no such configuration file" in capsys.readouterr().err
     assert not state.exists()  # nothing was started or written
+
+
+def test_insecure_starts_a_superlink_flower_accepts_and_tls_adds_site_authentication(tmp_path):
+    """Flower refuses --enable-supernode-auth without TLS (exit 104): --insecure must not pass it."""
+    write_federation(tmp_path / "certs", ["127.0.0.1"])
+    for insecure in (True, False):
+        args = parse_args(["--insecure"] if insecure else ["--certs", str(tmp_path / "certs")])
+        command = SuperLink(args, tmp_path, {}, "127.0.0.1", 9999).command()
+        assert ("--insecure" in command) is insecure
+        assert ("--enable-supernode-auth" in command) is not insecure
+
+
+def test_the_missing_tls_files_hint_is_a_command_that_makes_them(tmp_path):
+    certs = tmp_path / "my certs"
+    with pytest.raises(ConfigError, match="TLS files missing") as missing:
+        tls_files(certs)
+    suggested = shlex.split(re.search(r"`(omnirad-certs [^`]*)`", str(missing.value)).group(1))
+    assert certs_main(suggested[1:]) == 0
+    assert set(tls_files(certs)) == {"ca", "cert", "key"}
+
+
+@pytest.mark.slow
+def test_an_insecure_server_becomes_healthy_and_its_sites_connect(tmp_path):
+    fed = LocalFederation(tmp_path, ["A", "B"], rounds=1, num_train=60)
+    for name in ("A", "B"):  # the sites dial plain HTTP
+        path = tmp_path / "sites" / f"{name}.yaml"
+        site = yaml.safe_load(path.read_text())
+        site["server"] = {"address": f"127.0.0.1:{fed.port}", "insecure": True}
+        path.write_text(yaml.safe_dump(site))
+    try:
+        fed.start("server", [str(BIN / "omnirad-server"), "--insecure", "--config", "federation.yaml", "--certs",
+                             "certs", "--host", "127.0.0.1", "--port", str(fed.port), "--state-dir", "server"])
+        wait_for(lambda: "registered sites: A, B" in fed.log("server") or fed.processes["server"].poll() is not None,
+                 180, "the server to register the sites")
+        assert fed.processes["server"].poll() is None, fed.log("server")
+        with urllib.request.urlopen(f"http://127.0.0.1:{fed.port}/health", timeout=10) as health:
+            assert health.status == 200
+        for name in ("A", "B"):
+            fed.start_site(name)
+        wait_for(lambda: "sites connected: 2 of 2" in fed.log("server"), 300, "both sites to connect")
+    finally:
+        fed.stop_all()
+    assert not fed.leftovers()

@@ -97,6 +97,7 @@ def test_insecure_sites_start_the_supernode_without_tls(tmp_path, weights):
     preflight(cfg, path)
     command = supernode_command(cfg)
     assert "--insecure" in command and "--root-certificates" not in command
+    assert "--auth-supernode-private-key" not in command  # Flower authenticates SuperNodes over TLS only
 
 
 def deployed_context(tmp_path, weights, run_config):
