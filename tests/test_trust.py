@@ -39,6 +39,18 @@ def test_interpolation_is_refused_by_key_wherever_a_value_comes_from(tmp_path, s
         load_site_config(site_file)
 
 
+def test_interpolation_inside_a_list_or_mapping_is_refused_by_key(tmp_path, secret):
+    site_file = tmp_path / "A.yaml"
+    site = {"site": {"name": "A", "id": 0}, "trusted-publishers": ["ssh-ed25519 AAAA", f"{secret}/x.pub"]}
+    site_file.write_text(yaml.safe_dump(site))
+    with pytest.raises(ConfigError, match=r"A.yaml: .*'trusted-publishers\[1\]'.*interpolation") as refused:
+        load_site_config(site_file)
+    assert SECRET not in str(refused.value)
+    site_file.write_text(yaml.safe_dump({**site, "trusted-publishers": [{"key": secret}]}))
+    with pytest.raises(ConfigError, match=r"'trusted-publishers\[0\].key'.*interpolation"):
+        load_site_config(site_file)
+
+
 def deployed(tmp_path, data_file, run_config):
     weights = write_encoder_weights(tmp_path / "weights.safetensors")
     node = {"site-id": 1, "site-name": "A", "data-file": str(data_file), "model-weights": str(weights),

@@ -66,10 +66,17 @@ def refuse_interpolation(key: str, value: Any) -> None:
     """Configuration values are data. omegaconf would resolve ``${...}`` in a value (an environment
     variable, another key) when the schema is built; a site re-reads the run configuration the
     server sends, so a crafted value could carry a site's environment back in an error. Refused,
-    by key, wherever a value comes from."""
+    by key, wherever a value comes from and wherever in it (a list's items, a mapping's values: omegaconf
+    resolves those too)."""
     if isinstance(value, str) and "${" in value:
         raise ConfigError(f"bad value for configuration key '{key}': {value!r} (configuration values are data: "
                           "interpolation with ${...} is refused)")
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            refuse_interpolation(f"{key}.{name}", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            refuse_interpolation(f"{key}[{index}]", item)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
