@@ -27,7 +27,7 @@ TASK_NAME = re.compile(r"^(?!shared$)[A-Za-z][A-Za-z0-9_-]{0,63}$")  # 'shared' 
 
 @dataclass
 class SiteIdentity:
-    name: str = ""  # the site's name, as in omnirad-certs --sites (its key is sites/NAME.key)
+    name: str = ""  # the site's name, as in omnirad-certs --site NAME=NAME.pub (its key is sites/NAME.key)
     id: int = -1  # the site's number in the federation, 0..N-1: seeds its training and labels its metrics
 
 
@@ -57,7 +57,7 @@ class SiteEncoder:
 class SiteConfig:
     site: SiteIdentity = field(default_factory=SiteIdentity)
     server: ServerAccess = field(default_factory=ServerAccess)
-    auth_key: str = ""  # this site's private authentication key (sites/NAME.key from omnirad-certs)
+    auth_key: str = ""  # this site's private authentication key (sites/NAME.key from omnirad-client --keygen)
     data: SiteData = field(default_factory=SiteData)
     encoder: SiteEncoder = field(default_factory=SiteEncoder)
     cache_dir: str = "~/.cache/omnirad-fl/features"  # encoder features kept between rounds
@@ -125,7 +125,8 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
              "server.ca-certificate", f"{cfg.server.ca_certificate or 'missing'}: the federation's ca.crt is needed "
              "to verify the server (or server.insecure: true for a local test)")
     need(Path(cfg.auth_key).is_file() if cfg.auth_key else False, "auth-key",
-         f"{cfg.auth_key or 'missing'}: this site's private key from omnirad-certs (sites/NAME.key)")
+         f"{cfg.auth_key or 'missing'}: this site's private key, made at the site by "
+         f"`omnirad-client --site {cfg.site.name or 'NAME'} --keygen` (sites/NAME.key)")
     need(cfg.encoder.name in ENCODERS, "encoder.name", f"{cfg.encoder.name!r}: one of {', '.join(ENCODERS)}")
     need(cfg.data.task in TASK_KINDS, "data.task", f"{cfg.data.task!r}: one of {', '.join(TASK_KINDS)}")
     need(not cfg.data.task_name or bool(TASK_NAME.match(cfg.data.task_name)), "data.task-name",

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from omnirad.closed_form import AUTO_INIT, RANDOM_INIT
-from omnirad.config.checks import check_privacy, check_rounds, check_strategy, check_train
+from omnirad.config.checks import check_finite, check_privacy, check_rounds, check_run, check_strategy, check_train
 from omnirad.config.federation import validate_with
 from omnirad.config.parse import parse_config
 from omnirad.config.schema import Config
@@ -60,6 +60,7 @@ validate_with(load_config)  # omnirad.config.with_num_sites validates again with
 
 def validate(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the first key whose value is wrong."""
+    check_finite(cfg)
     check_rounds(cfg)
     check_ssl(cfg)
     check_data(cfg)
@@ -70,6 +71,7 @@ def validate(cfg: Config) -> None:
     check_privacy(cfg)
     check_personalization(cfg)
     check_faults(cfg)
+    check_run(cfg)
     check_device_syntax(cfg.run.device, cfg.run.precision)
     if cfg.multitask.site_tasks:
         check_multitask(cfg)

@@ -19,6 +19,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from omnirad.private_files import exposure_problem
+
 SITE_KEY_COMMENT = "omnirad-site-"  # the comment omnirad-client --keygen writes after a site's public key
 
 
@@ -71,7 +73,8 @@ def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 def server_credential_problems(ca_path: Path, cert_path: Path, key_path: Path, *,
                                now: dt.datetime | None = None) -> list[str]:
     """What stops the SuperLink's TLS from working for the sites: a certificate not valid today,
-    not issued by the federation's CA (the sites would refuse it), or not matching its key."""
+    not issued by the federation's CA (the sites would refuse it), or not matching its key; and a
+    key other users may read."""
     found = ca_certificate_problems(ca_path, now=now)
     try:
         cert = read_certificate(cert_path)
@@ -88,28 +91,32 @@ def server_credential_problems(ca_path: Path, cert_path: Path, key_path: Path, *
         return [*found, f"{key_path}: not a readable unencrypted PEM private key ({err})"]
     if key.public_key() != cert.public_key():
         found.append(f"{key_path}: not the key of {cert_path}: use the pair omnirad-certs wrote together")
+    if exposed := exposure_problem(key_path):
+        found.append(exposed)
     return found
 
 
 def site_key_problems(private_path: Path, site: str) -> list[str]:
-    """What is wrong with a site's authentication key pair: the private key unreadable, its public
-    key (``.pub`` beside it, the one the coordinator registered) missing or of another key, or made
-    for another site (the comment ``omnirad-client --keygen`` writes names the site)."""
+    """What is wrong with a site's authentication key pair: the private key unreadable or readable
+    by other users, its public key (``.pub`` beside it, the one the coordinator registered) missing
+    or of another key, or made for another site (the comment ``omnirad-client --keygen`` writes
+    names the site)."""
     try:
         key = serialization.load_ssh_private_key(private_path.read_bytes(), None)
+        exposed = exposure_problem(private_path)
     except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as err:
         return [f"{private_path}: not a readable unencrypted OpenSSH private key ({err})"]
+    found = [exposed] if exposed else []
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        return [f"{private_path}: not an elliptic-curve key (Flower's SuperNode needs a NIST curve)"]
+        return [*found, f"{private_path}: not an elliptic-curve key (Flower's SuperNode needs a NIST curve)"]
     public_path = private_path.with_suffix(".pub")
     if not public_path.is_file():
-        return [f"{public_path}: missing: keep the public key the coordinator registered beside the private key"]
+        return [*found, f"{public_path}: missing: keep the public key the coordinator registered beside the private key"]
     fields = public_path.read_text(errors="replace").split()
     try:
         public = serialization.load_ssh_public_key(" ".join(fields[:2]).encode())
     except (ValueError, UnsupportedAlgorithm) as err:
-        return [f"{public_path}: not an OpenSSH public key ({err})"]
-    found = []
+        return [*found, f"{public_path}: not an OpenSSH public key ({err})"]
     if public != key.public_key():
         found.append(f"{private_path}: does not match {public_path}: the server admits only the registered key's pair")
     made_for = fields[2].removeprefix(SITE_KEY_COMMENT) if len(fields) > 2 and fields[2].startswith(SITE_KEY_COMMENT) else None

@@ -70,7 +70,8 @@ def render() -> str:
              "`python -m omnirad_fl.simulations.config_docs`; do not edit by hand.", "",
              "Keys are flat, dotted and kebab-case everywhere: `flwr run . --run-config \"data.alpha=0.1\"`, "
              "`omnirad-sim FILE.yaml data.alpha=0.1`, YAML files (flat or nested), and `[tool.flwr.app.config]` "
-             "in pyproject.toml. A wrong key or value stops the run before any work, naming the key.", "",
+             "in pyproject.toml. A wrong key or value stops the run before any work, naming the key; no number "
+             "key takes NaN or infinity.", "",
              "| key | default | meaning |", "|---|---|---|"]
     lines += section_rows(cfg, "", accepted)
     for f in fields(cfg):

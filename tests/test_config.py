@@ -64,3 +64,26 @@ def test_unreadable_override_values_are_named_whatever_yaml_finds():
     for pair, problem in (("data.alpha=[1", "expected"), ("run.name=\x07", "unacceptable character")):
         with pytest.raises(ConfigError, match=f"override .*{problem}"):
             parse_overrides([pair])
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "privacy.delta=nan", "strategy.eta=-inf",
+                                      "strategy.round-timeout=inf", "data.alpha=inf"])
+def test_a_non_finite_float_is_refused_by_key(override):
+    from omnirad.config import parse_overrides
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}'.*a finite number"):
+        load_config(parse_overrides([override]))
+
+
+@pytest.mark.parametrize(("key", "value"), [("run.seed", 2**80), ("run.seed", 2**32), ("run.seed", -1),
+                                             ("run.name", "x" * 300), ("run.name", "../outside"), ("run.name", "a/b"),
+                                             ("run.name", "a/../../b"), ("run.name", ".hidden")])
+def test_a_seed_out_of_range_or_a_run_name_that_is_not_one_folder_is_refused(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config({key: value})
+
+
+def test_usual_seeds_and_run_names_pass():
+    cfg = load_config({"run.seed": 2**32 - 1, "run.name": "fedprox_alpha=0.1,v2.1+lora"})
+    assert cfg.run.seed == 2**32 - 1

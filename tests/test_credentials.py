@@ -85,3 +85,20 @@ def test_the_server_refuses_to_start_with_unusable_credentials(federation, tmp_p
     assert "credentials are not usable" in err
     assert ("not issued by" in err) if fault == "another CA's certificate" else ("the same key as site A's" in err)
     assert not state.exists()  # nothing was started or written
+
+
+def test_a_private_key_other_users_may_read_is_named(federation):
+    key, server_key = federation / "A" / "A.key", federation / "certs" / "server.key"
+    key.chmod(0o644)
+    (found,) = site_problems(federation, "A")
+    assert "auth-key" in found and "A.key: readable or writable by other users (mode 644)" in found
+    assert "chmod 600" in found
+    server_key.chmod(0o640)
+    certs = federation / "certs"
+    (exposed,) = server_credential_problems(certs / "ca.crt", certs / "server.crt", server_key)
+    assert "server.key: readable or writable by other users (mode 640)" in exposed
+
+
+def test_a_missing_key_names_the_command_that_makes_it(federation):
+    (found,) = site_problems(federation, "A", **{"auth-key": "missing.key"})
+    assert "omnirad-client --site A --keygen" in found and "omnirad-certs" not in found

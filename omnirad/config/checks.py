@@ -7,9 +7,31 @@ check in one order. Each function raises ``ConfigError`` naming the first key wh
 
 from __future__ import annotations
 
-from omnirad.config.io import comma_list
+import math
+import re
+
+from omnirad.config.io import comma_list, to_flat
 from omnirad.config.schema import Config
 from omnirad.errors import require
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds; every stream derived from it (omnirad.seeds) fits torch's 64 bits
+RUN_NAME = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._+=,-]{0,99}$")  # one folder name, inside run.output-dir
+
+
+def check_finite(cfg: Config) -> None:
+    """Every float key: NaN or infinity passes each range check below (or fails it with a misleading
+    message) and would poison training, aggregation or a timeout, so no key accepts one."""
+    for key, value in to_flat(cfg).items():
+        require(not isinstance(value, float) or math.isfinite(value), key, value, "a finite number")
+
+
+def check_run(cfg: Config) -> None:
+    """``run.seed`` within numpy's seed range; ``run.name`` a single short folder name (it follows the
+    run folder's timestamp: a ``/`` or ``..`` would put the folder elsewhere)."""
+    require(SEED_RANGE[0] <= cfg.run.seed <= SEED_RANGE[1], "run.seed", cfg.run.seed,
+            f"from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    require(not cfg.run.name or bool(RUN_NAME.match(cfg.run.name)), "run.name", cfg.run.name,
+            "at most 100 letters, digits and . _ - + = , (not starting with . - + = or ,; no '..'), or empty")
 
 
 def check_rounds(cfg: Config) -> None:

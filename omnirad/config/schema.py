@@ -241,7 +241,7 @@ class SslConfig:
 class RunConfig:
     """Seeds and where results go."""
 
-    seed: int = setting(0, "seed of the split, the initial adapter and local shuffling")
+    seed: int = setting(0, "seed of the split, the initial adapter and local shuffling (0 to 4294967295)")
     device: str = setting("auto", "where this participant computes: `auto` (CUDA if present, else Apple `mps`, else "
                                   "the CPU), `cpu`, `cuda`, `cuda:N` or `mps`; in deployment each site's own site file "
                                   "decides its device, never the server")
@@ -250,7 +250,8 @@ class RunConfig:
                                      "gradient scaler); features and adapters are stored and sent in float32 "
                                      "whatever it is")
     output_dir: str = setting("runs", "where run folders go")
-    name: str = setting("", "run folder name suffix (default: dataset-encoder-adapter-strategy)")
+    name: str = setting("", "run folder name suffix (default: dataset-encoder-adapter-strategy): at most 100 letters, "
+                            "digits and `. _ - + = ,`, no `..`")
     resume_from: str = setting("", "a stopped run's folder: the server goes on after its last checkpointed round, "
                                    "with the same configuration (`num-server-rounds` may grow)")
     verbose: bool = setting(False, "`make demo`, `omnirad-sim` and sweeps print Flower's and Ray's full log on the "
