@@ -44,6 +44,8 @@ from omnirad.protocol import (
 )
 from omnirad.tasks import CAPTIONING, MULTI_LABEL, SEGMENTATION, TaskSpec
 from omnirad_fl.client.keys import write_site_keys
+from omnirad_fl.client.runtime_channel import RUNTIME_ENV
+from omnirad_fl.client.runtime_supervisor import private_socket
 from omnirad_fl.client.site_config import SiteConfig, load_site_config, problems
 from omnirad_fl.client.verified_app import TRUSTED_ENV
 
@@ -113,17 +115,23 @@ def check_trust(cfg: SiteConfig) -> str:
     return f"runs only app bundles signed by {len(keys)} trusted publisher key(s)"
 
 
-def install_verifier(cfg: SiteConfig) -> dict[str, str]:
-    """Put the verifying ``flwr-clientapp`` first on the SuperNode's PATH, with the site's trusted
-    keys; returns the environment entries the SuperNode needs."""
+def install_clientapp(cfg: SiteConfig, runtime_socket: Path | None) -> dict[str, str]:
+    """Put the site's ``flwr-clientapp`` first on the SuperNode's PATH: it verifies bundles against
+    the site's trusted keys (if it has any) and forwards messages to the site runtime (if it runs
+    one); returns the environment entries the SuperNode needs."""
     folder = Path(cfg.state_dir) / "trust"
     (folder / "bin").mkdir(parents=True, exist_ok=True)
-    keys = folder / "trusted-publishers"
-    keys.write_text("\n".join(trusted_keys(cfg)) + "\n")
     program = folder / "bin" / "flwr-clientapp"
     program.write_text(f"#!{sys.executable}\nfrom omnirad_fl.client.verified_app import main\n\nmain()\n")
     program.chmod(0o755)
-    return {TRUSTED_ENV: str(keys), "PATH": os.pathsep.join([str(program.parent), os.environ.get("PATH", "")])}
+    env = {"PATH": os.pathsep.join([str(program.parent), os.environ.get("PATH", "")])}
+    if cfg.trusted_publishers:
+        keys = folder / "trusted-publishers"
+        keys.write_text("\n".join(trusted_keys(cfg)) + "\n")
+        env[TRUSTED_ENV] = str(keys)
+    if runtime_socket is not None:
+        env[RUNTIME_ENV] = str(runtime_socket)
+    return env
 
 
 def check_keys(cfg: SiteConfig) -> str:
@@ -201,13 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "features never leave the site; only adapter weights and scalar metrics do.",
         epilog="The site file (YAML, paths relative to it) holds site.name, site.id, server.address, "
                "server.ca-certificate, auth-key, data.file/task/num-classes, encoder.name/weights/sha256, "
-               "cache-dir, site-state-dir and runtime-port; see deploy/site-example.yaml and the README's deployment section. "
+               "cache-dir, site-state-dir, runtime-port, site-runtime and site-cache-mib; see deploy/site-example.yaml and the README's deployment section. "
                "Exit status: 2 when a check fails, otherwise the SuperNode's.",
     )
     parser.add_argument("--site", required=True, metavar="NAME", help="this site's name, e.g. A")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="the site file (default: sites/NAME.yaml in the current folder)")
     parser.add_argument("--check", action="store_true", help="run the checks and exit without connecting")
+    parser.add_argument("--no-runtime", action="store_true",
+                        help="no site runtime: Flower starts a fresh ClientApp process (the whole stack) for every "
+                             "message, as site-runtime: false does; for comparison")
     parser.add_argument("--keygen", action="store_true",
                         help="make this site's authentication key pair (at auth-key, or NAME.key next to the site "
                              "file), print the public key to send to the coordinator, and exit")
@@ -232,8 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A SuperNode installs each run's app bundle under FLWR_HOME: one folder per site, so that several
     # SuperNodes on one machine do not install into the same place at once.
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    trust = install_verifier(cfg) if cfg.trusted_publishers else {}
-    os.execve(command[0], command, {**os.environ, "FLWR_HOME": cfg.state_dir, **trust})  # its PID is now the SuperNode's
+    if args.no_runtime or not cfg.site_runtime:
+        shim = install_clientapp(cfg, None) if cfg.trusted_publishers else {}
+        os.execve(command[0], command, {**os.environ, "FLWR_HOME": cfg.state_dir, **shim})  # its PID is now the SuperNode's
+    socket = private_socket(cfg.site.name)
+    print(f"site {cfg.site.name}: its runtime answers every message on {socket}", flush=True)
+    supervisor = [sys.executable, "-m", "omnirad_fl.client.runtime_supervisor", "--socket", str(socket),
+                  "--cache-mib", str(cfg.site_cache_mib), "--", *command]
+    env = {**os.environ, "FLWR_HOME": cfg.state_dir, **install_clientapp(cfg, socket)}
+    os.execve(sys.executable, supervisor, env)  # checks done: a small process keeps the runtime and the SuperNode
 
 
 if __name__ == "__main__":

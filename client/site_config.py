@@ -67,6 +67,8 @@ class SiteConfig:
     trusted_publishers: list[str] = field(default_factory=list)  # ssh-ed25519 keys (or .pub files) whose apps it runs
     device: str = "auto"  # where this site computes: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
     precision: str = "auto"  # auto (bf16 on a GPU with it, fp16 on other CUDA GPUs, fp32 elsewhere), fp32, bf16, fp16
+    site_runtime: bool = True  # one long-lived process answers every message (false: a fresh process per message)
+    site_cache_mib: int = 1024  # what the site runtime keeps in memory of the site's data and encoded features
 
 
 def _snake(tree: object) -> object:
@@ -133,6 +135,7 @@ def problems(cfg: SiteConfig, source: Path) -> list[str]:
          f"{cfg.data.task_name!r}: letters, digits, '-' and '_', starting with a letter (e.g. chest-findings)")
     need(bool(cfg.data.file), "data.file", "missing: the site's .npz file, labels CSV or image folder")
     need(1 <= cfg.runtime_port <= 65535, "runtime-port", f"{cfg.runtime_port}: a TCP port")
+    need(cfg.site_cache_mib >= 0, "site-cache-mib", f"{cfg.site_cache_mib}: MiB, 0 or more")
     try:
         check_device_syntax(cfg.device, cfg.precision)
     except ConfigError as err:

@@ -40,7 +40,7 @@ class LoadPlan:
     in turn is killed while it runs a ClientApp and restarted ``down_seconds`` later; the server is
     killed and resumed after each round in ``server_restarts``. ``sample``: the share of sites each
     round trains and scores (Flower's ``fraction-train``/``-evaluate``), which bounds how many
-    ClientApp processes (about 1 GiB each with PyTorch) run at once."""
+    ClientApp processes (about 1 GiB each with PyTorch, without the site runtime) run at once."""
 
     sites: int = 20
     rounds: int = 30
@@ -50,6 +50,7 @@ class LoadPlan:
     num_train: int = 2000
     round_timeout: float = 600.0
     sample: float = 1.0
+    runtime: bool = True  # each site answers through its site runtime (False: a fresh process per message)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class MemoryWatch:
 def run_load(folder: Path, plan: LoadPlan) -> LoadReport:
     """Run ``plan`` in ``folder`` and report; every process is stopped, whatever happens."""
     names = [f"S{i:02d}" for i in range(plan.sites)]
-    fed = LocalFederation(folder, names, plan.rounds, num_train=plan.num_train, **{
+    fed = LocalFederation(folder, names, plan.rounds, num_train=plan.num_train, runtime=plan.runtime, **{
         # a budget that never binds: what is measured is the account's continuity, not its limit
         "privacy.dp": "true", "privacy.noise_multiplier": 2.0, "privacy.epsilon": 1000.0,
         "strategy.min_sites": max(1, plan.sites - 1), "strategy.round_timeout": plan.round_timeout,
@@ -206,11 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=0.5,
                         help="share of the sites each round trains and scores (default: 0.5; each ClientApp "
                              "takes about 1 GiB)")
+    parser.add_argument("--no-runtime", action="store_true",
+                        help="sites without their site runtime: a fresh ClientApp process per message (for comparison)")
     args = parser.parse_args(argv)
     if args.folder.exists() and any(args.folder.iterdir()):
         parser.error(f"{args.folder}: not empty; the load test lays out a new federation there")
     plan = LoadPlan(sites=args.sites, rounds=args.rounds, kill_every=args.kill_every,
-                    server_restarts=tuple(args.server_restarts), num_train=args.num_train, sample=args.sample)
+                    server_restarts=tuple(args.server_restarts), num_train=args.num_train, sample=args.sample,
+                    runtime=not args.no_runtime)
     report = run_load(args.folder, plan)
     out = args.folder / "load-test.json"
     out.write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1))

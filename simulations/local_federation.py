@@ -42,10 +42,11 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, poll: float 
 
 class LocalFederation:
     """A demo federation in ``folder``: certificates, site files, data, and the processes it runs.
-    ``overrides`` are run-configuration keys for ``omnirad-server`` (``_`` for ``-``)."""
+    ``overrides`` are run-configuration keys for ``omnirad-server`` (``_`` for ``-``); ``runtime``:
+    whether each site answers through its site runtime (else a fresh process per message)."""
 
     def __init__(self, folder: Path, sites: list[str], rounds: int, tasks: tuple[str, ...] = (),
-                 num_train: int = 300, **overrides: object) -> None:
+                 num_train: int = 300, runtime: bool = True, **overrides: object) -> None:
         self.folder, self.port = folder, free_loopback_port()
         write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=num_train, tasks=tasks)
         # each site makes its key pair itself; the coordinator registers the public keys alone
@@ -57,6 +58,7 @@ class LocalFederation:
             site = yaml.safe_load(path.read_text())
             site["runtime-port"] = free_loopback_port()
             site["trusted-publishers"] = ["../certs/publisher.pub"]
+            site["site-runtime"] = runtime
             path.write_text(yaml.safe_dump(site))
         self.overrides = [f"{key.replace('_', '-')}={value}" for key, value in overrides.items()]
         self.env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
@@ -108,6 +110,14 @@ class LocalFederation:
                        for child in psutil.Process(process.pid).children(recursive=True))
         except psutil.Error:
             return False
+
+    def kill_runtime(self, name: str) -> int:
+        """SIGKILL site ``name``'s runtime alone (as the out-of-memory killer would); returns its PID."""
+        site = psutil.Process(self.processes[f"site-{name}"].pid)
+        runtime = next(p for p in site.children() if "omnirad_fl.client.runtime" in " ".join(p.cmdline()))
+        runtime.kill()
+        runtime.wait(10)
+        return runtime.pid
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory of each running process name, with all it started, in MiB."""

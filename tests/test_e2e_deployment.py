@@ -17,7 +17,7 @@ import yaml
 
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.server.app_bundle import write_publisher_key
-from omnirad_fl.simulations.load_test import LoadPlan, run_load
+from omnirad_fl.simulations.load_test import LoadPlan, LoadReport, read_run_folder, run_load
 from omnirad_fl.simulations.local_federation import LocalFederation, wait_for
 
 pytestmark = pytest.mark.slow
@@ -177,3 +177,24 @@ def test_a_dp_federation_survives_a_site_killed_mid_training_and_a_server_restar
     assert report.epsilon_monotone and set(report.epsilon_by_site) == {"0", "1", "2"}
     assert report.site_rounds_trained >= 8 and all(len(v) >= 2 for v in report.epsilon_by_site.values())
     assert report.ok and report.peak_rss_mb["server"] > 0 and report.round_seconds["p50"] > 0
+
+
+def test_a_site_whose_runtime_is_killed_mid_round_answers_the_next_round(federation_in):
+    # DP-SGD: the privacy account lives on disk, so the restarted runtime goes on from it
+    fed = federation_in(["A", "B"], rounds=3, **{"strategy.min_sites": 1, "model.head_init": "'random'",
+                                                 "privacy.dp": "true", "privacy.noise_multiplier": 2.0,
+                                                 "privacy.epsilon": 1000.0})
+    fed.start_server()
+    for name in "AB":
+        fed.start_site(name)
+    wait_for(lambda: fed.rounds_done() >= 1, 600, "round 1")
+    wait_for(lambda: fed.running_clientapp("A"), 300, "site A's next message", poll=0.1)
+    killed_in = fed.rounds_done() + 1
+    fed.kill_runtime("A")  # the out-of-memory killer's way: SIGKILL, mid-message
+    assert fed.processes["server"].wait(timeout=900) == 0, fed.log("server")
+    assert "the site runtime exited with status -9; starting it again" in fed.log("site-A")
+    report = LoadReport(plan={"rounds": 3})
+    read_run_folder(fed, report)
+    assert report.rounds_completed == 3 and killed_in < 3
+    assert "0" in json.loads((fed.run_folder() / "summary.json").read_text())["sites-per-round"]["3"]
+    assert report.epsilon_monotone and len(report.epsilon_by_site["0"]) >= 2, report.epsilon_by_site

@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 from omnirad.protocol import RUNTIME_UNAVAILABLE, WRONG_VERSION
 from omnirad_fl.client.runtime import SiteRuntime
 from omnirad_fl.client.runtime_proxy import RuntimeProxy, forwarding_loader
+from omnirad_fl.client.runtime_supervisor import SiteRuntimeProcess, listening, serve_site
 
 VERSION = "0.1.0"
 small_app = ClientApp()
@@ -135,3 +136,28 @@ def test_the_per_message_clientapp_imports_no_torch():
             "print(sorted(m for m in ('torch', 'timm', 'monai', 'opacus') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_omnirad_client_starts_a_dead_runtime_again_and_stops_it_with_the_supernode(tmp_path):
+    listener = ("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); "
+                "time.sleep(60)")
+    folder = private_folder(tmp_path)
+    runtime = SiteRuntimeProcess(folder / "runtime.sock", cache_mib=64)
+    runtime.command = [sys.executable, "-c", listener, str(runtime.socket)]  # stands in for the 14 s import
+    started: list[int] = []
+
+    def kill_the_first_runtime() -> None:
+        while runtime.process is None or not listening(runtime.socket):
+            time.sleep(0.1)
+        time.sleep(2)  # the SuperNode has started
+        started.append(runtime.process.pid)
+        runtime.socket.unlink()
+        runtime.process.kill()
+
+    killer = threading.Thread(target=kill_the_first_runtime)
+    killer.start()
+    status = serve_site(runtime, [sys.executable, "-c", "import time; time.sleep(8)"], dict(os.environ))
+    killer.join()
+    assert status == 0 and runtime.restarts == 1 and runtime.process is not None
+    assert runtime.process.pid != started[0] and runtime.process.poll() is not None  # the second one stopped too
+    assert not folder.exists()
