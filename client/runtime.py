@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     version = importlib.metadata.version(PACKAGE)
     with SiteRuntime(args.socket, app, version) as runtime:
-        log.info("OmniRad-FL %s ready on %s (pid %d)", version, args.socket, os.getpid())
+        # on the site's terminal whatever the ClientApp's import made of logging (warnings only, unless verbose)
+        print(f"site runtime: OmniRad-FL {version} ready on {args.socket} (pid {os.getpid()})", flush=True)
         runtime.serve_forever()
     return 0
 
