@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from flwr.clientapp import ClientApp
 
-from omnirad.logs import show_progress
 from omnirad_fl.client import closed_form, gather, multitask, pretraining, rounds, vocabulary  # noqa: F401
 from omnirad_fl.client.replies import error_replies
 from omnirad_fl.client.site_handlers import install
 
 app = install(ClientApp(mods=[error_replies]))
-show_progress()

@@ -12,11 +12,16 @@ from collections.abc import Callable
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from omnirad.logs import show_progress
+
 Handler = Callable[[Message, Context], Message]
 CATEGORIES = ("train", "evaluate", "query")
 DEFAULT_ACTION = "default"  # Flower's action of a bare ``train`` / ``evaluate`` / ``query`` message
 
 SITE_HANDLERS: dict[str, Handler] = {}  # "<category>.<action>" -> handler
+# Here, not in client/app.py: a simulation's Ray workers receive the ClientApp pickled and import
+# only the modules its handlers live in, every one of which imports this one.
+show_progress()
 
 
 def site_handler(category: str, action: str = DEFAULT_ACTION) -> Callable[[Handler], Handler]:
