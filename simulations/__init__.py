@@ -5,7 +5,8 @@
   ``demo`` (``make demo``), ``deploy_demo``, ``config_docs``, ``partition_plot``, ``study_files``
   and ``dicom_files`` (files in public formats, for checks without real data).
 - Harness: ``flower_local`` (a loopback simulation SuperLink), ``local_federation`` (a deployed
-  federation on one machine), ``load_test``; the tools and the tests start federations with them.
+  federation on one machine), ``load_test``, ``in_process`` (a whole federation in one process,
+  no SuperLink); the tools, the studies and the tests run federations with them.
 - Studies and benchmarks behind the docs' numbers live in ``simulations/studies/``: kept and
   runnable by path, not installed.
 """

@@ -39,9 +39,9 @@ from omnirad_fl.server.phases import ServerRun, run_phases
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.simulations.flower_local import instruction
+from omnirad_fl.simulations.in_process import InProcessGrid
 from omnirad_fl.simulations.report import write_run_report
 from tests.conftest import QueryGrid
-from tests.in_process import InProcessGrid
 
 SMALL = {"data.num-train": 400, "data.num-test": 80, "data.size": 32, "data.num-sites": 4, "data.alpha": 0.1,
          "data.min-site-samples": 10, "model.head-init": "ridge", "model.adapter": "linear"}

@@ -29,9 +29,9 @@ from omnirad_fl.server import app as server_app  # noqa: F401 - the ServerApp's 
 from omnirad_fl.server.phases import PHASES, Phase, ServerRun, run_phases
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.simulations.in_process import InProcessGrid
 from omnirad_fl.strategies import STRATEGIES, StrategySpec, build_strategy, flower_strategy
 from omnirad_fl.strategies.site_queries import ask_every_site
-from tests.in_process import InProcessGrid
 
 SMALL = {"data.num-train": 160, "data.num-test": 40, "data.size": 32, "data.num-sites": 2, "data.partition": "iid"}
 

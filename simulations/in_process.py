@@ -1,7 +1,7 @@
 """A whole federation in this process, without Flower's SuperLink or Ray: the server's phases
 send their messages through ``InProcessGrid`` to the real ClientApp, one Flower ``Context`` per
-site. For tests of how phases and site handlers fit together; the end-to-end tests run the same
-apps through ``flwr run``."""
+site. For tests and studies of how phases and site handlers fit together (seconds, not minutes);
+the end-to-end tests run the same apps through ``flwr run``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class InProcessGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+    def send_and_receive(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
         replies = []
         for msg in messages:
             node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
