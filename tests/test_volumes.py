@@ -188,7 +188,8 @@ def test_a_volume_is_scored_by_the_mean_or_max_of_its_slices(tmp_path):
     logits = torch.tensor([[0.0, 4.0], [0.5, 0.0], [0.5, 0.0], [2.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
     labels, volumes = np.array([1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 1, 1, 1])
     mean = volume_metrics(labels, logits, task, volumes, "mean")
-    assert mean["volume_accuracy"] == 1.0 and set(mean) == {"volume_accuracy", "volume_macro_f1", "volume_auc"}
+    assert mean["volume_accuracy"] == 1.0
+    assert set(mean) == {"volume_accuracy", "volume_macro_f1", "volume_auc", "volume_ece"}  # calibration per volume too
     found = task_metrics(labels, logits, task, volumes, "max")
     assert found["accuracy"] == pytest.approx(4 / 6) and found["volume_accuracy"] == 1.0
     assert "volume_accuracy" not in task_metrics(labels, logits, task)
