@@ -7,7 +7,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -52,3 +52,15 @@ def stop_process_tree(pid: int, grace: float = 10.0) -> list[int]:
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
     return [proc.pid for proc in tree]
+
+
+def still_running(pids: Iterable[int]) -> list[int]:
+    """Those of ``pids`` that are alive (not zombies): none, once a stop worked."""
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive

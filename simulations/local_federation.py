@@ -22,7 +22,7 @@ import yaml
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.server.app_bundle import write_publisher_key
 from omnirad_fl.server.certs import write_federation
-from omnirad_fl.server.processes import free_loopback_port, stop_process_tree
+from omnirad_fl.server.processes import free_loopback_port, still_running, stop_process_tree
 from omnirad_fl.simulations.deploy_demo import write_demo
 
 BIN = Path(sys.executable).parent
@@ -148,11 +148,4 @@ class LocalFederation:
 
     def leftovers(self) -> list[int]:
         """Processes this federation stopped that are still alive (none, when cleanup worked)."""
-        alive = []
-        for pid in self.stopped:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                continue
-        return alive
+        return still_running(self.stopped)

@@ -3,12 +3,12 @@
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from omnirad.protocol import ROUND_TOKEN, SITE_INFO
+from omnirad_fl.server.processes import still_running
 from omnirad_fl.strategies import wrapper
 
 # Before anything imports huggingface_hub (it reads these once): never touch the network.
@@ -78,18 +78,6 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def still_running(pids: list[int]) -> list[int]:
-    """Those of ``pids`` that are alive (not zombies): none, once a stop worked."""
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
 
 
 class SharedSuperLinks:
