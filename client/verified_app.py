@@ -11,6 +11,7 @@ imports PyTorch (the import is the cost the runtime saves on every message).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -18,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 from flwr.supernode.runtime import run_clientapp as flower_runtime
 
 from omnirad.app_trust import parse_trusted, verify_bundle
@@ -42,6 +42,21 @@ def verifying(install: Callable[..., Path], trusted_file: Path) -> Callable[...,
     return install_if_trusted
 
 
+def flower_clientapp_command() -> Callable[[], None]:
+    """Flower's ``flwr-clientapp`` entry point, loaded from its own file. Importing it by name first
+    runs the ``flwr.supernode.cli`` package, which imports the whole SuperNode (its SQL object store
+    and SQLAlchemy): measured here, 3.5 s of start-up per message against 1.6 s this way, for code
+    this per-message process never runs."""
+    runtime_file = Path(flower_runtime.__file__)
+    spec = importlib.util.spec_from_file_location("omnirad_flwr_clientapp", runtime_file.parents[1] / "cli" / "flwr_clientapp.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"Flower's flwr-clientapp command is not beside {runtime_file}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    command: Callable[[], None] = module.flwr_clientapp
+    return command
+
+
 def main() -> None:
     trusted_file, runtime_socket = os.environ.get(TRUSTED_ENV), os.environ.get(RUNTIME_ENV)
     if not trusted_file and not runtime_socket:
@@ -50,7 +65,7 @@ def main() -> None:
         flower_runtime.install_from_fab = verifying(flower_runtime.install_from_fab, Path(trusted_file))
     if runtime_socket:
         flower_runtime.get_load_client_app_fn = forwarding_loader(Path(runtime_socket))
-    flwr_clientapp()
+    flower_clientapp_command()()
 
 
 if __name__ == "__main__":
