@@ -14,6 +14,8 @@
         vocabulary.txt            a federated caption vocabulary, one word a line (config.yaml names it)
         partition.json, .png      each site's sample count and label histogram
         curves.png                metrics per round
+        tracking.json, tensorboard/   run.tracking: the tracker's run (MLflow's store is beside the folder,
+                                  <run.output-dir>/mlflow.db); the same numbers as metrics.jsonl
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from omnirad.protocol import ARRAYS, EPSILON, METRICS, NUM_EXAMPLES, PEAK_RSS_MB
 from omnirad.run_files import ENCODER_FILE, STANDARDISATION_FILE, encoder_record
 from omnirad.standardise import Standardisation
 from omnirad.tasks import TaskSpec
+from omnirad.tracking import Tracker, open_tracker, round_scalars
 from omnirad_fl.server.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ def _metrics(record: MetricRecord | None) -> dict[str, float]:
 class RunFolder:
     """Creates the run folder and implements ``strategies.RoundObserver`` to fill it."""
 
-    def __init__(self, cfg: Config, path: Path) -> None:
+    def __init__(self, cfg: Config, path: Path, tracker: Tracker | None = None) -> None:
         self.cfg = cfg
         task: TaskSpec = task_info(cfg)
         self.headline_metrics, self.selection_metric = task.headline_metrics, task.selection_metric
@@ -87,6 +90,7 @@ class RunFolder:
         self.site_of_node: dict[int, int] = {}  # Flower node id -> site, learnt from replies, to name failures
         self.node_of_message: dict[str, int] = {}  # instruction id -> destination: the SuperLink answers for lost nodes
         self.run_key = run_key(path)
+        self.tracker = tracker  # run.tracking: every round's line goes there too
 
     @classmethod
     def create(cls, cfg: Config, vocabulary: tuple[str, ...] = ()) -> RunFolder:
@@ -107,7 +111,10 @@ class RunFolder:
             cfg = load_config({**to_flat(cfg), "data.vocabulary": str(path / VOCABULARY_FILE)})
         (path / "config.yaml").write_text(to_yaml(cfg))
         (path / ENCODER_FILE).write_text(json.dumps(encoder_record(cfg), indent=2))
-        return cls(cfg, path)
+        tracker = open_tracker(cfg, path)
+        if tracker is not None:
+            tracker.log_params(to_flat(cfg))
+        return cls(cfg, path, tracker)
 
     @classmethod
     def reopen(cls, cfg: Config, path: Path, done_rounds: int) -> RunFolder:
@@ -121,7 +128,9 @@ class RunFolder:
         if differ:
             raise ConfigError(f"run.resume-from={path}: the run was made with other values for {', '.join(differ)} "
                               f"(for example {differ[0]}={saved.get(differ[0])!r}, now {now.get(differ[0])!r})")
-        folder = cls(cfg, path)
+        folder = cls(cfg, path, open_tracker(cfg, path, after_step=done_rounds))
+        if folder.tracker is not None:
+            folder.tracker.log_params(to_flat(cfg))
         metrics = path / "metrics.jsonl"
         lines = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
         folder.rounds = [line for line in lines if line["round"] <= done_rounds]
@@ -216,6 +225,8 @@ class RunFolder:
         self.rounds.append(line)
         with open(self.path / "metrics.jsonl", "a") as out:
             out.write(json.dumps(line) + "\n")
+        if self.tracker is not None:
+            self.tracker.log_round(server_round, round_scalars(line))
         print_round(line, header=len(self.rounds) == 1, metrics=self.headline_metrics)
         return line
 
@@ -228,7 +239,24 @@ class RunFolder:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.rounds:
             plot_curves(self.rounds, self.path / "curves.png", self.headline_metrics)
+        if self.tracker is not None:
+            self.tracker.log_round(summary["rounds"], summary_scalars(summary))
+            self.tracker.log_artifacts(self.path / name for name in ARTIFACTS if (self.path / name).is_file())
+            self.tracker.close()
         return summary
+
+
+ARTIFACTS = ("config.yaml", "summary.json", "curves.png", "partition.png", "cross-site.png")
+
+
+def summary_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """What the tracker keeps of summary.json: the shipped model's scores and round, the totals."""
+    ship = summary.get("shipped") or {}
+    scalars = {f"shipped/test/{k}": v for k, v in ship.get("global", {}).items()}
+    scalars |= {f"shipped/federated-val/{k}": v for k, v in ship.get("federated-val", {}).items()}
+    scalars |= {"shipped/round": ship.get("round"), "wall-seconds": summary.get("wall-seconds"),
+                "total/bytes-up": summary.get("bytes-up"), "total/bytes-down": summary.get("bytes-down")}
+    return {k: float(v) for k, v in scalars.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def run_key(folder: Path) -> str:

@@ -132,6 +132,32 @@ class SharedSuperLinks:
         assert not still_running(link.started_pids)
 
 
+@pytest.fixture
+def run_in_process(tmp_path, task_identity):
+    """Run the app's phases against its ClientApp in this process (``simulations.in_process``: no
+    SuperLink, no Ray, one Flower ``Context`` per site kept across messages, as Ray keeps it).
+    ``run_config`` is written as for ``flwr run --run-config`` and parsed by Flower's own parser (or
+    given parsed, as a dict); ``data.num-sites`` is ``num_sites``; ``node_configs``: each site's, as
+    a deployed SuperNode gets it (a simulation's partitions if not given). Returns the run folder (None for a run that writes none:
+pretraining alone), under ``folder`` (the test's own by default). Sites cached by the runs are dropped
+    at the end of the test (a simulation's worker processes end with it)."""
+    from flwr.common.config import parse_config_args
+
+    from omnirad import site_cache
+    from omnirad_fl.simulations.in_process import run_in_process as run
+
+    def run_folder(num_sites: int, run_config: str | dict, folder: Path | None = None,
+                   node_configs: list[dict] | None = None) -> Path | None:
+        runs = (folder or tmp_path) / "runs"
+        parsed = parse_config_args([run_config]) if isinstance(run_config, str) else run_config
+        flat = {**parsed, "data.num-sites": num_sites, "run.output-dir": str(runs)}
+        finished = run(flat, num_sites, node_configs)
+        return None if finished.folder is None else Path(finished.folder.path)
+
+    yield run_folder
+    site_cache._SITES.clear()
+
+
 @pytest.fixture(scope="session")
 def superlinks(tmp_path_factory):
     """The session's shared simulation SuperLinks (``SharedSuperLinks``), all stopped by PID at its end."""

@@ -1,4 +1,7 @@
-"""End to end: federated self-supervised pretraining through `flwr run .`, then adapters on the result."""
+"""Federated self-supervised pretraining as a whole run, then adapters on the result: the server's
+phases against the real ClientApp in this process (``run_in_process``, conftest.py). These ran
+through ``flwr run`` before; what they assert is the pretraining phase, its site handler, what it
+sends and writes, and the adapter phase that follows, which is the same code in both."""
 
 import json
 from pathlib import Path
@@ -13,12 +16,12 @@ from omnirad_fl.simulations.report import write_run_report
 pytestmark = pytest.mark.slow
 
 
-def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_encoder(tmp_path, superlinks):
+def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_encoder(tmp_path, run_in_process):
     encoder_file = tmp_path / "ssl-encoder.safetensors"
-    (folder,) = superlinks.run(tmp_path, 2, f"ssl.rounds=1 ssl.objective='dino' ssl.half-precision=true "
-                                       f"ssl.batch-size=16 ssl.save-encoder='{encoder_file}' num-server-rounds=1 "
-                                       "data.num-train=64 data.num-test=32 data.size=32 model.adapter='linear' "
-                                       "model.standardise-features=true train.local-epochs=1")
+    folder = run_in_process(2, f"ssl.rounds=1 ssl.objective='dino' ssl.half-precision=true "
+                               f"ssl.batch-size=16 ssl.save-encoder='{encoder_file}' num-server-rounds=1 "
+                               "data.num-train=64 data.num-test=32 data.size=32 model.adapter='linear' "
+                               "model.standardise-features=true train.local-epochs=1")
     (line,) = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
     assert line["round"] == 1 and line["sites"] == 2 and line["loss"] > 0 and line["images"] > 0
     # float16 both ways: half the float32 bytes (the integer-free ViT and heads), student and teacher down
@@ -40,12 +43,11 @@ def test_one_tiny_pretraining_round_then_a_standardised_probe_on_the_pretrained_
     assert "confusion.png" in write_run_report(folder).read_text()  # the final head scores again from the folder
 
 
-def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path, superlinks):
+def test_pretraining_alone_writes_the_encoder_and_no_adapter_run(tmp_path, run_in_process):
     encoder_file = Path(tmp_path) / "mae.safetensors"
     flwr_runs = tmp_path / "runs"
-    # the run must succeed: superlinks.flwr_run asserts its exit status
-    superlinks.flwr_run(2, f"ssl.rounds=2 ssl.objective='mae' ssl.save-encoder='{encoder_file}' num-server-rounds=0 "
-                           f"data.num-sites=2 data.num-train=48 data.size=32 run.output-dir='{flwr_runs}'", timeout=600)
+    assert run_in_process(2, f"ssl.rounds=2 ssl.objective='mae' ssl.save-encoder='{encoder_file}' "
+                             "num-server-rounds=0 data.num-train=48 data.size=32", tmp_path) is None  # no run folder
     lines = [json.loads(x) for x in encoder_file.with_suffix(".jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2] and lines[0]["bytes-up"] == lines[0]["bytes-up-float32"]
     assert lines[0]["bytes-down"] == lines[0]["bytes-up"]  # MAE has no teacher to send

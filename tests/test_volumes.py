@@ -220,7 +220,9 @@ def write_volume_site(folder: Path, kind: str, num_volumes: int, seed: int) -> P
 
 
 @pytest.mark.slow
-def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volumes(tmp_path, superlinks):
+def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volumes(tmp_path, run_in_process):
+    """Whole runs in this process (``run_in_process``, conftest.py; through ``flwr run`` before):
+    each site reads its CSV of volumes, trains on slices, and site and server score whole volumes."""
     runs = []
     for kind in ("nifti", "dicom"):
         sites = ",".join(str(write_volume_site(tmp_path / f"{kind}-{s}", kind, 10, seed)) for seed, s in enumerate("ab"))
@@ -228,7 +230,8 @@ def test_two_round_federations_on_nifti_and_on_dicom_sites_score_slices_and_volu
         runs.append(f"data.dataset='files' data.site-files='{sites}' data.test-file='{test}' data.task='binary-class' "
                     "data.num-classes=2 data.size=28 data.window='abdomen' model.adapter='linear' "
                     "model.head-init='random' num-server-rounds=2 train.local-epochs=3")
-    for folder in superlinks.run(tmp_path, 2, *runs):
+    for number, run_config in enumerate(runs):
+        folder = run_in_process(2, run_config, tmp_path / f"run-{number}")
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["rounds"] == 2 and summary["final"]["accuracy"] > 0.8
         assert summary["final"]["volume-accuracy"] > 0.8  # the server's 6 held-out volumes, 4 slices each

@@ -258,6 +258,12 @@ class RunConfig:
                                    "terminal too (`OMNIRAD_VERBOSE=1` does the same); by default it goes only to the "
                                    "run folder's `flower.log`, and the terminal shows the project's messages, the "
                                    "round table and warnings")
+    tracking: str = setting("none", "experiment tracking besides `metrics.jsonl`, to local files only: `none`, "
+                                    "`tensorboard` (event files in the run folder's `tensorboard/`) or `mlflow` "
+                                    "(MLflow's SQLite store `<run.output-dir>/mlflow.db`); optional extras: "
+                                    "`pip install 'omnirad-fl[tensorboard]'` or `[mlflow]` (docs/ecosystem.md)")
+    tracking_experiment: str = setting("", "`run.tracking=mlflow`: the MLflow experiment (default: the name of "
+                                           "`run.output-dir`'s folder, so a sweep's cells are one experiment)")
 
 
 @dataclass
