@@ -20,6 +20,7 @@ import signal
 import socket
 import socketserver
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,13 @@ def answer(app: ClientAppLike, installed: str, frames: list[bytes]) -> list[byte
     version, message_bytes, context_bytes = frames
     message = message_from_proto(ProtoMessage.FromString(message_bytes))
     context = context_from_proto(ProtoContext.FromString(context_bytes))
+    received = time.time()
     reply = respond(app, installed, version.decode(), message, context)
+    # one line per message on the site's terminal: what the server asked, how long the message took to
+    # get here from the server (Flower's polls, the per-message process) and how long the answer took
+    print(f"site runtime: {message.metadata.message_type} reached the runtime "
+          f"{received - message.metadata.created_at:.1f} s after the server sent it, answered in "
+          f"{time.time() - received:.1f} s{' (error)' if reply.has_error() else ''}", flush=True)
     return [message_to_proto(reply).SerializeToString(), context_to_proto(context).SerializeToString()]
 
 

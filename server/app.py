@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from omnirad.logs import show_progress
 from omnirad_fl.server import closed_form, core_phases, gather, multitask, pretraining, vocabulary  # noqa: F401
 from omnirad_fl.server.phases import ServerRun, run_phases
+from omnirad_fl.server.prompt_grid import PromptGrid
 from omnirad_fl.server.run_config import load_run_config
 
 app = ServerApp()
@@ -20,4 +21,4 @@ show_progress()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_phases(ServerRun(grid, load_run_config(context.run_config)))
+    run_phases(ServerRun(PromptGrid(grid), load_run_config(context.run_config)))
