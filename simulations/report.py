@@ -33,6 +33,7 @@ from omnirad.evaluation import CentralEvaluator
 from omnirad.methods import site_method
 from omnirad.multitask import TaskGroup, group_view, is_multitask, task_config
 from omnirad.run_files import read_broadcast
+from omnirad.tracking import reopen_tracker
 from omnirad_fl.server.multitask import read_tasks
 from omnirad_fl.server.plots import plot_captions, plot_confusion, plot_overlays, plot_site_bars
 
@@ -150,6 +151,10 @@ def write_run_report(folder: Path) -> Path:
     lines += plots
     report = folder / "report.md"
     report.write_text("\n".join(lines))
+    tracker = reopen_tracker(cfg, folder)  # run.tracking: the report and its plots join the run's artifacts
+    if tracker is not None:
+        tracker.log_artifacts([report, *sorted(p for p in folder.glob("*.png") if f"({p.name})" in report.read_text())])
+        tracker.close()
     return report
 
 

@@ -15,6 +15,7 @@ from omnirad_fl.server import app as server_app  # noqa: F401 - registers every 
 from omnirad_fl.server.phases import ServerRun, run_phases
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.simulations.in_process import InProcessGrid
+from omnirad_fl.simulations.report import write_run_report
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -71,6 +72,9 @@ def test_mlflow_lists_every_round_and_the_configuration(tmp_path):
     assert run.data.metrics["shipped/round"] == summary["shipped"]["round"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "curves.png"} <= artifacts
+    write_run_report(folder)  # written after the run: it joins the same MLflow run
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "sites.png"} <= artifacts and client.get_run(run.info.run_id).info.status == "FINISHED"
 
     # a second run in the same output folder (a sweep's next cell) is a second run of the same experiment
     run_in_process({**flat, "run.seed": 1})
