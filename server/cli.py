@@ -32,7 +32,16 @@ from omnirad.logs import show_progress
 from omnirad_fl.server.app_bundle import PUBLISHER_KEY, load_publisher_key, write_signed_app
 from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
 from omnirad_fl.server.checkpoint import MARK
-from omnirad_fl.server.fleet_gate import DEFAULT_MAX_REQUEST_MIB, GateSettings, ThreadedServer, fleet_gate
+from omnirad_fl.server.fleet_gate import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_BUFFERED_MIB,
+    DEFAULT_MAX_REQUEST_MIB,
+    GateSettings,
+    ThreadedServer,
+    fleet_gate,
+    option_problems,
+)
 from omnirad_fl.server.processes import free_loopback_port, stop_process_tree, wait_until_healthy
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import newest_summary
@@ -179,17 +188,18 @@ def start_link(args: argparse.Namespace, state_dir: Path, env: dict[str, str]) -
         return superlink, None
     superlink = SuperLink(args, state_dir, env, "127.0.0.1", free_loopback_port())
     superlink.start()
-    limit = args.max_request_mib << 20
-    if args.insecure:
-        settings = GateSettings(args.host, args.port, f"http://{superlink.address}", max_request_bytes=limit)
-    else:
-        tls = tls_files(args.certs)
-        settings = GateSettings(args.host, args.port, f"https://{superlink.address}", certfile=tls["cert"],
-                                keyfile=tls["key"], ca_certfile=tls["ca"], max_request_bytes=limit)
-    gate = fleet_gate(settings)
+    limits = {"max_request_bytes": args.max_request_mib << 20, "max_buffered_bytes": args.max_buffered_mib << 20,
+              "header_timeout": args.header_timeout, "body_timeout": args.body_timeout}
     try:
+        if args.insecure:
+            settings = GateSettings(args.host, args.port, f"http://{superlink.address}", **limits)
+        else:
+            tls = tls_files(args.certs)
+            settings = GateSettings(args.host, args.port, f"https://{superlink.address}", certfile=tls["cert"],
+                                    keyfile=tls["key"], ca_certfile=tls["ca"], **limits)
+        gate = fleet_gate(settings)
         gate.start()
-    except RuntimeError:
+    except BaseException:
         superlink.stop()
         raise
     log.info("fleet gate on %s:%d: the sites' API only, requests up to %d MiB; the Control API on %s (this machine)",
@@ -248,6 +258,14 @@ def app_folder(args: argparse.Namespace, state_dir: Path) -> Path:
     return folder
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """The command line's numbers, before anything starts (a limit of 0 would refuse every site)."""
+    problems = option_problems(max_request_mib=args.max_request_mib, max_buffered_mib=args.max_buffered_mib,
+                               header_timeout=args.header_timeout, body_timeout=args.body_timeout, port=args.port)
+    if problems:
+        raise ConfigError("\n  ".join(["options not usable:", *problems]))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="omnirad-server",
@@ -268,6 +286,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="go on from the newest run folder's last checkpoint")
     parser.add_argument("--max-request-mib", type=int, default=DEFAULT_MAX_REQUEST_MIB,
                         help="largest request a site may send, in MiB (default: %(default)s; Flower sends 5 MB chunks)")
+    parser.add_argument("--max-buffered-mib", type=int, default=DEFAULT_MAX_BUFFERED_MIB,
+                        help="request bytes the gate holds at once, over all connections, in MiB; beyond it a request "
+                             "is refused with 503 (default: %(default)s)")
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="SECONDS",
+                        help="a connection must send a request's headers within this time (default: %(default)s)")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
+                        help="the longest pause the gate waits for the next part of a request body "
+                             "(default: %(default)s)")
     parser.add_argument("--expose-control-api", action="store_true",
                         help="serve Flower's Control API (flwr run/ls/stop) on the public port too; it has no "
                              "authentication in Flower's open-source package: firewall the port to the coordinator")
@@ -283,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir = args.state_dir.expanduser().resolve()
     args.certs = args.certs.expanduser().resolve()
     try:
+        check_options(args)
         flat = run_configuration(args.config, args.overrides, state_dir / "runs", args.resume)
         check_credentials(args.certs, tls=not args.insecure)
     except ConfigError as err:

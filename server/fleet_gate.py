@@ -10,10 +10,18 @@ it terminates TLS with the federation's server certificate and forwards ``/v1/fl
 ``max_request_bytes`` 413 before any of it reaches the SuperLink (Flower sends arrays in 5 MB
 chunks, so a site never needs more). Written here because neither Flower nor its dependencies
 ship a path-filtering proxy; it is Starlette and httpx, which Flower itself runs on.
+
+What an unauthenticated client can make the gate do is bounded: a path httpx cannot send (``%00``,
+``%1b``) is answered 400; the bodies buffered at once add up to ``max_buffered_bytes`` at most
+(beyond it 503, so four 63 MiB bodies no longer double the gate's memory); a connection must send
+its request headers within ``header_timeout`` seconds and each piece of its body within
+``body_timeout`` seconds, or it is closed; a redirect from the SuperLink never carries its loopback
+address out (its ``Location`` is rewritten to the path alone, or the answer refused with 502).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -22,6 +30,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -30,10 +39,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 log = logging.getLogger(__name__)
 FLEET_PREFIX, HEALTH = "/v1/fleet/", "/health"
 DEFAULT_MAX_REQUEST_MIB = 64
+DEFAULT_MAX_BUFFERED_MIB = 256  # about 50 of Flower's 5 MB chunks in flight at once
+DEFAULT_HEADER_TIMEOUT_S = 30.0
+DEFAULT_BODY_TIMEOUT_S = 120.0  # the longest pause between two pieces of a request body
 # Headers that belong to one connection, not to the request (RFC 9110 section 7.6.1), and those
 # httpx sets itself for the forwarded request.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -42,6 +55,32 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 
 class RequestTooLarge(Exception):
     pass
+
+
+class GateBusy(Exception):
+    """Buffering this body would take the gate over its ``max_buffered_bytes``."""
+
+
+class BodyTooSlow(Exception):
+    pass
+
+
+def option_problems(*, max_request_mib: int, max_buffered_mib: int, header_timeout: float, body_timeout: float,
+                    port: int) -> list[str]:
+    """What is wrong with the gate's options, each named as ``omnirad-server`` spells it (empty: fine)."""
+    problems = []
+    if max_request_mib < 1:
+        problems.append(f"--max-request-mib {max_request_mib}: must be at least 1 (Flower sends 5 MB chunks; 0 or "
+                        "less would refuse every request, /health included)")
+    if max_buffered_mib < max(1, max_request_mib):
+        problems.append(f"--max-buffered-mib {max_buffered_mib}: must be at least --max-request-mib "
+                        f"({max_request_mib}), or a request of the largest allowed size could never pass")
+    for name, seconds in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if not 0 < seconds <= 3600:  # NaN too
+            problems.append(f"{name} {seconds}: must be more than 0 and at most 3600 seconds")
+    if not 1 <= port <= 65535:
+        problems.append(f"--port {port}: must be between 1 and 65535")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,31 @@ class GateSettings:
     keyfile: Path | None = None
     ca_certfile: Path | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_MIB << 20
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_MIB << 20
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not (0 < self.max_request_bytes <= self.max_buffered_bytes and 0 < self.header_timeout <= 3600
+                and 0 < self.body_timeout <= 3600 and 0 < self.port <= 65535):
+            raise ValueError(f"fleet gate: unusable settings {self} (limits at least 1 byte, the buffer at least "
+                             "one request, timeouts in (0, 3600] seconds)")
+
+
+class BufferBudget:
+    """The request bytes the gate holds at once, over all connections (the gate's one event loop
+    touches it, so it needs no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise GateBusy
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 def passes(path: str) -> bool:
@@ -63,18 +127,55 @@ def passes(path: str) -> bool:
     return path.startswith(FLEET_PREFIX) or path == HEALTH
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it (or its declared length) exceeds ``limit`` bytes."""
+async def read_body(request: Request, limit: int, budget: BufferBudget | None = None,
+                    pause: float | None = None) -> tuple[bytes, int]:
+    """The request body and the bytes of ``budget`` it holds (give them back once it is sent on).
+    Refused as soon as it (or its declared length) exceeds ``limit`` bytes (``RequestTooLarge``),
+    would take the gate over its budget (``GateBusy``: a declared length is taken whole, before any
+    of it is read) or pauses longer than ``pause`` seconds between two pieces (``BodyTooSlow``)."""
+    budget = budget if budget is not None else BufferBudget(limit)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+    held = 0
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
             raise RequestTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+        budget.take(int(declared))
+        held = int(declared)
+    chunks, size = [], 0
+    stream = request.stream().__aiter__()
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), pause)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as err:
+                raise BodyTooSlow from err
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge
+            if size > held:
+                budget.take(size - held)
+                held = size
+            chunks.append(chunk)
+    except BaseException:
+        budget.give_back(held)
+        raise
+    return b"".join(chunks), held
+
+
+def local_location(location: str, upstream: httpx.URL) -> str | None:
+    """A redirect's target as a path on the gate, or None when it leads anywhere but the SuperLink's
+    own Fleet API (the SuperLink's redirects name its loopback address, which stays inside)."""
+    try:
+        target = upstream.join(location)
+    except httpx.InvalidURL:
+        return None
+    if (target.scheme, target.host, target.port) != (upstream.scheme, upstream.host, upstream.port):
+        return None
+    if not passes(target.path):
+        return None
+    return target.raw_path.decode("ascii")
 
 
 def gate_app(settings: GateSettings) -> Starlette:
@@ -83,28 +184,54 @@ def gate_app(settings: GateSettings) -> Starlette:
     if settings.ca_certfile is not None:
         verify = ssl.create_default_context(cafile=str(settings.ca_certfile))
     client = httpx.AsyncClient(base_url=settings.upstream, verify=verify, timeout=httpx.Timeout(300.0))
+    upstream, budget = httpx.URL(settings.upstream), BufferBudget(settings.max_buffered_bytes)
 
     async def forward(request: Request) -> Response:
         path = request.url.path
         target = path + (f"?{request.url.query}" if request.url.query else "")
-        # httpx removes dot segments when it builds the upstream URL (/v1/fleet/../control/... becomes
-        # /v1/control/...): the path the SuperLink would see is the one that must pass
-        upstream_path = client.build_request(request.method, target).url.path
+        try:
+            # httpx removes dot segments when it builds the upstream URL (/v1/fleet/../control/... becomes
+            # /v1/control/...): the path the SuperLink would see is the one that must pass
+            upstream_path = client.build_request(request.method, target).url.path
+        except httpx.InvalidURL:  # a control character (%00, %1b) decoded into the path, say
+            return PlainTextResponse("the request's path is not a valid URL path\n", status_code=400)
         if not (passes(path) and passes(upstream_path)):
             log.warning("fleet gate: refused %s %s from %s", request.method, path,
                         request.client.host if request.client else "?")
             return PlainTextResponse("this port serves the sites' Fleet API only\n", status_code=403)
         try:
-            body = await read_body(request, settings.max_request_bytes)
+            body, held = await read_body(request, settings.max_request_bytes, budget, settings.body_timeout)
         except RequestTooLarge:
             log.warning("fleet gate: refused a request to %s over %d bytes", path, settings.max_request_bytes)
             return PlainTextResponse(f"request larger than {settings.max_request_bytes} bytes\n", status_code=413)
+        except GateBusy:
+            log.warning("fleet gate: refused a request to %s: %d bytes of requests already buffered", path,
+                        budget.held)
+            return PlainTextResponse("the gate is buffering as many requests as it may; try again shortly\n",
+                                     status_code=503, headers={"retry-after": "1"})
+        except BodyTooSlow:
+            return PlainTextResponse(f"no part of the request body for {settings.body_timeout:g} s\n",
+                                     status_code=408)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         try:
             answer = await client.request(request.method, target, content=body, headers=headers)
+        except httpx.InvalidURL:
+            return PlainTextResponse("the request's path is not a valid URL path\n", status_code=400)
         except httpx.TransportError:
             return PlainTextResponse("the SuperLink is not answering\n", status_code=502)
+        finally:
+            del body
+            budget.give_back(held)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        if answer.is_redirect or "location" in answer.headers:
+            location = local_location(answer.headers.get("location", ""), upstream)
+            if location is None:
+                log.warning("fleet gate: refused the SuperLink's %d to %s for %s", answer.status_code,
+                            answer.headers.get("location"), path)
+                return PlainTextResponse("the SuperLink answered with a redirect the gate does not pass on\n",
+                                         status_code=502)
+            kept = {k: v for k, v in kept.items() if k.lower() not in ("location", "content-location")}
+            kept["location"] = location
         return Response(answer.content, status_code=answer.status_code, headers=kept)
 
     @contextlib.asynccontextmanager
@@ -116,13 +243,65 @@ def gate_app(settings: GateSettings) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
+def header_deadline(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools, else h11) with a deadline for request headers: uvicorn
+    times out an idle kept-alive connection, but a connection that sent part of its headers, or
+    nothing at all, it holds for ever. The deadline is armed when a connection opens and after each
+    response, and disarmed when the next request's headers are complete (uvicorn then starts a new
+    request cycle); a connection still without them at the deadline is closed."""
+    base: Any = AutoHTTPProtocol
+
+    class HeaderDeadline(base):  # type: ignore[misc, valid-type]
+        _timer: asyncio.TimerHandle | None = None
+        _after: object = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._after = self.cycle
+            self._timer = self.loop.call_later(seconds, self._late)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _late(self) -> None:
+            self._timer = None
+            if self.cycle is self._after and not self.transport.is_closing():
+                log.warning("fleet gate: closed a connection from %s that sent no complete request headers in %g s",
+                            self.client[0] if self.client else "?", seconds)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._timer is not None and self.cycle is not self._after:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
+
+
 class ThreadedServer:
-    """An ASGI app served by uvicorn on a thread of this process (TLS when given a certificate)."""
+    """An ASGI app served by uvicorn on a thread of this process (TLS when given a certificate;
+    request headers due within ``header_timeout`` seconds of a connection or a response)."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, *, certfile: Path | None = None,
-                 keyfile: Path | None = None) -> None:
+                 keyfile: Path | None = None, header_timeout: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
         self.where = f"{host}:{port}"
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                                http=header_deadline(header_timeout),
                                 ssl_certfile=str(certfile) if certfile else None,
                                 ssl_keyfile=str(keyfile) if keyfile else None)
         self.server = uvicorn.Server(config)
@@ -144,4 +323,4 @@ class ThreadedServer:
 def fleet_gate(settings: GateSettings) -> ThreadedServer:
     """The gate on a thread of ``omnirad-server``: started after the SuperLink, stopped with it."""
     return ThreadedServer(gate_app(settings), settings.host, settings.port, certfile=settings.certfile,
-                          keyfile=settings.keyfile)
+                          keyfile=settings.keyfile, header_timeout=settings.header_timeout)

@@ -2,13 +2,18 @@
 Control and Runtime APIs and oversized requests before they reach it (on 127.0.0.1, plain HTTP:
 the end-to-end deployment tests run the same gate with TLS in front of a real SuperLink)."""
 
+import asyncio
+import concurrent.futures
 import http.client
+import socket
+import threading
+import time
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
 from omnirad_fl.server.fleet_gate import GateSettings, ThreadedServer, fleet_gate
@@ -22,10 +27,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.port = 0
 
-    async def answer(self, request: Request) -> JSONResponse:
+    async def answer(self, request: Request) -> JSONResponse | RedirectResponse:
         body = await request.body()
         self.seen.append(request.url.path)
+        if request.url.path.endswith("/") and len(request.url.path) > 1:  # as Starlette's redirect_slashes does
+            return RedirectResponse(str(request.url).rstrip("/"), status_code=307)
+        if request.url.path.endswith("to-control"):
+            return RedirectResponse(str(request.url.replace(path="/v1/control/start-run")), status_code=307)
         return JSONResponse({"path": request.url.path, "query": request.url.query, "bytes": len(body),
                              "signature": request.headers.get("x-signature")},
                             status_code=401 if request.url.path.endswith("unauthorised") else 200,
@@ -35,6 +45,7 @@ class Recorder:
 @pytest.fixture
 def gate():
     recorder, upstream_port, public_port = Recorder(), free_loopback_port(), free_loopback_port()
+    recorder.port = upstream_port
     app = Starlette(routes=[Route("/{path:path}", recorder.answer, methods=["GET", "POST"])])
     stand_in = ThreadedServer(app, "127.0.0.1", upstream_port)
     stand_in.start()
@@ -86,3 +97,108 @@ def test_a_request_over_the_limit_is_refused_before_the_superlink_sees_it(gate):
 
     assert client.post("/v1/fleet/push-object", content=chunks()).status_code == 413
     assert recorder.seen == ["/v1/fleet/push-object"]
+
+
+# Issue 32, item 7: what an unauthenticated client can make the gate do is bounded.
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """Send bytes exactly as written; the answer's first line (empty when the gate closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request)
+        return connection.makefile("rb").readline()
+
+
+@pytest.mark.parametrize("path", ["/v1/fleet/pull-messages%00", "/v1/fleet/%1b[31m", "/health%0d%0aX: y"])
+def test_a_path_httpx_cannot_send_is_answered_400_not_500(gate, path):
+    client, recorder = gate
+    status = raw_request(client.base_url.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert recorder.seen == []
+
+
+def test_a_redirect_never_carries_the_superlinks_loopback_address_out(gate):
+    client, recorder = gate
+    answer = client.post("/v1/fleet/pull-messages/", content=b"{}")  # the stand-in redirects trailing slashes
+    assert answer.status_code == 307
+    assert answer.headers["location"] == "/v1/fleet/pull-messages"
+    assert str(recorder.port) not in answer.text + str(answer.headers)
+    answer = client.post("/v1/fleet/to-control", content=b"{}")  # a redirect out of the Fleet API is not passed on
+    assert answer.status_code == 502 and "location" not in answer.headers
+    assert str(recorder.port) not in answer.text
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--max-request-mib", "-1"], "--max-request-mib -1"),
+    (["--max-request-mib", "0"], "--max-request-mib 0"),
+    (["--max-request-mib", "64", "--max-buffered-mib", "32"], "--max-buffered-mib 32"),
+    (["--header-timeout", "0"], "--header-timeout 0"),
+    (["--port", "70000"], "--port 70000"),
+])
+def test_the_gates_options_are_checked_before_anything_starts(tmp_path, capsys, options, named):
+    from omnirad_fl.server.cli import main
+    state = tmp_path / "state"
+    assert main(["--insecure", "--state-dir", str(state), "data.num-classes=3", "data.num-sites=2", *options]) == 2
+    assert named in capsys.readouterr().err
+    assert not state.exists()
+
+
+def test_a_connection_that_sends_part_of_its_headers_is_closed(tmp_path):
+    recorder, upstream_port, public_port = Recorder(), free_loopback_port(), free_loopback_port()
+    stand_in = ThreadedServer(Starlette(routes=[Route("/{path:path}", recorder.answer)]), "127.0.0.1", upstream_port)
+    stand_in.start()
+    front = fleet_gate(GateSettings("127.0.0.1", public_port, f"http://127.0.0.1:{upstream_port}", header_timeout=0.5))
+    front.start()
+    try:
+        for partial in (b"", b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection(("127.0.0.1", public_port), timeout=10) as connection:
+                connection.sendall(partial)
+                started = time.monotonic()
+                assert connection.recv(100) == b""  # closed by the gate, not by our 10 s timeout
+                assert time.monotonic() - started < 5
+        # a complete request is answered, and the connection may idle as long as uvicorn's keep-alive
+        status = raw_request(public_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 200")
+    finally:
+        front.stop()
+        stand_in.stop()
+
+
+def test_bodies_buffered_at_once_are_capped_and_refused_with_503(tmp_path):
+    """Two bodies the gate holds at once may not exceed max_buffered_bytes: the third is refused
+    before it is read, and the budget is whole again once they have been sent on."""
+    release = threading.Event()
+
+    class Slow(Recorder):
+        async def answer(self, request: Request) -> JSONResponse:
+            await request.body()
+            await asyncio.to_thread(release.wait, 30)
+            return JSONResponse({})
+
+    recorder, upstream_port, public_port = Slow(), free_loopback_port(), free_loopback_port()
+    stand_in = ThreadedServer(Starlette(routes=[Route("/{path:path}", recorder.answer, methods=["POST"])]),
+                              "127.0.0.1", upstream_port)
+    stand_in.start()
+    front = fleet_gate(GateSettings("127.0.0.1", public_port, f"http://127.0.0.1:{upstream_port}",
+                                    max_request_bytes=LIMIT, max_buffered_bytes=2 * LIMIT))
+    front.start()
+    url = f"http://127.0.0.1:{public_port}/v1/fleet/push-object"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(httpx.post, url, content=b"\x00" * LIMIT, timeout=30) for _ in range(2)]
+            time.sleep(1.0)  # both bodies are in the gate, waiting on the stand-in
+            refused = httpx.post(url, content=b"\x00" * 10, timeout=30)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            release.set()
+            assert [f.result().status_code for f in held] == [200, 200]
+        assert httpx.post(url, content=b"\x00" * LIMIT, timeout=30).status_code == 200
+    finally:
+        release.set()
+        front.stop()
+        stand_in.stop()
+
+
+def test_settings_a_gate_cannot_work_with_are_refused():
+    for bad in ({"max_request_bytes": -1}, {"max_request_bytes": 10, "max_buffered_bytes": 5},
+                {"header_timeout": float("nan")}):
+        with pytest.raises(ValueError, match="fleet gate"):
+            GateSettings("127.0.0.1", 9092, "http://127.0.0.1:1", **bad)
