@@ -1,0 +1,99 @@
+"""omnirad-export: a finished run's model loads with timm's and peft's own calls, no OmniRad-FL
+import in the loading code, and predicts what omnirad-predict predicts, to 1e-5."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from omnirad_fl.client import export, predict
+
+SMALL = {"data.num-train": 160, "data.num-test": 40, "data.size": 32, "data.partition": "iid",
+         "train.local-epochs": 1, "num-server-rounds": 1}
+
+
+def images_file(tmp_path):
+    """A MedMNIST-format file of new images, as a site would predict on."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (12, 32, 32)).astype(np.uint8)
+    path = tmp_path / "new.npz"
+    np.savez(path, test_images=images)
+    return path, images
+
+
+def predicted_by_omnirad(tmp_path, run, images):
+    out = tmp_path / "predictions.csv"
+    assert predict.main(["--run", str(run), "--input", str(images), "--out", str(out), "--device", "cpu"]) == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return np.array([[float(v) for k, v in row.items() if k.startswith("p-")] for row in rows])
+
+
+def timm_probabilities(model, pixels: np.ndarray) -> np.ndarray:
+    """What a timm user writes, from config.json alone: the two lines of the model card."""
+    cfg = model.pretrained_cfg
+    x = torch.from_numpy(pixels).float().div(255)[:, None].expand(-1, 3, -1, -1)
+    x = torch.nn.functional.interpolate(x, size=cfg["input_size"][1:], mode="bilinear", align_corners=False)
+    x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(x).softmax(dim=1).numpy()
+
+
+@pytest.mark.parametrize("extra", [{}, {"model.standardise-features": True}], ids=["linear", "standardised-linear"])
+def test_a_linear_head_run_loads_in_timm_and_predicts_as_omnirad_predict(tmp_path, run_in_process, extra):
+    run = run_in_process(2, {**SMALL, **extra})
+    out = tmp_path / "exported"
+    assert export.main([str(run), str(out)]) == 0
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == ["head", "chest", "abdomen", "pelvis"] and config["num_classes"] == 4
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    path, pixels = images_file(tmp_path)
+    ours = predicted_by_omnirad(tmp_path, run, path)
+    np.testing.assert_allclose(timm_probabilities(model, pixels), ours, atol=1e-5)
+    assert not (out / "peft").exists()
+
+    card = (out / "README.md").read_text()
+    encoder = json.loads((run / "encoder.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert encoder["sha256"] in card and "library_name: timm" in card
+    accuracy = summary["shipped"]["global"]["accuracy"]
+    assert f"| accuracy | {accuracy:.4f} |" in card and "held-out test split (40 images)" in card
+    # the project's own bundle is there too, and omnirad-predict reads it as it reads the run
+    np.testing.assert_allclose(predicted_by_omnirad(tmp_path, out / "bundle", path), ours, atol=1e-6)
+
+
+def test_a_lora_run_loads_with_peft_on_the_timm_encoder(tmp_path, run_in_process):
+    from peft import PeftModel
+
+    run = run_in_process(2, {**SMALL, "data.num-train": 96, "model.adapter": "lora", "model.lora-rank": 4})
+    out = tmp_path / "exported"
+    assert export.main([str(run), str(out)]) == 0
+    adapter_config = json.loads((out / "peft" / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 4
+    assert (out / "peft" / "adapter_model.safetensors").is_file()
+
+    base = timm.create_model(f"local-dir:{out}/peft/base", pretrained=True)
+    adapted = PeftModel.from_pretrained(base, str(out / "peft")).eval()
+    path, pixels = images_file(tmp_path)
+    ours = predicted_by_omnirad(tmp_path, run, path)
+    np.testing.assert_allclose(timm_probabilities(adapted, pixels), ours, atol=1e-5)
+    # without the adapter the base alone predicts otherwise: the LoRA update is what was loaded
+    with adapted.disable_adapter():
+        assert np.abs(timm_probabilities(adapted, pixels) - ours).max() > 1e-5
+    merged = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # LoRA merged into the timm weights
+    np.testing.assert_allclose(timm_probabilities(merged, pixels), ours, atol=1e-5)
+
+
+def test_an_mlp_head_is_not_forced_into_timm(tmp_path, run_in_process):
+    run = run_in_process(2, {**SMALL, "model.adapter": "mlp"})
+    out = tmp_path / "exported"
+    written = export.export_run(run, out)
+    assert written["timm"].startswith("not written: the MLPHead head is not a linear layer")
+    assert not (out / "config.json").exists() and (out / "bundle" / "best_adapter.safetensors").is_file()
+    assert "Not exported as timm" in (out / "README.md").read_text()
+    assert export.main([str(run), str(out)]) == 2  # the folder exists: nothing is overwritten
