@@ -9,11 +9,18 @@ name and renamed, and the tensor files are named by round, so a server killed mi
 previous checkpoint whole; files the mark no longer names are removed after it is written. A
 resumed server continues with the next round, numbered as in the uninterrupted run, so sites draw
 the same random numbers and the run ends with the same metrics.
+
+A checkpoint is data someone may have changed: the SHA-256 in the mark catches a damaged file, not
+one rewritten together with its mark. So what is loaded is also checked against the model the run
+folder's ``config.yaml`` describes (every tensor the server sends, by name, shape and dtype, none
+more, all finite), the strategy's tensors against those, and no file the mark names may be a
+symbolic link (one could lead out of the run folder).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +34,12 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
-from omnirad.config import ConfigError
+from omnirad.adapters import trainable_state
+from omnirad.config import Config, ConfigError, read_config_file
+from omnirad.configure import load_config
 from omnirad.durable import sha256_of, write_atomically
+from omnirad.models import kept_at_sites, new_model
+from omnirad.multitask import is_multitask
 from omnirad_fl.strategies import flower_strategy
 
 # What Flower 1.42's strategies accumulate across rounds (FedOpt family: dicts of arrays; FedAvgM:
@@ -36,6 +47,7 @@ from omnirad_fl.strategies import flower_strategy
 # the run's config.
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector")
 MARK, VERSION = "checkpoint.json", 2
+CONFIG = "config.yaml"  # the run folder's resolved configuration (server/run_folder.py writes it)
 LEGACY_STATE = "strategy-state.pkl"  # version 1 kept the strategy state as a pickle
 StateValue = dict[str, np.ndarray] | list[np.ndarray] | ArrayRecord
 
@@ -98,17 +110,22 @@ def save_checkpoint(folder: Path, server_round: int, arrays: dict[str, torch.Ten
             stale.unlink(missing_ok=True)
 
 
-def load_checkpoint(folder: Path) -> Checkpoint:
-    """The last complete checkpoint in a run folder. ``FileNotFoundError`` when there is none;
-    ``ConfigError`` naming the file when it is from an older version, damaged or changed since."""
+def load_checkpoint(folder: Path, expected: Mapping[str, torch.Tensor] | None = None) -> Checkpoint:
+    """The last complete checkpoint in a run folder, checked against ``expected`` (the tensors the
+    server sends, by name; by default those of the model the folder's ``config.yaml`` describes).
+    ``FileNotFoundError`` when there is none; ``ConfigError`` naming the file when it is from an
+    older version, damaged, changed since, or not a checkpoint of this run's model."""
     path = folder / MARK
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"run.resume-from: {folder} has no {MARK}: the run ended before its first round, "
                                 "or this is not a run folder")
+    _inside(folder, path, "the checkpoint's mark")
     try:
         mark = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ConfigError(f"run.resume-from: {path} is not valid JSON ({err}); refusing to resume from it") from err
+    except OSError as err:
+        raise ConfigError(f"run.resume-from: {path} cannot be read ({err}); refusing to resume from it") from err
     version = mark.get("version") if isinstance(mark, dict) else None
     if version != VERSION:
         if version is not None:
@@ -124,10 +141,85 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     try:
         tensors, layouts = load_numpy(state_file), mark["strategy-state"]["layout"]
         state = {name: _unflatten(name, layouts[name], tensors) for name in STRATEGY_STATE if name in layouts}
-        return Checkpoint(int(mark["round"]), load_file(arrays_file), state)
-    except (KeyError, TypeError, ValueError, SafetensorError) as err:
+        checkpoint = Checkpoint(int(mark["round"]), load_file(arrays_file), state)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, SafetensorError, RuntimeError) as err:
         raise ConfigError(f"run.resume-from: {path} does not describe a readable checkpoint "
                           f"({type(err).__name__}: {err}); refusing to resume from it") from err
+    if checkpoint.server_round < 1:
+        raise ConfigError(f"run.resume-from: {path} records round {checkpoint.server_round}; a checkpoint is written "
+                          "after a round, numbered from 1; refusing to resume from it")
+    if expected is None:
+        expected = expected_arrays(run_folder_config(folder))
+    problems = checkpoint_problems(checkpoint, expected)
+    if problems:
+        raise ConfigError("\n  ".join([f"run.resume-from: {arrays_file} (with {state_file.name}) is not a checkpoint "
+                                        "of this run's model; refusing to resume from it:", *problems[:10]]))
+    return checkpoint
+
+
+def run_folder_config(folder: Path) -> Config:
+    """The configuration a run folder was made with (its ``config.yaml``), named in any error."""
+    path = folder / CONFIG
+    _inside(folder, path, "the run's configuration")
+    try:
+        return load_config(read_config_file(path))
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ConfigError(f"run.resume-from: {path}: not a readable configuration ({err})") from err
+    except ConfigError as err:
+        raise ConfigError(f"run.resume-from: {path}: {err}") from err
+
+
+def expected_arrays(cfg: Config) -> dict[str, torch.Tensor] | None:
+    """What a checkpoint of ``cfg``'s run holds: the freshly built model's trainable tensors that the
+    server sends (not those kept at the sites). None for a multi-task run, which is not resumed."""
+    if is_multitask(cfg):
+        return None
+    model = new_model(cfg)
+    kept = kept_at_sites(cfg, model)
+    return {k: v for k, v in trainable_state(model).items() if k not in kept}
+
+
+def checkpoint_problems(checkpoint: Checkpoint, expected: Mapping[str, torch.Tensor] | None) -> list[str]:
+    """Every way the checkpoint's tensors differ from ``expected`` (names, shapes, dtypes) or are
+    not finite, and every strategy tensor that does not fit them; empty when it may be used."""
+    problems = []
+    arrays = checkpoint.arrays
+    if expected is not None:
+        problems += [f"missing tensor {k!r}" for k in expected if k not in arrays]
+        problems += [f"a tensor the model does not have: {k!r}" for k in arrays if k not in expected]
+        for key in arrays.keys() & expected.keys():
+            got, want = arrays[key], expected[key]
+            if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+                problems.append(f"{key!r} is {got.dtype} {tuple(got.shape)}, the model's is {want.dtype} "
+                                f"{tuple(want.shape)}")
+    problems += [f"{key!r} holds NaN or infinite values" for key, value in arrays.items()
+                 if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    shapes = {k: tuple(v.shape) for k, v in (expected if expected is not None else arrays).items()}
+    for name, value in checkpoint.strategy_state.items():
+        if isinstance(value, list):
+            pairs = [(f"{name}[{i}]", array, shape) for i, (array, shape) in enumerate(zip(value, shapes.values(), strict=False))]
+            if len(value) != len(shapes):
+                problems.append(f"strategy state {name!r} has {len(value)} tensors, the model {len(shapes)}")
+        else:
+            found = value.to_numpy_ndarrays() if isinstance(value, ArrayRecord) else list(value.values())
+            keys = list(value.keys())
+            if set(keys) != set(shapes):
+                problems.append(f"strategy state {name!r} names other tensors than the model "
+                                f"({sorted(set(keys) ^ set(shapes))[:5]})")
+            pairs = [(f"{name}/{k}", array, shapes[k]) for k, array in zip(keys, found, strict=True) if k in shapes]
+        for label, array, shape in pairs:
+            if tuple(array.shape) != shape:
+                problems.append(f"strategy state {label} has shape {tuple(array.shape)}, the model's tensor {shape}")
+            elif array.dtype.kind != "f" or not np.isfinite(array).all():
+                problems.append(f"strategy state {label} is not finite floating point ({array.dtype})")
+    return problems
+
+
+def _inside(folder: Path, path: Path, what: str) -> None:
+    """Refuse a file of the run folder that is a symbolic link (it could lead anywhere)."""
+    if path.is_symlink():
+        raise ConfigError(f"run.resume-from: {path} ({what}) is a symbolic link; a run folder's files must be "
+                          "its own: refusing to resume from it")
 
 
 def _checked(folder: Path, mark: dict[str, Any], part: str) -> Path:
@@ -138,9 +230,10 @@ def _checked(folder: Path, mark: dict[str, Any], part: str) -> Path:
                           "from it")
     name = entry["file"]
     path = folder / name
-    if Path(name).name != name or not path.is_file():
+    if Path(name).name != name or name in (".", "..") or "\x00" in name or not path.is_file():
         raise ConfigError(f"run.resume-from: {folder / MARK} names {part} file {name!r}, which is not a file in "
                           "the run folder; refusing to resume from it")
+    _inside(folder, path, f"the checkpoint's {part}")
     if sha256_of(path) != entry["sha256"]:
         raise ConfigError(f"run.resume-from: {path} does not match the SHA-256 that {MARK} records for it: the "
                           "file changed after the checkpoint was written; refusing to resume from it")

@@ -31,7 +31,7 @@ from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.logs import show_progress
 from omnirad_fl.server.app_bundle import PUBLISHER_KEY, load_publisher_key, write_signed_app
 from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
-from omnirad_fl.server.checkpoint import MARK
+from omnirad_fl.server.checkpoint import MARK, load_checkpoint
 from omnirad_fl.server.fleet_gate import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -51,7 +51,7 @@ CONNECTION = "omnirad"  # the flwr CLI's name for this SuperLink in <state-dir>/
 PROJECT = Path(__file__).resolve().parents[1]  # the Flower app: this repository (pip install -e)
 
 
-PATH_KEYS = ("run.output-dir", "data.test-file", "model.weights", "model.cache-dir")
+PATH_KEYS = ("run.output-dir", "run.resume-from", "data.test-file", "model.weights", "model.cache-dir")
 FILE_KEYS = ("data.test-file", "model.weights")
 
 
@@ -76,7 +76,21 @@ def run_configuration(config_file: Path | None, overrides: Sequence[str], output
     if resume:
         flat["run.resume-from"] = str(latest_checkpointed_run(Path(cfg.run.output_dir).expanduser()))
         load_run_config(flat)
+    if flat.get("run.resume-from"):
+        check_resumable(Path(str(flat["run.resume-from"])).expanduser().resolve())
     return flat
+
+
+def check_resumable(folder: Path) -> None:
+    """The checkpoint a resumed run goes on from, checked here as the ServerApp will check it (its
+    mark, files, SHA-256s and fit to the run's model), so that a bad one stops the server before
+    it starts the SuperLink and waits out strategy.join-timeout for the sites."""
+    if not folder.is_dir():
+        raise ConfigError(f"run.resume-from={folder}: no such run folder")
+    try:
+        load_checkpoint(folder)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
 
 
 def latest_checkpointed_run(output_dir: Path) -> Path:

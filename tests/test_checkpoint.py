@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file
 
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
+from omnirad.durable import sha256_of
 from omnirad_fl.server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
 from omnirad_fl.server.core_phases import resumable
 from omnirad_fl.server.run_folder import RunFolder
@@ -16,11 +20,12 @@ from omnirad_fl.strategies import build_strategy, flower_strategy
 from tests.conftest import answering
 
 pytestmark = pytest.mark.usefixtures("task_identity", "mock_round_token")
-GLOBAL = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
+FEATURES = 192  # the default model's (vit-tiny, linear head on 4 classes): a checkpoint must fit it
+GLOBAL = {"fc.weight": torch.zeros(4, FEATURES), "fc.bias": torch.zeros(4)}
 
 
 def reply(site: int, value: float) -> Message:
-    state = {"fc.weight": torch.full((4, 8), value + site), "fc.bias": torch.full((4,), value)}
+    state = {"fc.weight": torch.full((4, FEATURES), value + site), "fc.bias": torch.full((4,), value)}
     metrics = MetricRecord({"num-examples": 100, "site-id": site})
     return Message(content=answering(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})), dst_node_id=0,
                    message_type=MessageType.TRAIN)
@@ -174,3 +179,64 @@ def test_resume_needs_a_run_folder_and_is_open_to_runs_with_state_at_the_sites(t
     for kept in ({"privacy.dp": True}, {"strategy.name": "fedper"}, {"strategy.name": "spectral"}):
         _, checkpoint = resumable(load_config({"run.resume-from": str(folder.path), **kept}))
         assert checkpoint.server_round == 2
+
+
+# Issue 32, item 6: a checkpoint is checked against the run's model, not only against its own mark.
+
+def rewrite(folder, part: str, tensors: dict) -> None:
+    """Replace a checkpoint file and the SHA-256 its mark records, as someone who can write the folder could."""
+    mark = json.loads((folder / MARK).read_text())
+    path = folder / mark[part]["file"]
+    if part == "arrays":
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    else:
+        save_numpy(tensors, path)
+    mark[part]["sha256"] = sha256_of(path)
+    (folder / MARK).write_text(json.dumps(mark))
+
+
+@pytest.mark.parametrize(("tampered", "named"), [
+    ({"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}, r"'fc.weight' is torch.float32 \(4, 8\), the model's is torch.float32 \(4, 192\)"),
+    ({**GLOBAL, "extra": torch.zeros(3)}, "a tensor the model does not have: 'extra'"),
+    ({"fc.bias": torch.zeros(4)}, "missing tensor 'fc.weight'"),
+    ({**GLOBAL, "fc.bias": torch.zeros(4, dtype=torch.float64)}, "'fc.bias' is torch.float64"),
+    ({**GLOBAL, "fc.bias": torch.tensor([0.0, float("nan"), 0.0, 0.0])}, "'fc.bias' holds NaN or infinite values"),
+])
+def test_arrays_rewritten_with_their_sha256_are_refused_unless_they_fit_the_model(tmp_path, start_round, tampered,
+                                                                                   named):
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    rewrite(folder.path, "arrays", tampered)
+    with pytest.raises(ConfigError, match=r"checkpoint-round-2.safetensors .*not a checkpoint of this run's model"
+                       rf"(.|\n)*{named}"):
+        load_checkpoint(folder.path)
+    resume = load_config({"run.output-dir": str(tmp_path), "data.num-sites": 2, "strategy.name": "fedadam",
+                          "run.resume-from": str(folder.path)})
+    with pytest.raises(ConfigError, match="not a checkpoint of this run's model"):
+        resumable(resume)  # what the ServerApp calls before RunFolder.reopen
+
+
+def test_strategy_state_rewritten_with_its_sha256_must_fit_the_model(tmp_path, start_round):
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    tensors = load_numpy(folder.path / "strategy-state-round-2.safetensors")
+    tensors["m_t/fc.weight"] = np.zeros((7, 7), dtype=np.float32)
+    rewrite(folder.path, "strategy-state", tensors)
+    with pytest.raises(ConfigError, match=r"strategy state m_t/fc.weight has shape \(7, 7\)"):
+        load_checkpoint(folder.path)
+    tensors["m_t/fc.weight"] = np.full((4, FEATURES), np.inf, dtype=np.float32)
+    rewrite(folder.path, "strategy-state", tensors)
+    with pytest.raises(ConfigError, match="strategy state m_t/fc.weight is not finite"):
+        load_checkpoint(folder.path)
+
+
+@pytest.mark.parametrize("link", ["checkpoint-round-2.safetensors", MARK])
+def test_a_checkpoint_file_that_is_a_symbolic_link_is_not_followed(tmp_path, start_round, link):
+    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path / "runs", start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (folder.path / link).rename(outside / link)  # the same bytes (SHA-256 and all), outside the run folder
+    (folder.path / link).symlink_to(outside / link)
+    with pytest.raises(ConfigError, match=f"{link} .*is a symbolic link"):
+        load_checkpoint(folder.path)
