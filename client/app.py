@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flwr.clientapp import ClientApp
 
-from omnirad_fl.client import closed_form, gather, multitask, pretraining, rounds, vocabulary  # noqa: F401
+from omnirad_fl.client import closed_form, cross_site, gather, multitask, pretraining, rounds, vocabulary  # noqa: F401
 from omnirad_fl.client.replies import error_replies
 from omnirad_fl.client.site_handlers import install
 

@@ -10,7 +10,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from omnirad.logs import show_progress
-from omnirad_fl.server import closed_form, core_phases, gather, multitask, pretraining, vocabulary  # noqa: F401
+from omnirad_fl.server import closed_form, core_phases, cross_site, gather, multitask, pretraining, vocabulary  # noqa: F401
 from omnirad_fl.server.phases import ServerRun, run_phases
 from omnirad_fl.server.prompt_grid import PromptGrid
 from omnirad_fl.server.run_config import load_run_config

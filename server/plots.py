@@ -125,3 +125,23 @@ def plot_overlays(images: Any, truth: Any, predicted: Any, path: Path) -> None:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_cross_site(matrix: dict[str, dict[str, float]], metric: str, path: Path) -> None:
+    """Cross-site evaluation: each model (row) on each site's validation split (column), by ``metric``."""
+    models = list(matrix)
+    sites = sorted({site for row in matrix.values() for site in row}, key=int)
+    values = [[matrix[m].get(s, float("nan")) for s in sites] for m in models]
+    fig = Figure(figsize=(2.5 + 0.8 * len(sites), 1.5 + 0.45 * len(models)))
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small",
+                    color="black" if value > 0.6 else "white")
+    ax.set_xticks(range(len(sites)), [f"site {s}" for s in sites], fontsize="small")
+    ax.set_yticks(range(len(models)), models, fontsize="small")
+    ax.set(xlabel="validation split of", ylabel="model", title=f"Cross-site evaluation: {metric}")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -264,6 +264,11 @@ class RunConfig:
                                     "`pip install 'omnirad-fl[tensorboard]'` or `[mlflow]` (docs/ecosystem.md)")
     tracking_experiment: str = setting("", "`run.tracking=mlflow`: the MLflow experiment (default: the name of "
                                            "`run.output-dir`'s folder, so a sweep's cells are one experiment)")
+    cross_site: str = setting("auto", "cross-site evaluation after the last round: every site's final model (its "
+                                      "own layers under `personalization.mode`, its locally fine-tuned copy with "
+                                      "`personalization.finetune-epochs`) and the global one scored on every "
+                                      "site's validation split; `auto` (on for personalised runs), `on` or `off`. "
+                                      "A site's own layers leave it for this (docs/ecosystem.md)")
 
 
 @dataclass
