@@ -1,14 +1,20 @@
-"""A site's answers for the closed-form head (``model.head-init``): its sums, and its training
-loss at the softmax scales the server names."""
+"""A site's answers for the closed-form head (``model.head-init``): its sums, and its validation
+loss at the softmax scales the server names; in the clear, or under ``privacy.secure-sum`` as its
+contributions to secure sums (``client/secure_sum.py``), checked here before they are masked."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from omnirad.broadcast import Broadcast
+from omnirad.closed_form import SECURE_SUM_SCALE, SECURE_SUM_STATISTICS, HeadStatistics
+from omnirad.privacy import PrivacyLedger
 from omnirad.protocol import (
     ARRAYS,
     CONFIG,
+    EPSILON,
     LOGIT_SCALES,
     METRICS,
     NUM_EXAMPLES,
@@ -17,28 +23,68 @@ from omnirad.protocol import (
     SITE_ID,
 )
 from omnirad_fl.client.rounds import round_inputs, run_state, site_for
+from omnirad_fl.client.secure_sum import secure_sum_source
 from omnirad_fl.client.site_handlers import site_handler
+
+
+def site_statistics(msg: Message, context: Context, *, account: bool = True) -> tuple[HeadStatistics, dict[str, float]]:
+    """This site's sums for the closed-form head: counts, sums and, for ridge, the Gram matrix of
+    what the head's output layer reads; with DP, clipped, noised and (``account``) accounted in its
+    ledger on disk before they leave. ``account=False``: the same release again (the noise comes from
+    a fixed seed), recorded nowhere (a secure sum's masked step repeats its keys step's release)."""
+    cfg, site = site_for(msg, context)
+    kept = run_state(cfg, site, msg, context) if account else None
+    ledger = (kept.state.ledger if kept is not None else PrivacyLedger()) if cfg.privacy.dp else None
+    stats, metrics = site.head_statistics(Broadcast.from_config(msg.content[CONFIG]), ledger)
+    if kept is not None and cfg.privacy.dp:  # the release is accounted on disk before it leaves
+        kept.save()
+    return stats, metrics
 
 
 @site_handler("query", QUERY_HEAD_STATISTICS)
 def head_statistics(msg: Message, context: Context) -> Message:
-    """This site's sums for the closed-form head: counts, sums and, for ridge, the Gram matrix of
-    what the head's output layer reads; with DP, clipped, noised and accounted."""
-    cfg, site = site_for(msg, context)
-    kept = run_state(cfg, site, msg, context)
-    ledger = kept.state.ledger if kept is not None and cfg.privacy.dp else None
-    stats, metrics = site.head_statistics(Broadcast.from_config(msg.content[CONFIG]), ledger)
-    if kept is not None and ledger is not None:  # the release is accounted on disk before it leaves
-        kept.save()
+    """This site's sums for the closed-form head, in the clear (the server checks them by site)."""
+    stats, metrics = site_statistics(msg, context)
     return Message(content=RecordDict({ARRAYS: ArrayRecord(stats.to_arrays()), METRICS: MetricRecord(metrics)}),
                    reply_to=msg)
+
+
+@secure_sum_source(SECURE_SUM_STATISTICS)
+def statistics_contribution(msg: Message, context: Context, first: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The same sums as blocks of a secure sum. What the server can no longer check of one site, the
+    site checks here before masking: finite values, counts that match its examples, a positive
+    semi-definite Gram matrix (not under DP, whose noise makes them inexact). Its number of examples
+    stays in the sum: the reply names only the site and, under DP, its epsilon after the release."""
+    stats, metrics = site_statistics(msg, context, account=first)
+    cfg, site = site_for(msg, context)
+    if not all(bool(torch.isfinite(t).all()) for t in stats.to_arrays().values()):
+        raise ValueError("this site's head statistics hold NaN or Inf: not sent")
+    if not cfg.privacy.dp:
+        stats.check_consistent("this site", metrics[NUM_EXAMPLES], single_label=not site.task.multi_label)
+    shown = {SITE_ID: metrics[SITE_ID], **({EPSILON: metrics[EPSILON]} if first and EPSILON in metrics else {})}
+    return stats.to_sum_blocks(), shown
+
+
+def site_scale_losses(msg: Message, context: Context) -> tuple[torch.Tensor, dict[str, float]]:
+    cfg, site = site_for(msg, context)
+    scales = tuple(float(s) for s in msg.content[CONFIG][LOGIT_SCALES])
+    losses = site.scale_losses(round_inputs(msg, run_state(cfg, site, msg, context), training=False), scales)
+    return losses, {NUM_EXAMPLES: float(len(site.val_set.labels)), SITE_ID: float(site.site_id)}
 
 
 @site_handler("query", QUERY_LOGIT_SCALE)
 def logit_scale(msg: Message, context: Context) -> Message:
     """Summed validation loss of the closed-form head at each scale the server names: S numbers."""
-    cfg, site = site_for(msg, context)
-    scales = tuple(float(s) for s in msg.content[CONFIG][LOGIT_SCALES])
-    losses = site.scale_losses(round_inputs(msg, run_state(cfg, site, msg, context), training=False), scales)
-    metrics = MetricRecord({NUM_EXAMPLES: float(len(site.val_set.labels)), SITE_ID: float(site.site_id)})
-    return Message(content=RecordDict({ARRAYS: ArrayRecord({"losses": losses}), METRICS: metrics}), reply_to=msg)
+    losses, metrics = site_scale_losses(msg, context)
+    return Message(content=RecordDict({ARRAYS: ArrayRecord({"losses": losses}), METRICS: MetricRecord(metrics)}),
+                   reply_to=msg)
+
+
+@secure_sum_source(SECURE_SUM_SCALE)
+def scale_contribution(msg: Message, context: Context, first: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The same S losses as a block of a secure sum: finite and not negative, checked here."""
+    losses, metrics = site_scale_losses(msg, context)
+    values = losses.double().numpy()
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise ValueError("this site's validation losses are not finite and non-negative: not sent")
+    return {"losses": values}, {SITE_ID: metrics[SITE_ID]}

@@ -30,6 +30,8 @@ from omnirad.config.schema import ModelConfig
 from omnirad.registry import Registry
 from omnirad.tasks import TaskSpec
 
+SECURE_SUM_STATISTICS = "head-statistics"  # privacy.secure-sum: the statistics' purpose (omnirad.secure_sum)
+SECURE_SUM_SCALE = "logit-scale"  # privacy.secure-sum: the temperature losses' purpose
 GRAM_TOLERANCE = 1e-6  # relative: a Gram matrix's smallest eigenvalue may be this far below 0 (rounding)
 SCALES = tuple(round(10 ** (k / 8), 4) for k in range(-4, 21))  # logit scales tried: 0.32 to 316
 
@@ -124,6 +126,45 @@ class HeadStatistics:
             if smallest < -GRAM_TOLERANCE * max(1.0, float(self.gram.diagonal().sum())):
                 raise ValueError(f"head statistics from {source}: the Gram matrix is not positive semi-definite "
                                  f"(smallest eigenvalue {smallest:.3g})")
+
+
+    def to_sum_blocks(self) -> dict[str, np.ndarray]:
+        """The statistics as the float64 blocks of a secure sum (``omnirad.secure_sum``): the Gram
+        matrix as its upper triangle (``gram-upper``), half the words of the full matrix."""
+        blocks = {key: value.numpy().ravel() for key, value in self.to_arrays().items() if key != "gram"}
+        if self.gram is not None:
+            rows, cols = np.triu_indices(self.gram.shape[0])
+            blocks["gram-upper"] = self.gram.numpy()[rows, cols]
+        return blocks
+
+    @classmethod
+    def from_sum_blocks(cls, sums: Mapping[str, np.ndarray], *, source: str, dim: int, num_classes: int,
+                        with_gram: bool, single_label: bool, noisy: bool = False) -> HeadStatistics:
+        """The statistics a secure sum of ``to_sum_blocks`` gave, checked as a pooled sum: exactly the
+        named blocks and sizes, finite, and (without DP noise) a whole number of examples that the
+        label counts add up to and a positive semi-definite Gram matrix. ``ValueError`` otherwise."""
+        sizes = {"num-samples": 1, "feature-sum": dim, "label-counts": num_classes, "label-sums": num_classes * dim,
+                 **({"gram-upper": dim * (dim + 1) // 2} if with_gram else {})}
+        got = {key: int(np.asarray(value).size) for key, value in sums.items()}
+        if got != sizes:
+            raise ValueError(f"head statistics from {source}: expected blocks {sizes}, got {got}")
+        if not all(np.isfinite(value).all() for value in sums.values()):
+            raise ValueError(f"head statistics from {source}: NaN or Inf")
+        gram = None
+        if with_gram:
+            gram = torch.zeros(dim, dim, dtype=torch.float64)
+            rows, cols = torch.triu_indices(dim, dim)
+            upper = torch.from_numpy(np.asarray(sums["gram-upper"], dtype=np.float64))
+            gram[rows, cols], gram[cols, rows] = upper, upper
+        tensor = {key: torch.from_numpy(np.asarray(value, dtype=np.float64)) for key, value in sums.items()}
+        stats = cls(tensor["num-samples"].reshape(()), tensor["feature-sum"], tensor["label-counts"],
+                    tensor["label-sums"].reshape(num_classes, dim), gram)
+        if not noisy:
+            count = float(stats.num_samples)
+            if count < 1 or count != round(count):
+                raise ValueError(f"head statistics from {source}: {count!r} examples, not a whole number >= 1")
+            stats.check_consistent(source, count, single_label)
+        return stats
 
 
 def ridge_solution(stats: HeadStatistics, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

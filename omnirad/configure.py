@@ -25,6 +25,7 @@ from omnirad.methods import check_site_method, site_method
 from omnirad.model_checks import check_model
 from omnirad.multitask_check import check_multitask
 from omnirad.personalization import NO_PERSONALIZATION, PERSONALIZATION, check_personalization
+from omnirad.secure_sum import check_secure_sum
 from omnirad.ssl import check_ssl
 
 
@@ -69,6 +70,7 @@ def validate(cfg: Config) -> None:
     check_strategy(cfg)
     check_site_method(cfg)
     check_privacy(cfg)
+    check_secure_sum(cfg)
     check_personalization(cfg)
     check_faults(cfg)
     check_run(cfg)

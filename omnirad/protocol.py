@@ -23,6 +23,9 @@ TRAIN_SSL = "ssl"  # train.ssl: one round of self-supervised pretraining
 QUERY_HEAD_STATISTICS = "head_statistics"  # query.head_statistics: sums for a closed-form head
 QUERY_LOGIT_SCALE = "logit_scale"  # query.logit_scale: training loss sums of the closed-form head at a few scales
 QUERY_WORD_COUNTS = "word_counts"  # query.word_counts: a site's training-caption words seen data.vocabulary-min-count times
+QUERY_SECURE_SUM_KEYS = "secure_sum_keys"  # query.secure_sum_keys: a fresh public key and bounds (omnirad.secure_sum)
+QUERY_SECURE_SUM_MASKED = "secure_sum_masked"  # query.secure_sum_masked: the site's values, masked
+SECURE_SUM = "secure-sum"  # the secure-sum session's record, both ways (purpose, token, keys, bounds)
 
 # Instructions (the config record of train and evaluate messages).
 SERVER_ROUND = "server-round"  # set by Flower's strategies

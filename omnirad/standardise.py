@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +29,7 @@ from omnirad.closed_form import closed_form_head
 from omnirad.protocol import FEATURE_MEAN, FEATURE_STD
 
 MIN_STD = 1e-6  # a constant feature is centred but not blown up
+SECURE_SUM_MOMENTS = "feature-moments"  # privacy.secure-sum: the moments' purpose (omnirad.secure_sum)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,26 @@ class FeatureMoments:
         if not (torch.isfinite(total).all() and torch.isfinite(squares).all()):
             raise ValueError(f"feature moments from {source}: not finite")
         return cls(int(count.item()), total, squares)
+
+
+    def to_sum_blocks(self) -> dict[str, np.ndarray]:
+        """The moments as the float64 blocks of a secure sum (``omnirad.secure_sum``)."""
+        return {key: value.numpy().ravel() for key, value in self.to_arrays().items()}
+
+    @classmethod
+    def from_sum(cls, sums: Mapping[str, np.ndarray], source: str) -> FeatureMoments:
+        """The pooled moments a secure sum of ``to_sum_blocks`` gave, checked as a total: the blocks
+        of ``from_arrays``, a whole count, sums of squares that are not negative and not below what
+        the sums imply (Cauchy-Schwarz: n sum x^2 >= (sum x)^2, up to rounding). ``ValueError`` otherwise."""
+        moments = cls.from_arrays({key: torch.from_numpy(np.asarray(value, dtype=np.float64).copy())
+                                   for key, value in sums.items()}, source)
+        count = float(np.asarray(sums["count"]).reshape(()))
+        if count != round(count):
+            raise ValueError(f"feature moments from {source}: a count of {count!r} images, not a whole number")
+        slack = 1e-9 * (moments.count * moments.squares).abs().clamp_min(1.0)
+        if (moments.squares < 0).any() or (moments.count * moments.squares - moments.total.square() < -slack).any():
+            raise ValueError(f"feature moments from {source}: sums of squares below what the sums imply")
+        return moments
 
 
 @dataclass(frozen=True)

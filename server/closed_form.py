@@ -24,7 +24,15 @@ from torch import nn
 
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
-from omnirad.closed_form import HEAD_INITS, SCALES, HeadStatistics, closed_form_head, statistics_sensitivity
+from omnirad.closed_form import (
+    HEAD_INITS,
+    SCALES,
+    SECURE_SUM_SCALE,
+    SECURE_SUM_STATISTICS,
+    HeadStatistics,
+    closed_form_head,
+    statistics_sensitivity,
+)
 from omnirad.config import Config
 from omnirad.data.sites import task_info
 from omnirad.models import new_model
@@ -44,6 +52,7 @@ from omnirad.protocol import (
 )
 from omnirad_fl.server.phases import PHASES, ServerRun
 from omnirad_fl.server.run_folder import RunFolder
+from omnirad_fl.server.secure_sum import SecureSum, secure_sum
 from omnirad_fl.strategies.multitask import GroupGrid
 from omnirad_fl.strategies.site_queries import ask_every_site
 
@@ -62,13 +71,23 @@ def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
                       feature_width: int) -> tuple[HeadStatistics, dict[str, int], dict[str, float]]:
     """Every site's statistics, checked and added exactly; the bytes each site sent, by site; and
     under DP each site's epsilon after the release, by site id. Raises ``RuntimeError`` naming the
-    site whose reply is missing or malformed."""
+    site whose reply is missing or malformed (under ``privacy.secure-sum``: naming the phase when
+    the sum fails its checks, ``secure_statistics``)."""
+    stats, sent, epsilons, _ = gather_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    return stats, sent, epsilons
+
+
+def gather_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, *,
+                      feature_width: int) -> tuple[HeadStatistics, dict[str, int], dict[str, float], SecureSum | None]:
+    """``pooled_statistics``, and under ``privacy.secure-sum`` the finished secure sum (who is in it)."""
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: no statistics to ask for")
     head, task = closed_form_head(model), task_info(cfg)
     with torch.no_grad():
         dim = head.closed_form_inputs(torch.zeros(1, feature_width)).shape[1]
+    if cfg.privacy.secure_sum:
+        return secure_statistics(grid, cfg, instructions, dim=dim)
     replies = ask_every_site(grid, QUERY_HEAD_STATISTICS, "closed-form head",
                              content=RecordDict({CONFIG: instructions}))
     pooled, sent, epsilons = None, {}, {}
@@ -91,13 +110,50 @@ def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
         pooled = stats if pooled is None else pooled + stats
     if pooled is None:
         raise RuntimeError("closed-form head: no site is connected")
-    return pooled, sent, epsilons
+    return pooled, sent, epsilons, None
 
 
-def pooled_scale(grid: Grid, state: dict[str, torch.Tensor], instructions: ConfigRecord) -> tuple[float, list[float]]:
+def metrics_label(node: int, metrics: dict[str, float]) -> str:
+    """``site N``, as the site names itself, or ``node M``."""
+    return f"site {int(metrics[SITE_ID])}" if SITE_ID in metrics else f"node {node}"
+
+
+def secure_statistics(grid: Grid, cfg: Config, instructions: ConfigRecord, *, dim: int
+                      ) -> tuple[HeadStatistics, dict[str, int], dict[str, float], SecureSum]:
+    """``privacy.secure-sum``: the statistics' total over the sites, which alone the server learns.
+    Each site checked its own sums before masking; the server checks the total (whole and matching
+    counts, a positive semi-definite Gram matrix) and names the phase when it fails, never a site."""
+    spec, task = HEAD_INITS[cfg.model.head_init], task_info(cfg)
+    assert spec is not None  # checked by the caller
+    result = secure_sum(grid, sorted(grid.get_node_ids()), SECURE_SUM_STATISTICS, "closed-form head",
+                        RecordDict({CONFIG: instructions}), timeout=cfg.strategy.round_timeout)
+    try:
+        stats = HeadStatistics.from_sum_blocks(result.sums, source="the secure sum", dim=dim,
+                                               num_classes=task.num_outputs, with_gram=spec.with_gram,
+                                               single_label=not task.multi_label, noisy=cfg.privacy.dp)
+    except ValueError as err:
+        raise RuntimeError(f"closed-form head: the secure sum fails its checks: {err}") from err
+    labels = {node: metrics_label(node, result.metrics[node]) for node in result.participants}
+    sent = {labels[node]: result.bytes_per_site[node] for node in result.participants}
+    epsilons = {labels[node].removeprefix("site "): float(result.metrics[node][EPSILON])
+                for node in result.participants if EPSILON in result.metrics[node] and SITE_ID in result.metrics[node]}
+    return stats, sent, epsilons, result
+
+
+def pooled_scale(grid: Grid, state: dict[str, torch.Tensor], instructions: ConfigRecord, *,
+                 secure: SecureSum | None = None, timeout: float = 600.0) -> tuple[float, list[float]]:
     """The logit scale with the lowest validation loss summed over every site, and those sums: the
-    temperature that calibrates the head's probabilities on held-out images (temperature scaling)."""
+    temperature that calibrates the head's probabilities on held-out images (temperature scaling).
+    ``secure``: the statistics' secure sum; the losses are summed securely too, over its sites."""
     config = ConfigRecord({**instructions, LOGIT_SCALES: list(SCALES)})
+    if secure is not None:
+        result = secure_sum(grid, secure.participants, SECURE_SUM_SCALE, "closed-form head temperature",
+                            RecordDict({ARRAYS: ArrayRecord(state), CONFIG: config}), timeout=timeout)
+        summed = torch.from_numpy(result.sums["losses"]).double()
+        if summed.shape != (len(SCALES),) or not torch.isfinite(summed).all() or (summed < 0).any():
+            raise RuntimeError(f"closed-form head temperature: the secure sum fails its checks: losses of shape "
+                               f"{tuple(summed.shape)}, expected ({len(SCALES)},) finite and non-negative")
+        return SCALES[int(summed.argmin())], summed.tolist()
     replies = ask_every_site(grid, QUERY_LOGIT_SCALE, "closed-form head temperature",
                              content=RecordDict({ARRAYS: ArrayRecord(state), CONFIG: config}))
     total = torch.zeros(len(SCALES), dtype=torch.float64)
@@ -118,7 +174,7 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: nothing to solve")
-    stats, sent, epsilons = pooled_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    stats, sent, epsilons, secure = gather_statistics(grid, cfg, model, instructions, feature_width=feature_width)
     model_keys = cfg.model
     if cfg.privacy.dp and spec.with_gram:
         floor = noise_floor(cfg, num_sites=len(sent), dim=stats.feature_sum.numel())
@@ -131,7 +187,8 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
     if cfg.privacy.dp:
         scale = spec.default_scale(task_info(cfg).num_outputs)
     else:
-        scale, losses = pooled_scale(grid, trainable_state(model), instructions)
+        scale, losses = pooled_scale(grid, trainable_state(model), instructions, secure=secure,
+                                     timeout=cfg.strategy.round_timeout)
     head.set_closed_form(weight.float(), bias.float(), scale)
     log.info("Closed-form %s head from %d sites' sums (%.0f examples, %.0f KiB per site), logit scale %g",
              cfg.model.head_init, len(sent), float(stats.num_samples), sum(sent.values()) / 1024 / max(1, len(sent)),
@@ -140,7 +197,16 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
         "head-init": cfg.model.head_init, "examples": float(stats.num_samples),
         "statistics-bytes-per-site": dict(sorted(sent.items(), key=lambda item: item[0])), "logit-scale": scale,
         "logit-scales": list(SCALES) if losses else [], "pooled-validation-loss": losses,
-        **({"epsilon-per-site": epsilons} if epsilons else {}), "seconds": round(time.perf_counter() - started, 3)}
+        **({"epsilon-per-site": epsilons} if epsilons else {}), **secure_report(secure),
+        "seconds": round(time.perf_counter() - started, 3)}
+
+
+def secure_report(secure: SecureSum | None) -> dict[str, Any]:
+    """closed-form.json's record of a secure sum: who is in it and what a dropout cost."""
+    if secure is None:
+        return {}
+    return {"secure-sum": {"sites": len(secure.participants), "restarts": secure.restarts,
+                           "dropped-nodes": secure.dropped}}
 
 
 def closed_form_phase(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, folder: RunFolder, *,

@@ -15,21 +15,31 @@ from omnirad.protocol import ARRAYS, QUERY_FEATURE_MOMENTS
 from omnirad.standardise import FeatureMoments, Standardisation
 
 
+def ask_sites(grid: Grid, nodes: list[int], action: str, timeout: float = 600.0, *,
+              content: RecordDict | None = None) -> tuple[dict[int, RecordDict], dict[int, str]]:
+    """One ``query.<action>`` message (carrying ``content``) to each of ``nodes``: the replies by
+    node id, and for each node that did not answer or answered with an error, why."""
+    messages = [Message(content=RecordDict(dict(content.items())) if content is not None else RecordDict(),
+                        dst_node_id=node, message_type=f"query.{action}") for node in nodes]
+    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
+    contents, failed = {}, {}
+    for node in nodes:
+        reply = replies.get(node)
+        if reply is None or reply.has_error():
+            failed[node] = "no reply" if reply is None else reply.error.reason
+        else:
+            contents[node] = reply.content
+    return contents, failed
+
+
 def ask_every_site(grid: Grid, action: str, purpose: str, timeout: float = 600.0, *,
                    content: RecordDict | None = None) -> dict[int, RecordDict]:
     """Each connected node's reply to one ``query.<action>`` message (carrying ``content``), by
     node id. Raises ``RuntimeError`` naming ``purpose`` and the node when a reply is missing or
     failed: what the server builds from the replies would be wrong without every site."""
-    nodes = sorted(grid.get_node_ids())
-    messages = [Message(content=RecordDict(dict(content.items())) if content is not None else RecordDict(),
-                        dst_node_id=node, message_type=f"query.{action}") for node in nodes]
-    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
-    contents = {}
-    for node in nodes:
-        reply = replies.get(node)
-        if reply is None or reply.has_error():
-            raise RuntimeError(f"{purpose}: node {node} did not answer ({'no reply' if reply is None else reply.error.reason})")
-        contents[node] = reply.content
+    contents, failed = ask_sites(grid, sorted(grid.get_node_ids()), action, timeout, content=content)
+    for node, reason in failed.items():
+        raise RuntimeError(f"{purpose}: node {node} did not answer ({reason})")
     return contents
 
 

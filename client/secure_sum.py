@@ -1,0 +1,126 @@
+"""A site's side of a secure sum (``privacy.secure-sum``, ``omnirad.secure_sum``): two messages.
+
+``query.secure_sum_keys``: the site computes what it would add (its *contribution*, registered by
+purpose with ``@secure_sum_source``), checks it, makes a fresh X25519 key pair for the session and
+keeps the private key in its Flower context (on its own machine); it answers with the public key,
+the contribution's block names and sizes, and a power-of-two bound per block.
+
+``query.secure_sum_masked``: the site takes (and deletes) the session's private key, computes its
+contribution again (the same values: no randomness, or DP noise from a fixed seed), encodes it at
+the agreed scales, masks it with every other site of the roster and sends only the masked words.
+A second request for the same session finds no key and is refused: a site never masks the same
+values twice with different rosters (the difference would reveal one pair's mask).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from omnirad.protocol import ARRAYS, METRICS, QUERY_SECURE_SUM_KEYS, QUERY_SECURE_SUM_MASKED, SECURE_SUM
+from omnirad.secure_sum import (
+    BLOCKS,
+    EXPONENTS,
+    MASKED,
+    PUBLIC_KEY,
+    PURPOSE,
+    ROSTER,
+    SIZES,
+    TOKEN,
+    TOKEN_BYTES,
+    Scales,
+    SecureSumError,
+    exponent_of,
+    layout_of,
+    load_key,
+    masked_contribution,
+    new_key,
+    private_bytes,
+    public_bytes,
+    session_salt,
+)
+from omnirad_fl.client.site_handlers import site_handler
+
+KEYS_STATE = "secure-sum-keys"  # context.state: the private key of each open session, by token
+TOKEN_PATTERN = re.compile(rf"^[0-9a-f]{{{2 * TOKEN_BYTES}}}$")
+
+# A contribution: (message, context, first) -> (blocks by name, float64, in order; reply metrics).
+# ``first`` is True for the keys step, where a release is accounted (DP), False for the masked step.
+Contribution = Callable[[Message, Context, bool], tuple[dict[str, np.ndarray], dict[str, float]]]
+SECURE_SUM_SOURCES: dict[str, Contribution] = {}
+
+
+def secure_sum_source(purpose: str) -> Callable[[Contribution], Contribution]:
+    """Register the decorated function as what this site adds to a secure sum for ``purpose``."""
+
+    def register(contribution: Contribution) -> Contribution:
+        if purpose in SECURE_SUM_SOURCES:
+            raise ValueError(f"secure sum: purpose {purpose!r} is registered twice")
+        SECURE_SUM_SOURCES[purpose] = contribution
+        return contribution
+
+    return register
+
+
+def session_of(msg: Message) -> tuple[str, str, ConfigRecord]:
+    """The request's purpose, token and record, checked."""
+    request = msg.content[SECURE_SUM]
+    purpose, token = str(request[PURPOSE]), str(request[TOKEN])
+    if purpose not in SECURE_SUM_SOURCES:
+        raise SecureSumError(f"secure sum: nothing registered for purpose {purpose!r}")
+    if not TOKEN_PATTERN.match(token):
+        raise SecureSumError("secure sum: the session token is not the server's fresh random token")
+    return purpose, token, request
+
+
+def contribution(msg: Message, context: Context, purpose: str, first: bool
+                 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    arrays, metrics = SECURE_SUM_SOURCES[purpose](msg, context, first)
+    return {name: np.asarray(values, dtype=np.float64).ravel() for name, values in arrays.items()}, metrics
+
+
+@site_handler("query", QUERY_SECURE_SUM_KEYS)
+def secure_sum_keys(msg: Message, context: Context) -> Message:
+    """Step 1: a fresh public key, the contribution's layout and bounds; the private key stays here."""
+    purpose, token, _ = session_of(msg)
+    arrays, metrics = contribution(msg, context, purpose, True)
+    key = new_key()
+    # one open session per purpose: a restarted phase's old key is of no further use
+    kept = context.state.get(KEYS_STATE)
+    sessions = {k: v for k, v in kept.items() if not k.startswith(f"{purpose}/")} if isinstance(kept, ConfigRecord) else {}
+    context.state[KEYS_STATE] = ConfigRecord({**sessions, f"{purpose}/{token}": private_bytes(key)})
+    layout = layout_of(arrays)
+    record = ConfigRecord({TOKEN: token, PUBLIC_KEY: public_bytes(key), BLOCKS: [name for name, _ in layout],
+                           SIZES: [size for _, size in layout],
+                           EXPONENTS: [exponent_of(values) for values in arrays.values()]})
+    return Message(content=RecordDict({SECURE_SUM: record, METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def take_key(context: Context, purpose: str, token: str) -> bytes:
+    """The session's private key, removed from the site's state: it masks once."""
+    kept = context.state.get(KEYS_STATE)
+    name = f"{purpose}/{token}"
+    if not isinstance(kept, ConfigRecord) or name not in kept:
+        raise SecureSumError("secure sum: this site holds no key for the session (a replayed or repeated request, "
+                             "or a session it never joined): refused")
+    raw = bytes(kept[name])  # type: ignore[arg-type]
+    context.state[KEYS_STATE] = ConfigRecord({k: v for k, v in kept.items() if k != name})
+    return raw
+
+
+@site_handler("query", QUERY_SECURE_SUM_MASKED)
+def secure_sum_masked(msg: Message, context: Context) -> Message:
+    """Step 2: the contribution at the agreed scales, masked with every other site of the roster."""
+    purpose, token, request = session_of(msg)
+    key = load_key(take_key(context, purpose, token))
+    roster = [bytes(k) for k in request[ROSTER]]  # type: ignore[union-attr]
+    layout = tuple(zip((str(b) for b in request[BLOCKS]), (int(s) for s in request[SIZES]), strict=True))  # type: ignore[union-attr]
+    scales = Scales(tuple(int(e) for e in request[EXPONENTS]), len(roster))  # type: ignore[union-attr]
+    arrays, metrics = contribution(msg, context, purpose, False)
+    masked = masked_contribution(arrays, layout, scales, key, roster, session_salt(context.run_id, purpose, token))
+    content = RecordDict({ARRAYS: ArrayRecord({MASKED: Array(masked)}), SECURE_SUM: ConfigRecord({TOKEN: token}),
+                          METRICS: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
