@@ -99,6 +99,23 @@ def report_tasks(cfg: Config, folder: Path) -> dict[str, TaskGroup]:
     return read_tasks(folder)
 
 
+def cross_site_section(cross: dict[str, Any] | None, folder: Path) -> list[str]:
+    """run.cross-site: each model's selection metric on each site's validation split."""
+    if not cross:
+        return []
+    metric, sites = cross["metric"], cross["sites"]
+    lines = ["## Cross-site evaluation", "",
+             f"Each model (rows) on each site's validation split (columns), {metric}; a site's own model on its own "
+             "split is the diagonal of the site rows.", "",
+             "| model | " + " | ".join(f"site {s}" for s in sites) + " |", "|---|" + "---|" * len(sites)]
+    for name, row in cross["matrix"].items():
+        cells = [f"{row[s][metric]:.3f}" if metric in row.get(s, {}) else "-" for s in sites]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if (folder / "cross-site.png").exists():
+        lines += ["", "![cross-site evaluation](cross-site.png)"]
+    return [*lines, ""]
+
+
 def write_run_report(folder: Path) -> Path:
     cfg, rounds, summary = read_run(folder)
     tasks = report_tasks(cfg, folder)
@@ -148,6 +165,7 @@ def write_run_report(folder: Path) -> Path:
         plots += [f"![{name + ': ' if name else ''}{caption}]({plot_file})" if plot_file else f"({caption})", ""]
     if (folder / "partition.png").exists():
         plots += ["![partition](partition.png)", ""]
+    lines += cross_site_section(summary.get("cross-site"), folder)
     lines += plots
     report = folder / "report.md"
     report.write_text("\n".join(lines))

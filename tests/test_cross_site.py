@@ -8,6 +8,7 @@ import json
 import pytest
 
 from omnirad.config import ConfigError
+from omnirad_fl.simulations.report import write_run_report
 
 SMALL = {"data.num-train": 160, "data.num-test": 40, "data.size": 32, "num-server-rounds": 1,
          "train.local-epochs": 1}
@@ -40,6 +41,10 @@ def test_fedper_sites_models_on_every_site(run_in_process):
         others = [cross["matrix"][f"site {o}"][site]["macro-f1"] for o in cross["sites"] if o != site]
         assert cross["by-site"][site]["others-mean"] == pytest.approx(sum(others) / len(others))
     assert (run / "cross-site.png").stat().st_size > 0
+    report = write_run_report(run).read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| site 1 |"))
+    assert f"{cross['matrix']['site 1']['1']['macro-f1']:.3f}" == row.split("|")[3].strip()  # site 1 on its own split
+    assert "![cross-site evaluation](cross-site.png)" in report
 
 
 def test_the_global_model_row_is_what_each_site_scored(run_in_process):
