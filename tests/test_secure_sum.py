@@ -347,3 +347,24 @@ def test_each_task_group_gets_its_own_sites_secure_sum(task_identity, tmp_path):
     assert any(kind == "query.secure_sum_masked" for _, kind, _ in grid.replies)
     for key, value in solved[False].items():
         torch.testing.assert_close(solved[True][key], value, atol=1e-6, rtol=1e-6)
+
+
+def test_with_dp_each_site_noises_then_masks_and_the_head_is_the_plain_dp_head(tmp_path, task_identity):
+    """Under DP a site's noise comes from a fixed seed, so the masked step repeats the keys step's
+    release (accounted once); the secure head equals the plain DP head and the epsilons are the same."""
+    from safetensors.torch import load_file
+
+    from omnirad_fl.server.phases import ServerRun, run_phases
+    from omnirad_fl.server.run_config import load_run_config
+
+    heads, reports = {}, {}
+    for secure in (False, True):
+        flat = {**SMALL, "privacy.dp": True, "privacy.epsilon": 3.0, "num-server-rounds": 0,
+                "privacy.secure-sum": secure, "run.output-dir": str(tmp_path / str(secure))}
+        folder = run_phases(ServerRun(InProcessGrid(flat, 4), load_run_config(flat))).need_folder().path
+        heads[secure] = load_file(folder / "final_adapter.safetensors")
+        reports[secure] = json.loads((folder / "closed-form.json").read_text())
+    assert reports[True]["epsilon-per-site"] == reports[False]["epsilon-per-site"]
+    assert all(eps == pytest.approx(3.0, rel=0.02) for eps in reports[True]["epsilon-per-site"].values())
+    for key, value in heads[False].items():
+        torch.testing.assert_close(heads[True][key], value, atol=1e-5, rtol=1e-6)
