@@ -18,9 +18,9 @@ from omnirad.site_cache import get_site
 from omnirad_fl.client.deployment import (
     check_encoder,
     check_task,
-    site_of,
-    with_pretrained_encoder,
-    with_shared_vocabulary,
+    message_plan,
+    site_plan,
+    task_view,
 )
 from omnirad_fl.client.run_state import RunState, load_run_state, rounds_seen
 from omnirad_fl.client.site_handlers import site_handler
@@ -37,9 +37,8 @@ def run_state(cfg: Config, site: LocalSite, msg: Message, context: Context) -> R
 def site_for(msg: Message, context: Context) -> tuple[Config, LocalSite]:
     """This site's configuration and data for a message about the adapter, once the message has
     passed the site's checks: the server's encoder weights are this site's, the adapter its task's."""
-    cfg, site_id = site_of(context)
-    cfg = with_pretrained_encoder(cfg, msg.content[CONFIG])
-    cfg = with_shared_vocabulary(cfg, msg.content[CONFIG])
+    plan, site_id = site_plan(context)
+    cfg = task_view(message_plan(plan, msg.content[CONFIG]), site_id, context.node_config)
     check_encoder(cfg, msg.content[CONFIG])
     check_task(cfg, msg.content[CONFIG])
     return cfg, get_site(cfg, site_id)

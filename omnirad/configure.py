@@ -14,7 +14,6 @@ from typing import Any
 
 from omnirad.closed_form import AUTO_INIT, RANDOM_INIT
 from omnirad.config.checks import check_finite, check_privacy, check_rounds, check_run, check_strategy, check_train
-from omnirad.config.federation import validate_with
 from omnirad.config.parse import parse_config
 from omnirad.config.schema import Config
 from omnirad.data.checks import check_data
@@ -54,9 +53,6 @@ def _build_config(flat: Mapping[str, Any]) -> Config:
     resolve_head_init(cfg)
     validate(cfg)
     return cfg
-
-
-validate_with(load_config)  # omnirad.config.with_num_sites validates again with every check
 
 
 def validate(cfg: Config) -> None:

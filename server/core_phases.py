@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from omnirad.adapters import tensor_bytes, trainable_state
-from omnirad.config import FEDERATION_SIZE, Config, ConfigError, with_num_sites
+from omnirad.config import FEDERATION_SIZE, Config, ConfigError
 from omnirad.data.report import partition_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
 from omnirad.data.sources import source_of
@@ -32,29 +32,29 @@ from omnirad_fl.strategies import build_strategy
 log = logging.getLogger(__name__)
 
 
-def check_federation(grid: Grid, cfg: Config) -> Config:
-    """Fail before any training when the simulated federation does not match a given data.num-sites,
-    and take the federation's size when it is not given (0); in deployment, wait up to
-    ``strategy.join-timeout`` for every site to connect (sites come online when their IT teams start
-    them: the strategy then waits for at least ``strategy.min-sites``)."""
+def check_federation(grid: Grid, cfg: Config) -> int:
+    """The federation's size. Fails before any training when the simulated federation does not
+    match a given data.num-sites; in deployment, waits up to ``strategy.join-timeout`` for every
+    site to connect (sites come online when their IT teams start them: the strategy then waits for
+    at least ``strategy.min-sites``)."""
     if source_of(cfg.data.dataset).deployed:
         connected = wait_for_sites(grid, cfg.data.num_sites, cfg.strategy.join_timeout)
         if connected < cfg.data.num_sites:
             log.warning("WARNING: only %d of %d sites connected within strategy.join-timeout=%.0f s; the run "
                         "starts once strategy.min-sites are there", connected, cfg.data.num_sites,
                         cfg.strategy.join_timeout)
-        return cfg
+        return cfg.data.num_sites
     num_nodes = len(list(grid.get_node_ids()))
     if cfg.data.num_sites == FEDERATION_SIZE:
         log.info("data.num-sites=%d: the federation's size", num_nodes)
-        return with_num_sites(cfg, num_nodes)
+        return num_nodes
     if num_nodes != cfg.data.num_sites:
         raise ConfigError(
             f"data.num-sites={cfg.data.num_sites} but the federation has {num_nodes} SuperNodes: run "
             f"`flwr run . --federation-config \"num-supernodes={cfg.data.num_sites}\"` or set "
             f"data.num-sites={num_nodes}"
         )
-    return cfg
+    return num_nodes
 
 
 def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0) -> int:
@@ -72,7 +72,7 @@ def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0)
 
 @PHASES.register("federation", "federation")
 def federation(run: ServerRun) -> None:
-    run.cfg = check_federation(run.grid, run.cfg)  # data.num-sites: the federation's size unless given
+    run.plan = run.plan.in_federation(check_federation(run.grid, run.cfg))
 
 
 def resumable(cfg: Config) -> tuple[Path, Checkpoint]:
@@ -99,7 +99,8 @@ def start_folder(run: ServerRun) -> None:
         if not source_of(cfg.data.dataset).natural_split:  # a simulated split of a pool: the server can describe it
             labels = partition_labels(pooled_train(cfg))
             run.folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
-    run.cfg = run.folder.cfg  # with a federated vocabulary, it names the run folder's vocabulary.txt
+    if run.folder.cfg.data.vocabulary != cfg.data.vocabulary:  # a federated vocabulary, kept in the run folder
+        run.plan = run.plan.with_vocabulary(run.folder.cfg.data.vocabulary)
     run.encoder = encoder_for(run.cfg)
 
 

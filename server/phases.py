@@ -25,6 +25,7 @@ from omnirad.broadcast import Broadcast
 from omnirad.config import Config
 from omnirad.encoders import FrozenEncoder
 from omnirad.multitask import TaskGroup
+from omnirad.plan import RunPlan
 from omnirad_fl.server.checkpoint import Checkpoint
 from omnirad_fl.server.round_end import RoundEnd
 from omnirad_fl.server.run_folder import RunFolder
@@ -53,7 +54,7 @@ class ServerRun:
     """What the server's phases know about the run, filled in as they go."""
 
     grid: Grid
-    cfg: Config
+    given: Config  # the run configuration as checked where the ServerApp received it; never rewritten
     folder: RunFolder | None = None
     checkpoint: Checkpoint | None = None
     vocabulary: tuple[str, ...] = ()
@@ -69,6 +70,15 @@ class ServerRun:
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json's entries from the phases
     encoder: FrozenEncoder | None = None  # the frozen encoder, once the run folder names its weights
     finished: bool = False  # a phase ended the run (pretraining alone)
+    plan: RunPlan = field(init=False)  # the given configuration and what the phases learnt (omnirad.plan)
+
+    def __post_init__(self) -> None:
+        self.plan = RunPlan.of(self.given)
+
+    @property
+    def cfg(self) -> Config:
+        """The configuration the phases' components read: the plan's view."""
+        return self.plan.config
 
     @property
     def done_rounds(self) -> int:

@@ -25,8 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from omnirad.adapters import tensor_bytes
 from omnirad.closed_form import HEAD_INITS
-from omnirad.config import Config, ConfigError, to_flat
-from omnirad.configure import load_config
+from omnirad.config import Config, ConfigError
 from omnirad.encoders import weights_fingerprint
 from omnirad.protocol import PRETRAINED_ENCODER, SSL_ROUNDS, TEACHER, TRAIN_SSL
 from omnirad.ssl import (
@@ -65,12 +64,12 @@ def default_encoder_path(cfg: Config) -> Path:
     return Path(cfg.run.output_dir).expanduser() / f"ssl-encoder-{cfg.model.encoder}-{stamp}.safetensors"
 
 
-def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
-    """Run ``ssl.rounds`` of federated pretraining; returns the configuration with
-    ``model.weights`` set to the pretrained encoder file (unchanged when ``ssl.rounds`` is 0)."""
+def pretrain_encoder(grid: Grid, cfg: Config) -> str | None:
+    """Run ``ssl.rounds`` of federated pretraining; returns the pretrained encoder file (None when
+    ``ssl.rounds`` is 0)."""
     s = cfg.ssl
     if s.rounds == 0:
-        return cfg
+        return None
     if cfg.run.resume_from:
         raise ConfigError("run.resume-from with ssl.rounds > 0: the pretraining is not checkpointed; resume the "
                           "adapter phase with ssl.rounds=0 and model.weights set to the pretrained encoder file")
@@ -120,13 +119,15 @@ def pretrain_encoder(grid: Grid, cfg: Config) -> Config:
                      line["seconds"])
     save_encoder(teacher_encoder(teacher, student), str(path))
     log.info("SSL pretraining done: encoder %s (sha256 %s)", path, weights_fingerprint(str(path))[:16])
-    return load_config({**to_flat(cfg), "model.weights": str(path)})
+    return str(path)
 
 
 @PHASES.register("pretrain", "pretrain", applies=lambda run: run.cfg.ssl.rounds > 0)
 def pretrain(run: ServerRun) -> None:
     """The encoder the adapter phase uses is the pretrained one; pretraining alone ends the run."""
-    run.cfg = pretrain_encoder(run.grid, run.cfg)
+    pretrained = pretrain_encoder(run.grid, run.cfg)
+    if pretrained is not None:
+        run.plan = run.plan.with_encoder(pretrained)
     run.finished = run.cfg.num_server_rounds == 0 and HEAD_INITS[run.cfg.model.head_init] is None
 
 

@@ -18,8 +18,9 @@ from typing import Any
 import click
 from flwr.common.config import parse_config_args
 
-from omnirad.config import Config, ConfigError, with_num_sites
+from omnirad.config import Config, ConfigError
 from omnirad.data.sites import task_info
+from omnirad.plan import RunPlan
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.server.run_folder import newest_summary, shipped_scores
 from omnirad_fl.simulations.flower_local import (
@@ -47,7 +48,7 @@ def local_superlink(http_port: int = DEFAULT_HTTP_PORT, verbose: bool = False) -
 def simulation_config(flat: Mapping[str, Any]) -> Config:
     """The run configuration as the simulation these tools start will see it: ``data.num-sites``
     left to the federation is the size of the federation they start (``DEFAULT_NUM_SUPERNODES``)."""
-    return with_num_sites(load_run_config(flat), DEFAULT_NUM_SUPERNODES)
+    return RunPlan.of(load_run_config(flat)).in_federation(DEFAULT_NUM_SUPERNODES).config
 
 
 def run_simulation(run_config: str, http_port: int = DEFAULT_HTTP_PORT) -> Path | None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from omnirad.config import with_num_sites
 from omnirad.configure import load_config
 from omnirad.data.report import format_report, partition_report, plot_report
 from omnirad.data.sites import partition_class_names, partition_labels, pooled_train, site_partitions
+from omnirad.plan import RunPlan
 from omnirad_fl.simulations.flower_local import DEFAULT_NUM_SUPERNODES
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="?", default="", help='configuration keys, as for flwr run --run-config')
     args = parser.parse_args()
     cfg = load_config(parse_config_args([args.overrides]) if args.overrides else {})
-    cfg = with_num_sites(cfg, DEFAULT_NUM_SUPERNODES)  # unset: as many sites as `make demo` simulates
+    cfg = RunPlan.of(cfg).in_federation(DEFAULT_NUM_SUPERNODES).config  # unset: as many sites as `make demo` simulates
     report = partition_report(partition_labels(pooled_train(cfg)), site_partitions(cfg), partition_class_names(cfg))
     d = cfg.data
     title = f"{d.dataset}: {d.partition} split" + (f", alpha {d.alpha}" if d.partition == "dirichlet" else "")

@@ -103,7 +103,8 @@ def test_truncated_and_missing_files(tmp_path):
 
 
 def test_bad_dataset_configuration_is_named():
-    from omnirad.config import ConfigError, with_num_sites
+    from omnirad.config import ConfigError
+    from omnirad.plan import RunPlan
 
     with pytest.raises(ConfigError, match="data.dataset.*bloodmnist"):
         load_config({"data.dataset": "bloodmnst"})
@@ -113,9 +114,9 @@ def test_bad_dataset_configuration_is_named():
     with pytest.raises(ConfigError, match="data.num-sites.*one site per file"):
         load_config({**files, "data.num-sites": 4})
     unset = load_config(files)  # the federation's size: checked against the files once it is known
-    assert with_num_sites(unset, 2).data.num_sites == 2
+    assert RunPlan.of(unset).in_federation(2).config.data.num_sites == 2
     with pytest.raises(ConfigError, match="data.num-sites': 3 .*2, one site per file"):
-        with_num_sites(unset, 3)
+        RunPlan.of(unset).in_federation(3)
     with pytest.raises(ConfigError, match="data.num-classes"):
         load_config({"data.dataset": "files", "data.site-files": "a.npz", "data.num-sites": 1})
 

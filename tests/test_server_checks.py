@@ -2,8 +2,14 @@ import pytest
 
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
+from omnirad.plan import RunPlan
 from omnirad_fl.server.core_phases import check_federation
 from tests.conftest import FakeGrid
+
+
+def federated(grid, cfg):
+    """The configuration the server's phases read once the federation phase has run."""
+    return RunPlan.of(cfg).in_federation(check_federation(grid, cfg)).config
 
 
 def test_federation_size_must_match_num_sites():
@@ -16,18 +22,19 @@ def test_federation_size_must_match_num_sites():
 def test_an_unset_num_sites_is_the_federations_size():
     cfg = load_config({})
     assert cfg.data.num_sites == 0  # the default: whatever size Flower's federation has
-    sized = check_federation(FakeGrid(10), cfg)  # Flower's own default federation, say
+    sized = federated(FakeGrid(10), cfg)  # Flower's own default federation, say
     assert sized.data.num_sites == 10 and sized.strategy.min_sites == 0
-    assert check_federation(FakeGrid(10), load_config({"data.num-sites": 10})).data.num_sites == 10
+    assert cfg.data.num_sites == 0  # learnt by the run's plan, never written into the given configuration
+    assert federated(FakeGrid(10), load_config({"data.num-sites": 10})).data.num_sites == 10
 
 
 def test_keys_that_count_sites_are_checked_against_the_federations_size():
     cfg = load_config({"faults.site": 5, "faults.kind": "crash"})  # fine until the federation is known
-    assert check_federation(FakeGrid(6), cfg).faults.site == 5
+    assert federated(FakeGrid(6), cfg).faults.site == 5
     with pytest.raises(ConfigError, match="faults.site.*from 0 to 3"):
-        check_federation(FakeGrid(4), cfg)
+        federated(FakeGrid(4), cfg)
     with pytest.raises(ConfigError, match="strategy.min-sites.*to data.num-sites \\(2\\)"):
-        check_federation(FakeGrid(2), load_config({"strategy.min-sites": 3}))
+        federated(FakeGrid(2), load_config({"strategy.min-sites": 3}))
 
 
 def test_sites_learn_the_federations_size_from_flower():

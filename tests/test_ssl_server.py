@@ -30,6 +30,6 @@ def test_ssl_messages_are_train_ssl_and_carry_student_teacher_and_round(task_ide
 
 def test_no_pretraining_leaves_the_configuration_alone_and_resume_is_refused():
     cfg = load_config({})
-    assert pretrain_encoder(FakeGrid(), cfg) is cfg and pretrained_instructions(cfg) == {}
+    assert pretrain_encoder(FakeGrid(), cfg) is None and pretrained_instructions(cfg) == {}
     with pytest.raises(ConfigError, match="run.resume-from"):
         pretrain_encoder(FakeGrid(), load_config({"ssl.rounds": 1, "run.resume-from": "runs/x"}))

@@ -34,7 +34,8 @@ from omnirad.tasks import TaskSpec
 from omnirad.vocabulary import SiteWordCounts, federated_vocabulary
 from omnirad_fl.client import app as client_app
 from omnirad_fl.client.cli import check_data
-from omnirad_fl.client.deployment import site_of, with_shared_vocabulary
+from omnirad.plan import RunPlan
+from omnirad_fl.client.deployment import message_plan, site_of, site_plan, task_view
 from omnirad_fl.client.site_config import SiteConfig
 from omnirad_fl.server.run_folder import VOCABULARY_FILE, RunFolder
 from omnirad_fl.server.vocabulary import (
@@ -200,10 +201,12 @@ def test_the_vocabulary_phase_through_the_sites_handlers_then_a_site_reads_its_c
 
     # a site without the file takes the words of the server's messages
     instructions = ConfigRecord(vocabulary_instructions(folder.cfg))
-    site_cfg = with_shared_vocabulary(cfg, instructions)
+    site_plan_ = message_plan(RunPlan.of(cfg), instructions)
+    site_cfg = site_plan_.config
     assert task_info(site_cfg).label_names == vocabulary
     assert site_cfg.data.vocabulary.startswith(str(tmp_path / "cache"))
-    assert with_shared_vocabulary(site_cfg, instructions) == site_cfg  # the same file every message
+    assert message_plan(RunPlan.of(cfg), instructions).vocabulary == site_plan_.vocabulary  # the same file every message
+    assert message_plan(site_plan_, instructions) == site_plan_  # and nothing more to learn once it has it
     model = new_model(folder.cfg)
     content = RecordDict({ARRAYS: ArrayRecord(trainable_state(model)), CONFIG: instructions})
     context = WordCountSites(flat, 2).contexts[101]
@@ -251,7 +254,9 @@ def test_a_deployed_captioning_group_counts_its_vocabulary_at_its_own_sites_only
     instructions = ConfigRecord(vocabulary_instructions(server_view))
     site_cfg, _ = site_of(sites.contexts[101])
     assert site_cfg.data.vocabulary == "" and site_cfg.multitask.task == "captions"
-    taken = with_shared_vocabulary(site_cfg, instructions)
+    context = sites.contexts[101]
+    plan, site_id = site_plan(context)
+    taken = task_view(message_plan(plan, instructions), site_id, context.node_config)
     assert task_info(taken).label_names == vocabulary
     assert taken.data.vocabulary.startswith(str(tmp_path / "cache" / "site-1"))
 

@@ -11,7 +11,7 @@ imports none of them. ``omnirad.configure.load_config``, above every registry, p
 and runs every check; it is how a ``Config`` is made.
 """
 
-from omnirad.config.federation import FEDERATION_SIZE, require_num_sites, with_num_sites
+from omnirad.config.federation import FEDERATION_SIZE, require_num_sites
 from omnirad.config.io import (
     comma_list,
     flat_defaults,
@@ -42,5 +42,4 @@ from omnirad.errors import ConfigError
 __all__ = ["FEDERATION_SIZE", "Config", "ConfigError", "DataConfig", "FaultsConfig", "ModelConfig", "MultitaskConfig",
            "PersonalizationConfig", "PrivacyConfig", "RunConfig", "SpectralConfig", "SslConfig", "StrategyConfig",
            "TrainConfig", "comma_list", "flat_defaults", "flatten_keys", "parse_overrides",
-           "read_config_file", "read_config_tree", "require_num_sites", "to_flat", "to_yaml", "toml_literal",
-           "with_num_sites"]
+           "read_config_file", "read_config_tree", "require_num_sites", "to_flat", "to_yaml", "toml_literal"]

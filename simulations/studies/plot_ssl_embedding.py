@@ -18,10 +18,11 @@ from matplotlib.figure import Figure  # no pyplot: no global backend
 from probe_encoders import encoders_and_keys  # a study beside this one (run as a script)
 from sklearn.manifold import TSNE
 
-from omnirad.config import Config, parse_overrides, with_num_sites
+from omnirad.config import Config, parse_overrides
 from omnirad.configure import load_config
 from omnirad.data.sites import partition_class_names, pooled_train, site_partitions
 from omnirad.encoders import create_encoder
+from omnirad.plan import RunPlan
 from omnirad.training import encode
 from omnirad_fl.simulations.flower_local import DEFAULT_NUM_SUPERNODES
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-site", type=int, default=250)
     args = parser.parse_args(argv)
     encoders, keys = encoders_and_keys(parser, args.items)
-    cfg = with_num_sites(load_config(parse_overrides(keys)), DEFAULT_NUM_SUPERNODES)  # unset: as `make demo`
+    cfg = RunPlan.of(load_config(parse_overrides(keys))).in_federation(DEFAULT_NUM_SUPERNODES).config  # unset: as `make demo`
     plot(args.path, cfg, encoders, args.per_site)
     print(f"wrote {args.path}")
     return 0
