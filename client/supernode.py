@@ -6,7 +6,8 @@ message and, when there is none, sleeps a fixed 3 s; it checks for the ClientApp
 deployed round waited about 2 x (1.5 s on average, 3 s at worst) + 2 x 0.25 s for nothing, more
 than the site runtime takes to answer. This launcher runs Flower's own ``flower-supernode`` command
 with that module's clock replaced: for ``EAGER_SECONDS`` after a message arrived (a run is under
-way; the next message comes within seconds) an idle wait is ``EAGER_POLL`` seconds; after that it
+way; the next message comes within seconds) or after the SuperNode started, an idle wait is
+``EAGER_POLL`` seconds; after that it
 is Flower's 3 s again, so an idle site asks no more often than Flower's. Waits for a reply are
 ``REPLY_POLL``. Everything else (the protocol, TLS, authentication, retries) is Flower's.
 
@@ -33,7 +34,9 @@ class EagerClock:
 
     def __init__(self, clock: ModuleType = time) -> None:
         self._clock = clock
-        self.last_message = -EAGER_SECONDS  # monotonic time of the last message pulled
+        # monotonic time of the last message pulled; a site that just started is about to be asked
+        # (the server waits for its sites to connect, then sends the first query)
+        self.last_message = clock.monotonic()
 
     def message_pulled(self) -> None:
         self.last_message = self._clock.monotonic()

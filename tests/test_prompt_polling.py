@@ -85,14 +85,17 @@ class FakeTime(types.ModuleType):
 def test_the_supernode_polls_eagerly_only_while_a_run_is_under_way():
     fake = FakeTime()
     clock = supernode.EagerClock(fake)
-    clock.sleep(supernode.IDLE_WAIT)  # no message yet: Flower's own wait
+    clock.sleep(supernode.IDLE_WAIT)  # just started: the first message is on its way
+    fake.now += supernode.EAGER_SECONDS
+    clock.sleep(supernode.IDLE_WAIT)  # nothing came: Flower's own wait
     clock.message_pulled()
     fake.now += 10
     clock.sleep(supernode.IDLE_WAIT)  # a run is under way
     clock.sleep(0.5)  # waiting for the ClientApp's reply
     fake.now += supernode.EAGER_SECONDS
     clock.sleep(supernode.IDLE_WAIT)  # quiet for long enough: back to Flower's wait
-    assert fake.slept == [supernode.IDLE_WAIT, supernode.EAGER_POLL, supernode.REPLY_POLL, supernode.IDLE_WAIT]
+    assert fake.slept == [supernode.EAGER_POLL, supernode.IDLE_WAIT, supernode.EAGER_POLL, supernode.REPLY_POLL,
+                          supernode.IDLE_WAIT]
     assert clock.monotonic() == fake.now  # the rest of the time module is the real one
 
 
@@ -101,8 +104,9 @@ def test_the_launcher_patches_flowers_installed_supernode_loop(monkeypatch):
     monkeypatch.setattr(supernode_loop, "_pull_and_store_message", lambda **kw: kw["run_id"])
     clock = supernode.install()
     assert supernode_loop.time is clock
-    assert supernode_loop._pull_and_store_message(run_id=None) is None and clock.last_message < 0
-    assert supernode_loop._pull_and_store_message(run_id=7) == 7 and clock.last_message > 0
+    started = clock.last_message
+    assert supernode_loop._pull_and_store_message(run_id=None) is None and clock.last_message == started
+    assert supernode_loop._pull_and_store_message(run_id=7) == 7 and clock.last_message > started
 
 
 def test_a_flower_without_what_the_launcher_patches_fails_loudly():
