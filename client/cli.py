@@ -45,7 +45,7 @@ from omnirad.tasks import CAPTIONING, MULTI_LABEL, SEGMENTATION, TaskSpec
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.runtime_channel import RUNTIME_ENV
 from omnirad_fl.client.runtime_supervisor import private_socket
-from omnirad_fl.client.site_config import SiteConfig, load_site_config, problems
+from omnirad_fl.client.site_config import SiteConfig, keyed_problems, load_site_config
 from omnirad_fl.client.supernode import SUPEREXEC_POLL, SUPEREXEC_POLL_ENV
 from omnirad_fl.client.verified_app import TRUSTED_ENV
 
@@ -150,13 +150,27 @@ def check_keys(cfg: SiteConfig) -> str:
     return f"authentication key {Path(cfg.auth_key).name}, CA {Path(cfg.server.ca_certificate).name}"
 
 
+# The site file's keys each check reads: a check runs unless one of its keys already has a problem
+# (then that problem is the report), so a missing auth-key or server.address hides nothing else.
+CHECK_NEEDS: dict[str, tuple[str, ...]] = {
+    "check_data": ("data.file", "data.task", "data.task-name"),
+    "check_encoder_weights": ("encoder.name", "encoder.weights"),
+    "check_device": ("device",),
+    "check_keys": ("auth-key", "server.ca-certificate"),
+    "check_trust": ("trusted-publishers",),
+}
+
+
 def preflight(cfg: SiteConfig, source: Path) -> list[str]:
-    """Run every check; returns what passed, raises ``ConfigError`` listing all that failed."""
-    found = problems(cfg, source)
-    if found:
-        raise ConfigError("\n".join(found))
-    passed, failed = [], []
+    """Run every check; returns what passed, raises ``ConfigError`` listing all that failed: the
+    site file's problems and those of every check whose keys are fine, together."""
+    keyed = keyed_problems(cfg)
+    failed = [f"{source}: {message}" for _, message in keyed]
+    broken = {key for key, _ in keyed}
+    passed = []
     for check in (check_data, check_encoder_weights, check_device, check_keys, check_trust):
+        if broken & set(CHECK_NEEDS[check.__name__]):
+            continue
         try:
             passed.append(check(cfg))
         except Exception as err:  # noqa: BLE001 - every failed check is reported, with its file, not a traceback

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ class SiteStateStore:
             with safe_open(str(path), framework="pt") as stored:
                 header = json.loads((stored.metadata() or {}).get(HEADER, "null"))
                 tensors = {key: stored.get_tensor(key) for key in stored.keys()}
-        except (OSError, SafetensorError, json.JSONDecodeError) as err:
+        except (OSError, SafetensorError, ValueError, RecursionError) as err:  # JSON's errors are ValueErrors
             log.error("%s: unreadable site state: %s", path, err)
             raise SiteStateError("this site's state for the run is unreadable; its log names the file") from err
         if not isinstance(header, dict) or header.get("version") != VERSION:
@@ -119,12 +120,24 @@ class SiteStateStore:
             log.error("%s: site state format version %r, this OmniRad-FL reads version %d", path, version, VERSION)
             raise SiteStateError(f"this site's state for the run has format version {version!r}; this OmniRad-FL "
                                  f"reads version {VERSION}")
-        personal: dict[int, dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            server_round, name = key.split("/", 1)
-            personal.setdefault(int(server_round), {})[name] = tensor
-        return SiteState([int(r) for r in header["trained-rounds"]], PrivacyLedger.from_record(header["ledger"]),
-                         personal)
+        try:  # a header of the right version whose fields are damaged is as unreadable as a damaged file
+            personal: dict[int, dict[str, torch.Tensor]] = {}
+            for key, tensor in tensors.items():
+                server_round, name = key.split("/", 1)
+                personal.setdefault(int(server_round), {})[name] = tensor
+            rounds = header["trained-rounds"]
+            if not isinstance(rounds, list):
+                raise TypeError(f"trained-rounds is a {type(rounds).__name__}, not a list")
+            ledger = header["ledger"]
+            for part in ("noise", "rate", "steps"):
+                if not isinstance(ledger[part], list) or not all(
+                        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in ledger[part]):
+                    raise TypeError(f"ledger.{part} is not a list of finite numbers")
+            return SiteState([int(r) for r in rounds], PrivacyLedger.from_record(ledger), personal)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            log.error("%s: damaged site state header or tensor names: %s: %s", path, type(err).__name__, err)
+            raise SiteStateError("this site's state for the run is damaged (its header or tensor names); its log "
+                                 "names the file") from err
 
     def save(self, run_key: str, state: SiteState) -> None:
         """Write the run's state whole, replacing the previous file in one rename."""

@@ -15,6 +15,12 @@ The file holds configuration keys (flat ``data.alpha: 0.1`` or nested ``data: {a
 Each cell's result is appended to ``<out>/results.jsonl`` when it finishes, so a sweep that was
 stopped resumes with the first cell it has no result for. Keys under ``data.`` define the split,
 so the baselines run once per split and seed; the other keys are the variants compared on it.
+
+Input files (``data.site-files``, ``data.test-file``, ``data.root``, ``data.vocabulary``,
+``model.weights``) given as relative paths are made absolute here, once: the federated runs execute
+in the SuperLink's folder, not the user's. In the file they are read relative to the file's folder
+(else, as before, the working folder where the file's folder has no such path); on the command
+line, relative to the working folder.
 """
 
 from __future__ import annotations
@@ -45,11 +51,34 @@ class SweepPlan:
     out: str = ""
 
 
+INPUT_PATHS = ("data.site-files", "data.test-file", "data.root", "data.vocabulary", "model.weights")
+
+
+def absolute_paths(value: Any, key: str, *bases: Path) -> Any:
+    """An input path key's value with each relative path made absolute: the first of ``bases`` in
+    which it exists, else the first base (the run's checks then name the missing file)."""
+    if key not in INPUT_PATHS or not isinstance(value, str) or not value.strip():
+        return value
+    if key == "model.weights" and (value == "hub" or value.startswith("hf_hub:")):
+        return value
+
+    def anchored(item: str) -> str:
+        path = Path(item.strip()).expanduser()
+        if path.is_absolute():
+            return str(path)
+        found = [base / path for base in bases if (base / path).exists()]
+        return str((found[0] if found else bases[0] / path).resolve())
+
+    return ",".join(anchored(item) for item in value.split(",")) if key == "data.site-files" else anchored(value)
+
+
 def load_experiment(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any], SweepPlan | None]:
-    """The run keys (validated) and the sweep plan, if the file has one."""
+    """The run keys (validated, input paths made absolute) and the sweep plan, if the file has one."""
     tree = read_config_tree(path)
     sweep_section = tree.pop("sweep", None)
-    flat = {**flatten_keys(tree), **parse_overrides(overrides)}
+    here, folder = Path.cwd(), path.resolve().parent
+    flat = {key: absolute_paths(value, key, folder, here) for key, value in flatten_keys(tree).items()}
+    flat.update({key: absolute_paths(value, key, here) for key, value in parse_overrides(overrides).items()})
     cfg = load_run_config(flat)
     if sweep_section is None:
         return flat, None
@@ -60,6 +89,7 @@ def load_experiment(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any
     for key, values in plan.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: sweep.grid.{key}: expected a list of values, got {values!r}")
+        plan.grid[key] = [absolute_paths(value, key, folder, here) for value in values]
         awkward = [v for v in values if any(c in str(v) for c in ",:")]
         if awkward:  # cells are written label:key=value,... (every cell is validated before the first run)
             raise ConfigError(f"{path}: sweep.grid.{key}: {awkward[0]!r}: values with ',' or ':' cannot be swept; "

@@ -1,12 +1,20 @@
 """Issue 32 (hardening): every bad input ends in a message that names it, before anything starts."""
 
 import json
+import struct
+import zlib
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+import yaml
+from PIL import Image
 from safetensors.torch import save_file
 
 from omnirad.configure import load_config
 from omnirad.durable import sha256_of
+from omnirad_fl.client.cli import main as client_main
 from omnirad_fl.server import cli
 from omnirad_fl.server.checkpoint import MARK, save_checkpoint
 from omnirad_fl.server.run_folder import RunFolder
@@ -46,3 +54,114 @@ def test_resume_from_a_checkpoint_that_fails_its_checks_stops_before_the_server_
     (folder.path / MARK).write_text("{")  # and a mark that is not JSON
     assert cli.main(["--insecure", "--state-dir", str(state), f"run.resume-from={folder.path}", *SERVER]) == 2
     assert f"{folder.path / MARK} is not valid JSON" in capsys.readouterr().err
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose header claims ``width`` x ``height`` pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+def test_check_reports_every_problem_at_once(tmp_path, capsys):
+    """Item 4: a missing auth-key and a bad server.address hid every data and device problem, and a
+    100000x100000 PNG stopped the data check with no file or row, hiding the other bad rows."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
+    (images / "large.png").write_bytes(png_claiming(10_000, 10_000))
+    rows = ["path,label,split", *(f"images/{i}.png,{i % 2},train" for i in range(4)), "images/bomb.png,0,train",
+            "images/large.png,1,train", "images/missing.png,0,train", "images/0.png,7,train"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    site = {"site": {"name": "A", "id": 0}, "server": {"address": "not an address", "insecure": True},
+            "auth-key": "", "data": {"file": "labels.csv", "task": "multi-class", "num-classes": 2},
+            "encoder": {"name": "vit-tiny"}, "device": "cuda:7"}
+    (tmp_path / "A.yaml").write_text(yaml.safe_dump(site))
+    assert client_main(["--site", "A", "--config", str(tmp_path / "A.yaml"), "--check"]) == 2
+    err = capsys.readouterr().err
+    csv = tmp_path / "labels.csv"
+    for expected in ("server.address: 'not an address'", "auth-key: missing", f"{csv}:6: bomb.png: its header claims",
+                     f"{csv}:7: large.png: its header claims 10000x10000 pixels", f"{csv}:8: missing.png: file not found",
+                     f"{csv}:9: label is not a class index", "cuda:7"):
+        assert expected in err, expected
+    assert "Traceback" not in err
+
+
+def test_relative_input_paths_reach_the_federated_runs_absolute(tmp_path, monkeypatch):
+    """Item 8: the federated runs read relative paths in the SuperLink's folder (exit 700), the
+    baselines in the user's: each relative input path is made absolute where omnirad-sim reads it."""
+    from flwr.common.config import parse_config_args
+
+    from omnirad_fl.simulations import sim
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.npz", "b.npz", "test.npz"):
+        (data / name).write_bytes(b"")
+    (tmp_path / "other-test.npz").write_bytes(b"")
+    (data / "exp.yaml").write_text("data:\n  dataset: files\n  site-files: a.npz, b.npz\n  test-file: test.npz\n"
+                                   "  num-classes: 3\n  num-sites: 2\n")
+    sent = []
+    monkeypatch.setattr(sim, "run_simulation", lambda run_config, port: sent.append(run_config))
+    for cwd, config, overrides in ((data, Path("exp.yaml"), []), (tmp_path, Path("data/exp.yaml"), []),
+                                   (tmp_path, data / "exp.yaml", ["data.test-file=other-test.npz"])):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(RuntimeError, match="did not finish"):
+            sim.run_experiment(config, overrides)
+        received = parse_config_args([sent[-1]])  # what `flwr run --run-config` hands the ServerApp
+        assert received["data.site-files"] == f"{data / 'a.npz'},{data / 'b.npz'}"
+        expected_test = tmp_path / "other-test.npz" if overrides else data / "test.npz"
+        assert received["data.test-file"] == str(expected_test)
+
+
+def test_a_server_test_file_without_a_training_split_is_read_for_its_test_rows(tmp_path):
+    """Item 8: the server reads only the test rows of data.test-file, yet a file without a training
+    split (or with an empty one) was refused ("no training volumes", "train_images is empty")."""
+    from omnirad.data.sources import source_of
+
+    rng = np.random.default_rng(0)
+    test_images, test_labels = rng.integers(0, 255, (6, 16, 16), dtype=np.uint8), rng.integers(0, 3, (6, 1))
+    np.savez(tmp_path / "only-test.npz", test_images=test_images, test_labels=test_labels)
+    np.savez(tmp_path / "empty-train.npz", train_images=np.zeros((0, 16, 16), np.uint8),
+             train_labels=np.zeros((0, 1), np.int64), test_images=test_images, test_labels=test_labels)
+    for i in range(4):
+        Image.fromarray(test_images[i]).save(tmp_path / f"{i}.png")
+    (tmp_path / "test.csv").write_text("path,label,split\n" + "".join(f"{i}.png,{i % 3},test\n" for i in range(4)))
+    for name, count in (("only-test.npz", 6), ("empty-train.npz", 6), ("test.csv", 4)):
+        cfg = load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-sites": 2,
+                           "data.num-classes": 3, "data.size": 28, "data.test-file": str(tmp_path / name)})
+        held = source_of("files").test_set(cfg)
+        assert held is not None and len(held) == count, name
+
+
+@pytest.mark.parametrize("damage", ["no trained-rounds", "rounds not a list", "ledger of strings", "tensor name",
+                                    "ledger missing"])
+def test_a_damaged_site_state_header_answers_the_documented_code(tmp_path, damage):
+    """Item 9: a site state file of the right version whose header fields or tensor names are
+    damaged raised KeyError/ValueError, answered as 1000 (anything else) instead of 1007."""
+    from omnirad.protocol import STATE_LOST
+    from omnirad.site_state import HEADER, VERSION, SiteState, SiteStateError, SiteStateStore
+    from omnirad_fl.client.replies import error_reply
+
+    store = SiteStateStore(tmp_path)
+    store.save("run-1", SiteState())
+    header = {"version": VERSION, "trained-rounds": [1], "ledger": {"noise": [1.0], "rate": [0.1], "steps": [3]}}
+    tensors = {"1/fc.weight": torch.zeros(2)}
+    if damage == "no trained-rounds":
+        del header["trained-rounds"]
+    elif damage == "rounds not a list":
+        header["trained-rounds"] = 3
+    elif damage == "ledger of strings":
+        header["ledger"]["noise"] = ["x"]
+    elif damage == "ledger missing":
+        del header["ledger"]
+    else:
+        tensors = {"fc.weight": torch.zeros(2)}  # no round before the '/'
+    save_file(tensors, store.path("run-1"), metadata={HEADER: json.dumps(header)})
+    with pytest.raises(SiteStateError) as refused:
+        store.load("run-1")
+    assert error_reply(refused.value).code == STATE_LOST == 1007
+    assert str(tmp_path) not in str(refused.value)  # the reply names no path

@@ -30,4 +30,4 @@ def read_caption_csv(path: Path, task: TaskSpec, options: ReadOptions) -> dict[s
     images = read_row_images(rows, options.size, problems)
     if problems:
         raise DataFileError(summary(path, problems))
-    return stack_splits(path, rows, images, encode_captions(captions, task.label_names))
+    return stack_splits(path, rows, images, encode_captions(captions, task.label_names), options.needs_training)

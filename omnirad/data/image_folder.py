@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLASS_FOLDER = re.compile(r"^(\d+)(?:[-_].*)?$")
 VAL_SHARE = 10  # one patient in this many goes to validation when the CSV gives no split
 MAX_LISTED = 20  # problems listed before "... and N more"
+# The most pixels an image may claim in its header: Pillow's own warning limit (about 9459 x 9459).
+# Larger claims (a 100000 x 100000 PNG of a few hundred bytes) are refused before any pixel is
+# decoded, as a problem of their row.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+class ImageTooLarge(ValueError):
+    pass
 
 
 def is_image_folder_source(path: Path) -> bool:
@@ -52,7 +61,8 @@ def read_image_folder(path: Path, task: TaskSpec, options: ReadOptions) -> dict[
     images = read_row_images(rows, options.size, problems)
     if problems:
         raise DataFileError(summary(path, problems))
-    return stack_splits(path, rows, images, np.array([row.label for row in rows], dtype=np.int64))
+    return stack_splits(path, rows, images, np.array([row.label for row in rows], dtype=np.int64),
+                        options.needs_training)
 
 
 def survey_images(path: Path, task: TaskSpec) -> str:
@@ -61,8 +71,11 @@ def survey_images(path: Path, task: TaskSpec) -> str:
     rows = read_rows(path)
     sizes: Counter[str] = Counter()
     for row in rows:
-        with Image.open(row.file) as image:
-            sizes[f"{image.width}x{image.height}"] += 1
+        try:
+            with Image.open(row.file) as image:
+                sizes[f"{image.width}x{image.height}"] += 1
+        except Exception:  # noqa: BLE001 - an unreadable file is read_image_folder's problem to report, by row
+            sizes["unreadable"] += 1
     shown = ", ".join(f"{size}: {n}" for size, n in sizes.most_common(5))
     more = f" and {len(sizes) - 5} more sizes" if len(sizes) > 5 else ""
     return f"{len({row.patient for row in rows})} patients; image sizes: {shown}{more}"
@@ -78,13 +91,19 @@ def read_row_images(rows: list[Row], size: int, problems: list[str]) -> dict[int
             continue
         try:
             images[index] = read_image(row.file, size)
+        except ImageTooLarge as err:
+            problems.append(f"{row.where}: {row.file.name}: {err}")
         except (OSError, UnidentifiedImageError, ValueError) as err:
+            problems.append(f"{row.where}: {row.file.name} could not be read as an image ({type(err).__name__})")
+        except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many kinds on a damaged file: a row's problem
             problems.append(f"{row.where}: {row.file.name} could not be read as an image ({type(err).__name__})")
     return images
 
 
-def stack_splits(path: Path, rows: list[Row], images: dict[int, np.ndarray], labels: np.ndarray) -> dict[str, LabelledImages]:
-    """The rows' images and labels per split (all RGB when any image is colour); a training split is required."""
+def stack_splits(path: Path, rows: list[Row], images: dict[int, np.ndarray], labels: np.ndarray,
+                 needs_training: bool = True) -> dict[str, LabelledImages]:
+    """The rows' images and labels per split (all RGB when any image is colour); a training split is
+    required unless ``needs_training`` is off (the server's test file)."""
     colour = any(image.ndim == 3 for image in images.values())
     splits: dict[str, LabelledImages] = {}
     for split in SPLITS:
@@ -92,7 +111,7 @@ def stack_splits(path: Path, rows: list[Row], images: dict[int, np.ndarray], lab
         if members:
             pixels = np.stack([as_colour(images[i]) if colour else images[i] for i in members])
             splits[split] = LabelledImages(pixels, labels[members])
-    if "train" not in splits:
+    if needs_training and "train" not in splits:
         raise DataFileError(f"{path}: no training images (every row is in another split)")
     return splits
 
@@ -192,8 +211,18 @@ def patient_problems(rows: Sequence[Row]) -> list[str]:
 
 
 def read_image(file: Path, size: int) -> np.ndarray:
-    """Pixels alone, as uint8 ``size`` x ``size``: grey (H, W) or RGB (H, W, 3)."""
-    with Image.open(file) as image:
+    """Pixels alone, as uint8 ``size`` x ``size``: grey (H, W) or RGB (H, W, 3). ``ImageTooLarge``
+    for a header that claims more than ``MAX_PIXELS``, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():  # between Pillow's warning limit and twice it: refused below, not warned of
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(file)
+    except Image.DecompressionBombError as err:  # Pillow's own refusal, beyond twice its warning limit
+        raise ImageTooLarge(f"its header claims more than {2 * MAX_PIXELS} pixels (a decompression bomb?)") from err
+    with opened as image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageTooLarge(f"its header claims {image.width}x{image.height} pixels, more than the {MAX_PIXELS} "
+                                "a site reads (a decompression bomb?)")
         grey = image.mode in ("1", "L", "I", "I;16", "F")
         converted = image.convert("L" if grey else "RGB")
         if image.mode in ("I", "I;16", "F"):  # 16-bit or float pixels: scale the file's own range to 0-255

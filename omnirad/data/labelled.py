@@ -41,12 +41,14 @@ def volume_labels(labels: np.ndarray, volumes: np.ndarray) -> tuple[np.ndarray, 
 class ReadOptions:
     """How a site file is read: the image side the encoder sees and, for volumes, the intensity
     window (``data.window``), the axis cut into slices (``data.slice-axis``) and the voxel
-    spacing to resample to (``data.spacing``, mm; empty: as stored)."""
+    spacing to resample to (``data.spacing``, mm; empty: as stored). ``needs_training``: a site's
+    file must hold a training split; the server's test file need not (it reads its test rows)."""
 
     size: int
     window: str = "percentile"
     slice_axis: int = 2
     spacing: tuple[float, ...] = ()
+    needs_training: bool = True
 
 
 @dataclass(frozen=True)

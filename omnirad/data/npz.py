@@ -123,11 +123,18 @@ def read_classification_npz(path: Path, task: TaskSpec, required: tuple[str, ...
 
 def _read(path: Path, label_key: str, required: tuple[str, ...],
           check_labels: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> dict[str, Split]:
-    """Open, find the splits, check images and counts, then the labels with the format's own check."""
+    """Open, find the splits, check images and counts, then the labels with the format's own check.
+    With no split required (a server's test file), an empty split is skipped, not refused."""
     path = Path(path)
     arrays = _open(path)
     splits = {}
-    for split in _splits_present(path, arrays, label_key, required):
+    present = _splits_present(path, arrays, label_key, required)
+    if not present:
+        raise DataFileError(f"{path}: holds no split: expected {', '.join(f'{s}_images' for s in SPLITS)} "
+                            f"with their {label_key}")
+    for split in present:
+        if not required and len(arrays[f"{split}_images"]) == 0:
+            continue
         images, labels = _checked_images(path, split, arrays[f"{split}_images"], arrays[f"{split}_{label_key}"],
                                         label_key=label_key)
         splits[split] = Split(images, check_labels(f"{path}: {split}", labels, images))

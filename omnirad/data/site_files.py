@@ -38,15 +38,16 @@ def read_npz(path: Path, task: TaskSpec, options: ReadOptions) -> dict[str, Labe
     """MedMNIST (classification, 2D or 3D) or MedSegBench (segmentation) format; 3D volumes
     (MedMNIST 3D: (N, D, H, W)) are cut into slices, each sample a volume; segmentation images
     and masks are resized to ``options.size``, where Dice is scored."""
+    required = ("train",) if options.needs_training else ()
     if not task.segmentation:
-        splits = read_classification_npz(path, task)
+        splits = read_classification_npz(path, task, required)
         volumes = {name for name, s in splits.items() if is_volume_array(s.images)}
         if volumes and volumes != set(splits):
             raise DataFileError(f"{path}: {', '.join(sorted(volumes))} hold(s) volumes (N, D, H, W), "
                                 f"{', '.join(sorted(set(splits) - volumes))} 2D images: mixed 2D/3D")
         return {name: slice_volume_array(s.images, s.labels, options) if name in volumes
                 else LabelledImages(s.images, s.labels) for name, s in splits.items()}
-    segmentation = read_segmentation_npz(path, task.num_outputs)
+    segmentation = read_segmentation_npz(path, task.num_outputs, required)
     return {name: LabelledImages(*resized(s.images, s.labels, options.size)) for name, s in segmentation.items()}
 
 

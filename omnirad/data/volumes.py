@@ -288,7 +288,7 @@ def read_volume_csv(path: Path, task: TaskSpec, options: ReadOptions) -> dict[st
         raise DataFileError(summary(path, problems))
     splits = {split: slices_of(rows, volumes, [i for i, row in enumerate(rows) if row.split == split], task.segmentation)
               for split in SPLITS if any(row.split == split for row in rows)}
-    if "train" not in splits:
+    if options.needs_training and "train" not in splits:
         raise DataFileError(f"{path}: no training volumes (every row is in another split)")
     return splits
 

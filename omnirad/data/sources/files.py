@@ -7,6 +7,7 @@ configuration (``omnirad-client`` puts it in the site's view of ``data.site-file
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from omnirad.captions import read_vocabulary
@@ -14,6 +15,7 @@ from omnirad.config.federation import require_num_sites
 from omnirad.config.io import comma_list
 from omnirad.config.schema import Config
 from omnirad.data.labelled import LabelledImages, ReadOptions
+from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import read_site_file
 from omnirad.data.sources.registry import DataSource, register_source
 from omnirad.errors import ConfigError, bad_value, require
@@ -64,10 +66,16 @@ class NaturalSplit(DataSource):
         return file_task(cfg.data.task, cfg.data.num_classes, cfg.data.vocabulary)
 
     def test_set(self, cfg: Config) -> LabelledImages | None:
+        """The test file's test split (its training split when it has none); it need hold no
+        training split, as a site's file must."""
         if not cfg.data.test_file:
             return None
-        splits = read_site_file(cfg.data.test_file, self.task(cfg), read_options(cfg))
-        return splits.get("test", splits["train"])
+        splits = read_site_file(cfg.data.test_file, self.task(cfg), replace(read_options(cfg), needs_training=False))
+        held = splits.get("test", splits.get("train"))
+        if held is None:
+            raise DataFileError(f"{cfg.data.test_file}: data.test-file holds no test (or train) split, only "
+                                f"{', '.join(splits)}")
+        return held
 
 
 class SiteFiles(NaturalSplit):
