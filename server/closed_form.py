@@ -5,6 +5,8 @@ validation loss, and scores the result as round 0 of the run, like any later rou
 Two queries, each one message per site: ``query.head_statistics`` (sums; with DP noised at the
 site) and ``query.logit_scale`` (the head's summed loss on the site's validation split at a few logit scales; skipped
 under DP, where a data-free scale is used instead, so that nothing but the noised sums leaves).
+Under ``privacy.secure-sum`` each is a secure sum instead (``server/secure_sum.py``, two messages
+per site): the server learns the totals only, and checks them naming the phase, never a site.
 """
 
 from __future__ import annotations

@@ -368,3 +368,22 @@ def test_with_dp_each_site_noises_then_masks_and_the_head_is_the_plain_dp_head(t
     assert all(eps == pytest.approx(3.0, rel=0.02) for eps in reports[True]["epsilon-per-site"].values())
     for key, value in heads[False].items():
         torch.testing.assert_close(heads[True][key], value, atol=1e-5, rtol=1e-6)
+
+
+def test_a_site_process_restarted_between_the_steps_computes_the_same_values_again(task_identity):
+    """The masked step normally reuses what the keys step computed (kept in the site's process); a
+    fresh process computes it again, and the digest kept in the site's context proves it the same."""
+    from omnirad_fl.client import secure_sum as site_side
+
+    class Restarting(Recording):
+        def send_and_receive(self, messages, timeout=None):
+            if any(m.metadata.message_type == f"query.{QUERY_SECURE_SUM_MASKED}" for m in messages):
+                site_side.PENDING.clear()
+            return super().send_and_receive(messages, timeout)
+
+    flat = {**SMALL, "privacy.secure-sum": True}
+    _, _, kept_state, _ = solve(flat)
+    _, _, state, report = solve(flat, Restarting(flat, 4))
+    assert report["secure-sum"]["restarts"] == 0
+    for key, value in kept_state.items():
+        torch.testing.assert_close(state[key], value, atol=1e-6, rtol=0)
