@@ -15,19 +15,23 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.metrics import wire_keys
-from omnirad.protocol import ARRAYS, CONFIG, METRICS, SITE_ID
+from omnirad.protocol import (
+    ARRAYS,
+    CONFIG,
+    CROSS_SITE_FINETUNED,
+    CROSS_SITE_MODEL_PREFIX,
+    METRICS,
+    QUERY_CROSS_SITE_MODEL,
+    QUERY_CROSS_SITE_SCORE,
+    SITE_ID,
+)
 from omnirad.site import RoundInputs
 from omnirad.training import evaluate_model
 from omnirad_fl.client.rounds import round_inputs, run_state, site_for
 from omnirad_fl.client.site_handlers import site_handler
 
-QUERY_MODEL = "cross_site_model"  # query.cross_site_model: the site's own final tensors
-QUERY_SCORE = "cross_site_score"  # query.cross_site_score: scores of the models sent, on the site's validation split
-FINETUNED = "finetuned"  # reply to QUERY_MODEL: its locally fine-tuned copy of the final model, whole
-MODEL_PREFIX = "model-"  # QUERY_SCORE: one ArrayRecord per model, its whole trainable state; one MetricRecord back
 
-
-@site_handler("query", QUERY_MODEL)
+@site_handler("query", QUERY_CROSS_SITE_MODEL)
 def own_model(msg: Message, context: Context) -> Message:
     """This site's final model: its kept tensors after the last round and, with
     ``personalization.finetune-epochs``, the final model fine-tuned on its training split."""
@@ -38,11 +42,11 @@ def own_model(msg: Message, context: Context) -> Message:
     if cfg.personalization.finetune_epochs > 0:
         model = site.model_for(inputs)
         site.train(model, cfg.num_server_rounds + 1, epochs=cfg.personalization.finetune_epochs)
-        content[FINETUNED] = ArrayRecord(dict(trainable_state(model)))
+        content[CROSS_SITE_FINETUNED] = ArrayRecord(dict(trainable_state(model)))
     return Message(content=content, reply_to=msg)
 
 
-@site_handler("query", QUERY_SCORE)
+@site_handler("query", QUERY_CROSS_SITE_SCORE)
 def score_models(msg: Message, context: Context) -> Message:
     """Each model sent (its whole trainable state, or the shared tensors alone for the global
     model, whose kept tensors stay at their common initial values) scored on this site's
@@ -50,7 +54,7 @@ def score_models(msg: Message, context: Context) -> Message:
     cfg, site = site_for(msg, context)
     broadcast = Broadcast.from_config(msg.content[CONFIG])
     content = RecordDict({METRICS: MetricRecord({SITE_ID: float(site.site_id)})})
-    for key in [k for k in msg.content if k.startswith(MODEL_PREFIX)]:
+    for key in [k for k in msg.content if k.startswith(CROSS_SITE_MODEL_PREFIX)]:
         state = msg.content[key].to_torch_state_dict()
         model = site.model_for(RoundInputs(state=state, server_round=cfg.num_server_rounds, broadcast=broadcast))
         scores = evaluate_model(model, site.val_set.inputs, site.val_set.labels, site.task, placement=site.placement,

@@ -25,6 +25,10 @@ QUERY_LOGIT_SCALE = "logit_scale"  # query.logit_scale: training loss sums of th
 QUERY_WORD_COUNTS = "word_counts"  # query.word_counts: a site's training-caption words seen data.vocabulary-min-count times
 QUERY_SECURE_SUM_KEYS = "secure_sum_keys"  # query.secure_sum_keys: a fresh public key and bounds (omnirad.secure_sum)
 QUERY_SECURE_SUM_MASKED = "secure_sum_masked"  # query.secure_sum_masked: the site's values, masked
+QUERY_CROSS_SITE_MODEL = "cross_site_model"  # query.cross_site_model: the site's own final tensors
+QUERY_CROSS_SITE_SCORE = "cross_site_score"  # query.cross_site_score: scores of the models sent, on the site's validation split
+CROSS_SITE_FINETUNED = "finetuned"  # reply to QUERY_CROSS_SITE_MODEL: its locally fine-tuned copy of the final model, whole
+CROSS_SITE_MODEL_PREFIX = "model-"  # QUERY_CROSS_SITE_SCORE: one ArrayRecord per model, its whole trainable state
 SECURE_SUM = "secure-sum"  # the secure-sum session's record, both ways (purpose, token, keys, bounds)
 
 # Instructions (the config record of train and evaluate messages).

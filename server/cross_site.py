@@ -25,8 +25,18 @@ from omnirad.config import ConfigError
 from omnirad.data.sites import task_info
 from omnirad.multitask import is_multitask
 from omnirad.personalization import NO_PERSONALIZATION
-from omnirad.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND, SITE_ID
-from omnirad_fl.client.cross_site import FINETUNED, MODEL_PREFIX, QUERY_MODEL, QUERY_SCORE
+from omnirad.protocol import (
+    ARRAYS,
+    CONFIG,
+    CROSS_SITE_FINETUNED,
+    CROSS_SITE_MODEL_PREFIX,
+    METRICS,
+    NUM_EXAMPLES,
+    QUERY_CROSS_SITE_MODEL,
+    QUERY_CROSS_SITE_SCORE,
+    SERVER_ROUND,
+    SITE_ID,
+)
 from omnirad_fl.server.phases import PHASES, ServerRun
 from omnirad_fl.server.plots import plot_cross_site
 from omnirad_fl.strategies.site_queries import ask_every_site
@@ -63,7 +73,7 @@ def cross_site(run: ServerRun) -> None:
     cfg = run.cfg
     final = run.final if run.final is not None else run.initial
     config = ConfigRecord({**run.instructions, SERVER_ROUND: cfg.num_server_rounds})
-    replies = ask_every_site(run.grid, QUERY_MODEL, "cross-site evaluation: each site's model",
+    replies = ask_every_site(run.grid, QUERY_CROSS_SITE_MODEL, "cross-site evaluation: each site's model",
                              content=RecordDict({ARRAYS: ArrayRecord(final), CONFIG: config}))
     models: dict[str, dict[str, torch.Tensor]] = {}
     if cfg.personalization.mode != "fedper":  # FedPer's global model has no trained output layer
@@ -73,14 +83,14 @@ def cross_site(run: ServerRun) -> None:
         own = content[ARRAYS].to_torch_state_dict() if ARRAYS in content else {}
         if own:
             models[f"site {site}"] = {**final, **own}
-        if FINETUNED in content:
-            models[f"site {site} fine-tuned"] = content[FINETUNED].to_torch_state_dict()
+        if CROSS_SITE_FINETUNED in content:
+            models[f"site {site} fine-tuned"] = content[CROSS_SITE_FINETUNED].to_torch_state_dict()
     if not models:
         log.warning("cross-site evaluation: no model to score (no site kept its own tensors)")
         return
-    names = {f"{MODEL_PREFIX}{i}": name for i, name in enumerate(models)}
+    names = {f"{CROSS_SITE_MODEL_PREFIX}{i}": name for i, name in enumerate(models)}
     sent = RecordDict({CONFIG: config, **{key: ArrayRecord(models[name]) for key, name in names.items()}})
-    scores = ask_every_site(run.grid, QUERY_SCORE, "cross-site evaluation: scores", content=sent)
+    scores = ask_every_site(run.grid, QUERY_CROSS_SITE_SCORE, "cross-site evaluation: scores", content=sent)
     matrix: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     for node, content in scores.items():
         site = site_of(content, node)
