@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flwr.common.config import parse_config_args
 
+from omnirad_fl.client.cli import supernode_command
 from omnirad_fl.client.keys import write_site_keys
+from omnirad_fl.client.site_config import load_site_config
 from omnirad_fl.server.app_bundle import write_publisher_key
+from omnirad_fl.server.cli import run_configuration
 from omnirad_fl.simulations.load_test import LoadPlan, LoadReport, read_run_folder, run_load
-from omnirad_fl.simulations.local_federation import LocalFederation, wait_for
+from omnirad_fl.simulations.local_federation import BIN, LocalFederation, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,38 +64,72 @@ def federation_in(tmp_path):
         assert not federation.leftovers()
 
 
-def test_three_sites_over_tls_survive_losing_one_in_round_two(federation_in):
-    # a closed-form ridge head first (round 0: every site's sums, over TLS), then FedAvg rounds
-    fed = federation_in(["A", "B", "C"], rounds=2, **{"strategy.min_sites": 2, "strategy.round_timeout": 150.0,
-                                                      "model.adapter": "'linear'", "model.head_init": "'ridge'"})
+def test_three_sites_over_tls_survive_losing_one_and_a_site_runtime_killed_mid_round(federation_in):
+    """One federation, two failures (this test holds what two tests asserted before, each with its
+    own federation). Over TLS, with a closed-form ridge head first (round 0: every site's sums):
+    site C disappears without a word while round 2 is under way and the run goes on without it;
+    site A's runtime is killed (SIGKILL, the out-of-memory killer's way) while it answers a message,
+    and A answers the next round: under DP-SGD its privacy account lives on disk, so the restarted
+    runtime goes on from it."""
+    fed = federation_in(["A", "B", "C"], rounds=3, **{"strategy.min_sites": 1, "strategy.round_timeout": 150.0,
+                                                      "model.adapter": "'linear'", "model.head_init": "'ridge'",
+                                                      "privacy.dp": "true", "privacy.noise_multiplier": 2.0,
+                                                      "privacy.epsilon": 1000.0})
     fed.start_server()
     for name in "ABC":
         fed.start_site(name)
     wait_for(lambda: fed.rounds_done() >= 1, 600, "round 1")
     assert speaks_only_tls(fed) and control_api_is_closed(fed)
     fed.kill("site-C")  # round 2 is under way: the site disappears without a word
+    wait_for(lambda: fed.running_clientapp("A"), 300, "site A's next message", poll=0.1)
+    killed_in = fed.rounds_done() + 1
+    fed.kill_runtime("A")
     server = fed.processes["server"]
-    assert server.wait(timeout=600) == 0, fed.log("server")
+    assert server.wait(timeout=900) == 0, fed.log("server")
+    assert "the site runtime exited with status -9; starting it again" in fed.log("site-A")
     summary = json.loads((fed.run_folder() / "summary.json").read_text())
-    assert summary["rounds"] == 2
-    assert summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1"]}
+    assert summary["rounds"] == 3 and killed_in < 3
+    sites = summary["sites-per-round"]
+    assert sites["1"] == ["0", "1", "2"] and "1" in sites["2"] and "2" not in sites["2"]
+    assert sites["3"] == ["0", "1"]  # A answers the round after its runtime was killed; C is gone
     assert any(failure.startswith("train: site 2") for failure in summary["failures"]), summary["failures"]
     assert "sites connected: 3 of 3" in fed.log("server")
     assert json.loads((fed.run_folder() / "closed-form.json").read_text())["statistics-bytes-per-site"].keys() == {
         "site 0", "site 1", "site 2"}
+    report = LoadReport(plan={"rounds": 3})
+    read_run_folder(fed, report)
+    assert report.rounds_completed == 3
+    assert report.epsilon_monotone and len(report.epsilon_by_site["0"]) >= 2, report.epsilon_by_site
 
 
 def final_metrics(folder: Path) -> dict[str, float]:
     return json.loads((folder / "summary.json").read_text())["final"]
 
 
-def test_a_server_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(federation_in):
+def uninterrupted_in_process(fed: LocalFederation, sites: str, folder: Path, run_in_process, monkeypatch) -> Path:
+    """``fed``'s run as omnirad-server configures it (its federation file and overrides), its sites
+    answering in this process with the node configs omnirad-client gives their SuperNodes (their
+    data files, encoder weights; a state folder of their own under ``folder``); its run folder."""
+    monkeypatch.chdir(fed.folder)  # the server resolves the federation file's paths from its folder
+    flat = run_configuration(Path("federation.yaml"), fed.overrides, folder / "runs", resume=False)
+    nodes = []
+    for name in sites:
+        site = load_site_config(fed.folder / "sites" / f"{name}.yaml")
+        site.site_state_dir = str(folder / f"site-state-{name}")
+        command = supernode_command(site)
+        nodes.append(parse_config_args([command[command.index("--node-config") + 1]]))
+    return run_in_process(len(nodes), flat, folder, nodes)
+
+
+def test_a_server_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(federation_in, tmp_path, run_in_process,
+                                                                            monkeypatch):
+    """The server machine dies mid-run (SuperLink, ServerApp and all) and ``omnirad-server --resume``
+    ends the run as it would have ended uninterrupted. The uninterrupted run is the same run (the
+    server's run configuration, the sites' files and node configs) with its phases and ClientApp in
+    this process: runs are seeded per site and round and aggregated in site order, so the deployed
+    runtime and this one give the same numbers."""
     fed = federation_in(["A", "B"], rounds=2)
-    fed.start_server(state="uninterrupted")
-    for name in "AB":
-        fed.start_site(name)
-    assert fed.processes["server"].wait(timeout=900) == 0, fed.log("server")
-    fed.stop_all()
+    straight = uninterrupted_in_process(fed, "AB", tmp_path / "uninterrupted", run_in_process, monkeypatch)
 
     fed.start_server(state="interrupted")
     for name in "AB":
@@ -102,7 +140,7 @@ def test_a_server_killed_mid_run_resumes_and_ends_like_an_uninterrupted_run(fede
     fed.start_server(state="interrupted", resume=True)  # the sites are still up and reconnect
     assert fed.processes["server"].wait(timeout=900) == 0, fed.log("server")
 
-    resumed, straight = fed.run_folder("interrupted"), fed.run_folder("uninterrupted")
+    resumed = fed.run_folder("interrupted")
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["resumed-after-round"] == 1 and summary["rounds"] == 2
     expected = final_metrics(straight)
@@ -146,23 +184,41 @@ def test_deployed_sites_with_different_tasks_train_each_their_own_and_an_unregis
     assert len(tasks["captions"]["labels"]) == counted["words"] + 4  # the special tokens first
 
 
-def test_a_site_refuses_an_app_signed_by_a_publisher_it_does_not_trust(federation_in, tmp_path):
-    # a random head: with none of its sites answering, a closed-form head would stop the run before round 1
-    fed = federation_in(["A"], rounds=1, **{"strategy.join_timeout": 120.0, "model.head_init": "'random'"})
+def test_an_insecure_server_runs_a_site_and_a_site_refuses_an_app_signed_by_a_publisher_it_does_not_trust(
+        federation_in, tmp_path):
+    """``omnirad-server --insecure`` (no TLS: plain HTTP, no site authentication) becomes healthy and
+    its sites connect over plain HTTP; site A trusts another publisher than this coordinator, so it
+    refuses the app and installs nothing, while site B, which trusts the coordinator, trains. (Two
+    tests before, each with its own federation: the insecure server's in test_server_cli.py.)"""
+    fed = federation_in(["A", "B"], rounds=1, num_train=60, **{"strategy.join_timeout": 120.0,
+                                                               "model.head_init": "'random'"})
     (tmp_path / "other").mkdir()
     _, stranger = write_publisher_key(tmp_path / "other", "a-stranger")
-    site_file = fed.folder / "sites" / "A.yaml"
-    site = yaml.safe_load(site_file.read_text())
-    site["trusted-publishers"] = [stranger.read_text().strip()]  # A trusts someone else, not this coordinator
-    site_file.write_text(yaml.safe_dump(site))
-    fed.start_server()
-    fed.start_site("A")
-    assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
+    for name in ("A", "B"):  # the sites dial plain HTTP
+        path = fed.folder / "sites" / f"{name}.yaml"
+        site = yaml.safe_load(path.read_text())
+        site["server"] = {"address": f"127.0.0.1:{fed.port}", "insecure": True}
+        if name == "A":
+            site["trusted-publishers"] = [stranger.read_text().strip()]  # A trusts someone else, not this coordinator
+        path.write_text(yaml.safe_dump(site))
+    server = fed.start("server", [str(BIN / "omnirad-server"), "--insecure", "--config", "federation.yaml", "--certs",
+                                  "certs", "--host", "127.0.0.1", "--port", str(fed.port), "--state-dir", "server",
+                                  *fed.overrides])
+    wait_for(lambda: "registered sites: A, B" in fed.log("server") or server.poll() is not None,
+             180, "the server to register the sites")
+    assert server.poll() is None, fed.log("server")
+    with urllib.request.urlopen(f"http://127.0.0.1:{fed.port}/health", timeout=10) as health:
+        assert health.status == 200
+    for name in ("A", "B"):
+        fed.start_site(name)
+    assert server.wait(timeout=600) == 0, fed.log("server")
+    assert "sites connected: 2 of 2" in fed.log("server")
     summary = json.loads((fed.run_folder() / "summary.json").read_text())
-    assert summary["sites-per-round"] == {"1": []}  # site A never trained
+    assert summary["sites-per-round"] == {"1": ["1"]}  # site A never trained, site B did
     assert any("whose key this site does not trust" in failure for failure in summary["failures"]), summary["failures"]
     assert "whose key this site does not trust" in fed.log("site-A")
     assert not list((fed.folder / "state" / "site-A").glob("apps/*/pyproject.toml"))  # nothing was installed
+    assert list((fed.folder / "state" / "site-B").glob("apps/*/pyproject.toml"))  # where an accepted app goes
 
 
 def test_a_dp_federation_survives_a_site_killed_mid_training_and_a_server_restart(tmp_path):
@@ -177,24 +233,3 @@ def test_a_dp_federation_survives_a_site_killed_mid_training_and_a_server_restar
     assert report.epsilon_monotone and set(report.epsilon_by_site) == {"0", "1", "2"}
     assert report.site_rounds_trained >= 8 and all(len(v) >= 2 for v in report.epsilon_by_site.values())
     assert report.ok and report.peak_rss_mb["server"] > 0 and report.round_seconds["p50"] > 0
-
-
-def test_a_site_whose_runtime_is_killed_mid_round_answers_the_next_round(federation_in):
-    # DP-SGD: the privacy account lives on disk, so the restarted runtime goes on from it
-    fed = federation_in(["A", "B"], rounds=3, **{"strategy.min_sites": 1, "model.head_init": "'random'",
-                                                 "privacy.dp": "true", "privacy.noise_multiplier": 2.0,
-                                                 "privacy.epsilon": 1000.0})
-    fed.start_server()
-    for name in "AB":
-        fed.start_site(name)
-    wait_for(lambda: fed.rounds_done() >= 1, 600, "round 1")
-    wait_for(lambda: fed.running_clientapp("A"), 300, "site A's next message", poll=0.1)
-    killed_in = fed.rounds_done() + 1
-    fed.kill_runtime("A")  # the out-of-memory killer's way: SIGKILL, mid-message
-    assert fed.processes["server"].wait(timeout=900) == 0, fed.log("server")
-    assert "the site runtime exited with status -9; starting it again" in fed.log("site-A")
-    report = LoadReport(plan={"rounds": 3})
-    read_run_folder(fed, report)
-    assert report.rounds_completed == 3 and killed_in < 3
-    assert "0" in json.loads((fed.run_folder() / "summary.json").read_text())["sites-per-round"]["3"]
-    assert report.epsilon_monotone and len(report.epsilon_by_site["0"]) >= 2, report.epsilon_by_site

@@ -1,14 +1,13 @@
 """omnirad-server's work before it starts anything (the run configuration, --resume, TLS files, the
-SuperLink's command line), and an insecure local server that starts."""
+SuperLink's command line). An insecure local server that starts and whose sites connect is in
+test_e2e_deployment.py (one federation with the app-trust test)."""
 
 import os
 import re
 import shlex
 import time
-import urllib.request
 
 import pytest
-import yaml
 from flwr.common.config import parse_config_args
 
 from omnirad.config import ConfigError, to_flat
@@ -25,7 +24,6 @@ from omnirad_fl.server.cli import (
     tls_files,
     write_run_config,
 )
-from omnirad_fl.simulations.local_federation import BIN, LocalFederation, wait_for
 
 
 def test_a_yaml_run_configuration_reaches_flower_unchanged(tmp_path):
@@ -116,27 +114,3 @@ def test_the_missing_tls_files_hint_is_a_command_that_makes_them(tmp_path):
     suggested = shlex.split(re.search(r"`(omnirad-certs [^`]*)`", str(missing.value)).group(1))
     assert certs_main(suggested[1:]) == 0
     assert set(tls_files(certs)) == {"ca", "cert", "key"}
-
-
-@pytest.mark.slow
-def test_an_insecure_server_becomes_healthy_and_its_sites_connect(tmp_path):
-    fed = LocalFederation(tmp_path, ["A", "B"], rounds=1, num_train=60)
-    for name in ("A", "B"):  # the sites dial plain HTTP
-        path = tmp_path / "sites" / f"{name}.yaml"
-        site = yaml.safe_load(path.read_text())
-        site["server"] = {"address": f"127.0.0.1:{fed.port}", "insecure": True}
-        path.write_text(yaml.safe_dump(site))
-    try:
-        fed.start("server", [str(BIN / "omnirad-server"), "--insecure", "--config", "federation.yaml", "--certs",
-                             "certs", "--host", "127.0.0.1", "--port", str(fed.port), "--state-dir", "server"])
-        wait_for(lambda: "registered sites: A, B" in fed.log("server") or fed.processes["server"].poll() is not None,
-                 180, "the server to register the sites")
-        assert fed.processes["server"].poll() is None, fed.log("server")
-        with urllib.request.urlopen(f"http://127.0.0.1:{fed.port}/health", timeout=10) as health:
-            assert health.status == 200
-        for name in ("A", "B"):
-            fed.start_site(name)
-        wait_for(lambda: "sites connected: 2 of 2" in fed.log("server"), 300, "both sites to connect")
-    finally:
-        fed.stop_all()
-    assert not fed.leftovers()
