@@ -26,6 +26,7 @@ from omnirad.multitask_check import check_multitask
 from omnirad.personalization import NO_PERSONALIZATION, PERSONALIZATION, check_personalization
 from omnirad.secure_sum import check_secure_sum
 from omnirad.ssl import check_ssl
+from omnirad.tracking import check_tracking
 
 
 def load_config(flat: Mapping[str, Any] | None = None) -> Config:
@@ -70,6 +71,7 @@ def validate(cfg: Config) -> None:
     check_personalization(cfg)
     check_faults(cfg)
     check_run(cfg)
+    check_tracking(cfg)
     check_device_syntax(cfg.run.device, cfg.run.precision)
     if cfg.multitask.site_tasks:
         check_multitask(cfg)

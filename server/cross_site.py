@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from omnirad.config import ConfigError
 from omnirad.data.sites import task_info
 from omnirad.multitask import is_multitask
 from omnirad.personalization import NO_PERSONALIZATION
@@ -42,7 +41,6 @@ from omnirad_fl.server.plots import plot_cross_site
 from omnirad_fl.strategies.site_queries import ask_every_site
 
 log = logging.getLogger(__name__)
-CHOICES = ("auto", "on", "off")
 PLOT_FILE = "cross-site.png"
 
 
@@ -54,13 +52,6 @@ def cross_site_on(run: ServerRun) -> bool:
         return False
     personal = run.cfg.personalization.mode != NO_PERSONALIZATION or run.cfg.personalization.finetune_epochs > 0
     return choice == "on" or personal
-
-
-@PHASES.register("cross-site-check", "federation")
-def check_choice(run: ServerRun) -> None:
-    """A wrong ``run.cross-site`` fails at the start, not after the rounds."""
-    if run.cfg.run.cross_site not in CHOICES:
-        raise ConfigError(f"run.cross-site={run.cfg.run.cross_site!r}: expected one of {', '.join(CHOICES)}")
 
 
 def site_of(content: RecordDict, node: int) -> str:

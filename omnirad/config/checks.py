@@ -25,6 +25,9 @@ def check_finite(cfg: Config) -> None:
         require(not isinstance(value, float) or math.isfinite(value), key, value, "a finite number")
 
 
+CROSS_SITE_CHOICES = ("auto", "on", "off")  # run.cross-site (omnirad_fl.server.cross_site)
+
+
 def check_run(cfg: Config) -> None:
     """``run.seed`` within numpy's seed range; ``run.name`` a single short folder name (it follows the
     run folder's timestamp: a ``/`` or ``..`` would put the folder elsewhere)."""
@@ -32,6 +35,8 @@ def check_run(cfg: Config) -> None:
             f"from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
     require(not cfg.run.name or bool(RUN_NAME.match(cfg.run.name)), "run.name", cfg.run.name,
             "at most 100 letters, digits and . _ - + = , (not starting with . - + = or ,; no '..'), or empty")
+    require(cfg.run.cross_site in CROSS_SITE_CHOICES, "run.cross-site", cfg.run.cross_site,
+            " or ".join(CROSS_SITE_CHOICES))
 
 
 def check_rounds(cfg: Config) -> None:
