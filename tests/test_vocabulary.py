@@ -16,6 +16,7 @@ from omnirad.configure import load_config
 from omnirad.data.sites import load_site, task_info, training_captions
 from omnirad.models import new_model
 from omnirad.multitask import declaration, group_sites, task_config
+from omnirad.plan import RunPlan
 from omnirad.protocol import (
     ARRAYS,
     CONFIG,
@@ -34,7 +35,6 @@ from omnirad.tasks import TaskSpec
 from omnirad.vocabulary import SiteWordCounts, federated_vocabulary
 from omnirad_fl.client import app as client_app
 from omnirad_fl.client.cli import check_data
-from omnirad.plan import RunPlan
 from omnirad_fl.client.deployment import message_plan, site_of, site_plan, task_view
 from omnirad_fl.client.site_config import SiteConfig
 from omnirad_fl.server.run_folder import VOCABULARY_FILE, RunFolder
