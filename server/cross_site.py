@@ -22,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from omnirad.data.sites import task_info
+from omnirad.data.sources import source_of
 from omnirad.multitask import is_multitask
 from omnirad.personalization import NO_PERSONALIZATION
 from omnirad.protocol import (
@@ -45,13 +46,20 @@ PLOT_FILE = "cross-site.png"
 
 
 def cross_site_on(run: ServerRun) -> bool:
-    """``run.cross-site``: on, off, or (``auto``) on for personalised runs; a run with a model per
-    task group (multi-task) has no single model to cross."""
+    """``run.cross-site``: on, off, or (``auto``) on for personalised simulated runs; a run with a
+    model per task group (multi-task) has no single model to cross. ``auto`` never runs it in
+    deployment: a hospital's own layers would leave it, which its operators must choose (``on``)."""
     choice = run.cfg.run.cross_site
     if choice == "off" or is_multitask(run.cfg):
         return False
+    if choice == "on":
+        return True
     personal = run.cfg.personalization.mode != NO_PERSONALIZATION or run.cfg.personalization.finetune_epochs > 0
-    return choice == "on" or personal
+    if personal and source_of(run.cfg.data.dataset).deployed:
+        log.info("cross-site evaluation not run: it would send each site's own layers to the other sites; "
+                 "set run.cross-site=on to run it")
+        return False
+    return personal
 
 
 def site_of(content: RecordDict, node: int) -> str:

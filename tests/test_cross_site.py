@@ -65,3 +65,14 @@ def test_off_by_default_for_a_plain_run_and_refused_when_misspelt(run_in_process
     assert "cross-site" not in summary and not (run / "cross-site.png").exists()
     with pytest.raises(ConfigError, match="run.cross-site"):
         run_in_process(2, {**SMALL, "data.partition": "iid", "run.cross-site": "yes"})
+
+
+def test_auto_never_sends_a_hospitals_own_layers_without_its_operators_choice():
+    from omnirad.configure import load_config
+    from omnirad_fl.server.cross_site import cross_site_on
+    from omnirad_fl.server.phases import ServerRun
+
+    deployed = {"data.dataset": "deployment", "data.num-sites": 2, "data.num-classes": 3, "strategy.name": "fedper"}
+    assert not cross_site_on(ServerRun(None, load_config(deployed)))
+    assert cross_site_on(ServerRun(None, load_config({**deployed, "run.cross-site": "on"})))
+    assert cross_site_on(ServerRun(None, load_config({"strategy.name": "fedper"})))  # simulated: auto runs it

@@ -271,7 +271,8 @@ class RunConfig:
     cross_site: str = setting("auto", "cross-site evaluation after the last round: every site's final model (its "
                                       "own layers under `personalization.mode`, its locally fine-tuned copy with "
                                       "`personalization.finetune-epochs`) and the global one scored on every "
-                                      "site's validation split; `auto` (on for personalised runs), `on` or `off`. "
+                                      "site's validation split; `auto` (on for personalised simulated runs, never in "
+                                      "deployment), `on` or `off`. "
                                       "A site's own layers leave it for this (docs/ecosystem.md)")
 
 
