@@ -165,3 +165,70 @@ def test_a_damaged_site_state_header_answers_the_documented_code(tmp_path, damag
         store.load("run-1")
     assert error_reply(refused.value).code == STATE_LOST == 1007
     assert str(tmp_path) not in str(refused.value)  # the reply names no path
+
+
+def test_an_npz_array_claiming_more_bytes_than_it_holds_is_refused_by_its_key(tmp_path):
+    """Item 9: a header claiming a terabyte raised a MemoryError naming neither file nor key."""
+    import io
+    import zipfile
+
+    from omnirad.data.labelled import ReadOptions
+    from omnirad.data.npz import DataFileError
+    from omnirad.data.site_files import read_npz
+    from omnirad.tasks import TaskSpec
+
+    def npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**12,)})
+    claimed = header.getvalue() + b"\0" * 4  # a terabyte claimed, four bytes held
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("train_images.npy", claimed)
+        archive.writestr("train_labels.npy", npy(np.zeros((4, 1), np.int64)))
+    with pytest.raises(DataFileError, match=rf"{path}: array 'train_images' claims shape \(1000000000000,\)"):
+        read_npz(path, TaskSpec("multi-class", ("0", "1")), ReadOptions(28))
+
+
+def test_an_empty_or_damaged_mask_is_blamed_on_the_mask_not_its_image(tmp_path):
+    """Item 9: a zero-byte mask was reported as its image that 'could not be read as a volume'."""
+    import nibabel as nib
+
+    from omnirad.data.labelled import ReadOptions
+    from omnirad.data.npz import DataFileError
+    from omnirad.data.site_files import read_site_file
+    from omnirad.data.sources.files import file_task
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), tmp_path / "ct.nii.gz")
+    (tmp_path / "empty_mask.nii.gz").write_bytes(b"")
+    (tmp_path / "damaged_mask.nii.gz").write_bytes(b"not a NIfTI file at all")
+    csv = tmp_path / "volumes.csv"
+    csv.write_text("path,mask,split\nct.nii.gz,empty_mask.nii.gz,train\nct.nii.gz,damaged_mask.nii.gz,train\n")
+    with pytest.raises(DataFileError) as refused:
+        read_site_file(str(csv), file_task("segmentation", 2), ReadOptions(20))
+    assert f"{csv}:2: mask empty_mask.nii.gz is empty (0 bytes)" in str(refused.value)
+    assert f"{csv}:3: mask damaged_mask.nii.gz could not be read" in str(refused.value)
+    assert "ct.nii.gz could not be read" not in str(refused.value)
+
+
+def test_check_says_which_rows_lie_outside_the_sites_data_folder(tmp_path):
+    """Item 9, decided: rows and symbolic links that lead outside the site's data folder are read
+    (an export may name a shared image store) and said in --check, with the first such row."""
+    from omnirad.data.image_folder import survey_images
+    from omnirad.tasks import TaskSpec
+
+    data, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    for folder, name in ((data, "in.png"), (elsewhere, "out.png"), (elsewhere, "linked.png")):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / name)
+    (data / "link.png").symlink_to(elsewhere / "linked.png")
+    csv = data / "labels.csv"
+    csv.write_text("path,label\nin.png,0\n../elsewhere/out.png,1\nlink.png,0\n")
+    note = survey_images(csv, TaskSpec("multi-class", ("0", "1")))
+    assert f"NOTE: 2 of 3 files lie outside {data}" in note and f"{csv}:3" in note
+    csv.write_text("path,label\nin.png,0\n")
+    assert "NOTE" not in survey_images(csv, TaskSpec("multi-class", ("0", "1")))

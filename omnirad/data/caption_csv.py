@@ -10,47 +10,45 @@ The CSV has a ``caption`` column and names each image by ``path`` (relative to t
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from omnirad.data.image_folder import IMAGE_SUFFIXES, Row, assign_splits, patient_problems, summary
 from omnirad.data.npz import SPLITS, DataFileError
+from omnirad.data.tables import csv_header, csv_table
 
 
 def is_caption_csv(path: Path) -> bool:
     """A CSV whose header has a ``caption`` column."""
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), [])
-    return "caption" in {c.strip().lower() for c in header}
+    return "caption" in csv_header(path)
 
 
 def caption_rows(path: Path) -> tuple[list[Row], list[str], list[str]]:
     """The rows (image, split, patient, where), their captions, and the problems found."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        image_column = "path" if "path" in columns else "id" if "id" in columns else ""
-        if not image_column:
-            raise DataFileError(f"{path}: no 'path' or 'id' column; expected path,caption or id,caption "
-                                "[,split][,patient]")
-        rows, captions, problems = [], [], []
-        for number, record in enumerate(reader, start=2):  # line 1 is the header
-            where = f"{path}:{number}"
-            name = (record.get(columns[image_column]) or "").strip()
-            caption = (record.get(columns["caption"]) or "").strip()
-            split = (record.get(columns["split"]) or "").strip().lower() if "split" in columns else ""
-            patient = (record.get(columns["patient"]) or "").strip() if "patient" in columns else ""
-            if not name:
-                problems.append(f"{where}: {image_column} missing")
-            if not caption:
-                problems.append(f"{where}: caption missing")
-            if "split" in columns and split not in SPLITS:
-                problems.append(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-            file = path.parent / name if image_column == "path" else image_of(path.parent, name)
-            rows.append(Row(file, 0, split, patient or f"row {number}", where))
-            captions.append(caption)
+    columns, records = csv_table(path)
+    image_column = "path" if "path" in columns else "id" if "id" in columns else ""
+    if not image_column:
+        raise DataFileError(f"{path}: no 'path' or 'id' column; expected path,caption or id,caption "
+                            "[,split][,patient]")
+    if "caption" not in columns:
+        raise DataFileError(f"{path}: no 'caption' column; expected path,caption or id,caption [,split][,patient]")
+    rows, captions, problems = [], [], []
+    for number, record in enumerate(records, start=2):  # line 1 is the header
+        where = f"{path}:{number}"
+        name = (record.get(columns[image_column]) or "").strip()
+        caption = (record.get(columns["caption"]) or "").strip()
+        split = (record.get(columns["split"]) or "").strip().lower() if "split" in columns else ""
+        patient = (record.get(columns["patient"]) or "").strip() if "patient" in columns else ""
+        if not name:
+            problems.append(f"{where}: {image_column} missing")
+        if not caption:
+            problems.append(f"{where}: caption missing")
+        if "split" in columns and split not in SPLITS:
+            problems.append(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        file = path.parent / name if image_column == "path" else image_of(path.parent, name)
+        rows.append(Row(file, 0, split, patient or f"row {number}", where))
+        captions.append(caption)
     if not rows:
         raise DataFileError(f"{path}: no rows below the header")
     return (rows if "split" in columns else assign_splits(rows)), captions, problems

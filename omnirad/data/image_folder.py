@@ -16,7 +16,6 @@ Classification only (binary or multi-class); multi-label and segmentation stay w
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 import warnings
@@ -30,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError
+from omnirad.data.tables import csv_table
 from omnirad.tasks import TaskSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -78,7 +78,19 @@ def survey_images(path: Path, task: TaskSpec) -> str:
             sizes["unreadable"] += 1
     shown = ", ".join(f"{size}: {n}" for size, n in sizes.most_common(5))
     more = f" and {len(sizes) - 5} more sizes" if len(sizes) > 5 else ""
-    return f"{len({row.patient for row in rows})} patients; image sizes: {shown}{more}"
+    return f"{len({row.patient for row in rows})} patients; image sizes: {shown}{more}{outside_note(path, rows)}"
+
+
+def outside_note(path: Path, rows: Sequence[Row]) -> str:
+    """What ``--check`` says of rows whose files lie outside the site's data folder (the CSV's, or
+    the class folders' root): allowed, since a hospital's export may name a shared image store, but
+    said, since a CSV or a symbolic link could point the reader at any file the site's user can read."""
+    root = (path if path.is_dir() else path.parent).resolve()
+    elsewhere = [row for row in rows if not row.file.resolve().is_relative_to(root)]
+    if not elsewhere:
+        return ""
+    return (f"; NOTE: {len(elsewhere)} of {len(rows)} files lie outside {root} (absolute paths, '..' or symbolic "
+            f"links; the first: {elsewhere[0].where}): read as named; move them in if that is not intended")
 
 
 def read_row_images(rows: list[Row], size: int, problems: list[str]) -> dict[int, np.ndarray]:
@@ -153,20 +165,18 @@ def class_folder_rows(root: Path) -> list[Row]:
 
 
 def csv_rows(path: Path) -> list[Row]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; expected path,label[,split][,patient]")
-        rows = []
-        for number, record in enumerate(reader, start=2):  # line 1 is the header
-            where = f"{path}:{number}"
-            label = parse_label(record.get(columns["label"]))
-            split = (record.get(columns["split"]) or "").strip().lower() if "split" in columns else ""
-            patient = (record.get(columns["patient"]) or "").strip() if "patient" in columns else ""
-            file = path.parent / (record.get(columns["path"]) or "").strip()
-            rows.append(Row(file, label, split, patient or f"row {number}", where))
+    columns, records = csv_table(path)
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; expected path,label[,split][,patient]")
+    rows = []
+    for number, record in enumerate(records, start=2):  # line 1 is the header
+        where = f"{path}:{number}"
+        label = parse_label(record.get(columns["label"]))
+        split = (record.get(columns["split"]) or "").strip().lower() if "split" in columns else ""
+        patient = (record.get(columns["patient"]) or "").strip() if "patient" in columns else ""
+        file = path.parent / (record.get(columns["path"]) or "").strip()
+        rows.append(Row(file, label, split, patient or f"row {number}", where))
     if not rows:
         raise DataFileError(f"{path}: no rows below the header")
     return rows if "split" in columns else assign_splits(rows)

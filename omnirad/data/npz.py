@@ -12,7 +12,10 @@ numpy and checks everything before any training starts, naming the file, the key
 from __future__ import annotations
 
 import difflib
+import math
+import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,14 +163,52 @@ def _splits_present(path: Path, arrays: dict[str, np.ndarray], label_key: str, r
     return present
 
 
+# What zipfile, zlib and numpy raise on a damaged archive or array (found by tests/test_fuzz_readers.py):
+# a flipped flag asks for a password (RuntimeError) or an unknown compression (NotImplementedError).
+DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError, zlib.error,
+           RuntimeError, NotImplementedError, struct.error, SyntaxError, TypeError, OverflowError, MemoryError)
+
+
 def _open(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the archive, each refused by its key when it is damaged or claims more bytes
+    in its header than its entry holds (a claim numpy would allocate before reading a byte)."""
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        npz = np.load(path, allow_pickle=False)
+    except DAMAGED as err:
         raise DataFileError(f"{path}: not a readable .npz file (truncated or corrupt?): {err}") from err
+    arrays = {}
+    with npz:
+        for key in npz.files:
+            try:
+                _check_claim(path, npz.zip, key)
+                arrays[key] = npz[key]
+            except DataFileError:
+                raise
+            except DAMAGED as err:
+                raise DataFileError(f"{path}: array '{key}' is not readable (truncated or corrupt?): "
+                                    f"{type(err).__name__}: {err}") from err
+    return arrays
+
+
+def _check_claim(path: Path, archive: zipfile.ZipFile, key: str) -> None:
+    """Refuse an array whose header claims more bytes than its archive entry holds."""
+    entry = archive.getinfo(f"{key}.npy")
+    with archive.open(entry) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=10_000)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=10_000)
+        else:  # version 3 (UTF-8 field names): numpy checks it as it reads
+            return
+    if dtype.hasobject:
+        raise DataFileError(f"{path}: array '{key}' holds Python objects (a pickle), which this reader never loads")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > entry.file_size:
+        raise DataFileError(f"{path}: array '{key}' claims shape {shape} ({claimed} bytes of {dtype}), but its entry "
+                            f"holds {entry.file_size} bytes: damaged or crafted")
 
 
 def _require_key(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:

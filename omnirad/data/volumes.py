@@ -22,7 +22,6 @@ kept (predicted masks go back on its grid); the Modality tag is shown by ``omnir
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +31,13 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from omnirad.data.image_folder import (
     IMAGE_SUFFIXES,
     Row,
     assign_splits,
     label_problems,
+    outside_note,
     parse_label,
     patient_problems,
     split_problems,
@@ -53,6 +52,7 @@ from omnirad.data.slice_labels import (
     spacing_problem,
     volume_label_problem,
 )
+from omnirad.data.tables import csv_table
 from omnirad.images import resized, resized_images
 from omnirad.registry import Registry
 from omnirad.tasks import TaskSpec
@@ -126,36 +126,32 @@ def is_volume_csv(path: Path) -> bool:
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-            if "mask" in columns:
-                return True
-            named = (path.parent / (record.get(columns.get("path", ""), "") or "").strip() for record in reader)
-            return "path" in columns and any(is_volume(file) and file != path.parent for file in named)
-    except (OSError, UnicodeDecodeError, csv.Error):
+        columns, records = csv_table(path)
+    except DataFileError:
         return False
+    if "mask" in columns:
+        return True
+    named = (path.parent / (record.get(columns.get("path", ""), "") or "").strip() for record in records)
+    return "path" in columns and any(is_volume(file) and file != path.parent for file in named)
 
 
 def volume_rows(path: Path, task: TaskSpec) -> list[VolumeRow]:
     """The CSV's rows; columns checked for the task (a label to classify, a mask to segment)."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        needed = ("path", "mask") if task.segmentation else ("path", "label") if SLICE_LABELS not in columns else ("path",)
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; expected "
-                                f"path,{'mask' if task.segmentation else 'label'}[,split][,patient]"
-                                f"{'' if task.segmentation else f'[,{SLICE_LABELS}]'} for {task.kind} volumes")
-        rows = []
-        for number, record in enumerate(reader, start=2):  # line 1 is the header
-            values = {name: (record.get(column) or "").strip() for name, column in columns.items()}
-            label = 0 if task.segmentation else parse_label(values.get("label"))
-            mask = path.parent / values["mask"] if values.get("mask") else None
-            slice_labels = path.parent / values[SLICE_LABELS] if values.get(SLICE_LABELS) else None
-            rows.append(VolumeRow(path.parent / values.get("path", ""), label, values.get("split", "").lower(),
-                                  values.get("patient") or f"row {number}", f"{path}:{number}", mask, slice_labels))
+    columns, records = csv_table(path)
+    needed = ("path", "mask") if task.segmentation else ("path", "label") if SLICE_LABELS not in columns else ("path",)
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                            f"path,{'mask' if task.segmentation else 'label'}[,split][,patient]"
+                            f"{'' if task.segmentation else f'[,{SLICE_LABELS}]'} for {task.kind} volumes")
+    rows = []
+    for number, record in enumerate(records, start=2):  # line 1 is the header
+        values = {name: (record.get(column) or "").strip() for name, column in columns.items()}
+        label = 0 if task.segmentation else parse_label(values.get("label"))
+        mask = path.parent / values["mask"] if values.get("mask") else None
+        slice_labels = path.parent / values[SLICE_LABELS] if values.get(SLICE_LABELS) else None
+        rows.append(VolumeRow(path.parent / values.get("path", ""), label, values.get("split", "").lower(),
+                              values.get("patient") or f"row {number}", f"{path}:{number}", mask, slice_labels))
     if not rows:
         raise DataFileError(f"{path}: no rows below the header")
     return rows if "split" in columns else assign_splits(rows)
@@ -175,6 +171,8 @@ def file_problems(row: VolumeRow, segmentation: bool) -> list[str]:
         found.append(f"{row.where}: mask missing")
     elif row.mask is not None and not row.mask.is_file():
         found.append(f"{row.where}: mask {row.mask.name}: file not found")
+    elif row.mask is not None and row.mask.stat().st_size == 0:
+        found.append(f"{row.where}: mask {row.mask.name} is empty (0 bytes)")
     return found
 
 
@@ -187,7 +185,7 @@ def series_problems(row: VolumeRow) -> list[str]:
     for file in files:
         try:
             dcmread(file, stop_before_pixels=True, specific_tags=["Modality"])
-        except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        except Exception as err:  # noqa: BLE001 - pydicom raises many kinds on damaged bytes (struct.error, NotImplementedError, ...)
             found.append(f"{row.where}: {row.file.name}/{file.name} is not a readable DICOM file ({type(err).__name__})")
     return found
 
@@ -197,7 +195,10 @@ def modality(file: Path) -> str:
     if not file.is_dir():
         return "NIfTI"
     first = min(f for f in file.iterdir() if f.is_file())
-    return str(dcmread(first, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "unknown"))
+    try:
+        return str(dcmread(first, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "unknown"))
+    except Exception:  # noqa: BLE001 - the read reports a damaged file by its row; the survey only counts
+        return "unreadable"
 
 
 def load_oriented(file: Path) -> MetaTensor:
@@ -232,7 +233,12 @@ def read_volume(row: VolumeRow, options: ReadOptions, num_classes: int, segmenta
         raise DataFileError(f"{row.where}: {row.file.name} has shape {tuple(image.shape)}; expected one 3D volume")
     mask, mask_name = None, ""
     if segmentation and row.mask is not None:
-        mask, mask_name = load_oriented(row.mask), row.mask.name
+        mask_name = row.mask.name
+        try:  # a damaged or empty mask is the mask's problem, not its image's
+            mask = load_oriented(row.mask)
+        except Exception as err:  # noqa: BLE001 - MONAI's readers raise many kinds
+            raise DataFileError(f"{row.where}: mask {mask_name} could not be read as a volume "
+                                f"({type(err).__name__})") from err
         if mask.shape != image.shape:
             raise DataFileError(f"{row.where}: mask {mask_name} has shape {tuple(mask.shape[1:])}, its image "
                                 f"{row.file.name} {tuple(image.shape[1:])}")
@@ -358,4 +364,4 @@ def survey(path: Path, task: TaskSpec) -> str:
     per_slice = sum(row.slice_labels is not None for row in rows)
     labelled = f" ({per_slice} with per-slice labels, indexed on the RAS grid)" if per_slice else ""
     return (f"{len(rows)} volumes{labelled}, {len({row.patient for row in rows})} patients; modalities: "
-            + ", ".join(f"{name}: {n}" for name, n in sorted(modalities.items())))
+            + ", ".join(f"{name}: {n}" for name, n in sorted(modalities.items())) + outside_note(path, rows))
