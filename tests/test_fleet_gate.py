@@ -202,3 +202,20 @@ def test_settings_a_gate_cannot_work_with_are_refused():
                 {"header_timeout": float("nan")}):
         with pytest.raises(ValueError, match="fleet gate"):
             GateSettings("127.0.0.1", 9092, "http://127.0.0.1:1", **bad)
+
+
+def test_a_body_that_stops_coming_is_answered_408():
+    recorder, upstream_port, public_port = Recorder(), free_loopback_port(), free_loopback_port()
+    stand_in = ThreadedServer(Starlette(routes=[Route("/{path:path}", recorder.answer, methods=["POST"])]),
+                              "127.0.0.1", upstream_port)
+    stand_in.start()
+    front = fleet_gate(GateSettings("127.0.0.1", public_port, f"http://127.0.0.1:{upstream_port}", body_timeout=0.5))
+    front.start()
+    try:
+        status = raw_request(public_port, b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                                          b"\r\n" + b"\0" * 10)  # 10 of the 100 bytes, then nothing
+        assert status.startswith(b"HTTP/1.1 408"), status
+        assert recorder.seen == []
+    finally:
+        front.stop()
+        stand_in.stop()
