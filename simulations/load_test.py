@@ -51,6 +51,7 @@ class LoadPlan:
     round_timeout: float = 600.0
     sample: float = 1.0
     runtime: bool = True  # each site answers through its site runtime (False: a fresh process per message)
+    adapter: str = "mlp"  # what the sites train on the frozen encoder (model.adapter)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def run_load(folder: Path, plan: LoadPlan) -> LoadReport:
         "privacy.dp": "true", "privacy.noise_multiplier": 2.0, "privacy.epsilon": 1000.0,
         "strategy.min_sites": max(1, plan.sites - 1), "strategy.round_timeout": plan.round_timeout,
         "strategy.fraction_train": plan.sample, "strategy.fraction_evaluate": plan.sample,
-        "model.head_init": "'random'"})
+        "model.head_init": "'random'", "model.adapter": plan.adapter})
     report = LoadReport(plan=asdict(plan))
     started = time.monotonic()
     try:
@@ -207,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=0.5,
                         help="share of the sites each round trains and scores (default: 0.5; each ClientApp "
                              "takes about 1 GiB)")
+    parser.add_argument("--adapter", default="mlp", help="model.adapter the sites train (default: mlp)")
     parser.add_argument("--no-runtime", action="store_true",
                         help="sites without their site runtime: a fresh ClientApp process per message (for comparison)")
     args = parser.parse_args(argv)
@@ -214,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.folder}: not empty; the load test lays out a new federation there")
     plan = LoadPlan(sites=args.sites, rounds=args.rounds, kill_every=args.kill_every,
                     server_restarts=tuple(args.server_restarts), num_train=args.num_train, sample=args.sample,
-                    runtime=not args.no_runtime)
+                    runtime=not args.no_runtime, adapter=args.adapter)
     report = run_load(args.folder, plan)
     out = args.folder / "load-test.json"
     out.write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1))
