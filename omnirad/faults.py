@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from omnirad.config.schema import Config, FaultsConfig
+from omnirad.data.sources import source_of
 from omnirad.errors import require
 from omnirad.registry import Registry
 
@@ -24,6 +25,8 @@ FAULTS.add("crash", lambda f, start, trained: trained)  # it never gets to send:
 class SiteCrash(RuntimeError):
     """Raised by the faulty site's ClientApp under ``faults.kind=crash``."""
 
+
+NO_FAULTY_SITE = -1  # faults.site's default: no site misbehaves
 
 def crash_if_due(faults: FaultsConfig, site_id: int, server_round: int) -> None:
     """Under ``faults.kind=crash`` the faulty site fails every round from ``faults.from-round`` on."""
@@ -40,9 +43,16 @@ def misbehave(faults: FaultsConfig, site_id: int, start: dict[str, torch.Tensor]
 
 
 def check_faults(cfg: Config) -> None:
-    """The ``faults`` keys: a site of the federation and a registered kind."""
+    """The ``faults`` keys: a site of the federation and a registered kind; never in deployment.
+    Fault injection exists to test validation and robust aggregation on simulated sites. A run
+    configuration that sets it for a deployed federation is refused by the server at start and by
+    every site (which checks the run configuration it receives): a server cannot make a hospital
+    send NaN or scaled updates, or fail on purpose."""
     f, num_sites = cfg.faults, cfg.data.num_sites
-    require(-1 <= f.site and (not num_sites or f.site < num_sites), "faults.site", f.site,
+    require(f.site == NO_FAULTY_SITE or not source_of(cfg.data.dataset).deployed, "faults.site", f.site,
+            f"{NO_FAULTY_SITE} in a deployed federation (data.dataset={cfg.data.dataset!r}): fault injection is for "
+            "simulated sites only")
+    require(NO_FAULTY_SITE <= f.site and (not num_sites or f.site < num_sites), "faults.site", f.site,
             f"-1 (none) or a site from 0 to {num_sites - 1 if num_sites else 'the federation size - 1'}")
     FAULTS.check(f.kind)
     require(f.from_round >= 1, "faults.from-round", f.from_round, ">= 1")

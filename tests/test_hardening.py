@@ -232,3 +232,23 @@ def test_check_says_which_rows_lie_outside_the_sites_data_folder(tmp_path):
     assert f"NOTE: 2 of 3 files lie outside {data}" in note and f"{csv}:3" in note
     csv.write_text("path,label\nin.png,0\n")
     assert "NOTE" not in survey_images(csv, TaskSpec("multi-class", ("0", "1")))
+
+
+def test_fault_injection_is_refused_by_a_deployed_server_and_by_every_deployed_site(tmp_path):
+    """Issue 32, item 2: the simulation-only fault keys cannot make a hospital misbehave."""
+    from flwr.app import Context, RecordDict
+
+    from omnirad.config import ConfigError
+    from omnirad.protocol import NODE_CACHE_DIR, NODE_DATA_FILE, NODE_SITE_ID, NODE_WEIGHTS
+    from omnirad_fl.client.deployment import site_of
+
+    deployed = {"data.dataset": "deployment", "data.num-sites": 2, "data.num-classes": 3}
+    for faults in ({"faults.site": 0}, {"faults.site": 1, "faults.kind": "nan"}, {"faults.site": 0, "faults.kind": "crash"}):
+        with pytest.raises(ConfigError, match="faults.site.*deployed federation"):
+            load_config({**deployed, **faults})  # omnirad-server's check, and the ServerApp's
+        site = Context(run_id=1, node_id=7, state=RecordDict(), run_config={**deployed, **faults},
+                       node_config={NODE_SITE_ID: 0, NODE_DATA_FILE: str(tmp_path / "a.npz"), NODE_WEIGHTS: "",
+                                    NODE_CACHE_DIR: str(tmp_path)})
+        with pytest.raises(ConfigError, match="faults.site"):
+            site_of(site)  # a server that skipped its checks still meets the site's
+    assert load_config({"faults.site": 0}).faults.site == 0  # simulated sites keep it

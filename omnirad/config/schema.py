@@ -207,7 +207,7 @@ class PrivacyConfig:
 class FaultsConfig:
     """Simulation only: make one site misbehave, to test validation and robust aggregation."""
 
-    site: int = setting(-1, "the misbehaving site; -1: none")
+    site: int = setting(-1, "the misbehaving site; -1: none; refused in a deployed federation (server and sites)")
     kind: str = setting("scale", "`scale`: it sends global + scale x its update; `nan`: NaN; `crash`: its ClientApp "
                                  "fails with an error")
     scale: float = setting(100.0, "`scale`: the factor on the site's update")
