@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
-from omnirad.adapters import load_trainable_state
+from omnirad.adapters import load_trainable_state, trainable_state
 from omnirad.config import Config, ConfigError
 from omnirad.configure import load_config
 from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
@@ -52,6 +52,7 @@ from omnirad.methods import site_method
 from omnirad.metrics import pool_volumes
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
 from omnirad.run_files import ENCODER_FILE, read_broadcast
+from omnirad.tensor_checks import state_problems
 from omnirad.training import predict
 from omnirad_fl.client.bundle import export_bundle
 
@@ -93,7 +94,7 @@ def read_input(path: Path, options: ReadOptions) -> Images:
     for name, file, _ in entries:
         try:
             images.append(read_image(file, options.size))
-        except (OSError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many kinds; each image is named
             problems.append(f"{name}: could not be read as an image ({type(err).__name__})")
     if problems:
         raise DataFileError(summary(path, problems))
@@ -140,7 +141,7 @@ def read_npz_images(path: Path, options: ReadOptions) -> Images:
     volumes (MedMNIST 3D) as slices, each sample a volume."""
     try:
         arrays = dict(np.load(path))
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - numpy, zipfile and zlib raise many kinds for a damaged file
         raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__})") from err
     names: list[str] = []
     pixels, labels, volumes, volume_names = [], [], [], []
@@ -213,10 +214,25 @@ def probabilities(cfg: Config, outputs: torch.Tensor) -> np.ndarray:
     return torch.softmax(outputs, dim=1).numpy()
 
 
+def read_adapter(path: Path, model: torch.nn.Module, kept: frozenset[str]) -> dict[str, torch.Tensor]:
+    """The adapter file's tensors, once they fit ``model`` (names, shapes, dtypes; all finite): a
+    damaged or replaced adapter would otherwise write NaN probabilities or a wrong class everywhere."""
+    try:
+        state = load_file(path)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type, and OSError, for damaged files
+        raise DataFileError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+    expected = {k: v for k, v in trainable_state(model).items() if k not in kept or k in state}
+    problems = state_problems(state, expected)
+    if problems:
+        raise DataFileError(f"{path}: not an adapter of this run's model: {'; '.join(problems[:5])}")
+    return state
+
+
 def predict_images(cfg: Config, run: Path, adapter: str, images: Images) -> np.ndarray:
     """The run's model (its encoder, the chosen adapter) on ``images``: class probabilities."""
     model = new_model(cfg, read_broadcast(run))
-    load_trainable_state(model, load_file(run / f"{adapter}_adapter.safetensors"), optional=kept_at_sites(cfg))
+    kept = kept_at_sites(cfg, model)
+    load_trainable_state(model, read_adapter(run / f"{adapter}_adapter.safetensors", model, kept), optional=kept)
     inputs = model_inputs(cfg, encoder_for(cfg), images.pixels, "images to predict", use_cache=False)
     return probabilities(cfg, predict(model, inputs, placement=placement_for(cfg)))
 
@@ -314,11 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if task_info(cfg).segmentation and images.volumes is not None and not images.grids:
             raise ConfigError(f"{args.input}: MedMNIST 3D volumes have no grid to put a mask on; give NIfTI or "
                               "DICOM volumes, or 2D images")
-    except (ConfigError, DataFileError) as err:
+        log.info("omnirad-predict: %d images from %s, %s adapter of %s", len(images.names), args.input, args.adapter,
+                 args.run.name)
+        probs = predict_images(cfg, args.run, args.adapter, images)
+    except (ConfigError, DataFileError) as err:  # bad input: its file and what is wrong, exit 2, never a traceback
         log.error("omnirad-predict: %s", err)
         return 2
-    log.info("omnirad-predict: %d images from %s, %s adapter of %s", len(images.names), args.input, args.adapter, args.run.name)
-    probs = predict_images(cfg, args.run, args.adapter, images)
     if task_info(cfg).segmentation:
         log.info("wrote %s and the masks in %s", args.out, write_masks(args.out, cfg, images, probs))
         return 0

@@ -40,6 +40,7 @@ from omnirad.configure import load_config
 from omnirad.durable import sha256_of, write_atomically
 from omnirad.models import kept_at_sites, new_model
 from omnirad.multitask import is_multitask
+from omnirad.tensor_checks import state_problems
 from omnirad_fl.strategies import flower_strategy
 
 # What Flower 1.42's strategies accumulate across rounds (FedOpt family: dicts of arrays; FedAvgM:
@@ -182,18 +183,8 @@ def expected_arrays(cfg: Config) -> dict[str, torch.Tensor] | None:
 def checkpoint_problems(checkpoint: Checkpoint, expected: Mapping[str, torch.Tensor] | None) -> list[str]:
     """Every way the checkpoint's tensors differ from ``expected`` (names, shapes, dtypes) or are
     not finite, and every strategy tensor that does not fit them; empty when it may be used."""
-    problems = []
     arrays = checkpoint.arrays
-    if expected is not None:
-        problems += [f"missing tensor {k!r}" for k in expected if k not in arrays]
-        problems += [f"a tensor the model does not have: {k!r}" for k in arrays if k not in expected]
-        for key in arrays.keys() & expected.keys():
-            got, want = arrays[key], expected[key]
-            if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
-                problems.append(f"{key!r} is {got.dtype} {tuple(got.shape)}, the model's is {want.dtype} "
-                                f"{tuple(want.shape)}")
-    problems += [f"{key!r} holds NaN or infinite values" for key, value in arrays.items()
-                 if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    problems = state_problems(arrays, expected if expected is not None else arrays)
     shapes = {k: tuple(v.shape) for k, v in (expected if expected is not None else arrays).items()}
     for name, value in checkpoint.strategy_state.items():
         if isinstance(value, list):

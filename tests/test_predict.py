@@ -175,3 +175,51 @@ def test_encoder_weights_other_than_the_runs_are_refused_before_any_image_is_rea
                  str(tmp_path / "other.safetensors"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "other.safetensors: sha256" in err and "is not the encoder the run trained on" in err
+
+
+def scans(tmp_path, n=2):
+    folder = tmp_path / "scans"
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray((np.random.default_rng(i).random((40, 40)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["nan", "extra key", "other shape", "truncated"])
+def test_a_damaged_or_replaced_adapter_is_refused_by_name_and_nothing_is_written(tmp_path, run, capsys, damage):
+    """Issue 32, item 3: an all-NaN adapter used to exit 0 with NaN probabilities and class 0 everywhere;
+    a tampered or truncated one ended in a traceback."""
+    _, folder, model = run
+    adapter = folder / "best_adapter.safetensors"
+    state = {k: v.contiguous() for k, v in trainable_state(model).items()}
+    key = next(iter(state))
+    if damage == "nan":
+        save_file({k: torch.full_like(v, float("nan")) for k, v in state.items()}, str(adapter))
+    elif damage == "extra key":
+        save_file({**state, "smuggled": torch.zeros(3)}, str(adapter))
+    elif damage == "other shape":
+        save_file({**state, key: torch.zeros(7, 3)}, str(adapter))
+    else:
+        adapter.write_bytes(adapter.read_bytes()[:100])
+    out = tmp_path / "predictions.csv"
+    assert main(["--run", str(folder), "--input", str(scans(tmp_path)), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(adapter) in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["truncated npz", "decompression bomb"])
+def test_damaged_input_files_end_in_an_error_naming_them(tmp_path, run, capsys, bad):
+    _, folder, _ = run
+    if bad == "truncated npz":
+        path = tmp_path / "images.npz"
+        np.savez_compressed(path, test_images=np.zeros((4, 28, 28), np.uint8), test_labels=np.zeros((4, 1)))
+        path.write_bytes(path.read_bytes()[:-60])
+    else:
+        path = scans(tmp_path, 1)
+        Image.new("L", (1, 1)).save(path / "bomb.png")
+        data = bytearray((path / "bomb.png").read_bytes())
+        data[16:24] = (100_000).to_bytes(4, "big") * 2  # the IHDR header claims 100000 x 100000 pixels
+        (path / "bomb.png").write_bytes(bytes(data))
+    assert main(["--run", str(folder), "--input", str(path), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert ("images.npz" in err if bad == "truncated npz" else "bomb.png" in err) and "Traceback" not in err
