@@ -42,9 +42,10 @@ from omnirad.protocol import (
     NODE_WEIGHTS,
 )
 from omnirad.tasks import CAPTIONING, MULTI_LABEL, SEGMENTATION, TaskSpec
+from omnirad_fl.client import clientapp_relay as relay
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.runtime_channel import RUNTIME_ENV
-from omnirad_fl.client.runtime_supervisor import private_socket
+from omnirad_fl.client.runtime_supervisor import parent_socket, private_socket
 from omnirad_fl.client.site_config import SiteConfig, keyed_problems, load_site_config
 from omnirad_fl.client.supernode import SUPEREXEC_POLL, SUPEREXEC_POLL_ENV
 from omnirad_fl.client.verified_app import TRUSTED_ENV
@@ -115,6 +116,13 @@ def check_trust(cfg: SiteConfig) -> str:
     return f"runs only app bundles signed by {len(keys)} trusted publisher key(s)"
 
 
+def relay_script() -> str:
+    """The per-message ``flwr-clientapp`` of a site with a runtime: the relay to its warm clientapp
+    parent, in isolated mode without site-packages (it needs the standard library alone); one
+    shebang argument, as Linux passes the rest of the line as one."""
+    return f"#!{sys.executable} -IS\nimport runpy\n\nrunpy.run_path({str(Path(relay.__file__))!r}, run_name='__main__')\n"
+
+
 def install_clientapp(cfg: SiteConfig, runtime_socket: Path | None) -> dict[str, str]:
     """Put the site's ``flwr-clientapp`` first on the SuperNode's PATH: it verifies bundles against
     the site's trusted keys (if it has any) and forwards messages to the site runtime (if it runs
@@ -122,7 +130,10 @@ def install_clientapp(cfg: SiteConfig, runtime_socket: Path | None) -> dict[str,
     folder = Path(cfg.state_dir) / "trust"
     (folder / "bin").mkdir(parents=True, exist_ok=True)
     program = folder / "bin" / "flwr-clientapp"
-    program.write_text(f"#!{sys.executable}\nfrom omnirad_fl.client.verified_app import main\n\nmain()\n")
+    if runtime_socket is None:
+        program.write_text(f"#!{sys.executable}\nfrom omnirad_fl.client.verified_app import main\n\nmain()\n")
+    else:
+        program.write_text(relay_script())
     program.chmod(0o755)
     env = {"PATH": os.pathsep.join([str(program.parent), os.environ.get("PATH", "")])}
     if cfg.trusted_publishers:
@@ -131,6 +142,8 @@ def install_clientapp(cfg: SiteConfig, runtime_socket: Path | None) -> dict[str,
         env[TRUSTED_ENV] = str(keys)
     if runtime_socket is not None:
         env[RUNTIME_ENV] = str(runtime_socket)
+        env[relay.ZYGOTE_ENV] = str(parent_socket(runtime_socket))
+        env[relay.PYTHON_ENV] = sys.executable
     return env
 
 

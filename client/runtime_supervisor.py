@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 READY_SECONDS = 600.0  # a first start imports the whole stack: 14 s alone, minutes beside 20 sites on 2 cores
@@ -58,6 +59,8 @@ class SiteRuntimeProcess:
     """The runtime process of one site, serving ``socket`` (in a folder of its own, which
     ``close`` removes)."""
 
+    name = "site runtime"
+
     def __init__(self, socket: Path, cache_mib: int) -> None:
         self.socket, self.folder = socket, socket.parent
         self.command = [sys.executable, "-m", "omnirad_fl.client.runtime", "--socket", str(self.socket),
@@ -89,32 +92,52 @@ class SiteRuntimeProcess:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def serve_site(runtime: SiteRuntimeProcess, supernode: list[str], env: dict[str, str]) -> int:
-    """Start the runtime, then the SuperNode; keep the runtime up until the SuperNode exits or we
-    get SIGTERM/SIGINT; stop both by PID. Returns the SuperNode's exit status (1 if the runtime
-    never started)."""
+class ClientAppParent(SiteRuntimeProcess):
+    """The site's warm parent of the per-message ``flwr-clientapp`` (``clientapp_zygote``),
+    serving ``socket`` beside the runtime's."""
+
+    name = "clientapp parent"
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(socket, 0)
+        self.command = [sys.executable, "-m", "omnirad_fl.client.clientapp_zygote", "--socket", str(self.socket)]
+
+
+def parent_socket(runtime_socket: Path) -> Path:
+    """Where the clientapp parent listens: beside the runtime, in its private folder."""
+    return runtime_socket.with_name("clientapp.sock")
+
+
+def serve_site(kept: Sequence[SiteRuntimeProcess], supernode: list[str], env: dict[str, str]) -> int:
+    """Start the site's processes (the runtime, the clientapp parent), then the SuperNode; keep
+    them up until the SuperNode exits or we get SIGTERM/SIGINT; stop all by PID. Returns the
+    SuperNode's exit status (1 if one of them never started)."""
     stopping = threading.Event()
     before = {signum: signal.signal(signum, lambda *_: stopping.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     node: subprocess.Popen[bytes] | None = None
     try:
-        runtime.start()
-        if not runtime.wait_ready(stopping):
-            print(f"omnirad-client: the site runtime exited with status {runtime.exit_status()} before it was "
-                  "ready; see its log above", file=sys.stderr)
-            return 1
+        for process in kept:
+            process.start()
+        for process in kept:
+            if not process.wait_ready(stopping):
+                print(f"omnirad-client: the {process.name} exited with status {process.exit_status()} before it "
+                      "was ready; see its log above", file=sys.stderr)
+                return 1
         node = subprocess.Popen(supernode, env=env)
         while node.poll() is None and not stopping.wait(1.0):
-            if runtime.exit_status() is not None and not stopping.wait(RESTART_PAUSE) and node.poll() is None:
-                runtime.restarts += 1
-                print(f"omnirad-client: the site runtime exited with status {runtime.exit_status()}; starting it "
-                      f"again (restart {runtime.restarts})", file=sys.stderr, flush=True)
-                runtime.start()
+            for process in kept:
+                if process.exit_status() is not None and not stopping.wait(RESTART_PAUSE) and node.poll() is None:
+                    process.restarts += 1
+                    print(f"omnirad-client: the {process.name} exited with status {process.exit_status()}; "
+                          f"starting it again (restart {process.restarts})", file=sys.stderr, flush=True)
+                    process.start()
         stop(node)
         return node.returncode
     finally:
         if node is not None:
             stop(node)
-        runtime.close()
+        for process in reversed(kept):
+            process.close()
         for signum, handler in before.items():
             signal.signal(signum, handler)
 
@@ -127,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("supernode", nargs=argparse.REMAINDER, help="-- then the flower-supernode command")
     args = parser.parse_args(argv)
     command = args.supernode[1:] if args.supernode[:1] == ["--"] else args.supernode
-    return serve_site(SiteRuntimeProcess(args.socket, args.cache_mib), command, dict(os.environ))
+    kept = [SiteRuntimeProcess(args.socket, args.cache_mib), ClientAppParent(parent_socket(args.socket))]
+    return serve_site(kept, command, dict(os.environ))
 
 
 if __name__ == "__main__":

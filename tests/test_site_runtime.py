@@ -20,6 +20,8 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from flwr.clientapp import ClientApp
 
 from omnirad.protocol import RUNTIME_UNAVAILABLE, WRONG_VERSION
+from omnirad_fl.client import clientapp_relay as relay
+from omnirad_fl.client.cli import relay_script
 from omnirad_fl.client.runtime import SiteRuntime
 from omnirad_fl.client.runtime_proxy import RuntimeProxy, forwarding_loader
 from omnirad_fl.client.runtime_supervisor import SiteRuntimeProcess, listening, serve_site
@@ -138,6 +140,46 @@ def test_the_per_message_clientapp_imports_no_torch():
     assert out.stdout.strip() == "[]"
 
 
+def relay_command(program: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The per-message flwr-clientapp as omnirad-client installs it (the relay), run as the SuperExec runs it."""
+    if not program.exists():
+        program.write_text(relay_script())
+        program.chmod(0o755)
+    return subprocess.run([str(program), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_the_relay_runs_each_message_in_a_child_of_the_warm_parent_and_without_it_runs_itself(tmp_path):
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    path = folder / "clientapp.sock"
+    parent = subprocess.Popen([sys.executable, "-m", "omnirad_fl.client.clientapp_zygote", "--socket", str(path)])
+    try:
+        deadline = time.monotonic() + 120
+        while not listening(path):
+            assert parent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        env = {"PATH": os.environ["PATH"], relay.ZYGOTE_ENV: str(path), relay.PYTHON_ENV: sys.executable}
+        program = tmp_path / "flwr-clientapp"
+        refused = relay_command(program, env)  # verified_app.main in the child, with the relay's environment and streams
+        assert refused.returncode == 1 and "neither OMNIRAD_TRUSTED_PUBLISHERS nor" in refused.stderr
+        helped = relay_command(program, {**env, "OMNIRAD_SITE_RUNTIME": "x"}, "--help")  # the relay's arguments, its stdout
+        assert helped.returncode == 0 and "--token" in helped.stdout
+        assert parent.poll() is None  # the parent only forks
+        alone = relay_command(program, {**env, relay.ZYGOTE_ENV: str(folder / "gone.sock")})  # no parent: runs itself
+        assert alone.returncode == 1 and "neither OMNIRAD_TRUSTED_PUBLISHERS nor" in alone.stderr
+    finally:
+        parent.terminate()
+        parent.wait(30)
+    assert not path.exists()
+
+
+def test_the_relay_imports_the_standard_library_alone():
+    code = (f"import runpy, sys; runpy.run_path({relay.__file__!r}); "
+            "print(sorted(m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('flwr', 'omnirad', 'numpy', 'torch')))")
+    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_omnirad_client_starts_a_dead_runtime_again_and_stops_it_with_the_supernode(tmp_path):
     listener = ("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); "
                 "time.sleep(60)")
@@ -156,7 +198,7 @@ def test_omnirad_client_starts_a_dead_runtime_again_and_stops_it_with_the_supern
 
     killer = threading.Thread(target=kill_the_first_runtime)
     killer.start()
-    status = serve_site(runtime, [sys.executable, "-c", "import time; time.sleep(8)"], dict(os.environ))
+    status = serve_site([runtime], [sys.executable, "-c", "import time; time.sleep(8)"], dict(os.environ))
     killer.join()
     assert status == 0 and runtime.restarts == 1 and runtime.process is not None
     assert runtime.process.pid != started[0] and runtime.process.poll() is not None  # the second one stopped too
