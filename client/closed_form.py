@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from omnirad.broadcast import Broadcast
 from omnirad.closed_form import SECURE_SUM_SCALE, SECURE_SUM_STATISTICS, HeadStatistics
+from omnirad.config import Config
 from omnirad.privacy import PrivacyLedger
 from omnirad.protocol import (
     ARRAYS,
@@ -22,12 +23,14 @@ from omnirad.protocol import (
     QUERY_LOGIT_SCALE,
     SITE_ID,
 )
+from omnirad.site import LocalSite
 from omnirad_fl.client.rounds import round_inputs, run_state, site_for
 from omnirad_fl.client.secure_sum import secure_sum_source
 from omnirad_fl.client.site_handlers import site_handler
 
 
-def site_statistics(msg: Message, context: Context, *, account: bool = True) -> tuple[HeadStatistics, dict[str, float]]:
+def site_statistics(msg: Message, context: Context, *, account: bool = True
+                    ) -> tuple[HeadStatistics, dict[str, float], Config, LocalSite]:
     """This site's sums for the closed-form head: counts, sums and, for ridge, the Gram matrix of
     what the head's output layer reads; with DP, clipped, noised and (``account``) accounted in its
     ledger on disk before they leave. ``account=False``: the same release again (the noise comes from
@@ -38,13 +41,13 @@ def site_statistics(msg: Message, context: Context, *, account: bool = True) -> 
     stats, metrics = site.head_statistics(Broadcast.from_config(msg.content[CONFIG]), ledger)
     if kept is not None and cfg.privacy.dp:  # the release is accounted on disk before it leaves
         kept.save()
-    return stats, metrics
+    return stats, metrics, cfg, site
 
 
 @site_handler("query", QUERY_HEAD_STATISTICS)
 def head_statistics(msg: Message, context: Context) -> Message:
     """This site's sums for the closed-form head, in the clear (the server checks them by site)."""
-    stats, metrics = site_statistics(msg, context)
+    stats, metrics, _, _ = site_statistics(msg, context)
     return Message(content=RecordDict({ARRAYS: ArrayRecord(stats.to_arrays()), METRICS: MetricRecord(metrics)}),
                    reply_to=msg)
 
@@ -55,8 +58,7 @@ def statistics_contribution(msg: Message, context: Context, first: bool) -> tupl
     site checks here before masking: finite values, counts that match its examples, a positive
     semi-definite Gram matrix (not under DP, whose noise makes them inexact). Its number of examples
     stays in the sum: the reply names only the site and, under DP, its epsilon after the release."""
-    stats, metrics = site_statistics(msg, context, account=first)
-    cfg, site = site_for(msg, context)
+    stats, metrics, cfg, site = site_statistics(msg, context, account=first)
     if not all(bool(torch.isfinite(t).all()) for t in stats.to_arrays().values()):
         raise ValueError("this site's head statistics hold NaN or Inf: not sent")
     if not cfg.privacy.dp:

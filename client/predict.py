@@ -40,7 +40,7 @@ from omnirad.config import Config, ConfigError
 from omnirad.configure import load_config
 from omnirad.data.image_folder import IMAGE_SUFFIXES, as_colour, read_image, summary
 from omnirad.data.labelled import ReadOptions
-from omnirad.data.npz import SPLITS, DataFileError, is_volume_array
+from omnirad.data.npz import SPLITS, DataFileError, is_volume_array, read_npz_arrays
 from omnirad.data.sites import task_info
 from omnirad.data.sources.files import read_options
 from omnirad.data.volumes import VolumeRow, file_problems, is_volume, read_volume, slice_volume_array, uncut
@@ -139,10 +139,7 @@ def read_volumes(path: Path, entries: list[tuple[str, Path, int]], options: Read
 def read_npz_images(path: Path, options: ReadOptions) -> Images:
     """Every split's images of a MedMNIST-format file, resized to ``size``, with its labels; 3D
     volumes (MedMNIST 3D) as slices, each sample a volume."""
-    try:
-        arrays = dict(np.load(path))
-    except Exception as err:  # noqa: BLE001 - numpy, zipfile and zlib raise many kinds for a damaged file
-        raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__})") from err
+    arrays = read_npz_arrays(path)  # a damaged array or a crafted size claim: DataFileError naming the key
     names: list[str] = []
     pixels, labels, volumes, volume_names = [], [], [], []
     for split in SPLITS:

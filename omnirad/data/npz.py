@@ -129,7 +129,7 @@ def _read(path: Path, label_key: str, required: tuple[str, ...],
     """Open, find the splits, check images and counts, then the labels with the format's own check.
     With no split required (a server's test file), an empty split is skipped, not refused."""
     path = Path(path)
-    arrays = _open(path)
+    arrays = read_npz_arrays(path)
     splits = {}
     present = _splits_present(path, arrays, label_key, required)
     if not present:
@@ -169,7 +169,7 @@ DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFErr
            RuntimeError, NotImplementedError, struct.error, SyntaxError, TypeError, OverflowError, MemoryError)
 
 
-def _open(path: Path) -> dict[str, np.ndarray]:
+def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the archive, each refused by its key when it is damaged or claims more bytes
     in its header than its entry holds (a claim numpy would allocate before reading a byte)."""
     if not path.is_file():
