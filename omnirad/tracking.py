@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from omnirad.config.io import to_flat
 from omnirad.config.schema import Config
 from omnirad.errors import ConfigError
 from omnirad.registry import Registry
@@ -196,14 +197,15 @@ def check_tracking(cfg: Config) -> None:
 def open_tracker(cfg: Config, folder: Path, after_step: int = 0) -> Tracker | None:
     """The run folder's tracker: the one ``tracking.json`` names when the folder has one (a resumed
     run, whose rounds after ``after_step`` run again), else a new one of ``run.tracking``, recorded
-    there; None with ``run.tracking=none``."""
-    check_tracking(cfg)
+    there, with the configuration as its parameters; None with ``run.tracking=none``. (Whether
+    the tracker's library is installed was checked with the configuration: ``check_tracking``.)"""
     recorded = read_record(folder)
     if recorded is not None and recorded.get("kind") != cfg.run.tracking:
         recorded = None  # the run changed trackers: start the new one afresh
     tracker = TRACKERS[cfg.run.tracking](cfg, folder, recorded, after_step)
     if tracker is not None:
         (folder / TRACKING_FILE).write_text(json.dumps(tracker.record, indent=2))
+        tracker.log_params(to_flat(cfg))
     return tracker
 
 

@@ -111,10 +111,7 @@ class RunFolder:
             cfg = load_config({**to_flat(cfg), "data.vocabulary": str(path / VOCABULARY_FILE)})
         (path / "config.yaml").write_text(to_yaml(cfg))
         (path / ENCODER_FILE).write_text(json.dumps(encoder_record(cfg), indent=2))
-        tracker = open_tracker(cfg, path)
-        if tracker is not None:
-            tracker.log_params(to_flat(cfg))
-        return cls(cfg, path, tracker)
+        return cls(cfg, path, open_tracker(cfg, path))
 
     @classmethod
     def reopen(cls, cfg: Config, path: Path, done_rounds: int) -> RunFolder:
@@ -129,8 +126,6 @@ class RunFolder:
             raise ConfigError(f"run.resume-from={path}: the run was made with other values for {', '.join(differ)} "
                               f"(for example {differ[0]}={saved.get(differ[0])!r}, now {now.get(differ[0])!r})")
         folder = cls(cfg, path, open_tracker(cfg, path, after_step=done_rounds))
-        if folder.tracker is not None:
-            folder.tracker.log_params(to_flat(cfg))
         metrics = path / "metrics.jsonl"
         lines = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
         folder.rounds = [line for line in lines if line["round"] <= done_rounds]
