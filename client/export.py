@@ -38,21 +38,20 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.models import save_for_hf
 from torch import nn
 
-from omnirad.adapters import POOLED, load_trainable_state
+from omnirad.adapters import POOLED
 from omnirad.adapters.finetune import ImageClassifier
 from omnirad.config import Config, ConfigError
 from omnirad.data.sites import task_info
 from omnirad.encoders import ENCODERS, FrozenEncoder
 from omnirad.logs import show_progress
-from omnirad.models import encoder_for, kept_at_sites, model_reads, new_model
-from omnirad.run_files import ENCODER_FILE, read_broadcast
+from omnirad.models import encoder_for, model_reads
+from omnirad.run_files import ENCODER_FILE
 from omnirad.standardise import StandardisedHead
 from omnirad_fl.client.bundle import export_bundle, metrics_card
-from omnirad_fl.client.predict import check_encoder, run_config
+from omnirad_fl.client.predict import adapted_model, check_encoder, run_config
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +64,7 @@ def run_model(run: Path, adapter: str, weights: str | None = None) -> tuple[Conf
     """The run's model as omnirad-predict builds it (on the CPU): encoder checked against the run's."""
     cfg = run_config(run, weights, "cpu")
     check_encoder(run, cfg)
-    model = new_model(cfg, read_broadcast(run))
-    load_trainable_state(model, load_file(run / f"{adapter}_adapter.safetensors"), optional=kept_at_sites(cfg))
-    return cfg, model.eval()
+    return cfg, adapted_model(cfg, run, adapter).eval()
 
 
 def linear_head(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

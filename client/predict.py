@@ -225,11 +225,17 @@ def read_adapter(path: Path, model: torch.nn.Module, kept: frozenset[str]) -> di
     return state
 
 
-def predict_images(cfg: Config, run: Path, adapter: str, images: Images) -> np.ndarray:
-    """The run's model (its encoder, the chosen adapter) on ``images``: class probabilities."""
+def adapted_model(cfg: Config, run: Path, adapter: str) -> torch.nn.Module:
+    """The run's model: its encoder, what the server broadcast, and the chosen adapter, checked."""
     model = new_model(cfg, read_broadcast(run))
     kept = kept_at_sites(cfg, model)
     load_trainable_state(model, read_adapter(run / f"{adapter}_adapter.safetensors", model, kept), optional=kept)
+    return model
+
+
+def predict_images(cfg: Config, run: Path, adapter: str, images: Images) -> np.ndarray:
+    """The run's model (its encoder, the chosen adapter) on ``images``: class probabilities."""
+    model = adapted_model(cfg, run, adapter)
     inputs = model_inputs(cfg, encoder_for(cfg), images.pixels, "images to predict", use_cache=False)
     return probabilities(cfg, predict(model, inputs, placement=placement_for(cfg)))
 
