@@ -13,7 +13,10 @@ ship a path-filtering proxy; it is Starlette and httpx, which Flower itself runs
 
 What an unauthenticated client can make the gate do is bounded: a path httpx cannot send (``%00``,
 ``%1b``) is answered 400; the bodies buffered at once add up to ``max_buffered_bytes`` at most
-(beyond it 503, so four 63 MiB bodies no longer double the gate's memory); a connection must send
+(beyond it 503, so four 63 MiB bodies no longer double the gate's memory), and so do the pieces of
+the SuperLink's answers it holds on their way out (an answer is relayed as it arrives, never held
+whole; a piece waits for room rather than being dropped, since the SuperLink has already acted on
+the request: pulled messages count as delivered); a connection must send
 its request headers within ``header_timeout`` seconds and each piece of its body within
 ``body_timeout`` seconds, or it is closed; a redirect from the SuperLink never carries its loopback
 address out (its ``Location`` is rewritten to the path alone, or the answer refused with 502).
@@ -107,19 +110,32 @@ class GateSettings:
 
 
 class BufferBudget:
-    """The request bytes the gate holds at once, over all connections (the gate's one event loop
-    touches it, so it needs no lock)."""
+    """The body bytes the gate holds at once, over all connections, requests and answers alike (the
+    gate's one event loop touches it, so it needs no lock)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
+        self._freed = asyncio.Event()  # set, and replaced, whenever bytes are given back
 
     def take(self, size: int) -> None:
         if self.held + size > self.limit:
             raise GateBusy
         self.held += size
 
+    async def wait_to_take(self, size: int, timeout: float) -> None:
+        """Take ``size`` bytes once they fit; ``GateBusy`` when they still do not after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.held + size > self.limit:
+                    await self._freed.wait()
+        except TimeoutError as err:
+            raise GateBusy from err
+        self.held += size
+
     def give_back(self, size: int) -> None:
         self.held -= size
+        self._freed.set()
+        self._freed = asyncio.Event()
 
 
 def passes(path: str) -> bool:
@@ -178,6 +194,41 @@ def local_location(location: str, upstream: httpx.URL) -> str | None:
     return target.raw_path.decode("ascii")
 
 
+class Relay(Response):
+    """The SuperLink's answer, passed on piece by piece as it arrives: each piece counts against the
+    gate's budget until the connection has taken it, and waits (up to ``pause`` seconds) for room
+    rather than being refused, since the SuperLink has already acted on the request."""
+
+    PIECE = 1 << 16
+
+    def __init__(self, answer: httpx.Response, headers: dict[str, str], budget: BufferBudget, pause: float,
+                 path: str) -> None:
+        # not Response.__init__: it would add "content-length: 0" to an answer the SuperLink sent chunked
+        self.status_code, self.background = answer.status_code, None
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.answer, self.budget, self.pause, self.path = answer, budget, pause, path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for piece in self.answer.aiter_raw(min(self.PIECE, self.budget.limit)):
+                await self.budget.wait_to_take(len(piece), self.pause)
+                try:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                finally:
+                    self.budget.give_back(len(piece))
+        except GateBusy:  # the headers are out: all that is left is to end the connection short
+            log.warning("fleet gate: no room for the SuperLink's answer to %s within %g s; connection closed",
+                        self.path, self.pause)
+            return
+        except httpx.TransportError:
+            log.warning("fleet gate: the SuperLink's answer to %s broke off; connection closed", self.path)
+            return
+        finally:
+            await self.answer.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def gate_app(settings: GateSettings) -> Starlette:
     """The ASGI app: forward what ``passes`` to the SuperLink, refuse the rest."""
     verify: ssl.SSLContext | bool = False
@@ -213,8 +264,9 @@ def gate_app(settings: GateSettings) -> Starlette:
             return PlainTextResponse(f"no part of the request body for {settings.body_timeout:g} s\n",
                                      status_code=408)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        try:
-            answer = await client.request(request.method, target, content=body, headers=headers)
+        try:  # returns with the answer's headers, the request body sent: its bytes go back to the budget
+            answer = await client.send(client.build_request(request.method, target, content=body, headers=headers),
+                                       stream=True)
         except httpx.InvalidURL:
             return PlainTextResponse("the request's path is not a valid URL path\n", status_code=400)
         except httpx.TransportError:
@@ -222,17 +274,20 @@ def gate_app(settings: GateSettings) -> Starlette:
         finally:
             del body
             budget.give_back(held)
-        kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        # the body passes as the SuperLink sent it (still encoded), so its length and encoding stay
+        kept = {k: v for k, v in answer.headers.items()
+                if k.lower() not in HOP_BY_HOP or k.lower() in ("content-length", "content-encoding")}
         if answer.is_redirect or "location" in answer.headers:
             location = local_location(answer.headers.get("location", ""), upstream)
             if location is None:
+                await answer.aclose()
                 log.warning("fleet gate: refused the SuperLink's %d to %s for %s", answer.status_code,
                             answer.headers.get("location"), path)
                 return PlainTextResponse("the SuperLink answered with a redirect the gate does not pass on\n",
                                          status_code=502)
             kept = {k: v for k, v in kept.items() if k.lower() not in ("location", "content-location")}
             kept["location"] = location
-        return Response(answer.content, status_code=answer.status_code, headers=kept)
+        return Relay(answer, kept, budget, settings.body_timeout, path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

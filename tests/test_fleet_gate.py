@@ -13,7 +13,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.routing import Route
 
 from omnirad_fl.server.fleet_gate import GateSettings, ThreadedServer, fleet_gate
@@ -217,5 +217,44 @@ def test_a_body_that_stops_coming_is_answered_408():
         assert status.startswith(b"HTTP/1.1 408"), status
         assert recorder.seen == []
     finally:
+        front.stop()
+        stand_in.stop()
+
+
+def test_an_answer_the_gate_holds_counts_against_the_buffer_cap():
+    """The SuperLink's answers are held by the gate too: a 32 MiB answer to a site that reads slowly
+    is relayed piece by piece, the piece waiting on the site counting against max_buffered_bytes,
+    so a request that no longer fits is refused with 503 until the site has read the answer, which
+    arrives whole. (Answers used to be read whole into memory and counted nowhere.)"""
+    piece = bytes(range(256)) * 4096  # 1 MiB
+
+    async def large(request: Request) -> StreamingResponse:
+        async def pieces():
+            for _ in range(32):
+                yield piece
+        return StreamingResponse(pieces())
+
+    recorder, upstream_port, public_port = Recorder(), free_loopback_port(), free_loopback_port()
+    stand_in = ThreadedServer(Starlette(routes=[Route("/v1/fleet/pull-object", large, methods=["GET"]),
+                                                Route("/{path:path}", recorder.answer, methods=["POST"])]),
+                              "127.0.0.1", upstream_port)
+    stand_in.start()
+    front = fleet_gate(GateSettings("127.0.0.1", public_port, f"http://127.0.0.1:{upstream_port}",
+                                    max_request_bytes=LIMIT, max_buffered_bytes=LIMIT))
+    front.start()
+    url = f"http://127.0.0.1:{public_port}/v1/fleet/push-object"
+    slow = http.client.HTTPConnection("127.0.0.1", public_port, timeout=30)
+    try:
+        slow.request("GET", "/v1/fleet/pull-object")
+        answer = slow.getresponse()  # the headers only: the body waits in the socket buffers, then the gate
+        deadline, status = time.monotonic() + 20, None
+        while time.monotonic() < deadline and status != 503:
+            status = httpx.post(url, content=b"\x00" * 10, timeout=30).status_code
+            time.sleep(0.1)
+        assert status == 503
+        assert answer.status == 200 and answer.read() == piece * 32
+        assert httpx.post(url, content=b"\x00" * LIMIT, timeout=30).status_code == 200
+    finally:
+        slow.close()
         front.stop()
         stand_in.stop()
