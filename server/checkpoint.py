@@ -10,6 +10,14 @@ previous checkpoint whole; files the mark no longer names are removed after it i
 resumed server continues with the next round, numbered as in the uninterrupted run, so sites draw
 the same random numbers and the run ends with the same metrics.
 
+A resumed run must be the stopped run, configured alike: ``check_same_run`` compares the resumed
+configuration with the run folder's ``config.yaml`` and names every key that differs, with both
+values, before the server waits for sites. Only ``MAY_CHANGE_ON_RESUME`` may differ: the number
+of rounds (to extend a run), where the run resumes from, where new run folders go, the log level
+and how long the server waits for sites. Every other key decides the model, the data, the training
+or what the run folder records, so a resumed run that changed it would not be the run it claims
+to continue.
+
 A checkpoint is data someone may have changed: the SHA-256 in the mark catches a damaged file, not
 one rewritten together with its mark. So what is loaded is also checked against the model the run
 folder's ``config.yaml`` describes (every tensor the server sends, by name, shape and dtype, none
@@ -35,7 +43,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from omnirad.adapters import trainable_state
-from omnirad.config import Config, ConfigError, read_config_file
+from omnirad.config import Config, ConfigError, read_config_file, to_flat
 from omnirad.configure import load_config
 from omnirad.durable import sha256_of, write_atomically
 from omnirad.models import kept_at_sites, new_model
@@ -51,6 +59,9 @@ MARK, VERSION = "checkpoint.json", 2
 CONFIG = "config.yaml"  # the run folder's resolved configuration (server/run_folder.py writes it)
 LEGACY_STATE = "strategy-state.pkl"  # version 1 kept the strategy state as a pickle
 StateValue = dict[str, np.ndarray] | list[np.ndarray] | ArrayRecord
+# What a resumed run may configure differently (the module's docstring says why these alone).
+MAY_CHANGE_ON_RESUME = frozenset({"num-server-rounds", "run.resume-from", "run.output-dir", "run.verbose",
+                                  "strategy.join-timeout", "strategy.round-timeout"})
 
 
 @dataclass
@@ -168,6 +179,19 @@ def run_folder_config(folder: Path) -> Config:
         raise ConfigError(f"run.resume-from: {path}: not a readable configuration ({err})") from err
     except ConfigError as err:
         raise ConfigError(f"run.resume-from: {path}: {err}") from err
+
+
+def check_same_run(folder: Path, cfg: Config) -> None:
+    """Refuse to resume the run in ``folder`` with a configuration that differs from the one it was
+    made with, beyond ``MAY_CHANGE_ON_RESUME``: ``ConfigError`` naming every such key, both values."""
+    saved, now = to_flat(run_folder_config(folder)), to_flat(cfg)
+    differ = sorted(k for k in saved.keys() | now.keys() if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != now.get(k))
+    if differ:
+        raise ConfigError("\n  ".join([
+            f"run.resume-from={folder}: this configuration differs from the one the run was made with "
+            f"({folder / CONFIG}) in {len(differ)} key(s) a resumed run may not change; set them as the run had them "
+            f"(only {', '.join(sorted(MAY_CHANGE_ON_RESUME))} may change), or start a new run:",
+            *(f"{key}: the run has {saved.get(key)!r}, this configuration {now.get(key)!r}" for key in differ)]))
 
 
 def expected_arrays(cfg: Config) -> dict[str, torch.Tensor] | None:

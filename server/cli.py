@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omnirad.config import ConfigError, flat_defaults, parse_overrides, read_config_file, toml_literal
+from omnirad.config import Config, ConfigError, flat_defaults, parse_overrides, read_config_file, toml_literal
 from omnirad.credentials import server_credential_problems, shared_site_keys
 from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.logs import show_progress
 from omnirad_fl.server.app_bundle import PUBLISHER_KEY, load_publisher_key, write_signed_app
 from omnirad_fl.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY, SITES_DIR
-from omnirad_fl.server.checkpoint import MARK, load_checkpoint
+from omnirad_fl.server.checkpoint import MARK, check_same_run, load_checkpoint
 from omnirad_fl.server.fleet_gate import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -77,16 +77,18 @@ def run_configuration(config_file: Path | None, overrides: Sequence[str], output
         flat["run.resume-from"] = str(latest_checkpointed_run(Path(cfg.run.output_dir).expanduser()))
         load_run_config(flat)
     if flat.get("run.resume-from"):
-        check_resumable(Path(str(flat["run.resume-from"])).expanduser().resolve())
+        check_resumable(Path(str(flat["run.resume-from"])).expanduser().resolve(), load_run_config(flat))
     return flat
 
 
-def check_resumable(folder: Path) -> None:
-    """The checkpoint a resumed run goes on from, checked here as the ServerApp will check it (its
-    mark, files, SHA-256s and fit to the run's model), so that a bad one stops the server before
-    it starts the SuperLink and waits out strategy.join-timeout for the sites."""
+def check_resumable(folder: Path, cfg: Config) -> None:
+    """The run a resumed run goes on from, checked here as the ServerApp will check it (the
+    configuration against the run's; the checkpoint's mark, files, SHA-256s and fit to the run's
+    model), so that a mismatch stops the server before it starts the SuperLink and waits out
+    strategy.join-timeout for the sites."""
     if not folder.is_dir():
         raise ConfigError(f"run.resume-from={folder}: no such run folder")
+    check_same_run(folder, cfg)
     try:
         load_checkpoint(folder)
     except FileNotFoundError as err:
@@ -301,7 +303,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-request-mib", type=int, default=DEFAULT_MAX_REQUEST_MIB,
                         help="largest request a site may send, in MiB (default: %(default)s; Flower sends 5 MB chunks)")
     parser.add_argument("--max-buffered-mib", type=int, default=DEFAULT_MAX_BUFFERED_MIB,
-                        help="request bytes the gate holds at once, over all connections, in MiB; beyond it a request "
+                        help="request and answer bytes the gate holds at once, over all connections, in MiB; beyond it a request "
                              "is refused with 503 (default: %(default)s)")
     parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="SECONDS",
                         help="a connection must send a request's headers within this time (default: %(default)s)")

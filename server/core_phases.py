@@ -21,7 +21,7 @@ from omnirad.evaluation import CentralEvaluator
 from omnirad.models import encoder_for, kept_at_sites, new_model
 from omnirad.multitask import is_multitask
 from omnirad.protocol import ENCODER_FINGERPRINT, RUN_KEY, SIMULATION_STATE_DIR
-from omnirad_fl.server.checkpoint import Checkpoint, load_checkpoint, restore_strategy_state
+from omnirad_fl.server.checkpoint import Checkpoint, check_same_run, load_checkpoint, restore_strategy_state
 from omnirad_fl.server.phases import PHASES, ServerRun
 from omnirad_fl.server.pretraining import pretrained_instructions
 from omnirad_fl.server.round_end import RoundEnd
@@ -76,11 +76,13 @@ def federation(run: ServerRun) -> None:
 
 
 def resumable(cfg: Config) -> tuple[Path, Checkpoint]:
-    """The run folder and checkpoint to go on from. What the sites keep (personal tensors, privacy
-    accounts) is in their state stores, under the run's key, which the reopened folder keeps."""
+    """The run folder and checkpoint to go on from, once the configuration is the run's (beyond the
+    keys a resumed run may change). What the sites keep (personal tensors, privacy accounts) is in
+    their state stores, under the run's key, which the reopened folder keeps."""
     folder = Path(cfg.run.resume_from).expanduser().resolve()
     if not folder.is_dir():
         raise ConfigError(f"run.resume-from={cfg.run.resume_from!r}: no such run folder")
+    check_same_run(folder, cfg)
     return folder, load_checkpoint(folder)
 
 

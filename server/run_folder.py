@@ -33,11 +33,10 @@ from typing import Any
 
 import torch
 from flwr.app import Message, MetricRecord
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from omnirad.captions import write_vocabulary
-from omnirad.config import Config, ConfigError, to_flat, to_yaml
+from omnirad.config import Config, to_flat, to_yaml
 from omnirad.configure import load_config
 from omnirad.data.report import format_report, plot_report
 from omnirad.data.sites import task_info
@@ -47,6 +46,7 @@ from omnirad.run_files import ENCODER_FILE, STANDARDISATION_FILE, encoder_record
 from omnirad.standardise import Standardisation
 from omnirad.tasks import TaskSpec
 from omnirad.tracking import Tracker, open_tracker, round_scalars
+from omnirad_fl.server.checkpoint import check_same_run
 from omnirad_fl.server.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -116,15 +116,9 @@ class RunFolder:
     @classmethod
     def reopen(cls, cfg: Config, path: Path, done_rounds: int) -> RunFolder:
         """A stopped run's folder, to go on with: its configuration must be the one it ran with
-        (``run.resume-from`` aside; ``num-server-rounds`` may grow), and rounds after the last
-        checkpoint are dropped from ``metrics.jsonl`` (they will run again)."""
-        saved = OmegaConf.to_container(OmegaConf.create((path / "config.yaml").read_text()))
-        now = to_flat(cfg)
-        ignored = {"run.resume-from", "num-server-rounds"}
-        differ = sorted(k for k in now.keys() | saved.keys() if k not in ignored and now.get(k) != saved.get(k))
-        if differ:
-            raise ConfigError(f"run.resume-from={path}: the run was made with other values for {', '.join(differ)} "
-                              f"(for example {differ[0]}={saved.get(differ[0])!r}, now {now.get(differ[0])!r})")
+        (beyond the keys a resumed run may change: ``checkpoint.check_same_run``), and rounds after
+        the last checkpoint are dropped from ``metrics.jsonl`` (they will run again)."""
+        check_same_run(path, cfg)
         folder = cls(cfg, path, open_tracker(cfg, path, after_step=done_rounds))
         metrics = path / "metrics.jsonl"
         lines = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
 from omnirad.durable import sha256_of
-from omnirad_fl.server.checkpoint import MARK, load_checkpoint, restore_strategy_state, save_checkpoint
+from omnirad_fl.server.checkpoint import MARK, expected_arrays, load_checkpoint, restore_strategy_state, save_checkpoint
 from omnirad_fl.server.core_phases import resumable
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.strategies import build_strategy, flower_strategy
@@ -167,18 +167,51 @@ def test_reopening_checks_the_configuration_and_drops_rounds_after_the_checkpoin
     reopened = RunFolder.reopen(load_config(resume), folder.path, done_rounds=2)
     assert [r["round"] for r in reopened.rounds] == [1, 2]
     assert len((folder.path / "metrics.jsonl").read_text().splitlines()) == 2
-    with pytest.raises(ConfigError, match="train.lr"):
+    with pytest.raises(ConfigError, match="train.lr: the run has 0.003, this configuration 0.1"):
         RunFolder.reopen(load_config({**resume, "train.lr": 0.1}), folder.path, done_rounds=2)
 
 
 def test_resume_needs_a_run_folder_and_is_open_to_runs_with_state_at_the_sites(tmp_path, start_round):
     with pytest.raises(ConfigError, match="no such run folder"):
         resumable(load_config({"run.resume-from": str(tmp_path / "missing")}))
-    _, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
-    save_checkpoint(folder.path, 2, state, strategy)
-    for kept in ({"privacy.dp": True}, {"strategy.name": "fedper"}, {"strategy.name": "spectral"}):
-        _, checkpoint = resumable(load_config({"run.resume-from": str(folder.path), **kept}))
+    for kept in ({"privacy.dp": True}, {"strategy.name": "fedper", "model.adapter": "mlp"},
+                 {"strategy.name": "spectral"}):
+        flat = {"run.output-dir": str(tmp_path / str(kept)), "data.num-sites": 2, **kept}
+        cfg = load_config(flat)
+        folder = RunFolder.create(cfg)
+        arrays = {k: torch.zeros_like(v) for k, v in expected_arrays(cfg).items()}
+        save_checkpoint(folder.path, 2, arrays, build_strategy(cfg, folder))
+        _, checkpoint = resumable(load_config({**flat, "run.resume-from": str(folder.path)}))
         assert checkpoint.server_round == 2
+
+
+# Issue 32, item 6 (the pre-check): a resumed run is the stopped run, configured alike.
+
+def test_a_resumed_run_whose_configuration_changes_the_run_is_refused_naming_every_key(tmp_path, start_round):
+    """Before, RunFolder.reopen named the keys but only the first one's values, and only after the
+    checkpoint was loaded (and, in deployment, the sites waited for); now resumable refuses first,
+    with every key and both values, and the keys a resumed run may change pass."""
+    cfg, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    (folder.path / MARK).unlink()  # the configuration is refused before the checkpoint is looked at
+    base = {"run.output-dir": str(tmp_path), "data.num-sites": 2, "strategy.name": "fedadam",
+            "run.resume-from": str(folder.path)}
+    changed = {"model.encoder": "radiodino-s16", "model.adapter": "mlp", "data.num-classes": 5, "data.num-sites": 3}
+    with pytest.raises(ConfigError) as refused:
+        resumable(load_config({**base, **changed}))
+    message = str(refused.value)
+    assert f"run.resume-from={folder.path}" in message and "config.yaml" in message
+    for line in ("model.encoder: the run has 'vit-tiny', this configuration 'radiodino-s16'",
+                 "model.adapter: the run has 'linear', this configuration 'mlp'",
+                 "data.num-classes: the run has 0, this configuration 5",
+                 "data.num-sites: the run has 2, this configuration 3"):
+        assert line in message
+    save_checkpoint(folder.path, 2, state, strategy)
+    allowed = {"num-server-rounds": 40, "strategy.join-timeout": 10.0, "strategy.round-timeout": 60.0,
+               "run.verbose": True, "run.output-dir": str(tmp_path / "elsewhere")}
+    _, checkpoint = resumable(load_config({**base, **allowed}))
+    assert checkpoint.server_round == 2
+    assert RunFolder.reopen(load_config({**base, **allowed}), folder.path, done_rounds=2).path == folder.path
 
 
 # Issue 32, item 6: a checkpoint is checked against the run's model, not only against its own mark.

@@ -56,6 +56,35 @@ def test_resume_from_a_checkpoint_that_fails_its_checks_stops_before_the_server_
     assert f"{folder.path / MARK} is not valid JSON" in capsys.readouterr().err
 
 
+def test_resume_with_a_configuration_that_changes_the_run_stops_before_the_server_starts(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Item 6, the configuration: a resumed run whose encoder, adapter, classes or sites differ from
+    the checkpointed run's started the SuperLink and waited for the sites before the ServerApp
+    refused it, naming one key's values. Now omnirad-server names every such key with both values
+    and exits 2 first; the keys a resumed run may change (rounds, timeouts) pass."""
+    starts = []
+
+    def started(*_):
+        starts.append(True)
+        raise RuntimeError("the test stops here")
+
+    monkeypatch.setattr(cli, "start_link", started)
+    state = tmp_path / "state"
+    a_deployed_run_with_a_checkpoint(state, {"fc.weight": torch.zeros(4, 192), "fc.bias": torch.zeros(4)})
+    changed = ["model.encoder=radiodino-s16", "model.adapter=mlp", "data.num-classes=5", "data.num-sites=3"]
+    assert cli.main(["--insecure", "--resume", "--state-dir", str(state), *changed]) == 2
+    err = capsys.readouterr().err
+    for line in ("model.encoder: the run has 'vit-tiny', this configuration 'radiodino-s16'",
+                 "model.adapter: the run has 'linear', this configuration 'mlp'",
+                 "data.num-classes: the run has 4, this configuration 5",
+                 "data.num-sites: the run has 2, this configuration 3"):
+        assert line in err
+    assert "Traceback" not in err and starts == []
+    extended = ["num-server-rounds=40", "strategy.join-timeout=10", "strategy.round-timeout=120"]
+    assert cli.main(["--insecure", "--resume", "--state-dir", str(state), *SERVER, *extended]) == 1
+    assert starts == [True]
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A few hundred bytes of PNG whose header claims ``width`` x ``height`` pixels."""
     def chunk(kind: bytes, data: bytes) -> bytes:
