@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import pickle
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, cast
 
 import timm
 import torch
+from safetensors import SafetensorError
 from timm.data.config import resolve_data_config
 from torch import nn
 
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 HUB_PREFIX = "hf_hub:"
 RANDOM_INIT_SEED = 0  # every participant must build the same random encoder
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# What reading a damaged or foreign weights file raises: safetensors its own error; torch.load of a
+# .pth/.pt/.bin the unpickler's, the zip reader's and an unpickled object's that is not a state dict.
+DAMAGED_WEIGHTS = (RuntimeError, KeyError, ValueError, OSError, SafetensorError, pickle.UnpicklingError, EOFError,
+                   zipfile.BadZipFile, AttributeError, IndexError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -192,9 +199,9 @@ def _from_file(spec: EncoderSpec, path: Path, kwargs: dict[str, Any]) -> nn.Modu
         return timm.create_model(
             spec.timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
         )
-    except (RuntimeError, KeyError, ValueError, OSError) as err:
+    except DAMAGED_WEIGHTS as err:
         raise EncoderWeightsError(
-            f"model.weights: {path} does not load into {spec.timm_name}: {err}"
+            f"model.weights: {path} does not load into {spec.timm_name} ({type(err).__name__}: {err})"
         ) from err
 
 

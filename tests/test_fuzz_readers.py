@@ -1,5 +1,6 @@
 """Fuzzing the readers of files a site or a server is handed (issue 32): random truncations and byte
-flips of small valid files. Every case must end in the project's own error naming the file, or in
+flips of small valid files (data files, slice-label files, encoder weights, omnirad-predict's
+adapter, checkpoints, site state). Every case must end in the project's own error naming the file, or in
 success: never another exception, never a hang (each case runs under a wall-clock alarm).
 
 Each test prints how many cases it tried and how they ended; docs/reliability.md keeps the counts.
@@ -19,12 +20,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import timm
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
+from omnirad.adapters import trainable_state
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
 from omnirad.data.image_folder import read_image_folder
@@ -33,8 +36,12 @@ from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import read_npz
 from omnirad.data.volumes import read_volume_csv
 from omnirad.durable import sha256_of
+from omnirad.encoders import ENCODERS, EncoderWeightsError
+from omnirad.encoders import _from_file as read_encoder_file
+from omnirad.models import kept_at_sites, new_model
 from omnirad.site_state import HEADER, VERSION, SiteState, SiteStateError, SiteStateStore
 from omnirad.tasks import TaskSpec
+from omnirad_fl.client.predict import read_adapter
 from omnirad_fl.server.checkpoint import MARK, load_checkpoint, save_checkpoint
 from omnirad_fl.server.run_folder import RunFolder
 from omnirad_fl.simulations.dicom_files import write_dicom_series
@@ -172,6 +179,64 @@ def test_fuzz_dicom_series(tmp_path, capsys):
     csv.write_text("path,label\nseries,1\n")
     outcomes = fuzz("volume CSV + DICOM", sorted((tmp_path / "series").iterdir())[:2],
                     lambda: read_volume_csv(csv, THREE_CLASSES, OPTIONS), naming(csv), 80, capsys)
+    assert outcomes["DataFileError"] > 0
+
+
+def test_fuzz_slice_labels(tmp_path, capsys):
+    """A volume CSV whose rows name per-slice label files (one class index per line, per slice)."""
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        nib.save(nib.Nifti1Image(rng.random((8, 8, 3)).astype(np.float32), np.eye(4)), tmp_path / f"v{i}.nii")
+    (tmp_path / "s0.txt").write_text("0\n1\n0\n")
+    (tmp_path / "s1.txt").write_text("2\n2\n1\n")
+    csv = tmp_path / "volumes.csv"
+    csv.write_text("path,label,slice-labels\nv0.nii,,s0.txt\nv1.nii,2,s1.txt\n")
+    read_volume_csv(csv, THREE_CLASSES, OPTIONS)  # the valid files read
+    outcomes = fuzz("volume CSV + slice labels", [tmp_path / "s0.txt", tmp_path / "s1.txt", csv],
+                    lambda: read_volume_csv(csv, THREE_CLASSES, OPTIONS), naming(csv), 120, capsys)
+    assert outcomes["DataFileError"] > 0
+
+
+@pytest.fixture
+def one_thread():
+    """Building a ViT initialises its weights on every core; two fuzzing processes sharing two cores
+    then spend most of each case waiting for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_fuzz_encoder_weights(tmp_path, capsys, one_thread, suffix):
+    """Encoder weights (model.weights) as omnirad.encoders reads them into vit-tiny's architecture,
+    made shallow and narrow here (two blocks of width 48) so that a case takes milliseconds."""
+    spec = ENCODERS["vit-tiny"]
+    shape = dict(num_classes=0, img_size=32, patch_size=spec.patch_size, dynamic_img_size=True, depth=2, embed_dim=48,
+                 num_heads=2)
+    state = timm.create_model(spec.timm_name, pretrained=False, **shape).state_dict()
+    path = tmp_path / f"encoder{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    read_encoder_file(spec, path, shape)  # the valid file loads
+    outcomes = fuzz(f"encoder weights ({suffix})", [path], lambda: read_encoder_file(spec, path, shape),
+                    naming(path, kinds=(EncoderWeightsError,)), 80, capsys)
+    assert outcomes["EncoderWeightsError"] > 0
+
+
+def test_fuzz_predict_adapter(tmp_path, capsys):
+    """The adapter omnirad-predict applies (``<run>/<name>_adapter.safetensors``), checked against the
+    run's model before use."""
+    cfg = load_config({"data.num-classes": 4})
+    model = new_model(cfg)
+    kept = kept_at_sites(cfg, model)
+    path = tmp_path / "final_adapter.safetensors"
+    save_file({k: v.contiguous() for k, v in trainable_state(model).items() if k not in kept}, path)
+    read_adapter(path, model, kept)  # the valid file reads
+    outcomes = fuzz("omnirad-predict adapter", [path], lambda: read_adapter(path, model, kept), naming(path), 120,
+                    capsys)
     assert outcomes["DataFileError"] > 0
 
 

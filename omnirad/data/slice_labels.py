@@ -31,8 +31,16 @@ def read_slice_labels(file: Path, num_classes: int, where: str) -> tuple[np.ndar
     file and its line) for each line that is not one of the ``num_classes`` classes."""
     if not file.is_file():
         return np.empty(0, np.int64), [f"{where}: {SLICE_LABELS} {file.name}: file not found"]
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:  # a damaged or binary file: a problem of its row, not a crash
+        line = file.read_bytes()[:err.start].count(b"\n") + 1
+        return np.empty(0, np.int64), [f"{where}: {SLICE_LABELS} {file.name}:{line}: not UTF-8 text (byte {err.start})"]
+    except OSError as err:
+        return np.empty(0, np.int64), [f"{where}: {SLICE_LABELS} {file.name}: cannot be read "
+                                       f"({err.strerror or type(err).__name__})"]
     labels, problems = [], []
-    for number, text in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, text in enumerate(lines, start=1):
         text = text.strip()
         if not text:
             continue
