@@ -40,9 +40,9 @@ def export_bundle(run: Path, out: Path, adapter: str) -> Path:
         raise ConfigError(f"{out}: already exists; the bundle goes to a new folder")
     cfg = load_config(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))  # type: ignore[arg-type]
     encoder = (json.loads((run / ENCODER_FILE).read_text()) if (run / ENCODER_FILE).is_file()
-               else encoder_record(cfg))
+               else encoder_record(cfg.model))
     card = metrics_card(run.name, json.loads(summary_file.read_text()), adapter, encoder,
-                        {"task": cfg.data.task, "classes": list(task_info(cfg).label_names),
+                        {"task": cfg.data.task, "classes": list(task_info(cfg.data).label_names),
                          "adapter": cfg.model.adapter, "image-size": cfg.data.size})
     out.mkdir(parents=True)
     for name in ("config.yaml", f"{adapter}_adapter.safetensors", STANDARDISATION_FILE):

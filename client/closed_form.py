@@ -36,7 +36,7 @@ def site_statistics(msg: Message, context: Context, *, account: bool = True
     ledger on disk before they leave. ``account=False``: the same release again (the noise comes from
     a fixed seed), recorded nowhere (a secure sum's masked step repeats its keys step's release)."""
     cfg, site = site_for(msg, context)
-    kept = run_state(cfg, site, msg, context) if account else None
+    kept = run_state(cfg.privacy, site, msg, context) if account else None
     ledger = (kept.state.ledger if kept is not None else PrivacyLedger()) if cfg.privacy.dp else None
     stats, metrics = site.head_statistics(Broadcast.from_config(msg.content[CONFIG]), ledger)
     if kept is not None and cfg.privacy.dp:  # the release is accounted on disk before it leaves
@@ -70,7 +70,7 @@ def statistics_contribution(msg: Message, context: Context, first: bool) -> tupl
 def site_scale_losses(msg: Message, context: Context) -> tuple[torch.Tensor, dict[str, float]]:
     cfg, site = site_for(msg, context)
     scales = tuple(float(s) for s in msg.content[CONFIG][LOGIT_SCALES])
-    losses = site.scale_losses(round_inputs(msg, run_state(cfg, site, msg, context), training=False), scales)
+    losses = site.scale_losses(round_inputs(msg, run_state(cfg.privacy, site, msg, context), training=False), scales)
     return losses, {NUM_EXAMPLES: float(len(site.val_set.labels)), SITE_ID: float(site.site_id)}
 
 

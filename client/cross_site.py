@@ -36,7 +36,7 @@ def own_model(msg: Message, context: Context) -> Message:
     """This site's final model: its kept tensors after the last round and, with
     ``personalization.finetune-epochs``, the final model fine-tuned on its training split."""
     cfg, site = site_for(msg, context)
-    inputs = round_inputs(msg, run_state(cfg, site, msg, context), training=False)
+    inputs = round_inputs(msg, run_state(cfg.privacy, site, msg, context), training=False)
     content = RecordDict({ARRAYS: ArrayRecord(dict(inputs.personal or {})),
                           METRICS: MetricRecord({SITE_ID: float(site.site_id)})})
     if cfg.personalization.finetune_epochs > 0:

@@ -14,11 +14,11 @@ from flwr.app import ConfigRecord, Context
 from flwr.app.user_config import UserConfig
 
 from omnirad.captions import vocabulary_copy
-from omnirad.config import Config, ConfigError
+from omnirad.config import Config, ConfigError, ModelConfig
 from omnirad.configure import load_config
 from omnirad.data.sources.files import DEPLOYMENT
 from omnirad.encoders import weights_fingerprint
-from omnirad.multitask import TaskMismatch, declared_spec, site_view, task_config
+from omnirad.multitask import TaskMismatch, declared_spec, site_view, task_config, trained_task
 from omnirad.multitask_check import DECLARED
 from omnirad.plan import RunPlan, SiteSettings
 from omnirad.protocol import (
@@ -76,6 +76,15 @@ def task_view(plan: RunPlan, site_id: int, node: UserConfig) -> Config:
     return task_config(cfg, str(node[NODE_TASK_NAME]), declared_spec(str(node[NODE_TASK_KIND]), int(node[NODE_NUM_CLASSES])))
 
 
+def task_name(plan: RunPlan, site_id: int, node: UserConfig) -> str:
+    """The task this site trains in a multi-task run (its ``multitask.site-tasks`` entry in
+    simulation, the task its site file declares in deployment); empty in a single-task run or for a
+    site that sits this run out. A fact about the site, not a configuration key."""
+    if plan.site is not None:
+        return str(node.get(NODE_TASK_NAME, ""))
+    return trained_task(plan.given.multitask, site_id)
+
+
 def site_of(context: Context) -> tuple[Config, int]:
     """The configuration this site works with before any message's instructions, and its site number."""
     plan, site_id = site_plan(context)
@@ -103,21 +112,22 @@ def message_plan(plan: RunPlan, instructions: ConfigRecord) -> RunPlan:
     return plan
 
 
-def check_task(cfg: Config, instructions: ConfigRecord) -> None:
-    """Refuse an adapter meant for another task than this site's (multi-task runs)."""
+def check_task(trained: str, instructions: ConfigRecord) -> None:
+    """Refuse an adapter meant for another task than the one this site trains (``trained``:
+    ``task_name``; multi-task runs)."""
     sent = str(instructions.get(TASK, ""))
-    if sent != cfg.multitask.task:
+    if sent != trained:
         raise TaskMismatch(f"the server sent the adapter of task '{sent or 'none'}', this site trains "
-                           f"'{cfg.multitask.task or 'the run task'}'")
+                           f"'{trained or 'the run task'}'")
 
 
-def check_encoder(cfg: Config, instructions: ConfigRecord) -> None:
+def check_encoder(model: ModelConfig, instructions: ConfigRecord) -> None:
     """Refuse to train or evaluate when the server's encoder weights differ from this site's:
     adapters trained on other features would be averaged into nonsense."""
     expected = str(instructions.get(ENCODER_FINGERPRINT, ""))
     if not expected:
         return
-    local = weights_fingerprint(cfg.model.weights)
+    local = weights_fingerprint(model.weights)
     if local != expected:
         # no path in the message: it goes back to the server
         raise EncoderMismatch(

@@ -82,7 +82,7 @@ def linear_head(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def classifier_parts(cfg: Config, model: nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The timm ViT's encoder tensors (LoRA merged in) and the linear head of a classification run."""
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     if task.segmentation or task.captioning:
         raise NotExportable(f"data.task={cfg.data.task}: only classification models have a timm layout")
     if isinstance(model, ImageClassifier):
@@ -116,7 +116,7 @@ def data_config(encoder: FrozenEncoder) -> dict[str, Any]:
 
 def omnirad_fields(cfg: Config, run: Path, adapter: str) -> dict[str, Any]:
     """What config.json says besides timm's fields: how to turn logits into the run's probabilities."""
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     sigmoid = task.multi_label or task.num_outputs == 1
     return {"run": run.name, "adapter": f"{adapter}_adapter.safetensors", "task": cfg.data.task,
             "probabilities": "sigmoid" if sigmoid else "softmax",
@@ -129,7 +129,7 @@ def write_timm(cfg: Config, model: nn.Module, out: Path, run: Path, adapter: str
     encoder = encoder_for(cfg)
     encoder_state, weight, bias = classifier_parts(cfg, model)
     exported = timm_model(cfg, encoder, encoder_state, weight, bias)
-    labels = list(task_info(cfg).label_names)
+    labels = list(task_info(cfg.data).label_names)
     save_for_hf(exported, str(out), safe_serialization=True,
                 model_config={"label_names": labels if len(labels) == len(bias) else None,
                               "omnirad": {**omnirad_fields(cfg, run, adapter), "label_names": labels}},
@@ -147,7 +147,7 @@ def write_peft(cfg: Config, model: nn.Module, out: Path) -> None:
     weight, bias = linear_head(model.head)
     base = timm_model(cfg, encoder, dict(encoder.vit.state_dict()), weight, bias)
     save_for_hf(base, str(out / "base"), safe_serialization=True,
-                model_config={"label_names": list(task_info(cfg).label_names)},
+                model_config={"label_names": list(task_info(cfg.data).label_names)},
                 model_args=model_args(encoder, ENCODERS[cfg.model.encoder].patch_size, len(bias)),
                 data_config=data_config(encoder))
     model.backbone.save_pretrained(str(out))  # type: ignore[operator]  # peft's own writer
@@ -157,7 +157,7 @@ def card(cfg: Config, run: Path, adapter: str, written: dict[str, str]) -> str:
     """README.md: the model card, with Hugging Face's metadata header."""
     summary = json.loads((run / "summary.json").read_text())
     encoder = json.loads((run / ENCODER_FILE).read_text()) if (run / ENCODER_FILE).is_file() else {}
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     info = metrics_card(run.name, summary, adapter, encoder, {})
     ship = summary.get("shipped") or {}
     d, s = cfg.data, cfg.strategy

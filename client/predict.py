@@ -178,9 +178,9 @@ def run_config(run: Path, weights: str | None, device: str) -> Config:
                        **({"model.weights": weights} if weights is not None else {})})
     if cfg.multitask.site_tasks:
         raise ConfigError(f"{run}: a multi-task run; omnirad-predict applies single-task runs only")
-    if task_info(cfg).captioning:
+    if task_info(cfg.data).captioning:
         raise ConfigError(f"{run}: a captioning run; omnirad-predict writes class probabilities or masks only")
-    if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
+    if cfg.personalization.mode == "fedper" or site_method(cfg.strategy) is not None:
         raise ConfigError(f"{run}: no single global model (FedPer keeps heads at the sites; spectral prompts need "
                           "the bank)")
     return cfg
@@ -205,7 +205,7 @@ def check_encoder(run: Path, cfg: Config) -> None:
 
 def probabilities(cfg: Config, outputs: torch.Tensor) -> np.ndarray:
     """Class probabilities: softmax over classes, sigmoid per label (multi-label, one-output binary)."""
-    if task_info(cfg).multi_label or outputs.shape[1] == 1:
+    if task_info(cfg.data).multi_label or outputs.shape[1] == 1:
         probs = torch.sigmoid(outputs)
         return torch.cat([1 - probs, probs], dim=1).numpy() if outputs.shape[1] == 1 else probs.numpy()
     return torch.softmax(outputs, dim=1).numpy()
@@ -237,14 +237,14 @@ def predict_images(cfg: Config, run: Path, adapter: str, images: Images) -> np.n
     """The run's model (its encoder, the chosen adapter) on ``images``: class probabilities."""
     model = adapted_model(cfg, run, adapter)
     inputs = model_inputs(cfg, encoder_for(cfg), images.pixels, "images to predict", use_cache=False)
-    return probabilities(cfg, predict(model, inputs, placement=placement_for(cfg)))
+    return probabilities(cfg, predict(model, inputs, placement=placement_for(cfg.run)))
 
 
 def write_predictions(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> None:
     """One row per image (slice) in ``out``; for volumes also one row per volume in ``<out>-volumes.csv``."""
     write_rows(out, cfg, "image", images.names, images.labels, probs)
     if images.volumes is not None:
-        ids, pooled = pool_volumes(probs, images.volumes, cfg.data.volume_score, task_info(cfg).multi_label)
+        ids, pooled = pool_volumes(probs, images.volumes, cfg.data.volume_score, task_info(cfg.data).multi_label)
         labels = np.array([images.labels[images.volumes == v][0] for v in ids])
         write_rows(volume_csv(out), cfg, "volume", [images.volume_names[v] for v in ids], labels, pooled)
 
@@ -254,7 +254,7 @@ def write_masks(out: Path, cfg: Config, images: Images, probs: np.ndarray) -> Pa
     PNG per 2D image; ``out`` lists them with voxels (pixels) per class. Returns the mask folder."""
     folder = out.with_name(f"{out.stem}-masks")
     folder.mkdir(parents=True, exist_ok=True)
-    classes = task_info(cfg).label_names
+    classes = task_info(cfg.data).label_names
     saved = volume_masks(cfg, images, probs, folder) if images.grids else image_masks(images, probs, folder)
     what, unit = ("volume", "voxels") if images.grids else ("image", "pixels")
     with out.open("w", newline="") as handle:
@@ -288,8 +288,8 @@ def volume_csv(out: Path) -> Path:
 
 
 def write_rows(out: Path, cfg: Config, what: str, names: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
-    classes = task_info(cfg).label_names
-    multi_label = task_info(cfg).multi_label
+    classes = task_info(cfg.data).label_names
+    multi_label = task_info(cfg.data).multi_label
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         columns = classes if len(classes) == probs.shape[1] else tuple(str(k) for k in range(probs.shape[1]))
@@ -329,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("omnirad-predict: wrote the model bundle %s", export_bundle(args.run, args.export, args.adapter))
             return 0
         check_encoder(args.run, cfg)
-        images = read_input(args.input, read_options(cfg))
-        if task_info(cfg).segmentation and images.volumes is not None and not images.grids:
+        images = read_input(args.input, read_options(cfg.data))
+        if task_info(cfg.data).segmentation and images.volumes is not None and not images.grids:
             raise ConfigError(f"{args.input}: MedMNIST 3D volumes have no grid to put a mask on; give NIfTI or "
                               "DICOM volumes, or 2D images")
         log.info("omnirad-predict: %d images from %s, %s adapter of %s", len(images.names), args.input, args.adapter,
@@ -339,12 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataFileError) as err:  # bad input: its file and what is wrong, exit 2, never a traceback
         log.error("omnirad-predict: %s", err)
         return 2
-    if task_info(cfg).segmentation:
+    if task_info(cfg.data).segmentation:
         log.info("wrote %s and the masks in %s", args.out, write_masks(args.out, cfg, images, probs))
         return 0
     write_predictions(args.out, cfg, images, probs)
     known = images.labels >= 0
-    if known.any() and not task_info(cfg).multi_label:
+    if known.any() and not task_info(cfg.data).multi_label:
         accuracy = float((probs[known].argmax(axis=1) == images.labels[known]).mean())
         log.info("accuracy on the %d labelled images: %.3f", int(known.sum()), accuracy)
     log.info("wrote %s%s", args.out, f" and {volume_csv(args.out)}" if images.volumes is not None else "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from omnirad.broadcast import Broadcast
-from omnirad.config import Config
+from omnirad.config import Config, PrivacyConfig
 from omnirad.faults import crash_if_due, misbehave
 from omnirad.protocol import ARRAYS, CONFIG, METRICS, PROXIMAL_MU, ROUND_TOKEN, SERVER_ROUND, SITE_INFO
 from omnirad.site import LocalSite, RoundInputs
@@ -20,16 +20,17 @@ from omnirad_fl.client.deployment import (
     check_task,
     message_plan,
     site_plan,
+    task_name,
     task_view,
 )
 from omnirad_fl.client.run_state import RunState, load_run_state, rounds_seen
 from omnirad_fl.client.site_handlers import site_handler
 
 
-def run_state(cfg: Config, site: LocalSite, msg: Message, context: Context) -> RunState | None:
+def run_state(privacy: PrivacyConfig, site: LocalSite, msg: Message, context: Context) -> RunState | None:
     """This site's state for the message's run, from its store (None when the run keeps nothing
     at the sites: no DP, no personal tensors)."""
-    if not cfg.privacy.dp and not site.local_keys:
+    if not privacy.dp and not site.local_keys:
         return None
     return load_run_state(site.site_id, msg.content[CONFIG], context)
 
@@ -39,8 +40,8 @@ def site_for(msg: Message, context: Context) -> tuple[Config, LocalSite]:
     passed the site's checks: the server's encoder weights are this site's, the adapter its task's."""
     plan, site_id = site_plan(context)
     cfg = task_view(message_plan(plan, msg.content[CONFIG]), site_id, context.node_config)
-    check_encoder(cfg, msg.content[CONFIG])
-    check_task(cfg, msg.content[CONFIG])
+    check_encoder(cfg.model, msg.content[CONFIG])
+    check_task(task_name(plan, site_id, context.node_config), msg.content[CONFIG])
     return cfg, get_site(cfg, site_id)
 
 
@@ -61,7 +62,7 @@ def round_inputs(msg: Message, kept: RunState | None, *, training: bool) -> Roun
 def train(msg: Message, context: Context) -> Message:
     """Train the received adapter for the configured local epochs and send back its shared tensors."""
     cfg, site = site_for(msg, context)
-    kept = run_state(cfg, site, msg, context)
+    kept = run_state(cfg.privacy, site, msg, context)
     if kept is not None:  # SiteStateLost: the server has seen rounds this site's store does not hold
         kept.state.check_continuity(rounds_seen(msg.content[CONFIG], site.site_id), privacy=cfg.privacy.dp)
     inputs = round_inputs(msg, kept, training=True)
@@ -86,7 +87,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global adapter (with this site's local tensors) on its validation split;
     after the last round also the local fine-tuning baseline when configured."""
     cfg, site = site_for(msg, context)
-    inputs = round_inputs(msg, run_state(cfg, site, msg, context), training=False)
+    inputs = round_inputs(msg, run_state(cfg.privacy, site, msg, context), training=False)
     last_round = inputs.server_round == cfg.num_server_rounds
     metrics = site.evaluate(inputs, cfg.personalization.finetune_epochs if last_round else 0)
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

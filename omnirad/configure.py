@@ -60,18 +60,18 @@ def validate(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the first key whose value is wrong."""
     check_finite(cfg)
     check_rounds(cfg)
-    check_ssl(cfg)
+    check_ssl(cfg.ssl)
     check_data(cfg)
     check_model(cfg)
-    check_train(cfg)
+    check_train(cfg.train)
     check_strategy(cfg)
     check_site_method(cfg)
-    check_privacy(cfg)
+    check_privacy(cfg.privacy)
     check_secure_sum(cfg)
-    check_personalization(cfg)
+    check_personalization(cfg.personalization)
     check_faults(cfg)
-    check_run(cfg)
-    check_tracking(cfg)
+    check_run(cfg.run)
+    check_tracking(cfg.run)
     check_device_syntax(cfg.run.device, cfg.run.precision)
     if cfg.multitask.site_tasks:
         check_multitask(cfg)
@@ -98,6 +98,6 @@ def resolve_head_init(cfg: Config) -> None:
     if cfg.model.head_init != AUTO_INIT:
         return
     plain = (cfg.model.adapter == "linear" and not cfg.privacy.dp
-             and cfg.personalization.mode == NO_PERSONALIZATION and site_method(cfg) is None
+             and cfg.personalization.mode == NO_PERSONALIZATION and site_method(cfg.strategy) is None
              and cfg.ssl.rounds == 0 and not cfg.multitask.site_tasks and not cfg.model.standardise_features)
     cfg.model.head_init = "ridge" if plain else RANDOM_INIT

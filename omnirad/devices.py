@@ -22,7 +22,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import RunConfig
 from omnirad.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,6 @@ def _auto_precision(device: torch.device) -> str:
     return "fp32"
 
 
-def placement_for(cfg: Config) -> Placement:
-    """Where this participant computes for ``cfg`` (``run.device``, ``run.precision``)."""
-    return resolve_placement(cfg.run.device, cfg.run.precision)
+def placement_for(run: RunConfig) -> Placement:
+    """Where this participant computes (``run.device``, ``run.precision``)."""
+    return resolve_placement(run.device, run.precision)

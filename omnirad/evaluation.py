@@ -28,15 +28,15 @@ class CentralEvaluator:
 
     def __init__(self, cfg: Config, broadcast: Broadcast | None = None) -> None:
         self.cfg, self.broadcast = cfg, broadcast
-        test = None if cfg.personalization.mode == "fedper" else server_test_set(cfg)
+        test = None if cfg.personalization.mode == "fedper" else server_test_set(cfg.data)
         self.test = None if test is None else ModelInputs(cfg, test, "server test set")
         self.local_keys = kept_at_sites(cfg)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if self.test is None:
             return {}
-        return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg),
-                                        placement=placement_for(self.cfg), volumes=self.test.data.volumes,
+        return wire_keys(evaluate_model(self.model(state), self.test.inputs, self.test.labels, task_info(self.cfg.data),
+                                        placement=placement_for(self.cfg.run), volumes=self.test.data.volumes,
                                         volume_score=self.cfg.data.volume_score))
 
     def with_broadcast(self, broadcast: Broadcast | None) -> CentralEvaluator:
@@ -56,4 +56,4 @@ class CentralEvaluator:
         """The test set and the model's outputs on it (logits; per-pixel for segmentation), for reports."""
         if self.test is None:
             raise ValueError("no server test set (data.test-file is empty, or FedPer has no global model)")
-        return self.test.data, predict(self.model(state), self.test.inputs, placement=placement_for(self.cfg))
+        return self.test.data, predict(self.model(state), self.test.inputs, placement=placement_for(self.cfg.run))

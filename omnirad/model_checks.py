@@ -56,7 +56,7 @@ def check_head_init(cfg: Config) -> None:
     if spec is None:
         return
     require(m.adapter in spec.heads, "model.adapter", m.adapter, f"{' or '.join(spec.heads)} with {key}={m.head_init}")
-    require(site_method(cfg) is None, "strategy.name", cfg.strategy.name,
+    require(site_method(cfg.strategy) is None, "strategy.name", cfg.strategy.name,
             f"a strategy without site-side model changes with {key}={m.head_init} (spectral prompts change the "
             "features every step)")
     require(cfg.personalization.mode != "fedper", "personalization.mode", cfg.personalization.mode,
@@ -68,7 +68,7 @@ def check_standardisation(cfg: Config) -> None:
     heads = [name for name, spec in ADAPTERS.items() if spec.reads == POOLED]
     require(cfg.model.adapter in heads, "model.adapter", cfg.model.adapter,
             f"{' or '.join(heads)} with {key}=true (the heads that read pooled features)")
-    require(site_method(cfg) is None, "strategy.name", cfg.strategy.name,
+    require(site_method(cfg.strategy) is None, "strategy.name", cfg.strategy.name,
             f"a strategy without site-side model changes with {key}=true (spectral prompts change the features "
             "every step)")
     require(not cfg.privacy.dp, "privacy.dp", cfg.privacy.dp,

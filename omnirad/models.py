@@ -59,13 +59,13 @@ def kept_at_sites(cfg: Config, model: nn.Module | None = None) -> frozenset[str]
 
 def model_reads(cfg: Config) -> str:
     """What the configured model takes as input: a strategy's site-side model reads images."""
-    return IMAGES if site_method(cfg) is not None else ADAPTERS[cfg.model.adapter].reads
+    return IMAGES if site_method(cfg.strategy) is not None else ADAPTERS[cfg.model.adapter].reads
 
 
 def build_model(cfg: Config, encoder: FrozenEncoder) -> nn.Module:
     """A freshly initialised model, seeded by ``run.seed`` so that every participant builds the same one."""
-    recipe = ModelRecipe(cfg.model, encoder, task_info(cfg), cfg.data.size)
-    method = site_method(cfg)
+    recipe = ModelRecipe(cfg.model, encoder, task_info(cfg.data), cfg.data.size)
+    method = site_method(cfg.strategy)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.run.seed)
         model = ADAPTERS[cfg.model.adapter].build(recipe)
@@ -87,12 +87,12 @@ def model_inputs(cfg: Config, encoder: FrozenEncoder, images: np.ndarray, desc: 
     layers = token_layers(cfg.model, encoder.depth) if kind == TOKENS else None
 
     def run() -> torch.Tensor:
-        return encode(encoder, images, desc=desc, token_layers=layers, placement=placement_for(cfg))
+        return encode(encoder, images, desc=desc, token_layers=layers, placement=placement_for(cfg.run))
 
     if not (use_cache and cfg.model.feature_cache):
         return run()
     key = "pooled" if layers is None else "tokens:" + ",".join(map(str, layers))
-    precision = placement_for(cfg).precision
+    precision = placement_for(cfg.run).precision
     if precision != "fp32":  # mixed-precision features are not the float32 ones: their own entries
         key += f"|{precision}"
     return cached_features(cfg.model.cache_dir, encoder, images, run, kind=key)

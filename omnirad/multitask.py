@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from omnirad.captions import vocabulary_copy
-from omnirad.config import Config, ConfigError, comma_list, to_flat
+from omnirad.config import Config, ConfigError, DataConfig, MultitaskConfig, comma_list, to_flat
 from omnirad.configure import load_config
 from omnirad.data.sites import task_info
 from omnirad.data.sources import source_of
@@ -62,13 +62,21 @@ class TaskGroup:
 
 
 
-def is_multitask(cfg: Config) -> bool:
-    return bool(cfg.multitask.site_tasks)
+def is_multitask(multitask: MultitaskConfig) -> bool:
+    return bool(multitask.site_tasks)
 
 
-def site_task(cfg: Config, site_id: int) -> str:
+def site_task(multitask: MultitaskConfig, site_id: int) -> str:
     """The task ``multitask.site-tasks`` gives this site (``-``: none this run)."""
-    return comma_list(cfg.multitask.site_tasks)[site_id]
+    return comma_list(multitask.site_tasks)[site_id]
+
+
+def trained_task(multitask: MultitaskConfig, site_id: int) -> str:
+    """The task a simulated site trains: its ``multitask.site-tasks`` entry; empty in a
+    single-task run or for a site that sits this run out."""
+    if not is_multitask(multitask) or site_task(multitask, site_id) == SITS_OUT:
+        return ""
+    return site_task(multitask, site_id)
 
 
 def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
@@ -87,7 +95,7 @@ def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
         overrides = EMBEDDED_TASKS[name].overrides(name)
     else:
         raise ConfigError(f"multitask.site-tasks: unknown task '{name}'; known: {', '.join(EMBEDDED_TASKS)}")
-    flat = {**to_flat(cfg), **overrides, "multitask.site-tasks": "", "multitask.task": name}
+    flat = {**to_flat(cfg), **overrides, "multitask.site-tasks": ""}
     if flat["data.task"] in (SEGMENTATION, CAPTIONING):
         from omnirad.adapters import ADAPTERS
 
@@ -100,9 +108,9 @@ def task_config(cfg: Config, name: str, spec: TaskSpec | None = None) -> Config:
 
 def site_view(cfg: Config, site_id: int) -> Config:
     """The configuration a site trains with: its own task's in a multi-task run, else the run's."""
-    if not is_multitask(cfg) or site_task(cfg, site_id) == SITS_OUT:
+    if not is_multitask(cfg.multitask) or site_task(cfg.multitask, site_id) == SITS_OUT:
         return cfg
-    return task_config(cfg, site_task(cfg, site_id))
+    return task_config(cfg, site_task(cfg.multitask, site_id))
 
 
 def declared_spec(kind: str, num_classes: int) -> TaskSpec:
@@ -111,14 +119,15 @@ def declared_spec(kind: str, num_classes: int) -> TaskSpec:
     return TaskSpec(CAPTIONING, ()) if kind == CAPTIONING else file_task(kind, num_classes)
 
 
-def declaration(site_cfg: Config) -> TaskDeclaration | None:
-    """What a site declares (None: it has no task this run)."""
-    if not site_cfg.multitask.task:
+def declaration(name: str, data: DataConfig) -> TaskDeclaration | None:
+    """What a site that trains task ``name`` on ``data`` (its task's view) declares (None: it has
+    no task this run)."""
+    if not name:
         return None
-    counted = source_of(site_cfg.data.dataset).natural_split  # site files: the run counts the words
-    if site_cfg.data.task == CAPTIONING and counted and not site_cfg.data.vocabulary:
-        return TaskDeclaration(site_cfg.multitask.task, declared_spec(CAPTIONING, 0))
-    return TaskDeclaration(site_cfg.multitask.task, task_info(site_cfg))
+    counted = source_of(data.dataset).natural_split  # site files: the run counts the words
+    if data.task == CAPTIONING and counted and not data.vocabulary:
+        return TaskDeclaration(name, declared_spec(CAPTIONING, 0))
+    return TaskDeclaration(name, task_info(data))
 
 
 def group_sites(declared: dict[int, tuple[int, TaskDeclaration | None]],

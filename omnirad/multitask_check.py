@@ -46,5 +46,5 @@ def check_multitask(cfg: Config) -> None:
                                 ("run.resume-from", cfg.run.resume_from, ""),
                                 ("ssl.rounds", cfg.ssl.rounds, 0)):
         require(value == off, setting, value, f"{off!r}: not supported with {key} yet")
-    require(site_method(cfg) is None, "strategy.name", cfg.strategy.name,
+    require(site_method(cfg.strategy) is None, "strategy.name", cfg.strategy.name,
             f"a strategy without site-side model changes with {key} (not spectral)")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import PersonalizationConfig
 from omnirad.errors import ConfigError, require
 from omnirad.registry import Registry
 
@@ -76,8 +76,8 @@ def local_keys(model: nn.Module, mode: str, adapter: str) -> frozenset[str]:
     return frozenset(keys | declared)
 
 
-def check_personalization(cfg: Config) -> None:
+def check_personalization(personalization: PersonalizationConfig) -> None:
     """The ``personalization`` keys."""
-    PERSONALIZATION.check(cfg.personalization.mode)
-    require(cfg.personalization.finetune_epochs >= 0, "personalization.finetune-epochs",
-            cfg.personalization.finetune_epochs, ">= 0")
+    PERSONALIZATION.check(personalization.mode)
+    require(personalization.finetune_epochs >= 0, "personalization.finetune-epochs",
+            personalization.finetune_epochs, ">= 0")

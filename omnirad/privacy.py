@@ -25,7 +25,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import Config, PrivacyConfig
 from omnirad.devices import CPU, Placement
 from omnirad.tasks import TaskSpec
 
@@ -119,15 +119,15 @@ def noise_for_budget(prior: list[tuple[float, float, int]], sample_rate: float, 
     return high
 
 
-def check_budget(ledger: PrivacyLedger, plan: RoundPlan, cfg: Config) -> None:
+def check_budget(ledger: PrivacyLedger, plan: RoundPlan, privacy: PrivacyConfig) -> None:
     """Raises ``PrivacyBudgetSpent`` when this round would take the site past its budget."""
-    after = PrivacyLedger([*ledger.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]).epsilon(cfg.privacy.delta)
-    spent = ledger.epsilon(cfg.privacy.delta)
-    tolerance = 0.01 * cfg.privacy.epsilon  # the noise search stops within 1 % of the target
-    if after > cfg.privacy.epsilon + tolerance:
+    after = PrivacyLedger([*ledger.history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]).epsilon(privacy.delta)
+    spent = ledger.epsilon(privacy.delta)
+    tolerance = 0.01 * privacy.epsilon  # the noise search stops within 1 % of the target
+    if after > privacy.epsilon + tolerance:
         raise PrivacyBudgetSpent(
             f"privacy budget spent: epsilon {spent:.3f} so far, {after:.3f} after another round, "
-            f"budget privacy.epsilon={cfg.privacy.epsilon:g} (delta {cfg.privacy.delta:g}); this site trains no more"
+            f"budget privacy.epsilon={privacy.epsilon:g} (delta {privacy.delta:g}); this site trains no more"
         )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from omnirad.broadcast import Broadcast
-from omnirad.config.schema import Config
+from omnirad.config.schema import ModelConfig
 from omnirad.encoders import weights_fingerprint
 from omnirad.standardise import Standardisation
 
@@ -19,15 +19,15 @@ STANDARDISATION_FILE = "feature-standardisation.safetensors"
 ENCODER_FILE = "encoder.json"
 
 
-def encoder_record(cfg: Config) -> dict[str, str]:
+def encoder_record(model: ModelConfig) -> dict[str, str]:
     """Which encoder the run's adapters were trained on: its name and the fingerprint of its weights
     (the file's SHA-256, or ``random-init``), never the weights themselves."""
-    weights = cfg.model.weights
+    weights = model.weights
     try:
         fingerprint = weights_fingerprint(weights)
     except OSError:  # a file this machine cannot read: the run's own weight checks report it
         fingerprint = ""
-    return {"encoder": cfg.model.encoder, "weights": Path(weights).name if weights else "", "sha256": fingerprint}
+    return {"encoder": model.encoder, "weights": Path(weights).name if weights else "", "sha256": fingerprint}
 
 
 def read_broadcast(folder: Path) -> Broadcast:

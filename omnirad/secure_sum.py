@@ -258,7 +258,7 @@ def check_secure_sum(cfg: Config) -> None:
         return
     require(cfg.data.num_sites != 1, "privacy.secure-sum", True,
             "false with data.num-sites=1: the sum of one site is that site's values")
-    require(site_method(cfg) is None, "privacy.secure-sum", True,
+    require(site_method(cfg.strategy) is None, "privacy.secure-sum", True,
             f"false with strategy.name={cfg.strategy.name!r}: it gathers each site's own summaries (the spectral "
             "centroids) in the clear, which no sum can hide")
     counted = source_of(cfg.data.dataset).natural_split and cfg.data.task == CAPTIONING and not cfg.data.vocabulary

@@ -78,11 +78,11 @@ class LocalSite:
     def __init__(self, cfg: Config, site_id: int) -> None:
         self.cfg = cfg
         self.site_id = site_id
-        self.task = task_info(cfg)
-        self.placement = placement_for(cfg)  # before any work: a device this machine lacks is refused here
+        self.task = task_info(cfg.data)
+        self.placement = placement_for(cfg.run)  # before any work: a device this machine lacks is refused here
         log.info("site %d computes on %s", site_id, self.placement.describe())
         self.local_keys = kept_at_sites(cfg)
-        data = load_site(cfg, site_id)
+        data = load_site(cfg.data, site_id, seed=cfg.run.seed)
         self.train_set = ModelInputs(cfg, data.train, f"site {site_id} train")
         self.val_set = ModelInputs(cfg, data.val, f"site {site_id} val")
 
@@ -120,14 +120,14 @@ class LocalSite:
         if self.cfg.privacy.dp:
             ledger = ledger if ledger is not None else PrivacyLedger()
             plan = round_plan(self.cfg, len(self.train_set.labels))
-            check_budget(ledger, plan, self.cfg)
+            check_budget(ledger, plan, self.cfg.privacy)
             seed = site_round_seed(self.cfg.run.seed, inputs.server_round, self.site_id)
             stats = train_private(model, self.train_set.inputs, self.train_set.labels, self.task,
                                   cfg=self.cfg, plan=plan, ledger=ledger, seed=seed, placement=self.placement)
             extra = {EPSILON: ledger.epsilon(self.cfg.privacy.delta), "noise-multiplier": plan.noise_multiplier}
         else:
             scale = 1.0
-            method, bank = site_method(self.cfg), inputs.broadcast.bank if inputs.broadcast is not None else None
+            method, bank = site_method(self.cfg.strategy), inputs.broadcast.bank if inputs.broadcast is not None else None
             if method is not None and bank is not None:
                 scale = method.proximal_scale(self.train_set.data.images, bank, self.cfg)
                 extra = {method.scale_metric: scale}

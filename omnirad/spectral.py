@@ -155,9 +155,9 @@ def check_spectral(cfg: Config) -> None:
 
 
 def prompted_model(head: nn.Module, encoder: FrozenEncoder, cfg: Config) -> nn.Module:
-    s = cfg.spectral
-    return SpectralPromptClassifier(encoder, head, spectral_size=s.frequency_size, top_k=s.top_k,
-                                    suffix_tokens=s.suffix_tokens)
+    spectral = cfg.spectral
+    return SpectralPromptClassifier(encoder, head, spectral_size=spectral.frequency_size, top_k=spectral.top_k,
+                                    suffix_tokens=spectral.suffix_tokens)
 
 
 SITE_METHODS.add("spectral", SiteMethod(

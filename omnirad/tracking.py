@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from omnirad.config.io import to_flat
-from omnirad.config.schema import Config
+from omnirad.config.schema import Config, RunConfig
 from omnirad.errors import ConfigError
 from omnirad.registry import Registry
 
@@ -182,15 +182,15 @@ TRACKERS.add("mlflow", lambda cfg, folder, record, after: MlflowTracker(folder, 
 EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}  # module, extra
 
 
-def check_tracking(cfg: Config) -> None:
+def check_tracking(run: RunConfig) -> None:
     """``run.tracking`` names a tracker whose library is installed (they are optional extras)."""
-    TRACKERS.check(cfg.run.tracking)
-    if cfg.run.tracking in EXTRAS:
+    TRACKERS.check(run.tracking)
+    if run.tracking in EXTRAS:
         import importlib.util
 
-        module, extra = EXTRAS[cfg.run.tracking]
+        module, extra = EXTRAS[run.tracking]
         if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"run.tracking='{cfg.run.tracking}': the {module} package is not installed; "
+            raise ConfigError(f"run.tracking='{run.tracking}': the {module} package is not installed; "
                               f"pip install 'omnirad-fl[{extra}]' (or set run.tracking='none')")
 
 

@@ -197,7 +197,7 @@ def check_same_run(folder: Path, cfg: Config) -> None:
 def expected_arrays(cfg: Config) -> dict[str, torch.Tensor] | None:
     """What a checkpoint of ``cfg``'s run holds: the freshly built model's trainable tensors that the
     server sends (not those kept at the sites). None for a multi-task run, which is not resumed."""
-    if is_multitask(cfg):
+    if is_multitask(cfg.multitask):
         return None
     model = new_model(cfg)
     kept = kept_at_sites(cfg, model)

@@ -85,7 +85,7 @@ def gather_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: no statistics to ask for")
-    head, task = closed_form_head(model), task_info(cfg)
+    head, task = closed_form_head(model), task_info(cfg.data)
     with torch.no_grad():
         dim = head.closed_form_inputs(torch.zeros(1, feature_width)).shape[1]
     if cfg.privacy.secure_sum:
@@ -125,7 +125,7 @@ def secure_statistics(grid: Grid, cfg: Config, instructions: ConfigRecord, *, di
     """``privacy.secure-sum``: the statistics' total over the sites, which alone the server learns.
     Each site checked its own sums before masking; the server checks the total (whole and matching
     counts, a positive semi-definite Gram matrix) and names the phase when it fails, never a site."""
-    spec, task = HEAD_INITS[cfg.model.head_init], task_info(cfg)
+    spec, task = HEAD_INITS[cfg.model.head_init], task_info(cfg.data)
     assert spec is not None  # checked by the caller
     result = secure_sum(grid, sorted(grid.get_node_ids()), SECURE_SUM_STATISTICS, "closed-form head",
                         RecordDict({CONFIG: instructions}), timeout=cfg.strategy.round_timeout)
@@ -187,7 +187,7 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
     head.set_closed_form(weight.float(), bias.float(), 1.0)
     losses: list[float] = []
     if cfg.privacy.dp:
-        scale = spec.default_scale(task_info(cfg).num_outputs)
+        scale = spec.default_scale(task_info(cfg.data).num_outputs)
     else:
         scale, losses = pooled_scale(grid, trainable_state(model), instructions, secure=secure,
                                      timeout=cfg.strategy.round_timeout)

@@ -99,14 +99,14 @@ def start_folder(run: ServerRun) -> None:
         run.folder = RunFolder.create(cfg, run.vocabulary)
         log.info("OmniRad-FL run folder: %s", run.folder.path)
         if not source_of(cfg.data.dataset).natural_split:  # a simulated split of a pool: the server can describe it
-            labels = partition_labels(pooled_train(cfg))
-            run.folder.write_partition(partition_report(labels, site_partitions(cfg), partition_class_names(cfg)))
+            labels = partition_labels(pooled_train(cfg.data))
+            run.folder.write_partition(partition_report(labels, site_partitions(cfg.data, seed=cfg.run.seed), partition_class_names(cfg.data)))
     if run.folder.cfg.data.vocabulary != cfg.data.vocabulary:  # a federated vocabulary, kept in the run folder
         run.plan = run.plan.with_vocabulary(run.folder.cfg.data.vocabulary)
     run.encoder = encoder_for(run.cfg)
 
 
-@PHASES.register("model", "model", applies=lambda run: not is_multitask(run.cfg))
+@PHASES.register("model", "model", applies=lambda run: not is_multitask(run.cfg.multitask))
 def single_model(run: ServerRun) -> None:
     """The adapter every site trains, and the tensors of it the server sends (not the personal ones)."""
     run.model = new_model(run.cfg)
@@ -134,7 +134,7 @@ def instructions(run: ServerRun) -> None:
                         **run.broadcast.to_config()}
 
 
-@PHASES.register("strategy", "strategy", applies=lambda run: not is_multitask(run.cfg))
+@PHASES.register("strategy", "strategy", applies=lambda run: not is_multitask(run.cfg.multitask))
 def single_strategy(run: ServerRun) -> None:
     folder = run.need_folder()
     run.round_end = RoundEnd(CentralEvaluator(run.cfg, run.broadcast), folder, run.done_rounds)

@@ -50,7 +50,7 @@ def cross_site_on(run: ServerRun) -> bool:
     model per task group (multi-task) has no single model to cross. ``auto`` never runs it in
     deployment: a hospital's own layers would leave it, which its operators must choose (``on``)."""
     choice = run.cfg.run.cross_site
-    if choice == "off" or is_multitask(run.cfg):
+    if choice == "off" or is_multitask(run.cfg.multitask):
         return False
     if choice == "on":
         return True
@@ -95,7 +95,7 @@ def cross_site(run: ServerRun) -> None:
         site = site_of(content, node)
         for key, name in names.items():
             matrix[name][site] = {k: float(v) for k, v in content[key].items() if k != NUM_EXAMPLES}
-    metric = task_info(cfg).selection_metric
+    metric = task_info(cfg.data).selection_metric
     run.summary["cross-site"] = summarise(matrix, metric)
     selected = {name: {site: values.get(metric, float("nan")) for site, values in row.items()}
                 for name, row in matrix.items()}

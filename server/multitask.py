@@ -60,7 +60,7 @@ def expected_tasks(cfg: Config) -> dict[str, TaskSpec] | None:
     if cfg.multitask.site_tasks == DECLARED:
         return None
     names = sorted({name for name in comma_list(cfg.multitask.site_tasks) if name != SITS_OUT})
-    return {name: task_info(task_config(cfg, name)) for name in names}
+    return {name: task_info(task_config(cfg, name).data) for name in names}
 
 
 class MultiTaskEvaluator:
@@ -68,7 +68,7 @@ class MultiTaskEvaluator:
 
     def __init__(self, cfg: Config, groups: dict[str, TaskGroup]) -> None:
         self.evaluators = {name: CentralEvaluator(task_config(cfg, name, g.spec)) for name, g in groups.items()}
-        self.selection = {name: task_info(e.cfg).selection_metric for name, e in self.evaluators.items()}
+        self.selection = {name: task_info(e.cfg.data).selection_metric for name, e in self.evaluators.items()}
 
     def __call__(self, record: dict[str, torch.Tensor]) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -134,7 +134,7 @@ def task_summary(groups: dict[str, TaskGroup], record: dict[str, torch.Tensor]) 
 
 
 def multitask(run: ServerRun) -> bool:
-    return is_multitask(run.cfg)
+    return is_multitask(run.cfg.multitask)
 
 
 @PHASES.register("task-groups", "model", applies=multitask)

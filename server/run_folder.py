@@ -79,7 +79,7 @@ class RunFolder:
 
     def __init__(self, cfg: Config, path: Path, tracker: Tracker | None = None) -> None:
         self.cfg = cfg
-        task: TaskSpec = task_info(cfg)
+        task: TaskSpec = task_info(cfg.data)
         self.headline_metrics, self.selection_metric = task.headline_metrics, task.selection_metric
         self.task_members: dict[str, list[int]] = {}  # a multi-task run: each task's sites
         self.path = path
@@ -110,7 +110,7 @@ class RunFolder:
             write_vocabulary(vocabulary, path / VOCABULARY_FILE)
             cfg = load_config({**to_flat(cfg), "data.vocabulary": str(path / VOCABULARY_FILE)})
         (path / "config.yaml").write_text(to_yaml(cfg))
-        (path / ENCODER_FILE).write_text(json.dumps(encoder_record(cfg), indent=2))
+        (path / ENCODER_FILE).write_text(json.dumps(encoder_record(cfg.model), indent=2))
         return cls(cfg, path, open_tracker(cfg, path))
 
     @classmethod

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def captions_from_site_files(cfg: Config) -> bool:
     """A single-task captioning run whose sites read caption files (``files`` or ``deployment``)."""
-    return source_of(cfg.data.dataset).natural_split and cfg.data.task == CAPTIONING and not is_multitask(cfg)
+    return source_of(cfg.data.dataset).natural_split and cfg.data.task == CAPTIONING and not is_multitask(cfg.multitask)
 
 
 def needs_word_count(cfg: Config) -> bool:
@@ -97,4 +97,4 @@ def vocabulary_instructions(cfg: Config) -> dict[str, list[str]]:
     without the vocabulary file (a federated vocabulary, or any deployed site) uses the run's ids."""
     if not captions_from_site_files(cfg):
         return {}
-    return {VOCABULARY: list(task_info(cfg).label_names[len(SPECIAL_TOKENS):])}
+    return {VOCABULARY: list(task_info(cfg.data).label_names[len(SPECIAL_TOKENS):])}

@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from omnirad.adapters import create_head
-from omnirad.config import Config
+from omnirad.config import Config, DataConfig
 from omnirad.configure import load_config
 from omnirad.data.sites import pooled_train, server_test_set, task_info
 from omnirad.devices import placement_for
@@ -55,11 +55,11 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-def train_cnn(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
+def train_cnn(data: DataConfig, epochs: int, seed: int) -> dict[str, float]:
     """End-to-end CNN on the pooled images; the same optimiser as the heads."""
     torch.manual_seed(seed)
-    train, test = pooled_train(cfg), server_test_set(cfg)
-    task = task_info(cfg)
+    train, test = pooled_train(data), server_test_set(data)
+    task = task_info(data)
     model = SmallCNN(task.num_outputs)
     x_train, y_train = images_to_tensor(train.images), task.targets(train.labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -76,11 +76,11 @@ def train_cnn(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     return classification_metrics(test.labels, logits, task)
 
 
-def logistic_baseline(cfg: Config, features: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+def logistic_baseline(data: DataConfig, features: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
     """Logistic regression on hand-made image features (deterministic: seeds do not matter)."""
-    train, test = pooled_train(cfg), server_test_set(cfg)
+    train, test = pooled_train(data), server_test_set(data)
     clf = LogisticRegression(max_iter=3000).fit(features(train.images), train.labels)
-    return classification_metrics(test.labels, np.log(clf.predict_proba(features(test.images)) + 1e-12), task_info(cfg))
+    return classification_metrics(test.labels, np.log(clf.predict_proba(features(test.images)) + 1e-12), task_info(data))
 
 
 def mean_intensity(images: np.ndarray) -> np.ndarray:
@@ -96,12 +96,12 @@ def thumbnail(images: np.ndarray) -> np.ndarray:
 def head_baseline(cfg: Config, adapter: str, features: tuple, *, epochs: int, seed: int) -> dict[str, float]:
     train_x, train_y, test_x, test_y = features
     torch.manual_seed(seed)
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     head = create_head(adapter, train_x.shape[1], task.num_outputs, cfg.model)
     if cfg.model.standardise_features:  # as in a federated run, with the pooled images' statistics
         head = StandardisedHead(head, train_x.shape[1])
         head.set_standardisation(Standardisation.from_moments(FeatureMoments.of(train_x)))
-    placement = placement_for(cfg)
+    placement = placement_for(cfg.run)
     train_model(head, train_x, train_y, task, train=cfg.train, epochs=epochs, seed=seed, placement=placement)
     metrics = evaluate_model(head, test_x, test_y, task, placement=placement)
     metrics.pop("loss")
@@ -110,11 +110,11 @@ def head_baseline(cfg: Config, adapter: str, features: tuple, *, epochs: int, se
 
 def decoder_baseline(cfg: Config, epochs: int, seed: int) -> dict[str, float]:
     """The federated runs' decoder (same initial weights and optimiser), trained on the pooled data."""
-    train, test = pooled_train(cfg), server_test_set(cfg)
-    encoder, task = encoder_for(cfg), task_info(cfg)
+    train, test = pooled_train(cfg.data), server_test_set(cfg.data)
+    encoder, task = encoder_for(cfg), task_info(cfg.data)
     model = new_model(cfg)
     train_inputs = model_inputs(cfg, encoder, train.images, "pooled train")
-    placement = placement_for(cfg)
+    placement = placement_for(cfg.run)
     train_model(model, train_inputs, train.labels, task, train=cfg.train, epochs=epochs, seed=seed, placement=placement)
     return evaluate_model(model, model_inputs(cfg, encoder, test.images, "test"), test.labels, task, placement=placement)
 
@@ -139,20 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(dict(_parse(o) for o in args.overrides))
     if args.models is None:
-        args.models = ["decoder"] if task_info(cfg).segmentation else [m for m in MODELS if m != "decoder"]
-    train, test = pooled_train(cfg), server_test_set(cfg)
+        args.models = ["decoder"] if task_info(cfg.data).segmentation else [m for m in MODELS if m != "decoder"]
+    train, test = pooled_train(cfg.data), server_test_set(cfg.data)
     features = None
     if {"linear", "mlp"} & set(args.models):
         encoder = encoder_for(cfg)
-        placement = placement_for(cfg)
+        placement = placement_for(cfg.run)
         features = (encode(encoder, train.images, desc="pooled train", placement=placement), train.labels,
                     encode(encoder, test.images, desc="test", placement=placement), test.labels)
     runners: dict[str, Callable[[int], dict[str, float]]] = {
         "linear": lambda seed: head_baseline(cfg, "linear", features, epochs=args.epochs, seed=seed),
         "mlp": lambda seed: head_baseline(cfg, "mlp", features, epochs=args.epochs, seed=seed),
-        "cnn": lambda seed: train_cnn(cfg, args.epochs, seed),
-        "intensity": lambda seed: logistic_baseline(cfg, mean_intensity),
-        "thumbnail": lambda seed: logistic_baseline(cfg, thumbnail),
+        "cnn": lambda seed: train_cnn(cfg.data, args.epochs, seed),
+        "intensity": lambda seed: logistic_baseline(cfg.data, mean_intensity),
+        "thumbnail": lambda seed: logistic_baseline(cfg.data, thumbnail),
         "decoder": lambda seed: decoder_baseline(cfg, args.epochs, seed),
     }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in args.models}
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed} done in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"\n{len(train)} train / {len(test)} test images at {cfg.data.size} px; encoder {cfg.model.encoder} "
           f"({cfg.model.weights or 'random init'}); {args.epochs} epochs; seeds {args.seeds}")
-    metrics = task_info(cfg).headline_metrics
+    metrics = task_info(cfg.data).headline_metrics
     print("| model | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics))
     summary = {}
     for name, runs in results.items():

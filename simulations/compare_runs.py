@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default="", help="overrides shared by every run, as for make demo")
     args = parser.parse_args(argv)
     shared = args.shared.strip()
-    metrics = task_info(load_config(parse_config_args([shared]) if shared else {})).headline_metrics
+    metrics = task_info(load_config(parse_config_args([shared]) if shared else {}).data).headline_metrics
     rows = []
     for spec in args.variants:
         label, overrides = variant_overrides(spec)

@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
               f"{flower_log(PROJECT / '.flwr')}.", file=sys.stderr)
         return 1
     cfg = load_run_config(parse_config_args([run_config]) if run_config else {})
-    shipped = shipped_scores(json.loads(summary.read_text()), task_info(cfg).headline_metrics)
+    shipped = shipped_scores(json.loads(summary.read_text()), task_info(cfg.data).headline_metrics)
     print(f"\nDemo finished: the run {shipped}.\nRun folder: {summary.parent}")
     return 0
 

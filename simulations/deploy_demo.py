@@ -27,12 +27,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from omnirad.captions import decode_captions
-from omnirad.config import Config
 from omnirad.configure import load_config
 from omnirad.data.sites import LabelledImages, load_site, server_test_set, task_info
 from omnirad.encoders import create_encoder, weights_fingerprint
 from omnirad.multitask import site_view
 from omnirad.multitask_check import DECLARED
+from omnirad.tasks import TaskSpec
 from omnirad_fl.server.app_bundle import PUBLISHER_PUB
 from omnirad_fl.server.certs import CA_CERT
 
@@ -79,13 +79,14 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
                              "data.min-site-samples": 10, "multitask.site-tasks": ",".join(tasks)})
     written = []
     for index, name in enumerate(sites):
-        share = load_site(site_view(simulated, index), index)
+        view = site_view(simulated, index)
+        share = load_site(view.data, index, seed=view.run.seed)
         pooled = LabelledImages(np.concatenate([share.train.images, share.val.images]),
                                 np.concatenate([share.train.labels, share.val.labels]))
-        task = task_info(site_view(simulated, index))
+        task = task_info(view.data)
         written.append(write_caption_csv(folder / "data" / f"site-{name}", pooled, task.label_names) if task.captioning
                        else write_npz(folder / "data" / f"site-{name}.npz", pooled))
-    test_file = write_npz(folder / "data" / "test.npz", server_test_set(simulated))
+    test_file = write_npz(folder / "data" / "test.npz", server_test_set(simulated.data))
     weights = write_encoder_weights(folder / "weights" / f"{ENCODER}.safetensors")
     sha256 = weights_fingerprint(str(weights))
     host, port = server.rsplit(":", 1)
@@ -94,7 +95,8 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
             "site": {"name": name, "id": index},
             "server": {"address": f"{host}:{port}", "ca-certificate": f"../certs/{CA_CERT}"},
             "auth-key": f"{name}.key",  # made at the site: omnirad-client --site NAME --keygen
-            "data": site_data(site_view(simulated, index), f"../data/{written[index].relative_to(folder / 'data')}"),
+            "data": site_data(task_info(site_view(simulated, index).data), tasks[index] if tasks else "",
+                              f"../data/{written[index].relative_to(folder / 'data')}"),
             "encoder": {"name": ENCODER, "weights": f"../weights/{weights.name}", "sha256": sha256},
             "cache-dir": f"../cache/site-{name}",
             "state-dir": f"../state/site-{name}",
@@ -107,7 +109,7 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(site, sort_keys=False))
         written.append(path)
-    data = {"dataset": "deployment", "task": "multi-class", "num-classes": len(task_info(simulated).label_names),
+    data = {"dataset": "deployment", "task": "multi-class", "num-classes": len(task_info(simulated.data).label_names),
             "size": size, "num-sites": len(sites), "test-file": str(test_file)}
     if tasks:  # each site says what it trains; each task is scored at its sites
         data = {"dataset": "deployment", "size": size, "num-sites": len(sites)}
@@ -125,11 +127,11 @@ def write_demo(folder: Path, sites: Sequence[str], server: str, *, size: int = 3
     return [*written, test_file, weights, folder / "federation.yaml"]
 
 
-def site_data(site_cfg: Config, file: str) -> dict[str, object]:
-    """The ``data`` section of a site file: its file, and what it holds (a caption CSV: no classes)."""
-    task = task_info(site_cfg)
+def site_data(task: TaskSpec, name: str, file: str) -> dict[str, object]:
+    """The ``data`` section of a site file: its file, what it holds (a caption CSV: no classes) and,
+    in a multi-task federation, the ``name`` of the task it trains."""
     data: dict[str, object] = {"file": file, "task": task.kind, "num-classes": 0 if task.captioning else task.num_outputs}
-    return {**data, "task-name": site_cfg.multitask.task} if site_cfg.multitask.task else data
+    return {**data, "task-name": name} if name else data
 
 
 def main(argv: Sequence[str] | None = None) -> int:

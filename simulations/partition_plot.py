@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(parse_config_args([args.overrides]) if args.overrides else {})
     cfg = RunPlan.of(cfg).in_federation(DEFAULT_NUM_SUPERNODES).config  # unset: as many sites as `make demo` simulates
-    report = partition_report(partition_labels(pooled_train(cfg)), site_partitions(cfg), partition_class_names(cfg))
+    report = partition_report(partition_labels(pooled_train(cfg.data)), site_partitions(cfg.data, seed=cfg.run.seed), partition_class_names(cfg.data))
     d = cfg.data
     title = f"{d.dataset}: {d.partition} split" + (f", alpha {d.alpha}" if d.partition == "dirichlet" else "")
     plot_report(report, args.path, f"{title}, {d.num_sites} sites")

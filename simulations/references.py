@@ -35,7 +35,7 @@ from omnirad.closed_form import (
     scaled_likelihood,
     statistics_targets,
 )
-from omnirad.config import Config
+from omnirad.config import Config, ModelConfig
 from omnirad.evaluation import CentralEvaluator
 from omnirad.models import new_model
 from omnirad.protocol import NUM_EXAMPLES, SITE_ID
@@ -57,24 +57,24 @@ def weighted_mean(per_site: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.average([m[k] for m in per_site], weights=weights)) for k in names}
 
 
-def standardised_by(cfg: Config, sites: list[LocalSite]) -> Broadcast | None:
+def standardised_by(model: ModelConfig, sites: list[LocalSite]) -> Broadcast | None:
     """The feature standardisation these sites' statistics give, when the configuration asks for it."""
-    if not cfg.model.standardise_features:
+    if not model.standardise_features:
         return None
     moments = [site.feature_moments() for site in sites]
     return Broadcast(standardisation=Standardisation.from_moments(sum(moments[1:], moments[0])))
 
 
-def closed_form_start(cfg: Config, model: torch.nn.Module, inputs: torch.Tensor, labels: np.ndarray,
+def closed_form_start(recipe: ModelConfig, model: torch.nn.Module, inputs: torch.Tensor, labels: np.ndarray,
                       site: LocalSite, val: tuple[torch.Tensor, np.ndarray]) -> None:
-    """Under ``model.head-init``: set the closed-form head of this training data on ``model``, its
-    logit scale chosen on the validation images ``val`` (inputs, labels)."""
-    spec = HEAD_INITS[cfg.model.head_init]
+    """Under ``model.head-init`` (in ``recipe``): set the closed-form head of this training data on
+    ``model``, its logit scale chosen on the validation images ``val`` (inputs, labels)."""
+    spec = HEAD_INITS[recipe.head_init]
     if spec is None:
         return
     head = closed_form_head(model)
     targets = statistics_targets(site.task, labels)
-    weight, bias = spec.solve(HeadStatistics.of(head_inputs(head, inputs), targets, with_gram=spec.with_gram), cfg.model)
+    weight, bias = spec.solve(HeadStatistics.of(head_inputs(head, inputs), targets, with_gram=spec.with_gram), recipe)
     head.set_closed_form(weight.float(), bias.float(), 1.0)
     losses = scaled_likelihood(model, val[0], site.task, val[1], SCALES)
     head.set_closed_form(weight.float(), bias.float(), SCALES[int(losses.argmin())])
@@ -85,10 +85,10 @@ def pooled(cfg: Config) -> dict[str, dict[str, float]]:
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
     inputs = torch.cat([s.train_set.inputs for s in sites])
     labels = np.concatenate([s.train_set.labels for s in sites])
-    broadcast = standardised_by(cfg, sites)
+    broadcast = standardised_by(cfg.model, sites)
     model = new_model(cfg, broadcast)
     val = (torch.cat([s.val_set.inputs for s in sites]), np.concatenate([s.val_set.labels for s in sites]))
-    closed_form_start(cfg, model, inputs, labels, sites[0], val)
+    closed_form_start(cfg.model, model, inputs, labels, sites[0], val)
     train_model(model, inputs, labels, sites[0].task, train=cfg.train, epochs=federated_epochs(cfg), seed=cfg.run.seed,
                 placement=sites[0].placement)
     state = trainable_state(model)
@@ -102,9 +102,9 @@ def local_only(cfg: Config) -> dict[str, dict[str, float]]:
     sites = [get_site(cfg, site_id) for site_id in range(cfg.data.num_sites)]
     evaluator, tests, per_site = CentralEvaluator(cfg), [], []
     for site in sites:
-        broadcast = standardised_by(cfg, [site])
+        broadcast = standardised_by(cfg.model, [site])
         model = new_model(cfg, broadcast)
-        closed_form_start(cfg, model, site.train_set.inputs, site.train_set.labels, site,
+        closed_form_start(cfg.model, model, site.train_set.inputs, site.train_set.labels, site,
                           (site.val_set.inputs, site.val_set.labels))
         site.train(model, 0, epochs=federated_epochs(cfg))
         state = trainable_state(model)

@@ -61,12 +61,12 @@ def metric_table(rows: dict[str, dict[str, float]], metrics: Sequence[str]) -> l
 
 def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix: str = "") -> tuple[str, str]:
     """The confusion matrix or mask overlays of the global model ``final`` (the shipped one); (file, caption) or a reason."""
-    if cfg.personalization.mode == "fedper" or site_method(cfg) is not None:
+    if cfg.personalization.mode == "fedper" or site_method(cfg.strategy) is not None:
         return "", "no single global model to plot (FedPer keeps heads at the sites; spectral prompts need the bank)"
     evaluator = CentralEvaluator(cfg, read_broadcast(folder))
     if evaluator.test is None:
         return "", "no server test set (data.test-file is empty)"
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     test, outputs = evaluator.predictions(final)
     if task.segmentation:
         path = folder / f"{prefix}overlays.png"
@@ -94,8 +94,8 @@ def model_plot(cfg: Config, folder: Path, final: dict[str, torch.Tensor], prefix
 
 def report_tasks(cfg: Config, folder: Path) -> dict[str, TaskGroup]:
     """The run's task (under the name ""), or in a multi-task run the groups the server formed."""
-    if not is_multitask(cfg):
-        return {"": TaskGroup("", task_info(cfg), (), ())}
+    if not is_multitask(cfg.multitask):
+        return {"": TaskGroup("", task_info(cfg.data), (), ())}
     return read_tasks(folder)
 
 

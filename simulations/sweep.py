@@ -187,7 +187,7 @@ def run_sweep(variants: list[str], splits: list[str], seeds: list[int], *, share
                 f.write(json.dumps({"shared": shared_overrides, "split": split_label, "seed": seed, "variant": label,
                                     "reference": reference, **row}) + "\n")
     rows = [r for r in read_rows(out) if r["shared"] == shared_overrides]
-    metric = task_info(load_run_config(parse_config_args([shared]))).selection_metric
+    metric = task_info(load_run_config(parse_config_args([shared])).data).selection_metric
     out.with_suffix(".md").write_text(f"Shared overrides: {shared_overrides}\n{table(rows, metric)}\n")
     plot_sweep(view_stats(rows, metric), out.with_suffix(".png"), metric)
     return rows

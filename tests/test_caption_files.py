@@ -38,9 +38,9 @@ def test_a_caption_csv_becomes_images_and_token_ids_of_the_shared_vocabulary(tmp
     assert "with" in read_vocabulary(vocabulary_file)
     cfg = load_config(captioning(tmp_path, str(path), vocabulary_file) | {"data.num-sites": 1})
     assert format_of(path).describes.startswith("a captions CSV")
-    site = load_site(cfg, 0)
+    site = load_site(cfg.data, 0, seed=cfg.run.seed)
     assert site.train.images.shape[1:] == (28, 28) and len(site.train) + len(site.val) == 30
-    text = decode_captions(np.concatenate([site.train.labels, site.val.labels]), task_info(cfg).label_names)
+    text = decode_captions(np.concatenate([site.train.labels, site.val.labels]), task_info(cfg.data).label_names)
     assert set(text) == {"chest radiograph with a mass", "ct of the head , no abnormality",
                          "mri of the pelvis with nodules"}
 
@@ -51,7 +51,7 @@ def test_bad_rows_are_all_named_with_file_and_row(tmp_path):
     vocabulary = tmp_path / "v.txt"
     vocabulary.write_text("a\nfine\ncaption\n")
     with pytest.raises(DataFileError) as err:
-        read_site_file(str(path), task_info(load_config(captioning(tmp_path, str(path), vocabulary))), ReadOptions(16))
+        read_site_file(str(path), task_info(load_config(captioning(tmp_path, str(path), vocabulary)).data), ReadOptions(16))
     message = str(err.value)
     assert "4 problem(s)" in message  # the row without an id also has no image
     assert f"{path}:3: caption missing" in message

@@ -103,7 +103,7 @@ def test_beam_search_of_one_beam_is_greedy_and_wider_beams_find_likelier_caption
 
 def test_captioning_configuration_and_its_refusals():
     cfg = load_config({"data.task": "captioning", "model.adapter": "caption-decoder", "data.size": 32})
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     assert task.captioning and task.label_names == embedded_vocabulary() and task.selection_metric == "cider"
     with pytest.raises(ConfigError, match="model.adapter"):
         load_config({"data.task": "captioning", "model.adapter": "linear"})
@@ -118,7 +118,7 @@ def test_captioning_configuration_and_its_refusals():
 def test_a_captioning_site_joins_a_multitask_federation_with_its_own_decoder():
     cfg = load_config({"data.num-sites": 4, "data.size": 32, "multitask.site-tasks": "region,region,captions,captions"})
     captions = site_view(cfg, 2)
-    assert task_info(captions).captioning and captions.model.adapter == "caption-decoder"
+    assert task_info(captions.data).captioning and captions.model.adapter == "caption-decoder"
     assert site_view(cfg, 0).model.adapter == "linear"
     with pytest.raises(ConfigError, match="model.adapter"):
         load_config({"data.num-sites": 2, "model.adapter": "lora", "multitask.site-tasks": "region,captions"})

@@ -239,7 +239,7 @@ def test_each_task_of_a_multitask_run_gets_the_closed_form_of_its_own_sites(task
     flat = {**SMALL, "data.num-sites": 6, "data.partition": "iid", "run.output-dir": str(tmp_path),
             "multitask.site-tasks": "region,region,finding,finding,lesions,lesions"}
     cfg = load_config(flat)
-    groups = group_sites({100 + s: (s, declaration(site_view(cfg, s))) for s in range(6)}, None)
+    groups = group_sites({100 + s: (s, declaration(trained_task(cfg.multitask, s), site_view(cfg, s).data)) for s in range(6)}, None)
     record, _ = initial_record(cfg, groups)
     grid, folder = SitesGrid(flat, 6), RunFolder.create(cfg)
     solved, summary = closed_form_tasks(grid, cfg, groups, record, ConfigRecord(), folder, broadcast=Broadcast(),

@@ -48,17 +48,17 @@ class CosineHead(nn.Module):
 class TwoClassArchive(DataSource):
     name = "two-class-archive"
 
-    def task(self, cfg):
+    def task(self, data):
         return TaskSpec(MULTI_CLASS, ("normal", "abnormal"))
 
-    def pool(self, cfg):
+    def pool(self, data):
         rng = np.random.default_rng(0)
         labels = rng.integers(0, 2, 120)
         images = (rng.integers(0, 60, (120, 32, 32)) + 150 * labels[:, None, None]).astype(np.uint8)
         return LabelledImages(images, labels)
 
-    def test_set(self, cfg):
-        return self.pool(cfg).subset(np.arange(30))
+    def test_set(self, data):
+        return self.pool(data).subset(np.arange(30))
 
 
 def test_a_registered_strategy_is_accepted_by_name_and_built(tmp_path, monkeypatch):

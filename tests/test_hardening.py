@@ -162,7 +162,7 @@ def test_a_server_test_file_without_a_training_split_is_read_for_its_test_rows(t
     for name, count in (("only-test.npz", 6), ("empty-train.npz", 6), ("test.csv", 4)):
         cfg = load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-sites": 2,
                            "data.num-classes": 3, "data.size": 28, "data.test-file": str(tmp_path / name)})
-        held = source_of("files").test_set(cfg)
+        held = source_of("files").test_set(cfg.data)
         assert held is not None and len(held) == count, name
 
 

@@ -103,7 +103,7 @@ def test_a_simulated_natural_split_and_the_sites_data_check_read_folders(tmp_pat
             write_image(tmp_path / site / str(n % 3) / f"{n}.png", n, size=40 if n == 11 else 20)
     cfg = load_config({"data.dataset": "files", "data.site-files": f"{tmp_path / 'a'},{tmp_path / 'b'}",
                        "data.num-sites": 2, "data.num-classes": 3, "data.size": 28})
-    site = load_site(cfg, 1)
+    site = load_site(cfg.data, 1, seed=cfg.run.seed)
     assert len(site.train) + len(site.val) == 12 and site.train.images.shape[1:] == (28, 28)
     site_file = SiteConfig()
     site_file.data.file, site_file.data.task, site_file.data.num_classes = str(tmp_path / "a"), "multi-class", 3

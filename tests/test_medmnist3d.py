@@ -37,14 +37,14 @@ def config(root, **keys):
 def test_a_3d_flag_is_a_pool_of_slices_that_keep_their_volume_label_and_id(tmp_path):
     _, arrays = write_3d(tmp_path)
     cfg = config(tmp_path, **{"data.slice-axis": 1})
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     assert task.kind == "multi-class" and task.num_outputs == 11 and task.label_names[0] == "liver"
-    pool = pooled_train(cfg)
+    pool = pooled_train(cfg.data)
     assert pool.images.shape == (48 * 28, 28, 28) and pool.images.dtype == np.uint8
     assert np.array_equal(pool.volumes, np.repeat(np.arange(48), 28))
     assert np.array_equal(pool.labels, np.repeat(arrays["train_labels"][:, 0], 28))
     assert all((pool.images[pool.volumes == v] == v).all() for v in (0, 17, 47))  # each slice is its volume's
-    test = server_test_set(cfg)
+    test = server_test_set(cfg.data)
     assert test is not None and len(test) == 10 * 28 and len(np.unique(test.volumes)) == 10
 
 
@@ -52,10 +52,10 @@ def test_the_size_picks_the_file_as_for_2d_flags_and_a_missing_file_names_its_do
     write_3d(tmp_path, "nodulemnist3d", size=64, classes=2, counts={"train": 20, "val": 2, "test": 3})
     cfg = load_config({"data.dataset": "nodulemnist3d", "data.root": str(tmp_path), "data.size": 64,
                        "data.num-sites": 2, "data.min-site-samples": 5})
-    pool = pooled_train(cfg)
-    assert pool.images.shape == (20 * 64, 64, 64) and task_info(cfg).kind == "binary-class"
+    pool = pooled_train(cfg.data)
+    assert pool.images.shape == (20 * 64, 64, 64) and task_info(cfg.data).kind == "binary-class"
     with pytest.raises(DataFileError, match=r"nodulemnist3d.npz: file not found.*NoduleMNIST3D\(split='train', size=28"):
-        pooled_train(load_config({"data.dataset": "nodulemnist3d", "data.root": str(tmp_path), "data.size": 28}))
+        pooled_train(load_config({"data.dataset": "nodulemnist3d", "data.root": str(tmp_path), "data.size": 28}).data)
 
 
 def test_3d_flags_are_checked_by_name(tmp_path):
@@ -66,17 +66,17 @@ def test_3d_flags_are_checked_by_name(tmp_path):
     np.savez(tmp_path / "adrenalmnist3d.npz", **{f"{s}_images": np.zeros((4, 28, 28), np.uint8) for s in COUNTS},
              **{f"{s}_labels": np.zeros((4, 1), np.int64) for s in COUNTS})
     with pytest.raises(DataFileError, match=r"adrenalmnist3d.npz: train_images has shape \(4, 28, 28\); a 3D flag's"):
-        pooled_train(load_config({"data.dataset": "adrenalmnist3d", "data.root": str(tmp_path), "data.size": 28}))
+        pooled_train(load_config({"data.dataset": "adrenalmnist3d", "data.root": str(tmp_path), "data.size": 28}).data)
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet", "pathological", "quantity"])
 def test_no_volume_is_in_two_sites_or_two_splits(tmp_path, scheme):
     write_3d(tmp_path, classes=3)
     cfg = config(tmp_path, **{"data.partition": scheme, "data.alpha": 1.0, "data.val-fraction": 0.2})
-    pool = pooled_train(cfg)
+    pool = pooled_train(cfg.data)
     owner: dict[int, str] = {}
-    for site_id, indices in enumerate(site_partitions(cfg)):
-        site = load_site(cfg, site_id)
+    for site_id, indices in enumerate(site_partitions(cfg.data, seed=cfg.run.seed)):
+        site = load_site(cfg.data, site_id, seed=cfg.run.seed)
         assert len(site.train) + len(site.val) == len(indices) and len(site.val) > 0
         assert len(site.val) % 28 == 0  # whole volumes validate
         for split, data in (("train", site.train), ("val", site.val)):
@@ -90,7 +90,7 @@ def test_no_volume_is_in_two_sites_or_two_splits(tmp_path, scheme):
 def test_the_split_counts_volumes_not_slices(tmp_path):
     write_3d(tmp_path, classes=3)
     with pytest.raises(PartitionError, match=r"need 60 samples, but the pool has 48.*one of its 48 volumes"):
-        site_partitions(config(tmp_path, **{"data.min-site-samples": 20}))
+        site_partitions(config(tmp_path, **{"data.min-site-samples": 20}).data, seed=0)
 
 
 def test_a_mix_of_3d_flags_gives_each_site_one_source(tmp_path):
@@ -98,10 +98,10 @@ def test_a_mix_of_3d_flags_gives_each_site_one_source(tmp_path):
     write_3d(tmp_path, "synapsemnist3d", classes=2, counts={"train": 14, "val": 2, "test": 2}, seed=1)
     cfg = config(tmp_path, **{"data.dataset": "vesselmnist3d+synapsemnist3d", "data.num-sites": 2,
                               "data.partition": "modality", "data.slice-axis": 0})
-    assert task_info(cfg).num_outputs == 4
+    assert task_info(cfg.data).num_outputs == 4
     sources = []
     for site_id in range(2):
-        site = load_site(cfg, site_id)
+        site = load_site(cfg.data, site_id, seed=cfg.run.seed)
         sources.append({*(site.train.labels >= 2).tolist(), *(site.val.labels >= 2).tolist()})
         assert not set(site.train.volumes) & set(site.val.volumes)
     assert sorted(map(sorted, sources)) == [[False], [True]]
@@ -113,7 +113,7 @@ def test_the_study_file_writer_makes_a_pool_the_3d_source_reads(tmp_path):
     path = write_medmnist3d(tmp_path, 28, sizes=(12, 2, 4))
     assert path.name == "nodulemnist3d.npz"
     cfg = load_config({"data.dataset": "nodulemnist3d", "data.root": str(tmp_path), "data.size": 28})
-    pool, test = pooled_train(cfg), server_test_set(cfg)
+    pool, test = pooled_train(cfg.data), server_test_set(cfg.data)
     assert len(pool) == 12 * 28 and test is not None and len(np.unique(test.volumes)) == 4
     positive = pool.volumes[pool.labels == 1][0]
     assert (pool.images[pool.volumes == positive] == 220).any(axis=(1, 2)).sum() == 5  # the cube: 5 of 28 slices

@@ -22,6 +22,7 @@ from omnirad.multitask import (
     shared_names,
     site_view,
     task_config,
+    trained_task,
 )
 from omnirad.protocol import TASK
 from omnirad.tasks import MULTI_CLASS, SEGMENTATION, TaskSpec
@@ -47,15 +48,15 @@ def six_groups(cfg):
 def test_each_site_trains_its_own_task_on_the_same_images():
     cfg = load_config(SIX)
     region, lesions = site_view(cfg, 0), site_view(cfg, 4)
-    assert task_info(region) == REGION and region.model.adapter == "linear"
-    assert task_info(lesions) == LESIONS and lesions.model.adapter == "decoder"
-    assert declaration(lesions) == TaskDeclaration("lesions", LESIONS)
+    assert task_info(region.data) == REGION and region.model.adapter == "linear"
+    assert task_info(lesions.data) == LESIONS and lesions.model.adapter == "decoder"
+    assert declaration(trained_task(cfg.multitask, 4), lesions.data) == TaskDeclaration("lesions", LESIONS)
     # a site holds the same images whatever it labels: the split does not depend on the task
-    as_region, as_lesions = load_site(task_config(cfg, "region"), 4), load_site(lesions, 4)
+    as_region, as_lesions = load_site(task_config(cfg, "region").data, 4, seed=cfg.run.seed), load_site(lesions.data, 4, seed=lesions.run.seed)
     assert np.array_equal(as_region.train.images, as_lesions.train.images)
     assert as_lesions.train.labels.ndim == 3 and as_region.train.labels.ndim == 1
     finding = task_config(cfg, "finding")
-    assert task_info(finding).label_names == ("normal", "mass", "nodules", "diffuse")
+    assert task_info(finding.data).label_names == ("normal", "mass", "nodules", "diffuse")
 
 
 def test_an_embedded_captioning_site_declares_the_words_the_server_expects():
@@ -63,9 +64,9 @@ def test_an_embedded_captioning_site_declares_the_words_the_server_expects():
     # is known to every participant, so its sites declare it and the server's check passes.
     cfg = load_config({**SIX, "multitask.site-tasks": "region,region,region,captions,captions,captions",
                        "model.caption-width": 32})
-    declared = declaration(site_view(cfg, 4))
+    declared = declaration(trained_task(cfg.multitask, 4), site_view(cfg, 4).data)
     assert declared is not None and declared.spec.label_names
-    groups = group_sites({100 + s: (s, declaration(site_view(cfg, s))) for s in range(6)}, expected_tasks(cfg))
+    groups = group_sites({100 + s: (s, declaration(trained_task(cfg.multitask, s), site_view(cfg, s).data)) for s in range(6)}, expected_tasks(cfg))
     assert groups["captions"].sites == (3, 4, 5) and groups["captions"].spec == declared.spec
 
 
@@ -235,12 +236,12 @@ def reply_eval(node: int, values: dict[str, float]) -> Message:
 
 
 def test_a_site_refuses_another_tasks_adapter():
-    cfg = site_view(load_config(SIX), 0)
-    check_task(cfg, ConfigRecord({TASK: "region"}))
+    trained = trained_task(load_config(SIX).multitask, 0)
+    check_task(trained, ConfigRecord({TASK: "region"}))
     with pytest.raises(TaskMismatch, match="'lesions'.*'region'"):
-        check_task(cfg, ConfigRecord({TASK: "lesions"}))
+        check_task(trained, ConfigRecord({TASK: "lesions"}))
     with pytest.raises(TaskMismatch):
-        check_task(load_config(), ConfigRecord({TASK: "region"}))  # a single-task site
+        check_task(trained_task(load_config().multitask, 0), ConfigRecord({TASK: "region"}))  # a single-task site
 
 
 class PartlyConnected(FakeGrid):

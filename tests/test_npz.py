@@ -42,11 +42,11 @@ def test_medmnist_tasks_load_with_their_kind(tmp_path, flag, channels, kwargs):
     assert splits["train"].images.shape[:3] == (20, 64, 64)
     cfg = load_config({"data.dataset": flag, "data.root": str(tmp_path), "data.num-sites": 2,
                        "data.min-site-samples": 2, "data.partition": "iid"})
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     assert task.multi_label == (flag == "chestmnist")
-    assert pooled_train(cfg).labels.shape == ((20, 14) if flag == "chestmnist" else (20,))
-    assert len(server_test_set(cfg)) == 6
-    site = load_site(cfg, 1)
+    assert pooled_train(cfg.data).labels.shape == ((20, 14) if flag == "chestmnist" else (20,))
+    assert len(server_test_set(cfg.data)) == 6
+    site = load_site(cfg.data, 1, seed=cfg.run.seed)
     assert len(site.train) + len(site.val) == 10
 
 
@@ -60,8 +60,8 @@ def test_site_file_with_train_only_gets_a_local_validation_split(tmp_path):
     assert set(read_classification_npz(path, FOUR)) == {"train"}
     cfg = load_config({"data.dataset": "files", "data.site-files": f"{path},{path}", "data.num-sites": 2,
                        "data.num-classes": 4})
-    site = load_site(cfg, 0)
-    assert len(site.train) + len(site.val) == 30 and server_test_set(cfg) is None
+    site = load_site(cfg.data, 0, seed=cfg.run.seed)
+    assert len(site.train) + len(site.val) == 30 and server_test_set(cfg.data) is None
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -170,10 +170,10 @@ def test_a_mix_of_medmnist_datasets_gives_one_source_per_site(tmp_path):
     write_npz(tmp_path / "bloodmnist.npz", channels=3, classes=8, n=(24, 6, 6))
     cfg = load_config({"data.dataset": "pneumoniamnist+bloodmnist", "data.root": str(tmp_path), "data.size": 28,
                        "data.num-sites": 2, "data.partition": "modality", "data.min-site-samples": 5})
-    task = task_info(cfg)
+    task = task_info(cfg.data)
     assert task.num_outputs == 10 and task.label_names[2] == "bloodmnist:basophil"
-    pool = pooled_train(cfg)
+    pool = pooled_train(cfg.data)
     assert pool.images.shape == (44, 28, 28, 3) and pool.labels[20:].min() >= 2
-    sites = [load_site(cfg, s) for s in range(2)]
+    sites = [load_site(cfg.data, s, seed=cfg.run.seed) for s in range(2)]
     sources = [set((s.train.labels >= 2).tolist()) | set((s.val.labels >= 2).tolist()) for s in sites]
     assert sorted(map(sorted, sources)) == [[False], [True]]  # each site holds one source dataset

@@ -46,13 +46,13 @@ def test_train_val_split_is_disjoint_and_complete():
 
 def test_sites_from_config_cover_the_pool_without_overlap():
     cfg = load_config({"data.num-sites": 3, "data.num-train": 300, "data.size": 32})
-    parts = site_partitions(cfg)
+    parts = site_partitions(cfg.data, seed=cfg.run.seed)
     assert sum(len(p) for p in parts) == 300
-    site = load_site(cfg, 1)
+    site = load_site(cfg.data, 1, seed=cfg.run.seed)
     assert len(site.train) + len(site.val) == len(parts[1])
     assert site.train.images.shape[1:] == (32, 32)
     with pytest.raises(ValueError, match="data.num-sites=3"):
-        load_site(cfg, 3)
+        load_site(cfg.data, 3, seed=cfg.run.seed)
 
 
 def test_pathological_gives_each_site_k_classes():

@@ -84,7 +84,7 @@ def test_dp_training_moves_the_adapter_and_differs_from_plain_training():
     ledger = PrivacyLedger()
     with pytest.raises(PrivacyBudgetSpent):
         check_budget(ledger, round_plan(load_config({**DP, "privacy.noise-multiplier": 0.3, "privacy.epsilon": 0.1}), 200),
-                     load_config({**DP, "privacy.epsilon": 0.1}))
+                     load_config({**DP, "privacy.epsilon": 0.1}).privacy)
 
 
 def test_dp_refuses_a_proximal_term_and_bad_values():

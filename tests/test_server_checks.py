@@ -55,9 +55,9 @@ def test_the_data_is_not_split_before_the_federations_size_is_known():
     from omnirad.data.sites import load_site, site_partitions
 
     with pytest.raises(ConfigError, match="data.num-sites=0 \\(the federation's size\\) is known only inside"):
-        site_partitions(load_config({}))
+        site_partitions(load_config({}).data, seed=0)
     with pytest.raises(ConfigError, match="data.num-sites=0"):
-        load_site(load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-classes": 2}), 0)
+        load_site(load_config({"data.dataset": "files", "data.site-files": "a.npz,b.npz", "data.num-classes": 2}).data, 0, seed=0)
 
 
 def test_the_projects_own_tools_start_four_sites_when_num_sites_is_unset():

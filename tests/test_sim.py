@@ -163,7 +163,7 @@ def test_a_multitask_report_has_each_tasks_sites_and_plots(tmp_path):
     folder.current.sites[0]["evaluate"] = {"num-examples": 10.0, "macro-f1": 0.3, "accuracy": 0.4, "auc": 0.6}
     folder.current.sites[4]["evaluate"] = {"num-examples": 10.0, "dice": 0.5, "iou": 0.4}
     folder.end_round(1, {"region/macro-f1": 0.25, "finding/macro-f1": 0.2, "lesions/dice": 0.5})
-    groups = {name: TaskGroup(name, task_info(task_config(cfg, name)), sites, sites)
+    groups = {name: TaskGroup(name, task_info(task_config(cfg, name).data), sites, sites)
               for name, sites in {"finding": (2, 3), "lesions": (4, 5), "region": (0, 1)}.items()}
     record, shared = initial_record(cfg, groups)
     write_tasks(folder.path, groups, len(shared))

@@ -11,7 +11,7 @@ from omnirad.encoders import weights_fingerprint
 from omnirad.protocol import ENCODER_FINGERPRINT, WRONG_ENCODER
 from omnirad_fl.client.app import app
 from omnirad_fl.client.cli import main, preflight, supernode_command
-from omnirad_fl.client.deployment import site_of
+from omnirad_fl.client.deployment import site_of, site_plan, task_name
 from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.site_config import load_site_config
 from omnirad_fl.server.certs import write_federation
@@ -151,8 +151,9 @@ def test_a_deployed_site_declares_the_task_named_in_its_site_file(tmp_path, weig
     assert 'task-name="body-region" task-kind="multi-class" num-classes=3' in node_config
     context = deployed_context(tmp_path, weights, MULTITASK_SERVER)
     context.node_config.update({"task-name": "body-region", "task-kind": "multi-class", "num-classes": 3})
-    cfg, _ = site_of(context)
-    assert cfg.multitask.task == "body-region" and cfg.data.num_classes == 3 and cfg.model.adapter == "linear"
+    cfg, site_id = site_of(context)
+    assert task_name(site_plan(context)[0], site_id, context.node_config) == "body-region"
+    assert cfg.data.num_classes == 3 and cfg.model.adapter == "linear"
     reply = app(instruction("query.task", RecordDict(), node_id=7), context)
     assert dict(reply.content["declaration"]) == {"site-id": 1, "task": "body-region", "kind": "multi-class",
                                                   "labels": ["0", "1", "2"]}

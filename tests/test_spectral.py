@@ -31,7 +31,7 @@ SPECTRAL = {"strategy.name": "spectral", "data.size": 32, "data.num-train": 240,
 
 
 def test_embeddings_are_unit_vectors_and_ignore_the_pixel_encoding():
-    images = pooled_train(load_config({"data.size": 32, "data.num-train": 40})).images
+    images = pooled_train(load_config({"data.size": 32, "data.num-train": 40}).data).images
     as_uint8 = spectral_embeddings(torch.from_numpy(images).unsqueeze(1), 8)
     as_float = spectral_embeddings(images_to_tensor(images), 8)
     assert as_uint8.shape == (40, 64)
@@ -42,7 +42,7 @@ def test_embeddings_are_unit_vectors_and_ignore_the_pixel_encoding():
 def test_embeddings_tell_imaging_styles_apart():
     """Nearest style centroid beats chance clearly (0.53 measured with 4 styles): retrieval has signal.
     OmniFM's premise is that low frequencies are similar across modalities, so not near 1 either."""
-    pool = pooled_train(load_config({"data.size": 32, "data.num-train": 400}))
+    pool = pooled_train(load_config({"data.size": 32, "data.num-train": 400}).data)
     emb = spectral_embeddings(images_to_tensor(pool.images), 8)
     styles = np.unique(pool.groups)
     centroids = torch.stack([emb[torch.from_numpy(pool.groups == s)].mean(0) for s in styles])
@@ -51,7 +51,7 @@ def test_embeddings_tell_imaging_styles_apart():
 
 
 def test_prototypes_never_summarise_fewer_than_the_minimum_images():
-    images = pooled_train(load_config({"data.size": 32, "data.num-train": 25})).images
+    images = pooled_train(load_config({"data.size": 32, "data.num-train": 25}).data).images
     centroids = site_prototypes(images, 8, count=4, seed=0)
     assert 1 <= len(centroids) <= 25 // MIN_IMAGES_PER_PROTOTYPE
     assert torch.allclose(centroids.norm(dim=1), torch.ones(len(centroids)), atol=1e-5)

@@ -107,10 +107,10 @@ def test_pooled_and_local_only_references_standardise_as_the_federation_would():
                        "model.adapter": "linear", "model.standardise-features": True, "num-server-rounds": 1,
                        "train.local-epochs": 1})
     sites = [get_site(cfg, 0), get_site(cfg, 1)]
-    together = standardised_by(cfg, sites).standardisation
+    together = standardised_by(cfg.model, sites).standardisation
     features = torch.cat([s.train_set.inputs for s in sites])
     assert torch.allclose(together.mean, features.mean(0), atol=1e-4)
-    assert not torch.allclose(standardised_by(cfg, sites[:1]).standardisation.mean, together.mean)
+    assert not torch.allclose(standardised_by(cfg.model, sites[:1]).standardisation.mean, together.mean)
     for reference in (pooled(cfg), local_only(cfg)):
         assert 0.0 <= reference["global"]["macro-f1"] <= 1.0
-    assert standardised_by(load_config({"data.size": 32}), sites) is None
+    assert standardised_by(load_config({"data.size": 32}).model, sites) is None

@@ -43,7 +43,7 @@ def test_round_scalars_flatten_a_metrics_line():
 
 def test_an_unknown_tracker_is_refused_by_name():
     with pytest.raises(ConfigError, match="run.tracking"):
-        check_tracking(load_config({"run.tracking": "wandb"}))
+        check_tracking(load_config({"run.tracking": "wandb"}).run)
 
 
 def test_mlflow_lists_every_round_and_the_configuration(tmp_path):

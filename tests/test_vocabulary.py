@@ -161,7 +161,7 @@ def test_captioning_without_a_vocabulary_file_counts_one_and_the_threshold_is_ch
     cfg = load_config(caption_run(tmp_path, ["a.csv"]))
     assert needs_word_count(cfg) and cfg.data.vocabulary_min_count == 2
     with pytest.raises(ConfigError, match="data.vocabulary: no vocabulary yet"):
-        task_info(cfg)
+        task_info(cfg.data)
     with pytest.raises(ConfigError, match="data.vocabulary-min-count"):
         load_config(caption_run(tmp_path, ["a.csv"], **{"data.vocabulary-min-count": 0}))
     vocabulary = tmp_path / "v.txt"
@@ -175,10 +175,10 @@ def test_training_captions_are_the_rows_a_site_trains_on(tmp_path):
     every = build_vocabulary([*captions["first"], *captions["second"]])
     (tmp_path / "all.txt").write_text("\n".join(every[len(SPECIAL_TOKENS):]))
     cfg = load_config(caption_run(tmp_path, paths, **{"data.vocabulary": str(tmp_path / "all.txt")}))
-    assert training_captions(cfg, 0) == captions["first"][:13]  # its own split: the validation rows stay out
-    site = load_site(cfg, 1)  # no split column: the same local split as training uses
-    assert len(training_captions(cfg, 1)) == len(site.train) < 20
-    assert [" ".join(caption_words(c)) for c in training_captions(cfg, 1)] == decode_captions(site.train.labels, every)
+    assert training_captions(cfg.data, 0, seed=cfg.run.seed) == captions["first"][:13]  # its own split: the validation rows stay out
+    site = load_site(cfg.data, 1, seed=cfg.run.seed)  # no split column: the same local split as training uses
+    assert len(training_captions(cfg.data, 1, seed=cfg.run.seed)) == len(site.train) < 20
+    assert [" ".join(caption_words(c)) for c in training_captions(cfg.data, 1, seed=cfg.run.seed)] == decode_captions(site.train.labels, every)
 
 
 def test_the_vocabulary_phase_through_the_sites_handlers_then_a_site_reads_its_captions_with_it(tmp_path, task_identity):
@@ -189,7 +189,7 @@ def test_the_vocabulary_phase_through_the_sites_handlers_then_a_site_reads_its_c
     words = set(vocabulary[len(SPECIAL_TOKENS):])
     assert {"john", "doe", "zebra"}.isdisjoint(words)  # once in training, or only in validation: never sent
     assert {"chest", "pelvis", "mri", "nodules", ","} <= words
-    expected = federated_vocabulary(SiteWordCounts.of(training_captions(cfg, s), 2) for s in (0, 1))
+    expected = federated_vocabulary(SiteWordCounts.of(training_captions(cfg.data, s, seed=cfg.run.seed), 2) for s in (0, 1))
     assert vocabulary == expected
     assert entry["words"] == len(words) and entry["min-count"] == 2
     assert set(entry["bytes-per-site"]) == {"site 0", "site 1"} and all(b > 0 for b in entry["bytes-per-site"].values())
@@ -197,13 +197,13 @@ def test_the_vocabulary_phase_through_the_sites_handlers_then_a_site_reads_its_c
     folder = RunFolder.create(cfg, vocabulary)  # kept in the run folder, which the run's configuration names
     assert folder.cfg.data.vocabulary == str(folder.path / VOCABULARY_FILE)
     assert read_vocabulary(folder.path / VOCABULARY_FILE) == vocabulary
-    assert load_config(to_flat(folder.cfg)) == folder.cfg and task_info(folder.cfg).label_names == vocabulary
+    assert load_config(to_flat(folder.cfg)) == folder.cfg and task_info(folder.cfg.data).label_names == vocabulary
 
     # a site without the file takes the words of the server's messages
     instructions = ConfigRecord(vocabulary_instructions(folder.cfg))
     site_plan_ = message_plan(RunPlan.of(cfg), instructions)
     site_cfg = site_plan_.config
-    assert task_info(site_cfg).label_names == vocabulary
+    assert task_info(site_cfg.data).label_names == vocabulary
     assert site_cfg.data.vocabulary.startswith(str(tmp_path / "cache"))
     assert message_plan(RunPlan.of(cfg), instructions).vocabulary == site_plan_.vocabulary  # the same file every message
     assert message_plan(site_plan_, instructions) == site_plan_  # and nothing more to learn once it has it
@@ -250,14 +250,14 @@ def test_a_deployed_captioning_group_counts_its_vocabulary_at_its_own_sites_only
     assert {"chest", "pelvis"} <= set(vocabulary) and "john" not in vocabulary and counted["region"] == groups["region"]
 
     server_view = task_config(cfg, "captions", counted["captions"].spec)  # the server's copy, in its cache folder
-    assert task_info(server_view).label_names == vocabulary
+    assert task_info(server_view.data).label_names == vocabulary
     instructions = ConfigRecord(vocabulary_instructions(server_view))
     site_cfg, _ = site_of(sites.contexts[101])
     assert site_cfg.data.vocabulary == "" and site_cfg.multitask.task == "captions"
     context = sites.contexts[101]
     plan, site_id = site_plan(context)
     taken = task_view(message_plan(plan, instructions), site_id, context.node_config)
-    assert task_info(taken).label_names == vocabulary
+    assert task_info(taken.data).label_names == vocabulary
     assert taken.data.vocabulary.startswith(str(tmp_path / "cache" / "site-1"))
 
 

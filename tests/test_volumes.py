@@ -99,7 +99,7 @@ def test_data_spacing_resamples_every_volume_to_one_voxel_size(tmp_path):
     cfg = load_config({"data.dataset": "files", "data.site-files": str(tmp_path / "volumes.csv"), "data.num-sites": 1,
                        "data.num-classes": 2, "data.task": "binary-class", "data.spacing": "1,1,2"})
     as_stored = read_site_file(str(tmp_path / "volumes.csv"), TWO, ReadOptions(16))["train"]
-    fine = read_site_file(str(tmp_path / "volumes.csv"), TWO, read_options(cfg))["train"]
+    fine = read_site_file(str(tmp_path / "volumes.csv"), TWO, read_options(cfg.data))["train"]
     assert len(as_stored) == 3 and len(fine) == 5  # 3 slices 4 mm apart span 8 mm: 5 slices 2 mm apart
     with pytest.raises(ConfigError, match="data.spacing"):
         load_config({"data.spacing": "1,1"})
@@ -126,7 +126,7 @@ def test_without_a_validation_split_a_site_holds_out_whole_volumes(tmp_path):
     path = write_csv(tmp_path, [f"v{n}.nii.gz,{n % 2},p{n},train" for n in range(8)], header="path,label,patient,split")
     cfg = load_config({"data.dataset": "files", "data.site-files": str(path), "data.num-sites": 1,
                        "data.num-classes": 2, "data.task": "binary-class", "data.size": 28, "data.val-fraction": 0.25})
-    site = load_site(cfg, 0)
+    site = load_site(cfg.data, 0, seed=cfg.run.seed)
     assert len(site.val) == 2 * 3 and not set(site.val.volumes) & set(site.train.volumes)
 
 

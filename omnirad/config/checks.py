@@ -11,7 +11,7 @@ import math
 import re
 
 from omnirad.config.io import comma_list, to_flat
-from omnirad.config.schema import Config
+from omnirad.config.schema import Config, PrivacyConfig, RunConfig, TrainConfig
 from omnirad.errors import require
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds; every stream derived from it (omnirad.seeds) fits torch's 64 bits
@@ -28,14 +28,14 @@ def check_finite(cfg: Config) -> None:
 CROSS_SITE_CHOICES = ("auto", "on", "off")  # run.cross-site (omnirad_fl.server.cross_site)
 
 
-def check_run(cfg: Config) -> None:
+def check_run(run: RunConfig) -> None:
     """``run.seed`` within numpy's seed range; ``run.name`` a single short folder name (it follows the
     run folder's timestamp: a ``/`` or ``..`` would put the folder elsewhere)."""
-    require(SEED_RANGE[0] <= cfg.run.seed <= SEED_RANGE[1], "run.seed", cfg.run.seed,
+    require(SEED_RANGE[0] <= run.seed <= SEED_RANGE[1], "run.seed", run.seed,
             f"from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
-    require(not cfg.run.name or bool(RUN_NAME.match(cfg.run.name)), "run.name", cfg.run.name,
+    require(not run.name or bool(RUN_NAME.match(run.name)), "run.name", run.name,
             "at most 100 letters, digits and . _ - + = , (not starting with . - + = or ,; no '..'), or empty")
-    require(cfg.run.cross_site in CROSS_SITE_CHOICES, "run.cross-site", cfg.run.cross_site,
+    require(run.cross_site in CROSS_SITE_CHOICES, "run.cross-site", run.cross_site,
             " or ".join(CROSS_SITE_CHOICES))
 
 
@@ -46,12 +46,11 @@ def check_rounds(cfg: Config) -> None:
             ">= 1 (0 only to pretrain alone, with ssl.rounds > 0, or for a closed-form head alone, model.head-init)")
 
 
-def check_train(cfg: Config) -> None:
-    t = cfg.train
-    require(t.local_epochs >= 1, "train.local-epochs", t.local_epochs, ">= 1")
-    require(t.lr > 0, "train.lr", t.lr, "> 0")
-    require(t.batch_size >= 1, "train.batch-size", t.batch_size, ">= 1")
-    require(t.weight_decay >= 0, "train.weight-decay", t.weight_decay, ">= 0")
+def check_train(train: TrainConfig) -> None:
+    require(train.local_epochs >= 1, "train.local-epochs", train.local_epochs, ">= 1")
+    require(train.lr > 0, "train.lr", train.lr, "> 0")
+    require(train.batch_size >= 1, "train.batch-size", train.batch_size, ">= 1")
+    require(train.weight_decay >= 0, "train.weight-decay", train.weight_decay, ">= 0")
 
 
 def check_strategy(cfg: Config) -> None:
@@ -76,16 +75,15 @@ def check_strategy(cfg: Config) -> None:
     require(s.min_valid_updates >= 1, "strategy.min-valid-updates", s.min_valid_updates, ">= 1")
 
 
-def check_privacy(cfg: Config) -> None:
-    p = cfg.privacy
-    require(p.epsilon > 0, "privacy.epsilon", p.epsilon, "> 0")
-    require(0 < p.delta < 1, "privacy.delta", p.delta, "in (0, 1)")
-    require(p.max_grad_norm > 0, "privacy.max-grad-norm", p.max_grad_norm, "> 0")
-    require(p.noise_multiplier >= 0, "privacy.noise-multiplier", p.noise_multiplier, ">= 0 (0: derived from privacy.epsilon)")
-    require(p.central_noise_multiplier >= 0, "privacy.central-noise-multiplier", p.central_noise_multiplier, ">= 0 (0: off)")
-    require(p.central_clipping_norm > 0, "privacy.central-clipping-norm", p.central_clipping_norm, "> 0")
-    require(0 < p.statistics_share < 1, "privacy.statistics-share", p.statistics_share, "in (0, 1)")
-    require(p.max_feature_norm > 0, "privacy.max-feature-norm", p.max_feature_norm, "> 0")
+def check_privacy(privacy: PrivacyConfig) -> None:
+    require(privacy.epsilon > 0, "privacy.epsilon", privacy.epsilon, "> 0")
+    require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "in (0, 1)")
+    require(privacy.max_grad_norm > 0, "privacy.max-grad-norm", privacy.max_grad_norm, "> 0")
+    require(privacy.noise_multiplier >= 0, "privacy.noise-multiplier", privacy.noise_multiplier, ">= 0 (0: derived from privacy.epsilon)")
+    require(privacy.central_noise_multiplier >= 0, "privacy.central-noise-multiplier", privacy.central_noise_multiplier, ">= 0 (0: off)")
+    require(privacy.central_clipping_norm > 0, "privacy.central-clipping-norm", privacy.central_clipping_norm, "> 0")
+    require(0 < privacy.statistics_share < 1, "privacy.statistics-share", privacy.statistics_share, "in (0, 1)")
+    require(privacy.max_feature_norm > 0, "privacy.max-feature-norm", privacy.max_feature_norm, "> 0")
 
 
 def valid_spacing(text: str) -> bool:

@@ -9,15 +9,15 @@ splits data or counts sites needs the number: the run's plan learns it (``omnira
 
 from __future__ import annotations
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import DataConfig
 from omnirad.errors import ConfigError
 
 FEDERATION_SIZE = 0  # data.num-sites' default: the federation's size
 
 
-def require_num_sites(cfg: Config) -> int:
+def require_num_sites(data: DataConfig) -> int:
     """``data.num-sites``, or ``ConfigError`` while it still waits for the federation's size."""
-    if cfg.data.num_sites == FEDERATION_SIZE:
+    if data.num_sites == FEDERATION_SIZE:
         raise ConfigError("data.num-sites=0 (the federation's size) is known only inside a federation: set "
                           "data.num-sites to split the data or name sites outside one")
-    return cfg.data.num_sites
+    return data.num_sites

@@ -223,7 +223,6 @@ class MultitaskConfig:
                                   "task); empty: every site trains `data.task`")
     shared: bool = setting(True, "average the tensors every task's model has (LoRA on the encoder) across all "
                                  "sites; false: within each task")
-    task: str = setting("", "set by the framework for each site: the task it trains")
 
 
 @dataclass

@@ -16,7 +16,9 @@ def check_data(cfg: Config) -> None:
     d = cfg.data
     source = source_of(d.dataset)
     require(28 <= d.size <= 224, "data.size", d.size, "an image size from 28 to 224 pixels")
-    source.check(cfg)
+    source.check(d)
+    if not cfg.multitask.site_tasks:  # multi-task: each task has its own kind and classes
+        source.check_task(d)
     PARTITIONS.check(d.partition)
     require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
     require(d.classes_per_site >= 1, "data.classes-per-site", d.classes_per_site, ">= 1")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import Config, StrategyConfig
 from omnirad.registry import Registry
 
 if TYPE_CHECKING:
@@ -41,14 +41,14 @@ class SiteMethod:
 SITE_METHODS: Registry[SiteMethod] = Registry("strategy.name")
 
 
-def site_method(cfg: Config) -> SiteMethod | None:
+def site_method(strategy: StrategyConfig) -> SiteMethod | None:
     """The client-side pieces of the configured strategy, if it has any (every method is
     registered by then: importing this module runs ``omnirad.methods``, which imports them)."""
-    return SITE_METHODS.get(cfg.strategy.name)
+    return SITE_METHODS.get(strategy.name)
 
 
 def check_site_method(cfg: Config) -> None:
     """The configured strategy's site-side keys, when it has site-side pieces."""
-    method = site_method(cfg)
+    method = site_method(cfg.strategy)
     if method is not None:
         method.check(cfg)

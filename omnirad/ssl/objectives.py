@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import SslConfig
 from omnirad.errors import require
 from omnirad.registry import Registry
 
@@ -77,13 +77,12 @@ def new_learner(objective: str, vit: nn.Module, input_size: int, settings: Any =
     return spec.build(vit, input_size, spec.settings if settings is None else settings)
 
 
-def check_ssl(cfg: Config) -> None:
+def check_ssl(ssl: SslConfig) -> None:
     """The ``ssl`` keys (every objective is registered once ``omnirad.ssl`` is imported)."""
-    s = cfg.ssl
-    require(s.rounds >= 0, "ssl.rounds", s.rounds, ">= 0 (0: no pretraining)")
-    require(s.local_epochs >= 1, "ssl.local-epochs", s.local_epochs, ">= 1")
-    require(s.lr > 0, "ssl.lr", s.lr, "> 0")
-    require(s.batch_size >= 2, "ssl.batch-size", s.batch_size, ">= 2")
-    SSL_OBJECTIVES.check(s.objective)
-    require(not s.save_encoder or s.save_encoder.endswith(".safetensors"), "ssl.save-encoder", s.save_encoder,
+    require(ssl.rounds >= 0, "ssl.rounds", ssl.rounds, ">= 0 (0: no pretraining)")
+    require(ssl.local_epochs >= 1, "ssl.local-epochs", ssl.local_epochs, ">= 1")
+    require(ssl.lr > 0, "ssl.lr", ssl.lr, "> 0")
+    require(ssl.batch_size >= 2, "ssl.batch-size", ssl.batch_size, ">= 2")
+    SSL_OBJECTIVES.check(ssl.objective)
+    require(not ssl.save_encoder or ssl.save_encoder.endswith(".safetensors"), "ssl.save-encoder", ssl.save_encoder,
             "empty or a path ending in .safetensors")

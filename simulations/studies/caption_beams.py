@@ -30,9 +30,9 @@ METRICS = ("bleu-4", "rouge-l", "cider", "finding-accuracy")
 def decode_widths(seed: int, widths: list[int]) -> list[dict[str, float]]:
     """One row per beam width: the test scores of one trained decoder, and the seconds decoding took."""
     cfg = load_config({**RECIPE, "run.seed": seed})
-    train, test = pooled_train(cfg), server_test_set(cfg)
+    train, test = pooled_train(cfg.data), server_test_set(cfg.data)
     assert test is not None
-    encoder, task, placement = encoder_for(cfg), task_info(cfg), placement_for(cfg)
+    encoder, task, placement = encoder_for(cfg), task_info(cfg.data), placement_for(cfg.run)
     model = new_model(cfg)
     train_model(model, model_inputs(cfg, encoder, train.images, "pooled train"), train.labels, task, train=cfg.train,
                 epochs=EPOCHS, seed=seed, placement=placement)

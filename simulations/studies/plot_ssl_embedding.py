@@ -29,8 +29,8 @@ from omnirad_fl.simulations.flower_local import DEFAULT_NUM_SUPERNODES
 
 def site_sample(cfg: Config, per_site: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images, their site and their class: up to ``per_site`` of each site's pooled images."""
-    pool, rng = pooled_train(cfg), np.random.default_rng(cfg.run.seed)
-    chosen = [rng.permutation(part)[:per_site] for part in site_partitions(cfg)]
+    pool, rng = pooled_train(cfg.data), np.random.default_rng(cfg.run.seed)
+    chosen = [rng.permutation(part)[:per_site] for part in site_partitions(cfg.data, seed=cfg.run.seed)]
     index = np.concatenate(chosen)
     sites = np.concatenate([np.full(len(c), s) for s, c in enumerate(chosen)])
     return pool.images[index], sites, pool.labels[index]
@@ -38,7 +38,7 @@ def site_sample(cfg: Config, per_site: int) -> tuple[np.ndarray, np.ndarray, np.
 
 def plot(path: Path, cfg: Config, encoders: list[tuple[str, str]], per_site: int) -> None:
     images, sites, labels = site_sample(cfg, per_site)
-    classes = partition_class_names(cfg)
+    classes = partition_class_names(cfg.data)
     fig = Figure(figsize=(4.2 * len(encoders), 8.4))
     axes = fig.subplots(2, len(encoders), squeeze=False)
     for col, (label, weights) in enumerate(encoders):

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_intermixed_args(argv)
     cfg = load_config(parse_overrides(args.overrides))
-    images = pooled_train(cfg).images
+    images = pooled_train(cfg.data).images
     started = time.perf_counter()
     state, history = pretrain(cfg.model.encoder, images, image_size=cfg.data.size, epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, weights=cfg.model.weights,

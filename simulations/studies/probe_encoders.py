@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no such weights file: {', '.join(missing)}")
     cfg = load_config(parse_overrides(keys))
-    train, test = pooled_train(cfg), server_test_set(cfg)
+    train, test = pooled_train(cfg.data), server_test_set(cfg.data)
     rows = [{"encoder": label, "weights": weights, **probe_encoder(cfg, weights, train, test)}
             for label, weights in encoders]
     metrics = [m for m in ("lr-z", "knn", "style") if m in rows[0]]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from omnirad.captions import encode_captions
-from omnirad.config.schema import Config
+from omnirad.config.schema import DataConfig
 from omnirad.data import synthetic
 from omnirad.data.embedded_captions import embedded_captions, embedded_vocabulary
 from omnirad.data.labelled import LabelledImages
@@ -58,11 +58,11 @@ def label_sets() -> tuple[str, ...]:
     return tuple(name for name, task in EMBEDDED_TASKS.items() if task.kind == MULTI_CLASS)
 
 
-def view_name(cfg: Config) -> str:
+def view_name(data: DataConfig) -> str:
     """The view a configuration trains: ``data.label-set``, or the segmentation view's name."""
-    if cfg.data.task == MULTI_CLASS:
-        return cfg.data.label_set
-    return next(name for name, task in EMBEDDED_TASKS.items() if task.kind == cfg.data.task)
+    if data.task == MULTI_CLASS:
+        return data.label_set
+    return next(name for name, task in EMBEDDED_TASKS.items() if task.kind == data.task)
 
 
 @lru_cache(maxsize=4)
@@ -81,24 +81,24 @@ def embedded_images(num_samples: int, size: int, seed: int, view: str = "region"
 class EmbeddedSource(DataSource):
     name = "embedded"
 
-    def check(self, cfg: Config) -> None:
+    def check(self, data: DataConfig) -> None:
         kinds = sorted({task.kind for _, task in EMBEDDED_TASKS.items()}, key=[MULTI_CLASS, SEGMENTATION, CAPTIONING].index)
-        if cfg.data.task not in kinds:
-            raise bad_value("data.task", cfg.data.task, "one of " + ", ".join(kinds))
-        if cfg.data.label_set not in label_sets():
-            raise bad_value("data.label-set", cfg.data.label_set, "one of " + ", ".join(label_sets()))
+        if data.task not in kinds:
+            raise bad_value("data.task", data.task, "one of " + ", ".join(kinds))
+        if data.label_set not in label_sets():
+            raise bad_value("data.label-set", data.label_set, "one of " + ", ".join(label_sets()))
 
-    def task(self, cfg: Config) -> TaskSpec:
-        view = EMBEDDED_TASKS[view_name(cfg)]
+    def task(self, data: DataConfig) -> TaskSpec:
+        view = EMBEDDED_TASKS[view_name(data)]
         return TaskSpec(view.kind, tuple(view.names))
 
-    def pool(self, cfg: Config) -> LabelledImages:
-        return embedded_images(cfg.data.num_train, cfg.data.size, EMBEDDED_TRAIN_SEED, view_name(cfg))
+    def pool(self, data: DataConfig) -> LabelledImages:
+        return embedded_images(data.num_train, data.size, EMBEDDED_TRAIN_SEED, view_name(data))
 
-    def test_set(self, cfg: Config) -> LabelledImages | None:
-        return embedded_images(cfg.data.num_test, cfg.data.size, EMBEDDED_TEST_SEED, view_name(cfg))
+    def test_set(self, data: DataConfig) -> LabelledImages | None:
+        return embedded_images(data.num_test, data.size, EMBEDDED_TEST_SEED, view_name(data))
 
-    def partition_class_names(self, cfg: Config) -> tuple[str, ...]:
+    def partition_class_names(self, data: DataConfig) -> tuple[str, ...]:
         return tuple(synthetic.CLASS_NAMES)
 
 

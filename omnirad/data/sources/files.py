@@ -13,7 +13,7 @@ from pathlib import Path
 from omnirad.captions import read_vocabulary
 from omnirad.config.federation import require_num_sites
 from omnirad.config.io import comma_list
-from omnirad.config.schema import Config
+from omnirad.config.schema import DataConfig
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import DataFileError
 from omnirad.data.site_files import read_site_file
@@ -22,10 +22,10 @@ from omnirad.errors import ConfigError, bad_value, require
 from omnirad.tasks import CAPTIONING, KINDS, SEGMENTATION, TaskSpec
 
 
-def read_options(cfg: Config) -> ReadOptions:
+def read_options(data: DataConfig) -> ReadOptions:
     """How this run reads site files: its image size and, for volumes, window and slice axis."""
-    spacing = tuple(float(mm) for mm in comma_list(cfg.data.spacing))
-    return ReadOptions(cfg.data.size, cfg.data.window, cfg.data.slice_axis, spacing)
+    spacing = tuple(float(mm) for mm in comma_list(data.spacing))
+    return ReadOptions(data.size, data.window, data.slice_axis, spacing)
 
 
 def file_task(kind: str, num_classes: int, vocabulary: str = "") -> TaskSpec:
@@ -44,36 +44,33 @@ def file_task(kind: str, num_classes: int, vocabulary: str = "") -> TaskSpec:
 class NaturalSplit(DataSource):
     natural_split = True
 
-    def check(self, cfg: Config) -> None:
-        d = cfg.data
-        if cfg.multitask.site_tasks:  # multi-task: each task has its own kind and classes
-            return
-        if d.task not in KINDS:
-            raise bad_value("data.task", d.task, "one of " + ", ".join(KINDS))
-        if d.task == CAPTIONING:
-            if d.vocabulary and not Path(d.vocabulary).expanduser().is_file():
-                raise bad_value("data.vocabulary", d.vocabulary, "the vocabulary file every site shares "
+    def check_task(self, data: DataConfig) -> None:
+        if data.task not in KINDS:
+            raise bad_value("data.task", data.task, "one of " + ", ".join(KINDS))
+        if data.task == CAPTIONING:
+            if data.vocabulary and not Path(data.vocabulary).expanduser().is_file():
+                raise bad_value("data.vocabulary", data.vocabulary, "the vocabulary file every site shares "
                                 "(python -m omnirad.captions CSV... -o FILE writes one), or empty for a "
                                 "federated word count")
-            require(d.vocabulary_min_count >= 1, "data.vocabulary-min-count", d.vocabulary_min_count, ">= 1")
-            require(d.vocabulary_max_words >= 0, "data.vocabulary-max-words", d.vocabulary_max_words,
+            require(data.vocabulary_min_count >= 1, "data.vocabulary-min-count", data.vocabulary_min_count, ">= 1")
+            require(data.vocabulary_max_words >= 0, "data.vocabulary-max-words", data.vocabulary_max_words,
                     ">= 0 (0: no limit)")
             return
-        if not (d.num_classes >= 2 or (d.task.startswith("multi-label") and d.num_classes >= 1)):
-            raise bad_value("data.num-classes", d.num_classes, "the number of classes (labels) in the site files")
+        if not (data.num_classes >= 2 or (data.task.startswith("multi-label") and data.num_classes >= 1)):
+            raise bad_value("data.num-classes", data.num_classes, "the number of classes (labels) in the site files")
 
-    def task(self, cfg: Config) -> TaskSpec:
-        return file_task(cfg.data.task, cfg.data.num_classes, cfg.data.vocabulary)
+    def task(self, data: DataConfig) -> TaskSpec:
+        return file_task(data.task, data.num_classes, data.vocabulary)
 
-    def test_set(self, cfg: Config) -> LabelledImages | None:
+    def test_set(self, data: DataConfig) -> LabelledImages | None:
         """The test file's test split (its training split when it has none); it need hold no
         training split, as a site's file must."""
-        if not cfg.data.test_file:
+        if not data.test_file:
             return None
-        splits = read_site_file(cfg.data.test_file, self.task(cfg), replace(read_options(cfg), needs_training=False))
+        splits = read_site_file(data.test_file, self.task(data), replace(read_options(data), needs_training=False))
         held = splits.get("test", splits.get("train"))
         if held is None:
-            raise DataFileError(f"{cfg.data.test_file}: data.test-file holds no test (or train) split, only "
+            raise DataFileError(f"{data.test_file}: data.test-file holds no test (or train) split, only "
                                 f"{', '.join(splits)}")
         return held
 
@@ -81,18 +78,17 @@ class NaturalSplit(DataSource):
 class SiteFiles(NaturalSplit):
     name = "files"
 
-    def check(self, cfg: Config) -> None:
-        files = comma_list(cfg.data.site_files)
+    def check(self, data: DataConfig) -> None:
+        files = comma_list(data.site_files)
         if not files:
-            raise bad_value("data.site-files", cfg.data.site_files, "comma-separated files, one per site")
-        if cfg.data.num_sites and len(files) != cfg.data.num_sites:  # 0: the federation's size, checked then
-            raise bad_value("data.num-sites", cfg.data.num_sites, f"{len(files)}, one site per file in data.site-files")
-        super().check(cfg)
+            raise bad_value("data.site-files", data.site_files, "comma-separated files, one per site")
+        if data.num_sites and len(files) != data.num_sites:  # 0: the federation's size, checked then
+            raise bad_value("data.num-sites", data.num_sites, f"{len(files)}, one site per file in data.site-files")
 
-    def site_file(self, cfg: Config, site_id: int) -> str:
-        if not 0 <= site_id < require_num_sites(cfg):
-            raise ValueError(f"site {site_id} does not exist: data.num-sites={cfg.data.num_sites}")
-        return comma_list(cfg.data.site_files)[site_id]
+    def site_file(self, data: DataConfig, site_id: int) -> str:
+        if not 0 <= site_id < require_num_sites(data):
+            raise ValueError(f"site {site_id} does not exist: data.num-sites={data.num_sites}")
+        return comma_list(data.site_files)[site_id]
 
 
 DEPLOYMENT = "deployment"
@@ -102,8 +98,8 @@ class Deployment(NaturalSplit):
     name = DEPLOYMENT
     deployed = True
 
-    def site_file(self, cfg: Config, site_id: int) -> str:
-        return cfg.data.site_files  # the site's own view of the run configuration names its one file
+    def site_file(self, data: DataConfig, site_id: int) -> str:
+        return data.site_files  # the site's own view of the run configuration names its one file
 
 
 register_source(SiteFiles())

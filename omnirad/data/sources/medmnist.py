@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import DataConfig
 from omnirad.data.labelled import LabelledImages, ReadOptions
 from omnirad.data.npz import DataFileError, is_volume_array, load_medmnist, medmnist_path, medmnist_task
 from omnirad.data.sources.registry import DataSource, register_source
@@ -84,33 +84,31 @@ class MedMnistSource(DataSource):
         flags = medmnist_flags(self.volumes)
         return all(part in flags for part in dataset.split("+"))
 
-    def check(self, cfg: Config) -> None:
-        d = cfg.data
-        if d.size not in self.sizes:
-            raise bad_value("data.size", d.size, f"a MedMNIST{' 3D' if self.volumes else ''} size: {self.sizes}")
-        if "+" in d.dataset and "chestmnist" in d.dataset:
-            raise bad_value("data.dataset", d.dataset, "single-label datasets only in a mix (chestmnist is multi-label)")
-        if d.task != MULTI_CLASS:
-            raise bad_value("data.task", d.task, "the default: a MedMNIST dataset's task comes with it "
+    def check(self, data: DataConfig) -> None:
+        if data.size not in self.sizes:
+            raise bad_value("data.size", data.size, f"a MedMNIST{' 3D' if self.volumes else ''} size: {self.sizes}")
+        if "+" in data.dataset and "chestmnist" in data.dataset:
+            raise bad_value("data.dataset", data.dataset, "single-label datasets only in a mix (chestmnist is multi-label)")
+        if data.task != MULTI_CLASS:
+            raise bad_value("data.task", data.task, "the default: a MedMNIST dataset's task comes with it "
                                                  "(segmentation needs MedSegBench files)")
 
-    def task(self, cfg: Config) -> TaskSpec:
-        flags = cfg.data.dataset.split("+")
+    def task(self, data: DataConfig) -> TaskSpec:
+        flags = data.dataset.split("+")
         tasks = [medmnist_task(flag) for flag in flags]
         if len(tasks) == 1:
             return tasks[0]
         names = tuple(f"{flag}:{name}" for flag, task in zip(flags, tasks, strict=True) for name in task.label_names)
         return TaskSpec(MULTI_CLASS, names)
 
-    def _splits(self, cfg: Config) -> dict[str, LabelledImages]:
-        d = cfg.data
-        return _medmnist(d.root, d.dataset, d.size, d.download)
+    def _splits(self, data: DataConfig) -> dict[str, LabelledImages]:
+        return _medmnist(data.root, data.dataset, data.size, data.download)
 
-    def pool(self, cfg: Config) -> LabelledImages:
-        return self._splits(cfg)["train"]
+    def pool(self, data: DataConfig) -> LabelledImages:
+        return self._splits(data)["train"]
 
-    def test_set(self, cfg: Config) -> LabelledImages | None:
-        return self._splits(cfg)["test"]
+    def test_set(self, data: DataConfig) -> LabelledImages | None:
+        return self._splits(data)["test"]
 
 
 class MedMnist3dSource(MedMnistSource):
@@ -121,9 +119,8 @@ class MedMnist3dSource(MedMnistSource):
     volumes = True
     sizes = MEDMNIST_3D_SIZES
 
-    def _splits(self, cfg: Config) -> dict[str, LabelledImages]:
-        d = cfg.data
-        return _medmnist_slices(d.root, d.dataset, d.size, d.slice_axis, d.download)
+    def _splits(self, data: DataConfig) -> dict[str, LabelledImages]:
+        return _medmnist_slices(data.root, data.dataset, data.size, data.slice_axis, data.download)
 
 
 register_source(MedMnistSource())

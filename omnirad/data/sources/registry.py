@@ -7,7 +7,7 @@ data is one module with a ``DataSource`` subclass and one ``DATA_SOURCES.add`` l
 
 from __future__ import annotations
 
-from omnirad.config.schema import Config
+from omnirad.config.schema import DataConfig
 from omnirad.data.labelled import LabelledImages
 from omnirad.errors import bad_value
 from omnirad.registry import Registry
@@ -27,27 +27,31 @@ class DataSource:
         """Whether ``data.dataset`` picks this source (MedMNIST's source is picked by its flags)."""
         return dataset == self.name
 
-    def check(self, cfg: Config) -> None:
+    def check(self, data: DataConfig) -> None:
         """Raise ``ConfigError`` naming the key when the data keys do not fit this source."""
 
-    def task(self, cfg: Config) -> TaskSpec:
+    def check_task(self, data: DataConfig) -> None:
+        """Raise ``ConfigError`` naming the key when the task keys (``data.task``, its classes) do
+        not fit this source; not called for a multi-task run, whose tasks each have their own."""
+
+    def task(self, data: DataConfig) -> TaskSpec:
         raise NotImplementedError
 
-    def pool(self, cfg: Config) -> LabelledImages:
+    def pool(self, data: DataConfig) -> LabelledImages:
         """The training pool a simulated split shares out among sites."""
-        raise ValueError(f"data.dataset={cfg.data.dataset} is a natural split: there is no pool to partition")
+        raise ValueError(f"data.dataset={data.dataset} is a natural split: there is no pool to partition")
 
-    def test_set(self, cfg: Config) -> LabelledImages | None:
+    def test_set(self, data: DataConfig) -> LabelledImages | None:
         """The server's held-out test set, never shared out among sites; None when there is none."""
         return None
 
-    def site_file(self, cfg: Config, site_id: int) -> str:
+    def site_file(self, data: DataConfig, site_id: int) -> str:
         """A natural split: the file site ``site_id`` reads."""
         raise NotImplementedError
 
-    def partition_class_names(self, cfg: Config) -> tuple[str, ...]:
+    def partition_class_names(self, data: DataConfig) -> tuple[str, ...]:
         """Names of the classes a split is stratified by (``partition_labels``)."""
-        return self.task(cfg).label_names
+        return self.task(data).label_names
 
 
 DATA_SOURCES: Registry[DataSource] = Registry("data.dataset")
