@@ -28,6 +28,7 @@ from omnirad.data.site_files import format_of
 from omnirad.data.sources.files import file_task
 from omnirad.devices import resolve_placement
 from omnirad.encoders import create_encoder, weights_fingerprint
+from omnirad.problems import Problems
 from omnirad.protocol import (
     NODE_CACHE_DIR,
     NODE_DATA_FILE,
@@ -178,8 +179,9 @@ def preflight(cfg: SiteConfig, source: Path) -> list[str]:
     """Run every check; returns what passed, raises ``ConfigError`` listing all that failed: the
     site file's problems and those of every check whose keys are fine, together."""
     keyed = keyed_problems(cfg)
-    failed = [f"{source}: {message}" for _, message in keyed]
-    broken = {key for key, _ in keyed}
+    failed = Problems()
+    failed.extend(f"{source}: {message}" for message in keyed)
+    broken = keyed.about()
     passed = []
     for check in (check_data, check_encoder_weights, check_device, check_keys, check_trust):
         if broken & set(CHECK_NEEDS[check.__name__]):
@@ -187,10 +189,9 @@ def preflight(cfg: SiteConfig, source: Path) -> list[str]:
         try:
             passed.append(check(cfg))
         except Exception as err:  # noqa: BLE001 - every failed check is reported, with its file, not a traceback
-            failed.append(f"{source}: {err}" if isinstance(err, DataFileError | ValueError | OSError | RuntimeError)
-                          else f"{source}: {check.__name__.removeprefix('check_')}: {type(err).__name__}: {err}")
-    if failed:
-        raise ConfigError("\n".join(failed))
+            failed.add(f"{source}: {err}" if isinstance(err, DataFileError | ValueError | OSError | RuntimeError)
+                       else f"{source}: {check.__name__.removeprefix('check_')}: {type(err).__name__}: {err}")
+    failed.raise_if_any(ConfigError)
     return passed
 
 

@@ -51,6 +51,7 @@ from omnirad.logs import show_progress
 from omnirad.methods import site_method
 from omnirad.metrics import pool_volumes
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
+from omnirad.problems import Problems
 from omnirad.run_files import ENCODER_FILE, read_broadcast
 from omnirad.tensor_checks import state_problems
 from omnirad.training import predict
@@ -90,14 +91,13 @@ def read_input(path: Path, options: ReadOptions) -> Images:
         raise DataFileError(f"{path}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     if any(is_volume(file) for _, file, _ in entries):
         return read_volumes(path, entries, options)
-    images, problems = [], []
+    images, problems = [], Problems()
     for name, file, _ in entries:
         try:
             images.append(read_image(file, options.size))
         except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many kinds; each image is named
-            problems.append(f"{name}: could not be read as an image ({type(err).__name__})")
-    if problems:
-        raise DataFileError(summary(path, problems))
+            problems.add(f"{name}: could not be read as an image ({type(err).__name__})")
+    problems.raise_if_any(DataFileError, lambda found: summary(path, found))
     colour = any(image.ndim == 3 for image in images)
     pixels = np.stack([as_colour(image) if colour else image for image in images])
     return Images([name for name, _, _ in entries], pixels, np.array([label for _, _, label in entries], dtype=np.int64))
@@ -117,17 +117,18 @@ def csv_entries(path: Path) -> list[tuple[str, Path, int]]:
 
 def read_volumes(path: Path, entries: list[tuple[str, Path, int]], options: ReadOptions) -> Images:
     """Every slice of the volumes named (NIfTI files, DICOM series folders), as the run's sites read
-    them; every bad entry is named before any is read."""
+    them; every bad entry is named: a missing file does not hide another that cannot be read."""
     rows = [VolumeRow(file, label, "", name, path.name, None) for name, file, label in entries]
-    problems = [problem for row in rows for problem in file_problems(row, segmentation=False)]
-    read = []
-    for row in rows if not problems else []:
+    problems, read = Problems(), []
+    for row in rows:
+        if found := file_problems(row, segmentation=False):
+            problems.extend(found)
+            continue
         try:
             read.append(read_volume(row, options, 0, segmentation=False))
         except Exception as err:  # noqa: BLE001 - MONAI's readers raise many kinds; each is reported by name
-            problems.append(f"{row.where}: {row.file.name} could not be read as a volume ({type(err).__name__})")
-    if problems:
-        raise DataFileError(summary(path, problems))
+            problems.add(f"{row.where}: {row.file.name} could not be read as a volume ({type(err).__name__})")
+    problems.raise_if_any(DataFileError, lambda found: summary(path, found))
     slices = [volume.slices for volume in read]
     names = [f"{name}#{k}" for (name, _, _), volume in zip(entries, slices, strict=True) for k in range(len(volume))]
     return Images(names, np.concatenate(slices),
@@ -219,9 +220,9 @@ def read_adapter(path: Path, model: torch.nn.Module, kept: frozenset[str]) -> di
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type, and OSError, for damaged files
         raise DataFileError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
     expected = {k: v for k, v in trainable_state(model).items() if k not in kept or k in state}
-    problems = state_problems(state, expected)
-    if problems:
-        raise DataFileError(f"{path}: not an adapter of this run's model: {'; '.join(problems[:5])}")
+    problems = Problems()
+    problems.extend(state_problems(state, expected))
+    problems.raise_if_any(DataFileError, lambda found: f"{path}: not an adapter of this run's model: {'; '.join(found)}")
     return state
 
 

@@ -19,6 +19,7 @@ from omnirad.config.io import refuse_interpolation
 from omnirad.credentials import ca_certificate_problems, site_key_problems
 from omnirad.devices import check_device_syntax
 from omnirad.encoders import ENCODERS
+from omnirad.problems import Problems
 from omnirad.tasks import KINDS as TASK_KINDS
 
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -110,16 +111,15 @@ def load_site_config(path: Path) -> SiteConfig:
 
 def problems(cfg: SiteConfig, source: Path) -> list[str]:
     """Everything wrong with a site's configuration that can be found without the server."""
-    return [f"{source}: {message}" for _, message in keyed_problems(cfg)]
+    return [f"{source}: {message}" for message in keyed_problems(cfg)]
 
 
-def keyed_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
-    """``problems`` with the key each is about, so that the checks of the keys that are fine still run."""
-    found: list[tuple[str, str]] = []
+def keyed_problems(cfg: SiteConfig) -> Problems:
+    """``problems``, each about its key, so that the checks of the keys that are fine still run."""
+    found = Problems()
 
     def need(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            found.append((key, f"{key}: {message}"))
+        found.need(ok, f"{key}: {message}", about=key)
 
     need(bool(cfg.site.name), "site.name", "missing")
     need(cfg.site.id >= 0, "site.id", f"{cfg.site.id}: give each site a number from 0, distinct within the federation")
@@ -144,15 +144,15 @@ def keyed_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
     try:
         check_device_syntax(cfg.device, cfg.precision)
     except ConfigError as err:
-        found.append(("device", str(err).replace("run.device", "device").replace("run.precision", "precision")))
+        found.add(str(err).replace("run.device", "device").replace("run.precision", "precision"), about="device")
     for key, value in (("data.file", cfg.data.file), ("encoder.weights", cfg.encoder.weights),
                        ("cache-dir", cfg.cache_dir), ("site-state-dir", cfg.site_state_dir), ("auth-key", cfg.auth_key)):
         need('"' not in value, key, "paths with double quotes cannot be passed to the SuperNode")
     if not cfg.server.insecure and cfg.server.ca_certificate and Path(cfg.server.ca_certificate).is_file():
-        found += [("server.ca-certificate", f"server.ca-certificate: {p}")
-                  for p in ca_certificate_problems(Path(cfg.server.ca_certificate))]
+        found.extend((f"server.ca-certificate: {p}" for p in ca_certificate_problems(Path(cfg.server.ca_certificate))),
+                     about="server.ca-certificate")
     if cfg.auth_key and Path(cfg.auth_key).is_file():
-        found += [("auth-key", f"auth-key: {p}") for p in site_key_problems(Path(cfg.auth_key), cfg.site.name)]
+        found.extend((f"auth-key: {p}" for p in site_key_problems(Path(cfg.auth_key), cfg.site.name)), about="auth-key")
     if cfg.encoder.weights:
         need(Path(cfg.encoder.weights).is_file(), "encoder.weights", f"{cfg.encoder.weights}: no such file")
     else:

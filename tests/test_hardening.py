@@ -5,6 +5,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -12,9 +13,14 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
+from omnirad.adapters import trainable_state
 from omnirad.configure import load_config
+from omnirad.data.labelled import ReadOptions
+from omnirad.data.npz import DataFileError
 from omnirad.durable import sha256_of
+from omnirad.models import kept_at_sites, new_model
 from omnirad_fl.client.cli import main as client_main
+from omnirad_fl.client.predict import read_adapter, read_input
 from omnirad_fl.server import cli
 from omnirad_fl.server.checkpoint import MARK, save_checkpoint
 from omnirad_fl.server.run_folder import RunFolder
@@ -281,3 +287,34 @@ def test_fault_injection_is_refused_by_a_deployed_server_and_by_every_deployed_s
         with pytest.raises(ConfigError, match="faults.site"):
             site_of(site)  # a server that skipped its checks still meets the site's
     assert load_config({"faults.site": 0}).faults.site == 0  # simulated sites keep it
+
+
+# One "collect every problem, then report" path (omnirad/problems.py): omnirad-predict names them all.
+
+def test_predict_names_every_problem_of_an_adapter(tmp_path):
+    """The adapter check listed the first five differences from the run's model, not all of them."""
+    cfg = load_config({"data.num-classes": 4})
+    model = new_model(cfg)
+    path = tmp_path / "final_adapter.safetensors"
+    extra = {f"stray.{i}": torch.zeros(2) for i in range(6)}
+    save_file({"fc.bias": torch.full((4,), float("nan")), **extra}, path)
+    assert "fc.weight" in trainable_state(model)
+    with pytest.raises(DataFileError) as refused:
+        read_adapter(path, model, kept_at_sites(cfg, model))
+    message = str(refused.value)
+    assert str(path) in message and "missing tensor 'fc.weight'" in message and "'fc.bias' holds NaN" in message
+    assert all(f"'stray.{i}'" in message for i in range(6))
+
+
+def test_predict_names_a_missing_volume_and_an_unreadable_one_together(tmp_path):
+    """A volume list with a missing file used to stop there: no volume was read, so one that cannot
+    be read went unnamed until the missing one was fixed."""
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), tmp_path / "good.nii")
+    (tmp_path / "damaged.nii.gz").write_bytes(b"not a NIfTI volume")
+    listing = tmp_path / "volumes.csv"
+    listing.write_text("path,label\ngood.nii,0\nmissing.nii.gz,1\ndamaged.nii.gz,0\n")
+    with pytest.raises(DataFileError) as refused:
+        read_input(listing, ReadOptions(28))
+    message = str(refused.value)
+    assert "2 problem(s)" in message and "missing.nii.gz: file not found" in message
+    assert "damaged.nii.gz could not be read as a volume" in message and "good.nii" not in message
