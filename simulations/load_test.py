@@ -10,7 +10,8 @@ peak resident memory of the server and of the largest site.
         --server-restarts 15
 
 A benchmark, not a test: its numbers depend on the machine. ``tests/test_e2e_deployment.py`` runs
-a short version (3 sites, 3 rounds, two server restarts, one site killed mid-training).
+a short version (2 sites, 2 rounds, the server killed and resumed; it must end as the same run
+uninterrupted) and kills sites in its TLS test.
 """
 
 from __future__ import annotations
@@ -102,20 +103,30 @@ class MemoryWatch:
         self._thread.join()
 
 
-def run_load(folder: Path, plan: LoadPlan) -> LoadReport:
-    """Run ``plan`` in ``folder`` and report; every process is stopped, whatever happens."""
+def load_federation(folder: Path, plan: LoadPlan) -> LocalFederation:
+    """The federation ``plan`` runs, laid out in ``folder`` (keys, certificates, site files) and not
+    started: a test runs the same configuration uninterrupted beside it."""
     names = [f"S{i:02d}" for i in range(plan.sites)]
-    fed = LocalFederation(folder, names, plan.rounds, num_train=plan.num_train, runtime=plan.runtime, **{
+    return LocalFederation(folder, names, plan.rounds, num_train=plan.num_train, runtime=plan.runtime, **{
         # a budget that never binds: what is measured is the account's continuity, not its limit
         "privacy.dp": "true", "privacy.noise_multiplier": 2.0, "privacy.epsilon": 1000.0,
         "strategy.min_sites": max(1, plan.sites - 1), "strategy.round_timeout": plan.round_timeout,
         "strategy.fraction_train": plan.sample, "strategy.fraction_evaluate": plan.sample,
         "model.head_init": "'random'", "model.adapter": plan.adapter})
+
+
+def run_load(folder: Path, plan: LoadPlan) -> LoadReport:
+    """Run ``plan`` in ``folder`` and report; every process is stopped, whatever happens."""
+    return run_federation(load_federation(folder, plan), plan)
+
+
+def run_federation(fed: LocalFederation, plan: LoadPlan) -> LoadReport:
+    """Run ``plan`` on ``fed`` (from ``load_federation``) and report; every process is stopped."""
     report = LoadReport(plan=asdict(plan))
     started = time.monotonic()
     try:
         with MemoryWatch(fed) as memory:
-            drive(fed, plan, names, report)
+            drive(fed, plan, fed.sites, report)
         report.peak_rss_mb = {"server": round(memory.server, 1), "largest site": round(memory.site, 1)}
     finally:
         fed.stop_all()

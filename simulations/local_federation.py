@@ -47,7 +47,7 @@ class LocalFederation:
 
     def __init__(self, folder: Path, sites: list[str], rounds: int, tasks: tuple[str, ...] = (),
                  num_train: int = 300, runtime: bool = True, **overrides: object) -> None:
-        self.folder, self.port = folder, free_loopback_port()
+        self.folder, self.port, self.sites = folder, free_loopback_port(), list(sites)
         write_demo(folder, sites, f"127.0.0.1:{self.port}", size=32, rounds=rounds, num_train=num_train, tasks=tasks)
         # each site makes its key pair itself; the coordinator registers the public keys alone
         public = {name: write_site_keys(folder / "sites" / f"{name}.key", name) for name in sites}

@@ -121,3 +121,21 @@ def test_the_summary_of_a_run_is_never_taken_from_another_run_sharing_its_output
     other.write_text("{}")
     with pytest.raises(RuntimeError, match="2 runs finished in .*mine, other.*run.output-dir"):
         newest_summary(tmp_path, since)
+
+
+def test_a_resumed_fedadam_run_takes_its_optimiser_state_from_the_checkpoint_and_ends_as_the_uninterrupted_run(
+        tmp_path, run_in_process):
+    """A 2-round FedAdam run extended to 4 rounds by run.resume-from ends where the 4-round run
+    ends: the server optimiser's moments come back from the checkpoint (with them reset, round 3's
+    step would differ). Both runs are the app's phases and ClientApp in this process."""
+    config = ("data.num-train=240 data.num-test=80 data.size=32 train.local-epochs=1 strategy.name='fedadam' "
+              "model.adapter='linear' model.head-init='random'")
+    expected = json.loads((run_in_process(2, f"num-server-rounds=4 {config}", tmp_path / "whole") / "summary.json")
+                          .read_text())
+    first = run_in_process(2, f"num-server-rounds=2 {config}", tmp_path / "parts")
+    resumed = run_in_process(2, f"num-server-rounds=4 {config} run.resume-from='{first}'", tmp_path / "parts")
+    assert resumed == first
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["resumed-after-round"] == 2 and summary["rounds"] == 4
+    for key in ("accuracy", "macro-f1", "loss"):
+        assert summary["final"][key] == pytest.approx(expected["final"][key], abs=1e-6), key
