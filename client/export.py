@@ -12,6 +12,12 @@
                              adapter_model.safetensors), and base/ the timm model it adapts (the
                              frozen encoder and the trained head): PeftModel.from_pretrained(
                              timm.create_model("local-dir:exported/peft/base", pretrained=True), "exported/peft")
+        monai/               a MONAI bundle (client/monai_bundle.py): configs/inference.json,
+                             configs/metadata.json, models/model.pt, docs/README.md; MONAI's own
+                             runner applies it to a folder of images: python -m monai.bundle run
+                             --config_file exported/monai/configs/inference.json --meta_file
+                             exported/monai/configs/metadata.json --bundle_root exported/monai
+                             --input_dir IMAGES --output_dir OUT (OUT/predictions.csv)
         bundle/              the project's own bundle (client/bundle.py), which omnirad-predict
                              --run reads and checks against the site's encoder weights
 
@@ -19,7 +25,10 @@ A classification run's model is exported when its head is a linear layer on the 
 features (``model.adapter`` ``linear``; ``lora`` and ``full`` with ``model.head=linear``; a
 standardised-feature head is folded into the linear layer): that is a timm ViT's own classifier.
 Other heads (mlp, cosine), segmentation, captioning, multi-task and FedPer runs have no timm
-equivalent; for them the command says so and writes the project's bundle only.
+equivalent; for them the command says so and writes the project's bundle only. The MONAI bundle's
+network is that timm model, so it is written exactly when the timm layout is: a segmentation
+decoder or another head is OmniRad-FL's own module, which a bundle could build only by importing
+omnirad_fl.
 
 Preprocessing, as omnirad-predict applies it: pixels scaled to [0, 1], grey repeated to 3 channels,
 resized bilinearly (no antialiasing) to ``pretrained_cfg.input_size``, normalised by its ``mean``
@@ -51,6 +60,7 @@ from omnirad.models import encoder_for, model_reads
 from omnirad.run_files import ENCODER_FILE
 from omnirad.standardise import StandardisedHead
 from omnirad_fl.client.bundle import export_bundle, metrics_card
+from omnirad_fl.client.monai_bundle import write_monai
 from omnirad_fl.client.predict import adapted_model, check_encoder, run_config
 
 log = logging.getLogger(__name__)
@@ -153,6 +163,19 @@ def write_peft(cfg: Config, model: nn.Module, out: Path) -> None:
     model.backbone.save_pretrained(str(out))  # type: ignore[operator]  # peft's own writer
 
 
+MONAI_LOAD = ("MONAI: `monai/`, a bundle that MONAI's runner applies to a folder of images, writing "
+              "`<output folder>/predictions.csv`: `python -m monai.bundle run --config_file <this folder>/monai/configs/"
+              "inference.json --meta_file <this folder>/monai/configs/metadata.json --bundle_root <this folder>/monai "
+              "--input_dir <images> --output_dir <output folder>`")
+
+
+def write_monai_of(cfg: Config, run: Path, adapter: str, exported: nn.Module, out: Path) -> None:
+    """The MONAI bundle of the timm model ``write_timm`` exported, with the same arguments and probabilities."""
+    num_classes = len(exported.state_dict()["head.bias"])
+    args = model_args(encoder_for(cfg), ENCODERS[cfg.model.encoder].patch_size, num_classes)
+    write_monai(cfg, run, adapter, exported, args, omnirad_fields(cfg, run, adapter)["probabilities"], out)
+
+
 def card(cfg: Config, run: Path, adapter: str, written: dict[str, str]) -> str:
     """README.md: the model card, with Hugging Face's metadata header."""
     summary = json.loads((run / "summary.json").read_text())
@@ -214,11 +237,14 @@ def export_run(run: Path, out: Path, adapter: str = "best", weights: str | None 
     cfg, model = run_model(run, adapter, weights)
     out.mkdir(parents=True)
     try:
-        write_timm(cfg, model, out, run, adapter)
+        exported = write_timm(cfg, model, out, run, adapter)
         written["timm"] = ('timm / Hugging Face: `config.json` + `model.safetensors`: '
                            '`model = timm.create_model("local-dir:<this folder>", pretrained=True)`')
+        write_monai_of(cfg, run, adapter, exported, out / "monai")
+        written["monai"] = MONAI_LOAD
     except NotExportable as err:
         skipped["timm"] = str(err)
+        skipped["monai"] = f"the MONAI bundle's network is the timm model, which this run has not ({err})"
     try:
         write_peft(cfg, model, out / "peft")
         written["peft"] = ('peft: `peft/` (LoRA adapter) on `peft/base/` (the frozen encoder and the head): '
