@@ -33,6 +33,14 @@ class Problems:
             self.add(problem, about)
         return ok
 
+    def catch(self, check: Callable[[], object]) -> None:
+        """Run ``check``, which raises ``ConfigError`` at its first problem (a registry's name check,
+        say): that problem is added, and the next check still runs."""
+        try:
+            check()
+        except ConfigError as err:
+            self.add(str(err))
+
     def about(self) -> set[str]:
         """The keys that have a problem."""
         return {about for about, _ in self._found if about}

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from omnirad.adapters import trainable_state
+from omnirad.config import ConfigError
 from omnirad.configure import load_config
 from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import DataFileError
@@ -318,3 +319,13 @@ def test_predict_names_a_missing_volume_and_an_unreadable_one_together(tmp_path)
     message = str(refused.value)
     assert "2 problem(s)" in message and "missing.nii.gz: file not found" in message
     assert "damaged.nii.gz could not be read as a volume" in message and "good.nii" not in message
+
+
+def test_every_bad_data_key_is_named_at_once():
+    """The data keys' checks raised at the first bad value: a wrong data.size hid the partition,
+    alpha and window that were wrong too."""
+    with pytest.raises(ConfigError) as refused:
+        load_config({"data.size": 10, "data.partition": "x", "data.alpha": 0, "data.window": "nope"})
+    message = str(refused.value)
+    for named in ("'data.size': 10", "'data.partition': 'x'", "'data.alpha': 0.0", "'data.window': 'nope'"):
+        assert named in message
