@@ -8,7 +8,9 @@ directory it was first started in, and installs each run's dependencies with uv.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +20,75 @@ from pathlib import Path
 from flwr.app import Message, Metadata, RecordDict
 
 from omnirad import logs
+from omnirad.errors import ConfigError
 from omnirad_fl.server.processes import stop_process_tree, wait_until_healthy
 
 DEFAULT_HTTP_PORT = 39091
 DEFAULT_NUM_SUPERNODES = 4  # the project's federation (.flwr), and what its tools start when data.num-sites is 0
+# Ray's own variable: ray.init() reads it, so Flower's simulation, whose Ray backend calls ray.init()
+# without an address (Flower 1.42 passes no address through `options.backend.init-args`), attaches
+# to that cluster instead of starting a Ray of its own.
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+# Ray on 127.0.0.1 only when 0 (the loopback Ray of a local simulation); refuses to join a cluster.
+RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ray_cluster_address(address: str, timeout: float = 5.0) -> str:
+    """``address`` (``HOST:PORT`` of a running Ray head, the ``--port`` of ``ray start --head``),
+    checked before anything starts: a simulation told to attach to a head that is not there would
+    fail late, deep in Flower's log. Raises ``ConfigError`` naming the address."""
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit() or "/" in host:
+        raise ConfigError(f"Ray address {address!r}: expected HOST:PORT of the Ray head (the --port of "
+                          "`ray start --head`, 6379 by default), e.g. 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError(f"Ray address {address!r}: no Ray head answers there ({err}); start one with "
+                          f"`ray start --head --port {port}` or give the head's address") from err
+    return f"{host}:{port}"
+
+
+def on_loopback(address: str) -> bool:
+    """Whether ``address``'s host is this machine's loopback (a test cluster on 127.0.0.1)."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def cluster_gpus(address: str) -> float:
+    """The GPUs of the Ray cluster at ``address``, asked of Ray by a driver process with the
+    simulation's environment (this process stays free of Ray): the sites of an attached simulation
+    run on the cluster's nodes, whose GPUs the launching machine need not have."""
+    code = ("import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+            "print(ray.cluster_resources().get('GPU', 0.0))")
+    env = ray_environment({**os.environ, RAY_ADDRESS_ENV: address})
+    try:
+        done = subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"Ray address {address!r}: the cluster did not answer within 120 s") from err
+    if done.returncode != 0:
+        raise RuntimeError(f"Ray address {address!r}: could not read the cluster's resources: "
+                           f"{done.stderr.strip()[-2000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def ray_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with Ray kept on 127.0.0.1, unless ``RAY_ADDRESS`` names a cluster on the network:
+    then (checked first) Ray must name this machine by its network address, the one the cluster
+    knows its nodes by, as a driver runs on a node of the cluster."""
+    address = env.get(RAY_ADDRESS_ENV, "").strip()
+    if address:
+        env[RAY_ADDRESS_ENV] = ray_cluster_address(address)
+    if not address or on_loopback(address):
+        env[RAY_LOOPBACK_ENV] = "0"  # makes Ray bind 127.0.0.1 instead of the host's IP
+    else:
+        env.pop(RAY_LOOPBACK_ENV, None)
+    return env
 
 
 def flower_log(flwr_home: Path) -> Path:
@@ -32,7 +99,8 @@ def flower_log(flwr_home: Path) -> Path:
 def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT, verbose: bool = False) -> dict[str, str]:
     """Environment for flwr and flower-superlink: local state, offline, loopback, no installs, and
     a quiet terminal: Flower's log goes to ``flower_log`` and only its warnings to the terminal,
-    unless ``verbose`` (``run.verbose``) or ``OMNIRAD_VERBOSE=1``."""
+    unless ``verbose`` (``run.verbose``) or ``OMNIRAD_VERBOSE=1``. With ``RAY_ADDRESS`` set, the
+    simulations attach to that Ray cluster (``ray_environment``)."""
     env = os.environ.copy()
     env[logs.FLOWER_LOG_ENV] = str(flower_log(flwr_home))
     if verbose or logs.verbose():
@@ -48,12 +116,11 @@ def flower_env(flwr_home: Path, http_port: int = DEFAULT_HTTP_PORT, verbose: boo
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
         FLWR_LOCAL_CONTROL_API_PORT=str(http_port + 2),
         RAY_USAGE_STATS_ENABLED="0",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # makes Ray bind 127.0.0.1 instead of the host's IP
         HF_HUB_OFFLINE="1",
         # flower-superlink starts flower-superexec and flwr-simulation by name.
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
-    return env
+    return ray_environment(env)
 
 
 def write_flower_config(flwr_home: Path, num_supernodes: int = DEFAULT_NUM_SUPERNODES) -> Path:
@@ -72,6 +139,16 @@ def write_flower_config(flwr_home: Path, num_supernodes: int = DEFAULT_NUM_SUPER
     return path
 
 
+def superlink_answers(http_port: int) -> bool:
+    """Whether a SuperLink answers its health check on 127.0.0.1:``http_port``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=0.5) as r:
+            status: int = r.status
+            return status == 200
+    except OSError:
+        return False
+
+
 class LocalSuperLink:
     """A simulation SuperLink on 127.0.0.1 that this process starts and stops, by PID."""
 
@@ -87,11 +164,7 @@ class LocalSuperLink:
         self.started_pids: list[int] = []  # every process stop() ended, for tests to check
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=0.5) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return superlink_answers(self.http_port)
 
     def start(self, timeout: float = 60.0) -> LocalSuperLink:
         if self.healthy():
@@ -148,14 +221,20 @@ def flwr_run_command(project: Path, run_config: str = "", num_supernodes: int | 
 
 
 def gpus_per_site(num_sites: int, device: str) -> float:
-    """The share of a GPU each simulated site gets: the machine's GPUs spread over the sites (at
-    most one each), unless the run computes on the CPU. Ray hides every GPU from a ClientApp that
-    asks for none, so without this the sites of a GPU workstation would train on its CPU."""
+    """The share of a GPU each simulated site gets: the machine's GPUs (the Ray cluster's, where
+    ``RAY_ADDRESS`` attaches the simulation to one) spread over the sites (at most one each),
+    unless the run computes on the CPU. Ray hides every GPU from a ClientApp that asks for none, so
+    without this the sites of a GPU workstation would train on its CPU."""
     import torch  # imported here: this module is also the light `make setup` helper
 
-    if device == "cpu" or device == "mps" or not torch.cuda.is_available():
+    if device == "cpu" or device == "mps":
         return 0.0
-    return min(1.0, torch.cuda.device_count() / max(1, num_sites))
+    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+    if address:
+        gpus = cluster_gpus(address)
+    else:
+        gpus = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
+    return min(1.0, gpus / max(1, num_sites))
 
 
 def flwr_run(project: Path, env: dict[str, str], run_config: str = "", *, num_supernodes: int | None = None,

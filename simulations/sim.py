@@ -21,12 +21,17 @@ Input files (``data.site-files``, ``data.test-file``, ``data.root``, ``data.voca
 in the SuperLink's folder, not the user's. In the file they are read relative to the file's folder
 (else, as before, the working folder where the file's folder has no such path); on the command
 line, relative to the working folder.
+
+``--ray-address HOST:PORT`` runs the sites on a Ray cluster started with ``ray start --head`` (and
+``ray start --address HOST:PORT`` on the other machines) instead of on this machine's Ray; run it on
+a node of that cluster. See docs/ecosystem.md, "Simulation on a Ray cluster".
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +43,12 @@ import click
 from omnirad.config import ConfigError, flatten_keys, parse_overrides, read_config_tree, toml_literal
 from omnirad_fl.server.run_config import load_run_config
 from omnirad_fl.simulations.demo import run_simulation
-from omnirad_fl.simulations.flower_local import DEFAULT_HTTP_PORT
+from omnirad_fl.simulations.flower_local import (
+    DEFAULT_HTTP_PORT,
+    RAY_ADDRESS_ENV,
+    ray_cluster_address,
+    superlink_answers,
+)
 from omnirad_fl.simulations.report import write_run_report
 from omnirad_fl.simulations.sweep import run_sweep
 
@@ -142,14 +152,28 @@ def run_experiment(config: Path, overrides: Sequence[str], port: int = DEFAULT_H
     return report
 
 
+def attach_to_ray_cluster(address: str, port: int) -> None:
+    """Make the simulations this command starts attach to the Ray cluster at ``address``, checked
+    first. A SuperLink already answering on ``port`` would run them on its own Ray, so it is refused."""
+    os.environ[RAY_ADDRESS_ENV] = ray_cluster_address(address)
+    if superlink_answers(port):
+        raise ConfigError(f"--ray-address {address}: a SuperLink already runs on 127.0.0.1:{port} and its "
+                          "simulations use the Ray it was started with; stop it or give another --port")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omnirad-sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path, help="experiment file (YAML); see simulations/configs/")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides, e.g. data.alpha=0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="loopback port of the simulation's SuperLink")
+    parser.add_argument("--ray-address", metavar="HOST:PORT", default="",
+                        help="run the sites on this Ray cluster (its head's address; `ray start --head`) "
+                             "instead of on this machine's Ray; sets RAY_ADDRESS for the runs")
     args = parser.parse_args(argv)
     try:
+        if args.ray_address:
+            attach_to_ray_cluster(args.ray_address, args.port)
         report = run_experiment(args.config, args.overrides, args.port)
     except ConfigError as err:
         print(f"omnirad-sim: {err}", file=sys.stderr)
