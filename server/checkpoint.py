@@ -43,7 +43,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from omnirad.adapters import trainable_state
-from omnirad.config import Config, ConfigError, read_config_file, to_flat
+from omnirad.config import FEDERATION_SIZE, Config, ConfigError, read_config_file, to_flat
 from omnirad.configure import load_config
 from omnirad.durable import sha256_of, write_atomically
 from omnirad.models import kept_at_sites, new_model
@@ -185,6 +185,8 @@ def check_same_run(folder: Path, cfg: Config) -> None:
     """Refuse to resume the run in ``folder`` with a configuration that differs from the one it was
     made with, beyond ``MAY_CHANGE_ON_RESUME``: ``ConfigError`` naming every such key, both values."""
     saved, now = to_flat(run_folder_config(folder)), to_flat(cfg)
+    if cfg.data.num_sites == FEDERATION_SIZE:  # not learnt yet: the run's is checked once the federation is known
+        now["data.num-sites"] = saved.get("data.num-sites")
     differ = sorted(k for k in saved.keys() | now.keys() if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != now.get(k))
     if differ:
         raise ConfigError("\n  ".join([

@@ -70,6 +70,14 @@ def wait_for_sites(grid: Grid, expected: int, timeout: float, poll: float = 2.0)
         time.sleep(poll)
 
 
+@PHASES.register("resume-check", "federation", applies=lambda run: bool(run.cfg.run.resume_from))
+def check_resume_first(run: ServerRun) -> None:
+    """A resumed run's configuration is checked against the run's before the server waits for
+    sites (a deployed federation can take minutes to join): a mismatch fails at once, naming the
+    keys. ``resumable`` checks again, with the federation's size known, when the folder opens."""
+    resume_folder(run.cfg)
+
+
 @PHASES.register("federation", "federation")
 def federation(run: ServerRun) -> None:
     run.plan = run.plan.in_federation(check_federation(run.grid, run.cfg))
@@ -79,11 +87,17 @@ def resumable(cfg: Config) -> tuple[Path, Checkpoint]:
     """The run folder and checkpoint to go on from, once the configuration is the run's (beyond the
     keys a resumed run may change). What the sites keep (personal tensors, privacy accounts) is in
     their state stores, under the run's key, which the reopened folder keeps."""
+    folder = resume_folder(cfg)
+    return folder, load_checkpoint(folder)
+
+
+def resume_folder(cfg: Config) -> Path:
+    """``run.resume-from``'s folder, once the configuration is the run's (``check_same_run``)."""
     folder = Path(cfg.run.resume_from).expanduser().resolve()
     if not folder.is_dir():
         raise ConfigError(f"run.resume-from={cfg.run.resume_from!r}: no such run folder")
     check_same_run(folder, cfg)
-    return folder, load_checkpoint(folder)
+    return folder
 
 
 @PHASES.register("folder", "folder")

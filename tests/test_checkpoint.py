@@ -273,3 +273,28 @@ def test_a_checkpoint_file_that_is_a_symbolic_link_is_not_followed(tmp_path, sta
     (folder.path / link).symlink_to(outside / link)
     with pytest.raises(ConfigError, match=f"{link} .*is a symbolic link"):
         load_checkpoint(folder.path)
+
+
+class NoSitesYet:
+    """A deployed federation nobody has joined: asking who is connected is what the run must not do
+    before it has checked a resumed configuration."""
+
+    def get_node_ids(self):
+        raise AssertionError("the run waited for sites before checking the resumed configuration")
+
+
+def test_the_serverapp_checks_a_resumed_configuration_before_it_waits_for_sites(tmp_path, start_round):
+    """``flwr run`` with run.resume-from (no omnirad-server pre-check) fails in the phases' first
+    stage, naming the key, before the federation stage asks for sites; a configuration that leaves
+    data.num-sites to the federation passes that early check (the size is checked once known)."""
+    from omnirad_fl.server import app  # noqa: F401 - the ServerApp's module registers every phase
+    from omnirad_fl.server.phases import ServerRun, run_phases
+    from omnirad_fl.server.run_config import load_run_config
+
+    cfg, folder, strategy, state = fedadam_after_two_rounds(tmp_path, start_round)
+    save_checkpoint(folder.path, 2, state, strategy)
+    resume = {"run.output-dir": str(tmp_path), "strategy.name": "fedadam", "run.resume-from": str(folder.path)}
+    with pytest.raises(ConfigError, match="train.lr: the run has 0.003, this configuration 0.1"):
+        run_phases(ServerRun(NoSitesYet(), load_run_config({**resume, "data.num-sites": 2, "train.lr": 0.1})))
+    with pytest.raises(AssertionError, match="waited for sites"):  # the early check passed; the federation is next
+        run_phases(ServerRun(NoSitesYet(), load_run_config(resume)))
