@@ -43,6 +43,7 @@ from omnirad.data.labelled import ReadOptions
 from omnirad.data.npz import SPLITS, DataFileError, is_volume_array, read_npz_arrays
 from omnirad.data.sites import task_info
 from omnirad.data.sources.files import read_options
+from omnirad.data.tables import csv_table
 from omnirad.data.volumes import VolumeRow, file_problems, is_volume, read_volume, slice_volume_array, uncut
 from omnirad.devices import placement_for
 from omnirad.encoders import weights_fingerprint
@@ -104,14 +105,15 @@ def read_input(path: Path, options: ReadOptions) -> Images:
 
 
 def csv_entries(path: Path) -> list[tuple[str, Path, int]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if "path" not in (reader.fieldnames or []):
-            raise DataFileError(f"{path}: no 'path' column")
-        entries = []
-        for row in reader:
-            label = (row.get("label") or "").strip()
-            entries.append((row["path"], path.parent / row["path"], int(label) if label.isdigit() else -1))
+    """The images a CSV lists (``path``, optional ``label``), read as site CSVs are (``csv_table``:
+    not UTF-8, NUL bytes or a broken quote are named with the file and line)."""
+    columns, records = csv_table(path)
+    if "path" not in columns:
+        raise DataFileError(f"{path}: no 'path' column")
+    entries = []
+    for row in records:
+        name, label = row[columns["path"]], row.get(columns.get("label", ""), "").strip()
+        entries.append((name, path.parent / name, int(label) if label.isdigit() else -1))
     return entries
 
 

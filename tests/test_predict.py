@@ -68,7 +68,7 @@ def cfg_names(written):
     return [key.removeprefix("p-") for key in written[0] if key.startswith("p-")]
 
 
-def test_an_npz_keeps_its_labels_and_a_csv_names_unreadable_files(tmp_path, run, caplog):
+def test_an_npz_keeps_its_labels_and_a_csv_names_unreadable_files(tmp_path, run, capsys):
     _, folder, _ = run
     images = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / "site.npz", test_images=images, test_labels=np.arange(5).reshape(-1, 1) % 4)
@@ -77,11 +77,16 @@ def test_an_npz_keeps_its_labels_and_a_csv_names_unreadable_files(tmp_path, run,
     assert [(r["image"], r["label"]) for r in rows(out)] == [(f"test/{i}", str(i % 4)) for i in range(5)]
     (tmp_path / "broken.png").write_bytes(b"no image")
     (tmp_path / "list.csv").write_text("path,label\nbroken.png,1\nmissing.png,0\n")
+    capsys.readouterr()
     assert main(["--run", str(folder), "--input", str(tmp_path / "list.csv"), "--out", str(tmp_path / "x.csv")]) == 2
-    assert "broken.png: could not be read" in caplog.text and "missing.png: could not be read" in caplog.text
+    err = capsys.readouterr().err
+    assert "broken.png: could not be read" in err and "missing.png: could not be read" in err
     assert not (tmp_path / "x.csv").exists()
+    (tmp_path / "latin-1.csv").write_bytes("path,label\nröntgen.png,1\n".encode("latin-1"))  # a spreadsheet's export
+    assert main(["--run", str(folder), "--input", str(tmp_path / "latin-1.csv"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert f"{tmp_path / 'latin-1.csv'}:2: not UTF-8 text" in capsys.readouterr().err  # was a UnicodeDecodeError traceback
     assert main(["--run", str(tmp_path), "--input", str(tmp_path / "site.npz")]) == 2
-    assert "not a run folder" in caplog.text
+    assert "not a run folder" in capsys.readouterr().err
 
 
 def test_volumes_get_a_row_per_slice_and_one_per_volume_with_its_slices_mean(tmp_path, run, capsys):
