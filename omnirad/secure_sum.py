@@ -40,10 +40,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from omnirad.config.schema import Config
-from omnirad.data.sources import source_of
 from omnirad.errors import require
 from omnirad.methods import site_method
-from omnirad.tasks import CAPTIONING
 
 MIN_SITES = 2  # a "sum" of one site is that site's values: refused
 CHECK_WORDS = 2  # words every site sets to 0; a sum whose masks do not cancel leaves them random
@@ -253,7 +251,8 @@ def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
 
 def check_secure_sum(cfg: Config) -> None:
     """``privacy.secure-sum``: refused with what would send the server one site's values before
-    round 1 anyway, or where a sum would be one site's values."""
+    round 1 anyway, or where a sum would be one site's values. A federated caption vocabulary is
+    not refused: its counts are summed securely, its words sent as in the clear (``omnirad.vocabulary``)."""
     if not cfg.privacy.secure_sum:
         return
     require(cfg.data.num_sites != 1, "privacy.secure-sum", True,
@@ -261,7 +260,3 @@ def check_secure_sum(cfg: Config) -> None:
     require(site_method(cfg.strategy) is None, "privacy.secure-sum", True,
             f"false with strategy.name={cfg.strategy.name!r}: it gathers each site's own summaries (the spectral "
             "centroids) in the clear, which no sum can hide")
-    counted = source_of(cfg.data.dataset).natural_split and cfg.data.task == CAPTIONING and not cfg.data.vocabulary
-    require(not counted, "privacy.secure-sum", True,
-            "false for a federated caption vocabulary (captioning on site files without data.vocabulary): the server "
-            "must learn the words themselves, which a sum of counts cannot carry; name a vocabulary file instead")

@@ -117,13 +117,17 @@ def test_a_site_that_crashes_from_round_2_does_not_stop_the_run(run_in_process):
 
 
 def test_a_multitask_federation_trains_and_reports_each_task_among_its_own_sites(run_in_process):
+    """With secure sums (privacy.secure-sum): the region group's statistics and temperature losses are
+    secure sums among its own two sites, through the whole phase path."""
     folder = run_in_process(5, "num-server-rounds=2 data.num-train=500 data.num-test=100 data.size=32 "
                                "train.local-epochs=1 model.adapter='linear' model.head-init='ridge' "
-                               "multitask.site-tasks='region,region,lesions,lesions,-'")
+                               "multitask.site-tasks='region,region,lesions,lesions,-' privacy.secure-sum=true")
     tasks = json.loads((folder / "tasks.json").read_text())["groups"]
     # the region head starts from the closed form of its own two sites' sums; the decoder from its initialisation
     closed_form = json.loads((folder / "summary.json").read_text())["closed-form"]
     assert set(closed_form) == {"region"} and set(closed_form["region"]["statistics-bytes-per-site"]) == {"site 0", "site 1"}
+    report = json.loads((folder / "closed-form.json").read_text())["region"]
+    assert report["secure-sum"] == {"sites": 2, "restarts": 0, "dropped-nodes": []} and report["logit-scale"] > 0
     assert {name: g["sites"] for name, g in tasks.items()} == {"lesions": [2, 3], "region": [0, 1]}
     summary = json.loads((folder / "summary.json").read_text())
     sizes = summary["task-adapter-bytes"]
