@@ -198,7 +198,8 @@ class PrivacyConfig:
                                            "`privacy.epsilon` the closed-form statistics may spend (all of it without "
                                            "rounds); DP-SGD gets the rest")
     secure_sum: bool = setting(False, "the sums the server needs before round 1 (closed-form head statistics and "
-                                      "their temperature losses, feature standardisation moments) reach it only "
+                                      "their temperature losses, feature standardisation moments, a federated "
+                                      "vocabulary's word counts) reach it only "
                                       "as their total over sites: pairwise masking, exact to float64 "
                                       "(docs/secure-aggregation.md); adapter rounds stay in the clear")
 
