@@ -170,3 +170,21 @@ def superlinks(tmp_path_factory):
         except AssertionError as failure:  # stop the others all the same, then report
             failures.append(f"the {num_sites}-site SuperLink: {failure!r}")
     assert not failures, failures
+
+
+# Two rounds on three sites, the cheapest run that is still a real federation through `flwr run`.
+THREE_SITE_RUN = {"num-server-rounds": 2, "data.num-train": 600, "data.num-test": 200, "train.local-epochs": 2,
+                  "model.adapter": "linear", "model.head-init": "random"}
+
+
+@pytest.fixture(scope="session")
+def three_site_flwr_run(superlinks, tmp_path_factory) -> Path:
+    """``THREE_SITE_RUN`` through ``flwr run`` on the session's 3-site SuperLink, as in a plain Flower
+    set-up whose federation size is not the project's: no data.num-sites, so the run takes the size
+    of Flower's federation. Its run folder is read by the flwr-run tests, and it is the one-machine
+    run that the Ray cluster test's run must equal."""
+    from omnirad.config import toml_literal
+
+    overrides = " ".join(f"{key}={toml_literal(value)}" for key, value in THREE_SITE_RUN.items())
+    (folder,) = superlinks.run(tmp_path_factory.mktemp("three-sites"), 3, overrides, num_sites_key=False)
+    return folder

@@ -19,18 +19,8 @@ from tests.conftest import PROJECT, still_running
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def three_sites_without_data_num_sites(superlinks, tmp_path_factory):
-    """Two rounds on three sites, as in a plain Flower set-up, whose federation size is not the
-    project's: no data.num-sites, so the run takes the size of Flower's federation (3)."""
-    (folder,) = superlinks.run(tmp_path_factory.mktemp("three-sites"), 3,
-                               "num-server-rounds=2 data.num-train=600 data.num-test=200 train.local-epochs=2 "
-                               "model.adapter='linear' model.head-init='random'", num_sites_key=False)
-    return folder
-
-
-def test_two_rounds_on_three_sites_leave_a_complete_run_folder(three_sites_without_data_num_sites):
-    folder = three_sites_without_data_num_sites
+def test_two_rounds_on_three_sites_leave_a_complete_run_folder(three_site_flwr_run):
+    folder = three_site_flwr_run
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2]
     for line in lines:
@@ -54,9 +44,9 @@ def test_two_rounds_on_three_sites_leave_a_complete_run_folder(three_sites_witho
         assert (folder / name).exists()
 
 
-def test_without_data_num_sites_a_run_takes_the_size_of_flowers_federation(three_sites_without_data_num_sites):
+def test_without_data_num_sites_a_run_takes_the_size_of_flowers_federation(three_site_flwr_run):
     """As in a plain Flower set-up, whose federation size is not the project's: no data.num-sites."""
-    folder = three_sites_without_data_num_sites
+    folder = three_site_flwr_run
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["num-sites"] == 3 and summary["sites-per-round"] == {"1": ["0", "1", "2"], "2": ["0", "1", "2"]}
     assert "data.num-sites: 3" in (folder / "config.yaml").read_text()
