@@ -4,13 +4,25 @@ contributions to secure sums (``client/secure_sum.py``), checked here before the
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from omnirad.broadcast import Broadcast
-from omnirad.closed_form import SECURE_SUM_SCALE, SECURE_SUM_STATISTICS, HeadStatistics
+from omnirad.closed_form import (
+    HEAD_INITS,
+    SECURE_SUM_SCALE,
+    SECURE_SUM_STATISTICS,
+    SITE_FLOAT32_CHECK,
+    HeadStatistics,
+    closed_form_head,
+    head_inputs,
+    solve_deviation,
+)
 from omnirad.config import Config
+from omnirad.models import new_model
 from omnirad.privacy import PrivacyLedger
 from omnirad.protocol import (
     ARRAYS,
@@ -28,6 +40,8 @@ from omnirad_fl.client.rounds import round_inputs, run_state, site_for
 from omnirad_fl.client.secure_sum import secure_sum_source
 from omnirad_fl.client.site_handlers import site_handler
 
+log = logging.getLogger(__name__)
+
 
 def site_statistics(msg: Message, context: Context, *, account: bool = True
                     ) -> tuple[HeadStatistics, dict[str, float], Config, LocalSite]:
@@ -44,12 +58,29 @@ def site_statistics(msg: Message, context: Context, *, account: bool = True
     return stats, metrics, cfg, site
 
 
+def wire_arrays(stats: HeadStatistics, cfg: Config, site: LocalSite, broadcast: Broadcast) -> dict[str, torch.Tensor]:
+    """The sums as sent in the clear, the Gram matrix packed: float32 (the root of its scatter)
+    where this site's own solve from what it would send predicts its validation images within
+    ``SITE_FLOAT32_CHECK`` of its float64 solve, float64 otherwise and under DP (noised sums are
+    released exactly as accounted)."""
+    spec = HEAD_INITS[cfg.model.head_init]
+    if cfg.privacy.dp or spec is None or not spec.with_gram:
+        return stats.to_arrays()
+    rounded = stats.to_arrays(float32=True)
+    inputs = head_inputs(closed_form_head(new_model(cfg, broadcast)), site.val_set.inputs)
+    deviation = solve_deviation(stats, rounded, lambda received: spec.solve(received, cfg.model), inputs)
+    float32 = deviation <= SITE_FLOAT32_CHECK
+    log.info("site %d: head statistics in %s (float32 moves its own solve by %.2g on its validation images, "
+             "allowed %.2g)", site.site_id, "float32" if float32 else "float64", deviation, SITE_FLOAT32_CHECK)
+    return rounded if float32 else stats.to_arrays()
+
+
 @site_handler("query", QUERY_HEAD_STATISTICS)
 def head_statistics(msg: Message, context: Context) -> Message:
     """This site's sums for the closed-form head, in the clear (the server checks them by site)."""
-    stats, metrics, _, _ = site_statistics(msg, context)
-    return Message(content=RecordDict({ARRAYS: ArrayRecord(stats.to_arrays()), METRICS: MetricRecord(metrics)}),
-                   reply_to=msg)
+    stats, metrics, cfg, site = site_statistics(msg, context)
+    arrays = wire_arrays(stats, cfg, site, Broadcast.from_config(msg.content[CONFIG]))
+    return Message(content=RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 @secure_sum_source(SECURE_SUM_STATISTICS)
@@ -59,12 +90,13 @@ def statistics_contribution(msg: Message, context: Context, first: bool) -> tupl
     semi-definite Gram matrix (not under DP, whose noise makes them inexact). Its number of examples
     stays in the sum: the reply names only the site and, under DP, its epsilon after the release."""
     stats, metrics, cfg, site = site_statistics(msg, context, account=first)
-    if not all(bool(torch.isfinite(t).all()) for t in stats.to_arrays().values()):
+    blocks = stats.to_sum_blocks()
+    if not all(np.isfinite(block).all() for block in blocks.values()):
         raise ValueError("this site's head statistics hold NaN or Inf: not sent")
     if not cfg.privacy.dp:
         stats.check_consistent("this site", metrics[NUM_EXAMPLES], single_label=not site.task.multi_label)
     shown = {SITE_ID: metrics[SITE_ID], **({EPSILON: metrics[EPSILON]} if first and EPSILON in metrics else {})}
-    return stats.to_sum_blocks(), shown
+    return blocks, shown
 
 
 def site_scale_losses(msg: Message, context: Context) -> tuple[torch.Tensor, dict[str, float]]:

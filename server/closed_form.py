@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from omnirad.adapters import trainable_state
 from omnirad.broadcast import Broadcast
 from omnirad.closed_form import (
     HEAD_INITS,
+    ROOT_UPPER,
     SCALES,
     SECURE_SUM_SCALE,
     SECURE_SUM_STATISTICS,
@@ -69,19 +71,35 @@ def site_label(node: int, content: RecordDict) -> str:
     return f"site {site} (node {node})" if site is not None else f"node {node}"
 
 
+@dataclass
+class Gathered:
+    """The sites' statistics added up, and what the run folder says of them: the bytes each site
+    sent and in which precision (by site), under DP each site's epsilon after the release (by site
+    id), and under ``privacy.secure-sum`` the finished secure sum (who is in it)."""
+
+    stats: HeadStatistics
+    sent: dict[str, int]
+    precision: dict[str, str]
+    epsilons: dict[str, float]
+    secure: SecureSum | None = None
+
+
+FLOAT32_ROOT, FLOAT64_GRAM = "float32 scatter root", "float64 Gram"  # closed-form.json's precisions
+
+
 def pooled_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, *,
                       feature_width: int) -> tuple[HeadStatistics, dict[str, int], dict[str, float]]:
-    """Every site's statistics, checked and added exactly; the bytes each site sent, by site; and
-    under DP each site's epsilon after the release, by site id. Raises ``RuntimeError`` naming the
-    site whose reply is missing or malformed (under ``privacy.secure-sum``: naming the phase when
-    the sum fails its checks, ``secure_statistics``)."""
-    stats, sent, epsilons, _ = gather_statistics(grid, cfg, model, instructions, feature_width=feature_width)
-    return stats, sent, epsilons
+    """Every site's statistics, checked and added exactly in float64; the bytes each site sent, by
+    site; and under DP each site's epsilon after the release, by site id. Raises ``RuntimeError``
+    naming the site whose reply is missing or malformed (under ``privacy.secure-sum``: naming the
+    phase when the sum fails its checks, ``secure_statistics``)."""
+    gathered = gather_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    return gathered.stats, gathered.sent, gathered.epsilons
 
 
 def gather_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRecord, *,
-                      feature_width: int) -> tuple[HeadStatistics, dict[str, int], dict[str, float], SecureSum | None]:
-    """``pooled_statistics``, and under ``privacy.secure-sum`` the finished secure sum (who is in it)."""
+                      feature_width: int) -> Gathered:
+    """``pooled_statistics``, with each site's precision and the secure sum (``Gathered``)."""
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: no statistics to ask for")
@@ -92,7 +110,7 @@ def gather_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
         return secure_statistics(grid, cfg, instructions, dim=dim)
     replies = ask_every_site(grid, QUERY_HEAD_STATISTICS, "closed-form head",
                              content=RecordDict({CONFIG: instructions}))
-    pooled, sent, epsilons = None, {}, {}
+    pooled, sent, precision, epsilons = None, {}, {}, {}
     for node, content in replies.items():
         who = site_label(node, content)
         arrays = content.get(ARRAYS)
@@ -106,13 +124,16 @@ def gather_statistics(grid: Grid, cfg: Config, model: nn.Module, instructions: C
                 noisy=cfg.privacy.dp)
         except ValueError as err:
             raise RuntimeError(f"closed-form head: {who}: {err}") from err
-        sent[who.split(" (node")[0]] = stats.nbytes
+        site = who.split(" (node")[0]
+        sent[site] = arrays.count_bytes()
+        if spec.with_gram:
+            precision[site] = FLOAT32_ROOT if ROOT_UPPER in arrays else FLOAT64_GRAM
         if EPSILON in content[METRICS] and SITE_ID in content[METRICS]:
             epsilons[str(int(content[METRICS][SITE_ID]))] = float(content[METRICS][EPSILON])
         pooled = stats if pooled is None else pooled + stats
     if pooled is None:
         raise RuntimeError("closed-form head: no site is connected")
-    return pooled, sent, epsilons, None
+    return Gathered(pooled, sent, precision, epsilons)
 
 
 def metrics_label(node: int, metrics: dict[str, float]) -> str:
@@ -120,8 +141,7 @@ def metrics_label(node: int, metrics: dict[str, float]) -> str:
     return f"site {int(metrics[SITE_ID])}" if SITE_ID in metrics else f"node {node}"
 
 
-def secure_statistics(grid: Grid, cfg: Config, instructions: ConfigRecord, *, dim: int
-                      ) -> tuple[HeadStatistics, dict[str, int], dict[str, float], SecureSum]:
+def secure_statistics(grid: Grid, cfg: Config, instructions: ConfigRecord, *, dim: int) -> Gathered:
     """``privacy.secure-sum``: the statistics' total over the sites, which alone the server learns.
     Each site checked its own sums before masking; the server checks the total (whole and matching
     counts, a positive semi-definite Gram matrix) and names the phase when it fails, never a site."""
@@ -139,7 +159,9 @@ def secure_statistics(grid: Grid, cfg: Config, instructions: ConfigRecord, *, di
     sent = {labels[node]: result.bytes_per_site[node] for node in result.participants}
     epsilons = {labels[node].removeprefix("site "): float(result.metrics[node][EPSILON])
                 for node in result.participants if EPSILON in result.metrics[node] and SITE_ID in result.metrics[node]}
-    return stats, sent, epsilons, result
+    # masked fixed-point words of the float64 Gram matrix's upper triangle, exact in the sum
+    precision = {labels[node]: FLOAT64_GRAM for node in result.participants} if spec.with_gram else {}
+    return Gathered(stats, sent, precision, epsilons, result)
 
 
 def pooled_scale(grid: Grid, state: dict[str, torch.Tensor], instructions: ConfigRecord, *,
@@ -176,7 +198,8 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
     spec = HEAD_INITS[cfg.model.head_init]
     if spec is None:
         raise ValueError("model.head-init=random: nothing to solve")
-    stats, sent, epsilons, secure = gather_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    gathered = gather_statistics(grid, cfg, model, instructions, feature_width=feature_width)
+    stats, sent, epsilons, secure = gathered.stats, gathered.sent, gathered.epsilons, gathered.secure
     model_keys = cfg.model
     if cfg.privacy.dp and spec.with_gram:
         floor = noise_floor(cfg, num_sites=len(sent), dim=stats.feature_sum.numel())
@@ -196,8 +219,11 @@ def solve_head(grid: Grid, cfg: Config, model: nn.Module, instructions: ConfigRe
              cfg.model.head_init, len(sent), float(stats.num_samples), sum(sent.values()) / 1024 / max(1, len(sent)),
              scale)
     return dict(trainable_state(model)), {
-        "head-init": cfg.model.head_init, "examples": float(stats.num_samples),
-        "statistics-bytes-per-site": dict(sorted(sent.items(), key=lambda item: item[0])), "logit-scale": scale,
+        "head-init": cfg.model.head_init, "adapter": cfg.model.adapter, "head-inputs": stats.feature_sum.numel(),
+        "examples": float(stats.num_samples),
+        "statistics-bytes-per-site": dict(sorted(sent.items(), key=lambda item: item[0])),
+        **({"statistics-precision-per-site": dict(sorted(gathered.precision.items()))} if gathered.precision else {}),
+        "logit-scale": scale,
         "logit-scales": list(SCALES) if losses else [], "pooled-validation-loss": losses,
         **({"epsilon-per-site": epsilons} if epsilons else {}), **secure_report(secure),
         "seconds": round(time.perf_counter() - started, 3)}

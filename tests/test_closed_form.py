@@ -14,26 +14,36 @@ from sklearn.linear_model import Ridge
 
 from omnirad.broadcast import Broadcast
 from omnirad.closed_form import (
+    FIRST_MOMENTS,
+    FLOAT32_TOLERANCE,
+    GRAM_UPPER,
     HEAD_INITS,
+    ROOT_UPPER,
     SCALES,
+    SITE_FLOAT32_CHECK,
     HeadStatistics,
+    auto_head,
     class_means,
     closed_form_head,
     head_inputs,
+    packed_size,
     ridge_solution,
+    solve_deviation,
+    statistics_bytes,
     statistics_targets,
 )
 from omnirad.config import ConfigError
 from omnirad.configure import load_config
 from omnirad.models import encoder_for, new_model
-from omnirad.multitask import declaration, group_sites, site_view, task_config
+from omnirad.multitask import declaration, group_sites, site_view, task_config, trained_task
 from omnirad.privacy import PrivacyLedger, round_plan, statistics_noise
 from omnirad.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE_ID
 from omnirad.site_cache import get_site
 from omnirad.training import predict
 from omnirad_fl.client import app as client_app
+from omnirad_fl.client.closed_form import wire_arrays
 from omnirad_fl.server import app as server_app  # noqa: F401 - the ServerApp's module registers every phase
-from omnirad_fl.server.closed_form import closed_form_tasks, pooled_statistics
+from omnirad_fl.server.closed_form import FLOAT32_ROOT, closed_form_tasks, gather_statistics, pooled_statistics
 from omnirad_fl.server.multitask import initial_record
 from omnirad_fl.server.phases import ServerRun, run_phases
 from omnirad_fl.server.run_config import load_run_config
@@ -101,22 +111,105 @@ def test_the_server_adds_the_sites_sums_and_refuses_a_malformed_reply_naming_the
     model, width = new_model(cfg), encoder_for(cfg).num_features
     summed, sent, epsilons = pooled_statistics(QueryGrid("head_statistics", answers), cfg, model, ConfigRecord(),
                                                feature_width=width)
+    # the packed float64 triangle is the sites' Gram matrices exactly: the sum is the sites' sum, bit for bit
+    direct = sum(per_site[1:], per_site[0])
+    assert torch.equal(summed.gram, direct.gram) and torch.equal(summed.label_sums, direct.label_sums)
+    assert all(torch.equal(a, b) for a, b in zip(ridge_solution(summed, 0.01), ridge_solution(direct, 0.01),
+                                                  strict=True))
     torch.testing.assert_close(summed.gram, pooled.gram, rtol=1e-12, atol=1e-9)
     assert epsilons == {}  # no DP, nothing spent
-    assert set(sent) == {f"site {s}" for s in range(4)}
-    assert all(size == per_site[0].nbytes for size in sent.values())  # D^2 + C D + C + D + 1 float64s
+    # the bytes each site sent are its reply's, measured: about half the reply with the full matrix
+    assert sent == {f"site {s.site_id}": answers[100 + s.site_id][ARRAYS].count_bytes() for s in sites}
+    full = {f"site {s.site_id}": ArrayRecord({**st.first_moments(), "gram": st.gram}).count_bytes()
+            for s, st in zip(sites, per_site, strict=True)}
+    assert all(sent[site] < 0.55 * full[site] for site in sent)
 
     broken = dict(per_site[2].to_arrays())
-    for change, message in (({"gram": broken["gram"][:5]}, "'gram' has shape"),
+    for change, message in (({GRAM_UPPER: broken[GRAM_UPPER][:5]}, "'gram-upper' has shape"),
+                            ({GRAM_UPPER: broken[GRAM_UPPER].float()}, "'gram-upper' is torch.float32"),
                             ({"extra": torch.zeros(1)}, "expected exactly"),
+                            ({ROOT_UPPER: broken[GRAM_UPPER].float()}, "expected exactly"),  # two Gram matrices
                             ({"label-counts": broken["label-counts"] + 1}, "label counts"),
-                            ({"gram": -broken["gram"]}, "positive semi-definite")):
+                            ({GRAM_UPPER: -broken[GRAM_UPPER]}, "positive semi-definite")):
         bad = {**answers, 102: reply(2, {**broken, **change}, len(sites[2].train_set.labels))}
         with pytest.raises(RuntimeError, match=rf"site 2 \(node 102\).*{message}"):
             pooled_statistics(QueryGrid("head_statistics", bad), cfg, model, ConfigRecord(), feature_width=width)
     lying = {**answers, 101: reply(1, per_site[1].to_arrays(), 3)}
     with pytest.raises(RuntimeError, match=r"site 1 \(node 101\).*the site reports 3"):
         pooled_statistics(QueryGrid("head_statistics", lying), cfg, model, ConfigRecord(), feature_width=width)
+
+
+def predictions(stats, cfg, inputs):
+    """The solved head's predictions x W^T + b, in float64."""
+    weight, bias = HEAD_INITS[cfg.model.head_init].solve(stats, cfg.model)
+    return inputs.double() @ weight.T + bias
+
+
+def test_float32_statistics_solve_to_the_predictions_of_the_float64_pooled_twin(task_identity):
+    """Random features (the MLP head's 512 hidden units) on a Dirichlet 0.1 split: every site's own
+    check passes, so each sends the float32 root of its scatter, half the bytes of the float64
+    triangle, and the server's solve predicts within 1e-4 of the pooled float64 twin on every
+    site's validation images. Rounding the Gram matrices themselves to float32 would move them
+    further than 1e-4: the root is what makes float32 exact enough."""
+    flat = {**SMALL, "model.adapter": "mlp", "model.hidden-dim": 512}
+    cfg = load_config(flat)
+    sites, per_site, pooled = sites_and_pool(cfg)
+    gathered = gather_statistics(SitesGrid(flat, 4), cfg, new_model(cfg), ConfigRecord(),
+                                 feature_width=encoder_for(cfg).num_features)
+    assert gathered.precision == {f"site {s}": FLOAT32_ROOT for s in range(4)}
+    for site, stats in zip(sites, per_site, strict=True):
+        float64_bytes = ArrayRecord(stats.to_arrays()).count_bytes()
+        assert gathered.sent[f"site {site.site_id}"] < 0.51 * float64_bytes
+    inputs = head_inputs(closed_form_head(new_model(cfg)), torch.cat([s.val_set.inputs for s in sites]))
+    twin = predictions(pooled, cfg, inputs)
+    deviation = float((predictions(gathered.stats, cfg, inputs) - twin).abs().max())
+    assert deviation <= FLOAT32_TOLERANCE
+    rounded = [HeadStatistics(s.num_samples, s.feature_sum, s.label_counts, s.label_sums, s.gram.float().double())
+               for s in per_site]
+    assert float((predictions(sum(rounded[1:], rounded[0]), cfg, inputs) - twin).abs().max()) > FLOAT32_TOLERANCE
+
+
+def test_a_site_sends_float64_where_float32_would_move_its_own_solve(task_identity):
+    """The float32 root only where the site's own solve from it stays within ``SITE_FLOAT32_CHECK``
+    on its validation images: not for a nearly unpenalised ridge problem on more random features
+    than the site has images, nor under DP (noised sums go out as accounted). The float64 triangle
+    moves nothing."""
+    flat = {**SMALL, "model.adapter": "mlp", "model.hidden-dim": 512, "model.ridge-lambda": 1e-9}
+    cfg = load_config(flat)
+    site = get_site(cfg, 0)
+    stats, _ = site.head_statistics()
+    inputs = head_inputs(closed_form_head(new_model(cfg)), site.val_set.inputs)
+
+    def solve(received):
+        return HEAD_INITS["ridge"].solve(received, cfg.model)
+
+    assert solve_deviation(stats, stats.to_arrays(), solve, inputs) == 0.0
+    assert solve_deviation(stats, stats.to_arrays(float32=True), solve, inputs) > SITE_FLOAT32_CHECK
+    sent = wire_arrays(stats, cfg, site, Broadcast())
+    assert set(sent) == {*FIRST_MOMENTS, GRAM_UPPER} and sent[GRAM_UPPER].dtype == torch.float64
+    dp = load_config({**SMALL, "privacy.dp": True, "privacy.epsilon": 3.0})
+    dp_site = get_site(dp, 0)
+    assert GRAM_UPPER in wire_arrays(dp_site.head_statistics()[0], dp, dp_site, Broadcast())
+
+
+def test_the_statistics_bytes_are_the_wire_arrays_and_auto_picks_random_features_within_the_budget():
+    rng = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 24, generator=rng), torch.eye(3)[torch.randint(0, 3, (50,), generator=rng)]
+    stats = HeadStatistics.of(x, y, with_gram=True)
+    for float32 in (False, True):
+        arrays = stats.to_arrays(float32=float32)
+        assert arrays[ROOT_UPPER if float32 else GRAM_UPPER].shape == (packed_size(24),)
+        assert statistics_bytes(24, 3, float32=float32) == sum(a.numel() * a.element_size() for a in arrays.values())
+    # 2,048 random features, 4 classes: 8.08 MiB in float32 (the triangle alone is 4 KiB over 8 MiB), 16.1 in float64
+    float32_bytes, float64_bytes = (statistics_bytes(2048, 4, float32=f) for f in (True, False))
+    assert (float32_bytes, float64_bytes) == (8_474_664, 16_867_368)
+    assert 4 * packed_size(2048) - 8 * 2**20 == 4096
+    chosen = auto_head(2048, 4, float64_bytes)
+    assert (chosen.adapter, chosen.hidden_dim, chosen.head_init) == ("mlp", 2048, "ridge")
+    assert "random features" in chosen.reason and "16,867,368" in chosen.reason
+    fallback = auto_head(2048, 4, float64_bytes - 1)
+    assert (fallback.adapter, fallback.hidden_dim, fallback.head_init) == ("linear", None, "ridge")
+    assert "over the budget of 16,867,367" in fallback.reason
 
 
 def test_the_epsilon_of_private_statistics_reaches_the_run_summary(task_identity):
@@ -140,10 +233,11 @@ def test_a_sites_statistics_reply_carries_only_the_named_sums(task_identity):
     answer = client_app.app(instruction("query.head_statistics", RecordDict({"config": ConfigRecord()}), 7),
                                         context)
     assert set(answer.content) == {ARRAYS, METRICS}
-    assert set(answer.content[ARRAYS]) == {"num-samples", "feature-sum", "label-counts", "label-sums", "gram"}
+    # the Gram matrix once, as the packed float32 root of the site's scatter (its own check passed)
+    assert set(answer.content[ARRAYS]) == {*FIRST_MOMENTS, ROOT_UPPER}
     assert set(answer.content[METRICS]) == {NUM_EXAMPLES, SITE_ID}
-    dim = encoder_for(cfg).num_features
-    assert answer.content[ARRAYS]["gram"].numpy().shape == (dim, dim)
+    root = answer.content[ARRAYS][ROOT_UPPER].numpy()
+    assert root.shape == (packed_size(encoder_for(cfg).num_features),) and root.dtype == np.float32
 
 
 def test_private_statistics_are_noised_clipped_and_accounted_in_the_sites_ledger():
@@ -279,6 +373,9 @@ def test_a_closed_form_head_alone_ships_the_solved_head_and_reports_it(tmp_path,
     assert summary["rounds"] == 0
     assert summary["shipped"]["round"] == 0 and summary["shipped"]["adapter"] == "best_adapter.safetensors"
     assert summary["shipped"]["global"] == summary["final"]
+    report = json.loads((folder / "closed-form.json").read_text())
+    assert (report["adapter"], report["head-inputs"]) == ("mlp", 64)
+    assert report["statistics-precision-per-site"] == {"site 0": FLOAT32_ROOT, "site 1": FLOAT32_ROOT}
     assert "| shipped model (round 0, federated-val macro-f1), server test |" in write_run_report(folder).read_text()
 
 

@@ -354,8 +354,8 @@ def test_each_task_group_gets_its_own_sites_secure_sum(task_identity, tmp_path):
             sessions.setdefault(str(reply.content[SECURE_SUM]["token"]), set()).add(node)
     assert sorted(map(sorted, sessions.values())) == [[FIRST_NODE, FIRST_NODE + 1]] * 2 + [[FIRST_NODE + 2,
                                                                                             FIRST_NODE + 3]] * 2
-    for key, value in solved[False].items():
-        torch.testing.assert_close(solved[True][key], value, atol=1e-6, rtol=1e-6)
+    for key, value in solved[False].items():  # the plain sites send float32 roots: within their rounding
+        torch.testing.assert_close(solved[True][key], value, atol=1e-5, rtol=1e-5)
 
 
 def test_with_dp_each_site_noises_then_masks_and_the_head_is_the_plain_dp_head(tmp_path, task_identity):
