@@ -235,20 +235,6 @@ def unmasked_sum(masked: Sequence[np.ndarray], layout: Layout, scales: Scales) -
     return sums
 
 
-def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
-    """The upper triangle of a symmetric matrix, row by row: half the words to mask and send."""
-    return np.asarray(matrix)[np.triu_indices(len(matrix))]
-
-
-def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
-    """The symmetric (dim, dim) matrix whose upper triangle ``pack_symmetric`` gave."""
-    matrix = np.zeros((dim, dim), dtype=np.float64)
-    rows, cols = np.triu_indices(dim)
-    matrix[rows, cols] = packed
-    matrix[cols, rows] = packed
-    return matrix
-
-
 def check_secure_sum(cfg: Config) -> None:
     """``privacy.secure-sum``: refused with what would send the server one site's values before
     round 1 anyway, or where a sum would be one site's values. A federated caption vocabulary is
