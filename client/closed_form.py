@@ -70,7 +70,7 @@ def wire_arrays(stats: HeadStatistics, cfg: Config, site: LocalSite, broadcast: 
     inputs = head_inputs(closed_form_head(new_model(cfg, broadcast)), site.val_set.inputs)
     deviation = solve_deviation(stats, rounded, lambda received: spec.solve(received, cfg.model), inputs)
     float32 = deviation <= SITE_FLOAT32_CHECK
-    log.info("site %d: head statistics in %s (float32 moves its own solve by %.2g on its validation images, "
+    log.debug("site %d: head statistics in %s (float32 moves its own solve by %.2g on its validation images, "
              "allowed %.2g)", site.site_id, "float32" if float32 else "float64", deviation, SITE_FLOAT32_CHECK)
     return rounded if float32 else stats.to_arrays()
 
