@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from omnirad.broadcast import Broadcast
 from omnirad.closed_form import (
@@ -33,8 +33,10 @@ from omnirad.protocol import (
     NUM_EXAMPLES,
     QUERY_HEAD_STATISTICS,
     QUERY_LOGIT_SCALE,
+    SECURE_SUM,
     SITE_ID,
 )
+from omnirad.secure_sum import ATTEMPT, PARTICIPANTS
 from omnirad.site import LocalSite
 from omnirad_fl.client.rounds import round_inputs, run_state, site_for
 from omnirad_fl.client.secure_sum import secure_sum_source
@@ -43,16 +45,23 @@ from omnirad_fl.client.site_handlers import site_handler
 log = logging.getLogger(__name__)
 
 
-def site_statistics(msg: Message, context: Context, *, account: bool = True
+def site_statistics(msg: Message, context: Context, *, account: bool = True, session: ConfigRecord | None = None
                     ) -> tuple[HeadStatistics, dict[str, float], Config, LocalSite]:
     """This site's sums for the closed-form head: counts, sums and, for ridge, the Gram matrix of
     what the head's output layer reads; with DP, clipped, noised and (``account``) accounted in its
     ledger on disk before they leave. ``account=False``: the same release again (the noise comes from
-    a fixed seed), recorded nowhere (a secure sum's masked step repeats its keys step's release)."""
+    a fixed seed), recorded nowhere (a secure sum's masked step repeats its keys step's release).
+    ``session``: the secure sum's request; under ``privacy.distributed-noise`` the site adds its
+    share of the noise for the session's number of sites, and a restart (its attempt) draws afresh:
+    the same draw at another share would let two sums' difference cancel the other sites' noise."""
     cfg, site = site_for(msg, context)
     kept = run_state(cfg.privacy, site, msg, context) if account else None
     ledger = (kept.state.ledger if kept is not None else PrivacyLedger()) if cfg.privacy.dp else None
-    stats, metrics = site.head_statistics(Broadcast.from_config(msg.content[CONFIG]), ledger)
+    sharing, draw = 1, 0
+    if session is not None and cfg.privacy.distributed_noise:
+        sharing, draw = int(session[PARTICIPANTS]), int(session[ATTEMPT])  # type: ignore[arg-type]
+    stats, metrics = site.head_statistics(Broadcast.from_config(msg.content[CONFIG]), ledger, sharing=sharing,
+                                          draw=draw)
     if kept is not None and cfg.privacy.dp:  # the release is accounted on disk before it leaves
         kept.save()
     return stats, metrics, cfg, site
@@ -89,7 +98,7 @@ def statistics_contribution(msg: Message, context: Context, first: bool) -> tupl
     site checks here before masking: finite values, counts that match its examples, a positive
     semi-definite Gram matrix (not under DP, whose noise makes them inexact). Its number of examples
     stays in the sum: the reply names only the site and, under DP, its epsilon after the release."""
-    stats, metrics, cfg, site = site_statistics(msg, context, account=first)
+    stats, metrics, cfg, site = site_statistics(msg, context, account=first, session=msg.content[SECURE_SUM])
     blocks = stats.to_sum_blocks()
     if not all(np.isfinite(block).all() for block in blocks.values()):
         raise ValueError("this site's head statistics hold NaN or Inf: not sent")

@@ -28,6 +28,7 @@ from omnirad.secure_sum import (
     BLOCKS,
     EXPONENTS,
     MASKED,
+    PARTICIPANTS,
     PUBLIC_KEY,
     PURPOSE,
     ROSTER,
@@ -90,10 +91,11 @@ def contribution(msg: Message, context: Context, purpose: str, first: bool
     return {name: np.asarray(values, dtype=np.float64).ravel() for name, values in arrays.items()}, metrics
 
 
-def digest(arrays: dict[str, np.ndarray]) -> bytes:
-    """SHA-256 of a contribution's names and float64 values: the masked step adds what the keys step
-    checked and bounded, or refuses."""
-    hasher = hashlib.sha256()
+def digest(arrays: dict[str, np.ndarray], participants: int) -> bytes:
+    """SHA-256 of a contribution's names and float64 values, and of the number of sites it was made
+    for (a share of distributed DP noise depends on it): the masked step adds what the keys step
+    checked and bounded, for a roster of that size, or refuses."""
+    hasher = hashlib.sha256(participants.to_bytes(8, "big"))
     for name, values in arrays.items():
         hasher.update(name.encode() + b"\x00" + np.ascontiguousarray(values, dtype="<f8").tobytes())
     return hasher.digest()
@@ -120,11 +122,11 @@ def take(context: Context, field: str, purpose: str, token: str) -> bytes:
 @site_handler("query", QUERY_SECURE_SUM_KEYS)
 def secure_sum_keys(msg: Message, context: Context) -> Message:
     """Step 1: a fresh public key, the contribution's layout and bounds; the private key stays here."""
-    purpose, token, _ = session_of(msg)
+    purpose, token, request = session_of(msg)
     arrays, metrics = contribution(msg, context, purpose, True)
     key = new_key()
     keep(context, KEYS_STATE, purpose, token, private_bytes(key))
-    keep(context, DIGESTS_STATE, purpose, token, digest(arrays))
+    keep(context, DIGESTS_STATE, purpose, token, digest(arrays, int(request[PARTICIPANTS])))  # type: ignore[arg-type]
     for session in [name for name in PENDING if name.startswith(f"{context.node_id}/{purpose}/")]:
         del PENDING[session]
     PENDING[f"{context.node_id}/{purpose}/{token}"] = arrays
@@ -146,8 +148,9 @@ def secure_sum_masked(msg: Message, context: Context) -> Message:
     scales = Scales(tuple(int(e) for e in request[EXPONENTS]), len(roster))  # type: ignore[union-attr]
     pending = PENDING.pop(f"{context.node_id}/{purpose}/{token}", None)
     arrays, metrics = contribution(msg, context, purpose, False) if pending is None else (pending, {})
-    if digest(arrays) != announced:
-        raise SecureSumError("secure sum: this site's values changed since it announced their bounds: not sent")
+    if digest(arrays, len(roster)) != announced:
+        raise SecureSumError("secure sum: this site's values, or the number of sites they were made for, changed "
+                             "since it announced their bounds: not sent")
     masked = masked_contribution(arrays, layout, scales, key, roster, session_salt(context.run_id, purpose, token))
     content = RecordDict({ARRAYS: ArrayRecord({MASKED: Array(masked)}), SECURE_SUM: ConfigRecord({TOKEN: token}),
                           METRICS: MetricRecord(metrics)})

@@ -56,6 +56,7 @@ MASK_INFO = b"omnirad-fl secure-sum mask v1"  # HKDF's info prefix: these keys s
 # The session record's fields (``omnirad.protocol.SECURE_SUM``, in both messages and both replies).
 PURPOSE, TOKEN, ATTEMPT = "purpose", "token", "attempt"
 PUBLIC_KEY, BLOCKS, SIZES, EXPONENTS, ROSTER = "public-key", "blocks", "sizes", "exponents", "roster"
+PARTICIPANTS = "participants"  # how many sites the session asks: a site's share of distributed DP noise
 MASKED = "masked"  # the masked reply's array
 
 Layout = tuple[tuple[str, int], ...]  # the blocks of a contribution, in order: (name, number of values)
@@ -239,6 +240,10 @@ def check_secure_sum(cfg: Config) -> None:
     """``privacy.secure-sum``: refused with what would send the server one site's values before
     round 1 anyway, or where a sum would be one site's values. A federated caption vocabulary is
     not refused: its counts are summed securely, its words sent as in the clear (``omnirad.vocabulary``)."""
+    require(not cfg.privacy.distributed_noise or (cfg.privacy.secure_sum and cfg.privacy.dp
+                                                  and cfg.model.head_init != "random"),
+            "privacy.distributed-noise", True, "false unless privacy.secure-sum and privacy.dp are on and a closed-form "
+            "head (model.head-init) is summed: only the secure sum hides each site's smaller share of the noise")
     if not cfg.privacy.secure_sum:
         return
     require(cfg.data.num_sites != 1, "privacy.secure-sum", True,

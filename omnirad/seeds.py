@@ -18,6 +18,13 @@ def site_round_seed(run_seed: int, server_round: int, site_id: int) -> int:
     return run_seed * 100_003 + server_round * 1_009 + site_id
 
 
+def statistics_noise_seed(run_seed: int, site_id: int, draw: int = 0) -> int:
+    """The DP noise of a site's closed-form statistics (round 0's stream); ``draw`` > 0: another
+    draw, for a restarted secure sum under distributed noise (which must not repeat its noise)."""
+    base = site_round_seed(run_seed, 0, site_id)
+    return base if draw == 0 else base * 1_000_003 + draw
+
+
 def ssl_site_seed(run_seed: int, site_id: int) -> int:
     """A site's self-supervised pretraining, before rounds are mixed in (``ssl_round_seed``)."""
     return run_seed * 1000 + site_id

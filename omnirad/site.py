@@ -9,6 +9,7 @@ process per message, which is what the on-disk feature cache is for).
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,7 +37,7 @@ from omnirad.metrics import peak_rss_mb, wire_keys
 from omnirad.models import encoder_for, kept_at_sites, model_inputs, new_model
 from omnirad.privacy import PrivacyLedger, check_budget, round_plan, statistics_noise, train_private
 from omnirad.protocol import EPSILON, NUM_EXAMPLES, PEAK_RSS_MB, SITE_ID
-from omnirad.seeds import site_round_seed
+from omnirad.seeds import site_round_seed, statistics_noise_seed
 from omnirad.spectral import site_prototypes
 from omnirad.standardise import FeatureMoments
 from omnirad.training import evaluate_model, train_model
@@ -141,11 +142,13 @@ class LocalSite:
         }
         return trainable_state(model), metrics
 
-    def head_statistics(self, broadcast: Broadcast | None = None,
-                        ledger: PrivacyLedger | None = None) -> tuple[HeadStatistics, dict[str, float]]:
+    def head_statistics(self, broadcast: Broadcast | None = None, ledger: PrivacyLedger | None = None, *,
+                        sharing: int = 1, draw: int = 0) -> tuple[HeadStatistics, dict[str, float]]:
         """This site's sums for the configured closed-form head (``model.head-init``), of what the
         head's output layer reads as every participant initialises it; under ``privacy.dp`` clipped
-        and noised (the Gaussian mechanism), the release recorded in ``ledger``."""
+        and noised (the Gaussian mechanism), the release recorded in ``ledger``. ``sharing``: the
+        sites of a secure sum under ``privacy.distributed-noise``, each adding 1/sqrt(sharing) of
+        the noise (the sum carries all of it, as the ledger records); ``draw``: which noise draw."""
         spec = HEAD_INITS[self.cfg.model.head_init]
         if spec is None:
             raise ValueError("model.head-init=random: this run has no closed-form head")
@@ -156,10 +159,10 @@ class LocalSite:
         if not self.cfg.privacy.dp:
             return HeadStatistics.of(x, y, with_gram=spec.with_gram), metrics
         p, ledger = self.cfg.privacy, ledger if ledger is not None else PrivacyLedger()
-        noise = statistics_noise(self.cfg)
-        generator = torch.Generator().manual_seed(site_round_seed(self.cfg.run.seed, 0, self.site_id))
+        noise = statistics_noise(self.cfg)  # the release's, as the server sees the sum
+        generator = torch.Generator().manual_seed(statistics_noise_seed(self.cfg.run.seed, self.site_id, draw))
         stats = private_statistics(x, y, with_gram=spec.with_gram, max_norm=p.max_feature_norm,
-                                   noise_multiplier=noise, generator=generator)
+                                   noise_multiplier=noise / math.sqrt(sharing), generator=generator)
         ledger.history.append((noise, 1.0, 1))
         clipped = float((x.double().norm(dim=1) > p.max_feature_norm).double().mean())
         return stats, {**metrics, EPSILON: ledger.epsilon(p.delta), "clipped-share": clipped}

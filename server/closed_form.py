@@ -287,7 +287,8 @@ def noise_floor(cfg: Config, *, num_sites: int, dim: int) -> float:
     sigma: a ridge penalty this large keeps the noised system positive definite, where the plain
     penalty would let the noise's negative eigenvalues through."""
     sigma = statistics_noise(cfg) * statistics_sensitivity(cfg.privacy.max_feature_norm, with_gram=True)
-    return 2.0 * sigma * math.sqrt(num_sites * dim)
+    noised = 1 if cfg.privacy.distributed_noise else num_sites  # distributed: the sites' shares make one sigma
+    return 2.0 * sigma * math.sqrt(noised * dim)
 
 
 def evaluate_round_zero(grid: Grid, strategy: Strategy, state: dict[str, torch.Tensor], instructions: ConfigRecord,

@@ -30,6 +30,7 @@ from omnirad.secure_sum import (
     KEY_BYTES,
     MASKED,
     MIN_SITES,
+    PARTICIPANTS,
     PUBLIC_KEY,
     PURPOSE,
     ROSTER,
@@ -108,12 +109,13 @@ def secure_sum(grid: Grid, nodes: list[int], purpose: str, phase: str, content: 
             raise RuntimeError(f"{phase} (secure sum): {len(participants)} site(s) left; a secure sum needs at least "
                                f"{MIN_SITES} (the sum of one site is its values)")
         token = secrets.token_hex(TOKEN_BYTES)
-        keys, failed = ask_sites(grid, participants, QUERY_SECURE_SUM_KEYS, timeout,
-                                 content=with_record(content, session_record(purpose, token, attempt)))
+        keys, failed = ask_sites(grid, participants, QUERY_SECURE_SUM_KEYS, timeout, content=with_record(
+            content, session_record(purpose, token, attempt, **{PARTICIPANTS: len(participants)})))
         for node, reason in failed.items():
             raise RuntimeError(f"{phase} (secure sum): node {node} did not answer the keys step ({reason})")
         layout, exponents, roster = agreed_layout(phase, keys, token)
-        request = session_record(purpose, token, attempt, **{ROSTER: roster, BLOCKS: [b for b, _ in layout],
+        request = session_record(purpose, token, attempt, **{PARTICIPANTS: len(participants), ROSTER: roster,
+                                                             BLOCKS: [b for b, _ in layout],
                                                              SIZES: [s for _, s in layout],
                                                              EXPONENTS: list(exponents)})
         masked, failed = ask_sites(grid, participants, QUERY_SECURE_SUM_MASKED, timeout,

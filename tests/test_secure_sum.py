@@ -396,3 +396,46 @@ def test_a_site_process_restarted_between_the_steps_computes_the_same_values_aga
     assert report["secure-sum"]["restarts"] == 0
     for key, value in kept_state.items():
         torch.testing.assert_close(state[key], value, atol=1e-6, rtol=0)
+
+
+def test_distributed_noise_leaves_the_sum_one_sites_noise_and_accounts_epsilon_as_before(tmp_path, task_identity):
+    """privacy.distributed-noise: each of the n sites adds 1/sqrt(n) of the statistics' noise, so the
+    secure sum's error against the exact (clipped) sums is about sqrt(n) = 2 times smaller than with
+    every site adding all of it, and each site's epsilon is the same (the server sees only the sum).
+    A restart draws fresh noise for the smaller roster: the sum still carries one site's noise."""
+    from omnirad.closed_form import clip_rows
+    from omnirad.protocol import SIMULATION_STATE_DIR
+    from omnirad_fl.server.closed_form import pooled_statistics
+
+    def exact_sum(cfg, site_ids):
+        head = closed_form_head(new_model(cfg))
+        sites = [get_site(cfg, s) for s in site_ids]
+        x = clip_rows(head_inputs(head, torch.cat([s.train_set.inputs for s in sites])).double(),
+                      cfg.privacy.max_feature_norm)
+        y = statistics_targets(sites[0].task, np.concatenate([s.train_set.labels for s in sites]))
+        return HeadStatistics.of(x, y, with_gram=True)
+
+    def noise_in_sum(distributed, site_ids=range(4), meddle=None):
+        flat = {**SMALL, "privacy.dp": True, "privacy.epsilon": 3.0, "num-server-rounds": 0,
+                "privacy.secure-sum": True, "privacy.distributed-noise": distributed}
+        cfg = load_config(flat)
+        instructions = ConfigRecord({SIMULATION_STATE_DIR: str(tmp_path / f"{distributed}-{len(site_ids)}")})
+        stats, _, epsilons = pooled_statistics(Recording(flat, 4, meddle), cfg, new_model(cfg), instructions,
+                                               feature_width=encoder_for(cfg).num_features)
+        return float((stats.gram - exact_sum(cfg, site_ids).gram).std()), epsilons
+
+    for alone in ({"privacy.dp": True}, {"privacy.secure-sum": True}):  # it needs both, and noised statistics
+        with pytest.raises(ConfigError, match="privacy.distributed-noise"):
+            load_config({**SMALL, **alone, "privacy.distributed-noise": True})
+    full, full_eps = noise_in_sum(False)
+    shared, shared_eps = noise_in_sum(True)
+    assert shared_eps == full_eps  # the release's noise multiplier, as the server sees the sum, is the same
+    assert 0.4 < shared / full < 0.6, (shared, full)  # 1/sqrt(4) = 0.5: the sum carries one site's noise
+
+    def drop(node, kind, reply):
+        if node == FIRST_NODE + 3 and kind == f"query.{QUERY_SECURE_SUM_MASKED}":
+            return Message(Error(code=0, reason="site crashed"), reply_to=reply)
+        return reply
+
+    restarted, _ = noise_in_sum(True, range(3), drop)
+    assert 0.4 < restarted / full < 0.6, (restarted, full)  # three fresh shares of 1/sqrt(3): one site's noise

@@ -202,6 +202,13 @@ class PrivacyConfig:
                                       "vocabulary's word counts) reach it only "
                                       "as their total over sites: pairwise masking, exact to float64 "
                                       "(docs/secure-aggregation.md); adapter rounds stay in the clear")
+    distributed_noise: bool = setting(False, "with `privacy.dp`, `privacy.secure-sum` and a closed-form head: each of "
+                                             "the n sites in the statistics' secure sum adds 1/sqrt(n) of the noise, "
+                                             "so the sum carries the noise one site's statistics carry without it and "
+                                             "the head is sqrt(n) times less noisy; each site's epsilon is accounted as "
+                                             "without it (against the server, which sees only the sum), but a server "
+                                             "colluding with every other site sees the site's share only "
+                                             "(docs/privacy.md)")
 
 
 @dataclass
