@@ -35,16 +35,13 @@ import torch
 from torch import nn
 
 from omnirad.config import Config
-from omnirad.data.image_folder import IMAGE_SUFFIXES
+from omnirad.data.image_folder import GREY_MODES, IMAGE_SUFFIXES, WIDE_MODES
 from omnirad.data.sites import task_info
 from omnirad.encoders import ENCODERS
 from omnirad.models import encoder_for
 from omnirad_fl.client.bundle import metrics_card
 
 MODEL_FILE = "models/model.pt"
-# Pillow modes a site reads as grey (read_image); the others are read as RGB.
-GREY_MODES = ("1", "L", "I", "I;16", "F")
-WIDE_MODES = ("I", "I;16", "F")  # 16-bit or float pixels: scaled from the image's own range to 0-255
 
 # Pillow's steps of omnirad.data.image_folder.read_image, as config expressions for the PILReader's
 # converter: no MONAI transform resamples with Pillow, whose bilinear filter the sites' images went through.

@@ -34,6 +34,8 @@ from omnirad.tasks import TaskSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLASS_FOLDER = re.compile(r"^(\d+)(?:[-_].*)?$")
+GREY_MODES = ("1", "L", "I", "I;16", "F")  # Pillow modes read as grey; every other mode is read as RGB
+WIDE_MODES = ("I", "I;16", "F")  # 16-bit or float pixels: the image's own range is scaled to 0-255
 VAL_SHARE = 10  # one patient in this many goes to validation when the CSV gives no split
 MAX_LISTED = 20  # problems listed before "... and N more"
 # The most pixels an image may claim in its header: Pillow's own warning limit (about 9459 x 9459).
@@ -233,9 +235,9 @@ def read_image(file: Path, size: int) -> np.ndarray:
         if image.width * image.height > MAX_PIXELS:
             raise ImageTooLarge(f"its header claims {image.width}x{image.height} pixels, more than the {MAX_PIXELS} "
                                 "a site reads (a decompression bomb?)")
-        grey = image.mode in ("1", "L", "I", "I;16", "F")
+        grey = image.mode in GREY_MODES
         converted = image.convert("L" if grey else "RGB")
-        if image.mode in ("I", "I;16", "F"):  # 16-bit or float pixels: scale the file's own range to 0-255
+        if image.mode in WIDE_MODES:  # 16-bit or float pixels: scale the file's own range to 0-255
             values = np.asarray(image, dtype=np.float64)
             low, high = float(values.min()), float(values.max())
             converted = Image.fromarray(((values - low) / ((high - low) or 1.0) * 255).round().astype(np.uint8))
