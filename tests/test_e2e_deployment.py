@@ -66,7 +66,8 @@ def federation_in(tmp_path):
 
 def test_three_sites_over_tls_survive_losing_one_and_a_site_runtime_killed_mid_round(federation_in):
     """One federation, two failures (this test holds what two tests asserted before, each with its
-    own federation). Over TLS, with a closed-form ridge head first (round 0: every site's sums):
+    own federation). Over TLS, with a closed-form ridge head first (round 0: the sites' sums, under
+    DP with distributed noise, reaching the server only as their secure sum):
     site C disappears without a word while round 2 is under way and the run goes on without it;
     site A's runtime is killed (SIGKILL, the out-of-memory killer's way) while it answers a message,
     and A answers the next round: under DP-SGD its privacy account lives on disk, so the restarted
@@ -74,7 +75,8 @@ def test_three_sites_over_tls_survive_losing_one_and_a_site_runtime_killed_mid_r
     fed = federation_in(["A", "B", "C"], rounds=3, **{"strategy.min_sites": 1, "strategy.round_timeout": 150.0,
                                                       "model.adapter": "'linear'", "model.head_init": "'ridge'",
                                                       "privacy.dp": "true", "privacy.noise_multiplier": 2.0,
-                                                      "privacy.epsilon": 1000.0})
+                                                      "privacy.epsilon": 1000.0, "privacy.secure_sum": "true",
+                                                      "privacy.distributed_noise": "true"})
     fed.start_server()
     for name in "ABC":
         fed.start_site(name)
@@ -94,8 +96,9 @@ def test_three_sites_over_tls_survive_losing_one_and_a_site_runtime_killed_mid_r
     assert sites["3"] == ["0", "1"]  # A answers the round after its runtime was killed; C is gone
     assert any(failure.startswith("train: site 2") for failure in summary["failures"]), summary["failures"]
     assert "sites connected: 3 of 3" in fed.log("server")
-    assert json.loads((fed.run_folder() / "closed-form.json").read_text())["statistics-bytes-per-site"].keys() == {
-        "site 0", "site 1", "site 2"}
+    closed_form = json.loads((fed.run_folder() / "closed-form.json").read_text())
+    assert closed_form["statistics-bytes-per-site"].keys() == {"site 0", "site 1", "site 2"}
+    assert closed_form["secure-sum"] == {"sites": 3, "restarts": 0, "dropped-nodes": []}
     report = LoadReport(plan={"rounds": 3})
     read_run_folder(fed, report)
     assert report.rounds_completed == 3
