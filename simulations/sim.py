@@ -33,7 +33,8 @@ import argparse
 import itertools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,13 +153,24 @@ def run_experiment(config: Path, overrides: Sequence[str], port: int = DEFAULT_H
     return report
 
 
-def attach_to_ray_cluster(address: str, port: int) -> None:
-    """Make the simulations this command starts attach to the Ray cluster at ``address``, checked
-    first. A SuperLink already answering on ``port`` would run them on its own Ray, so it is refused."""
-    os.environ[RAY_ADDRESS_ENV] = ray_cluster_address(address)
+@contextmanager
+def attached_to_ray_cluster(address: str, port: int) -> Iterator[None]:
+    """The simulations started inside attach to the Ray cluster at ``address``, checked first (Ray's
+    ``RAY_ADDRESS``, restored after: a caller in the same process keeps its own). A SuperLink
+    already answering on ``port`` would run them on its own Ray, so it is refused."""
+    checked = ray_cluster_address(address)
     if superlink_answers(port):
         raise ConfigError(f"--ray-address {address}: a SuperLink already runs on 127.0.0.1:{port} and its "
                           "simulations use the Ray it was started with; stop it or give another --port")
+    before = os.environ.get(RAY_ADDRESS_ENV)
+    os.environ[RAY_ADDRESS_ENV] = checked
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RAY_ADDRESS_ENV, None)
+        else:
+            os.environ[RAY_ADDRESS_ENV] = before
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,9 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "instead of on this machine's Ray; sets RAY_ADDRESS for the runs")
     args = parser.parse_args(argv)
     try:
-        if args.ray_address:
-            attach_to_ray_cluster(args.ray_address, args.port)
-        report = run_experiment(args.config, args.overrides, args.port)
+        with attached_to_ray_cluster(args.ray_address, args.port) if args.ray_address else nullcontext():
+            report = run_experiment(args.config, args.overrides, args.port)
     except ConfigError as err:
         print(f"omnirad-sim: {err}", file=sys.stderr)
         return 2

@@ -163,7 +163,7 @@ def test_an_address_where_no_ray_head_answers_is_refused_before_anything_starts(
 
 def test_a_ray_address_beside_a_running_superlink_is_refused(tmp_path, monkeypatch, capsys):
     """That SuperLink's simulations would use the Ray it was started with, not the cluster."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # restored after the test: sim.main sets it
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # this process attaches to no cluster of its own
     server = http.server.HTTPServer(("127.0.0.1", 0), HealthyHandler)  # answers as a SuperLink does
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
@@ -175,6 +175,7 @@ def test_a_ray_address_beside_a_running_superlink_is_refused(tmp_path, monkeypat
         server.shutdown()
     assert f"a SuperLink already runs on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    assert "RAY_ADDRESS" not in os.environ  # nothing of the refused attach stays for this process's later runs
 
 
 class HealthyHandler(http.server.BaseHTTPRequestHandler):
