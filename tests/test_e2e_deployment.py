@@ -21,6 +21,7 @@ from omnirad_fl.client.keys import write_site_keys
 from omnirad_fl.client.site_config import load_site_config
 from omnirad_fl.server.app_bundle import write_publisher_key
 from omnirad_fl.server.cli import run_configuration
+from omnirad_fl.server.processes import free_loopback_port
 from omnirad_fl.simulations.load_test import LoadPlan, LoadReport, load_federation, read_run_folder, run_federation
 from omnirad_fl.simulations.local_federation import BIN, LocalFederation, wait_for
 
@@ -121,11 +122,14 @@ def uninterrupted_in_process(fed: LocalFederation, folder: Path, run_in_process,
 
 
 def start_intruder(fed: LocalFederation, folder: Path) -> subprocess.Popen[bytes]:
-    """A site "C" with its own key, which the server never registered, posing as site A's peer."""
+    """A site "C" with its own key, which the server never registered, posing as site A's peer (A's
+    data and encoder; a runtime port and folders of its own, so it runs beside the real sites)."""
     write_site_keys(folder / "intruder" / "C.key", "C")
     intruder = yaml.safe_load((fed.folder / "sites" / "A.yaml").read_text())
     intruder["site"] = {"name": "C", "id": 3}
     intruder["auth-key"] = str(folder / "intruder" / "C.key")
+    intruder["runtime-port"] = free_loopback_port()
+    intruder["state-dir"], intruder["cache-dir"] = str(folder / "intruder" / "state"), str(folder / "intruder" / "cache")
     (fed.folder / "sites" / "C.yaml").write_text(yaml.safe_dump(intruder))
     return fed.start_site("C")
 
@@ -136,11 +140,11 @@ def test_deployed_sites_with_different_tasks_train_each_their_own_and_an_unregis
     that site alone before round 1."""
     fed = federation_in(["A", "B", "D"], rounds=1, tasks=("region", "lesions", "captions"))
     fed.start_server()
-    intruder = start_intruder(fed, tmp_path)  # refused before A starts: it copies A's site file, local ports too
-    assert intruder.wait(timeout=120) != 0
-    assert "Failed to activate SuperNode" in fed.log("site-C")
+    intruder = start_intruder(fed, tmp_path)
     for name in "ABD":
         fed.start_site(name)
+    assert intruder.wait(timeout=180) != 0
+    assert "Failed to activate SuperNode" in fed.log("site-C")
     assert fed.processes["server"].wait(timeout=600) == 0, fed.log("server")
     assert "sites connected: 3 of 3" in fed.log("server") and "sites connected: 4" not in fed.log("server")
     assert "region: multi-class [0, 1, 2, 3], sites 0" in fed.log("server")
