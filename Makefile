@@ -9,11 +9,9 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP) $(FLWR_HOME)/config.toml
 
-# --no-compile: pip would byte-compile all 26,000 modules of the stack (81 s of CPU, measured);
-# Python compiles the few thousand a run imports on first use, and keeps them.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $@
 
 $(FLWR_HOME)/config.toml: | $(STAMP)
